@@ -1,0 +1,167 @@
+"""Pure, table-driven label logic shared by the loss and by inference.
+
+Two ideas live here:
+
+* **Remapping** a dataset's raw label values to the values used for training
+  (``datasets.<name>.labels``): :func:`remap_labels`.
+* **Granularity merging**: CA subfields are labelled at different granularities
+  ("1/2/3", "1/23", "123") and some datasets have HEAD/TAIL labels while others do not.
+  One table, :data:`CA_MERGES`, says which class names fold into which coarser name.
+  :func:`group_table` turns it into a (G, C) matrix that sums a model's C class
+  probabilities into the G classes a dataset distinguishes (the forgiving loss), and
+  :func:`merge_label_map` applies the same table to a predicted label map (inference
+  ``ca_mode``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+BACKGROUND = "background"
+
+#: Canonical HSF subfield names, in the order of the published HSF models' outputs.
+SUBFIELDS: tuple[str, ...] = (BACKGROUND, "DG", "CA1", "CA2", "CA3", "SUB", "HEAD", "TAIL")
+
+#: CA granularities, from finest to coarsest. Each maps a class name to the coarser name it
+#: is merged into; names not listed are kept as they are. "whole" merges every foreground
+#: class into one hippocampus label.
+CA_MERGES: dict[str, dict[str, str]] = {
+    "1/2/3": {},
+    "1/23": {"CA2": "CA2/3", "CA3": "CA2/3"},
+    "123": {"CA1": "CA", "CA2": "CA", "CA3": "CA"},
+}
+WHOLE = "whole"
+CA_TYPES: tuple[str, ...] = (*CA_MERGES, WHOLE)
+
+
+class LabelError(ValueError):
+    """A label map or label table that cannot be used (names the file or key and the fix)."""
+
+
+def merged_name(name: str, ca_type: str) -> str:
+    """Name that class ``name`` takes at granularity ``ca_type``.
+
+    Raises:
+        LabelError: unknown ``ca_type``.
+    """
+    if ca_type == WHOLE:
+        return BACKGROUND if name == BACKGROUND else "hippocampus"
+    if ca_type not in CA_MERGES:
+        raise LabelError(f"unknown ca_type {ca_type!r}: use one of {', '.join(CA_TYPES)}")
+    return CA_MERGES[ca_type].get(name, name)
+
+
+def remap_labels(label_map: np.ndarray, table: Mapping[int, int], source: str = "") -> np.ndarray:
+    """Map raw label values through ``table`` ({raw value: training value}).
+
+    Args:
+        label_map: integer array of any shape.
+        table: every value present in ``label_map`` must be a key (0 may be omitted: it
+            stays background).
+        source: file name used in the error message.
+
+    Raises:
+        LabelError: values present in ``label_map`` but absent from ``table``.
+    """
+    values = np.unique(label_map)
+    full = {0: 0, **{int(k): int(v) for k, v in table.items()}}
+    missing = [int(v) for v in values if int(v) not in full]
+    if missing:
+        where = f" in {source}" if source else ""
+        raise LabelError(
+            f"label values {missing}{where} are missing from the mapping "
+            f"{dict(sorted(full.items()))}: add them to the dataset's `labels` table"
+        )
+    lut = np.zeros(max(max(full), int(values.max(initial=0))) + 1, dtype=np.int64)
+    for src, dst in full.items():
+        lut[src] = dst
+    return lut[label_map.astype(np.int64)]
+
+
+def class_names(labels_names: Mapping[int, str], num_classes: int | None = None) -> list[str]:
+    """Ordered class names (index = label value) from a ``{value: name}`` table.
+
+    Background (0) is added when absent. Gaps are named ``label_<i>``.
+    """
+    top = max([0, *map(int, labels_names)])
+    n = num_classes if num_classes is not None else top + 1
+    names = [f"label_{i}" for i in range(n)]
+    names[0] = BACKGROUND
+    for value, name in labels_names.items():
+        if int(value) < n:
+            names[int(value)] = str(name)
+    return names
+
+
+def group_table(
+    model_names: Sequence[str], dataset_names: Sequence[str], ca_type: str = "1/2/3"
+) -> np.ndarray:
+    """Matrix summing model class probabilities into the classes a dataset labels.
+
+    Model class ``c`` goes to the dataset class whose name equals ``merged_name(c, ca_type)``;
+    classes the dataset does not label at all (e.g. HEAD/TAIL in a dataset without them)
+    go to background: predicting them where the dataset says background is forgiven.
+
+    Args:
+        model_names: the model's C output class names (index 0 = background).
+        dataset_names: the dataset's G class names (index = training label value).
+        ca_type: the dataset's CA granularity.
+
+    Returns:
+        ``(G, C)`` float32 matrix with exactly one 1 per column.
+
+    Raises:
+        LabelError: a dataset class that no model class maps to.
+    """
+    index = {name: g for g, name in enumerate(dataset_names)}
+    table = np.zeros((len(dataset_names), len(model_names)), dtype=np.float32)
+    for c, name in enumerate(model_names):
+        table[index.get(merged_name(name, ca_type), 0), c] = 1.0
+    unreached = [n for g, n in enumerate(dataset_names) if g and not table[g].any()]
+    if unreached:
+        raise LabelError(
+            f"dataset classes {unreached} (ca_type {ca_type!r}) match no model class "
+            f"{list(model_names)}: rename them in `labels_names` or add the classes to the model"
+        )
+    return table
+
+
+def merge_lut(model_names: Sequence[str], ca_type: str) -> tuple[np.ndarray, list[str]]:
+    """Look-up table merging predicted labels at granularity ``ca_type``.
+
+    Merged classes take the smallest label value of their members, so that "1/23" keeps
+    CA2's value for CA2+CA3, as HSF does.
+
+    Returns:
+        ``(lut, names)``: ``lut[value]`` is the merged value; ``names[value]`` the merged
+        class name (empty for values no longer used).
+    """
+    lut = np.arange(len(model_names), dtype=np.int64)
+    first: dict[str, int] = {}
+    names = [""] * len(model_names)
+    for c, name in enumerate(model_names):
+        merged = merged_name(name, ca_type) if ca_type else name
+        first.setdefault(merged, c)
+        lut[c] = first[merged]
+        names[first[merged]] = merged
+    return lut, names
+
+
+def merge_label_map(label_map: np.ndarray, model_names: Sequence[str], ca_type: str) -> np.ndarray:
+    """Merge a predicted label map at granularity ``ca_type`` ("" keeps it unchanged)."""
+    if not ca_type:
+        return label_map
+    lut, _ = merge_lut(model_names, ca_type)
+    return lut[label_map.astype(np.int64)]
+
+
+def merge_probs(probs: np.ndarray, model_names: Sequence[str], ca_type: str) -> np.ndarray:
+    """Sum class probabilities ``(C, ...)`` of merged classes into their first member."""
+    if not ca_type:
+        return probs
+    lut, _ = merge_lut(model_names, ca_type)
+    out = np.zeros_like(probs)
+    np.add.at(out, lut, probs)
+    return out

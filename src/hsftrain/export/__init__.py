@@ -1,0 +1,1 @@
+"""Export (ONNX), pruning and quantization. Imports torch; never imported by inference."""
