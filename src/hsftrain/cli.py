@@ -100,6 +100,24 @@ _command(
     "Fine-tune a pretrained model (finetuning.pretrained): new head, gradual unfreezing.",
     "hsftrain.training.run:finetune",
 )
+_command(
+    "export",
+    "export",
+    "Export a checkpoint to ONNX (verified against PyTorch), optionally int8-quantized.",
+    "hsftrain.export.api:export",
+)
+_command(
+    "segment",
+    "segment",
+    "Segment every MRI matching files.path/files.pattern with ONNX models (HSF workflow).",
+    "hsftrain.inference.api:segment",
+)
+_command(
+    "evaluate",
+    "evaluate",
+    "Compare predictions with references: Dice, HD95, ASSD, volume similarity per label.",
+    "hsftrain.evaluation.api:evaluate",
+)
 
 
 @data_app.command("synth")
