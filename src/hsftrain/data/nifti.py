@@ -1,0 +1,114 @@
+"""Reading and checking NIfTI (or any nibabel-readable) volumes, with clear errors."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+class DataError(ValueError):
+    """A data file that cannot be used; the message names the file and the fix."""
+
+
+def load_volume(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load a 3D volume and its 4x4 affine.
+
+    A trailing singleton 4th dimension is dropped.
+
+    Raises:
+        DataError: the file is missing, unreadable/corrupt, or not 3D.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (check the dataset path and glob patterns)")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise DataError(
+            f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err}); "
+            "re-export it or remove it from the dataset"
+        ) from err
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(
+            f"{path}: has shape {data.shape}, expected a 3D volume; split 4D series "
+            "(e.g. fslsplit) and give one 3D image per subject"
+        )
+    if dtype is not None:
+        data = data.astype(dtype)
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def check_pair(
+    image_path: Path,
+    label_path: Path,
+    image_shape: tuple[int, ...],
+    image_affine: np.ndarray,
+    label_shape: tuple[int, ...],
+    label_affine: np.ndarray,
+    atol: float = 1e-3,
+) -> None:
+    """Check that a label map lies on its image's grid.
+
+    Raises:
+        DataError: shapes or affines differ.
+    """
+    if tuple(image_shape) != tuple(label_shape):
+        raise DataError(
+            f"{label_path}: label shape {tuple(label_shape)} does not match its image "
+            f"{image_path} {tuple(image_shape)}; resample the label map onto the image grid "
+            "(nearest neighbour) or fix the label glob"
+        )
+    if not np.allclose(image_affine, label_affine, atol=atol):
+        raise DataError(
+            f"{label_path}: affine does not match its image {image_path} "
+            f"(max difference {np.abs(image_affine - label_affine).max():.4g}); the label map "
+            "must be on the image grid: resample it, or copy the image header if only the "
+            "header is wrong"
+        )
+
+
+def header_info(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
+    """Shape (3D) and affine from the header alone.
+
+    Raises:
+        DataError: unreadable or not 3D.
+    """
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as err:
+        raise DataError(
+            f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err}); "
+            "re-export it or remove it from the dataset"
+        ) from err
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataError(
+            f"{path}: has shape {shape}, expected a 3D volume; split 4D series "
+            "(e.g. fslsplit) and give one 3D image per subject"
+        )
+    return shape, np.asarray(img.affine, dtype=np.float64)
+
+
+def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
+    """Write a NIfTI file atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(nib.Nifti1Image(data, affine), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,280 @@
+"""``hsftrain evaluate``: compare predicted label maps with reference segmentations.
+
+:func:`evaluate` is what the CLI calls with the composed ``conf/evaluate.yaml``;
+:func:`evaluate_files` is the same thing with typed arguments. Both pair files by subject
+id (:mod:`hsftrain.evaluation.pairing`), compute :func:`~hsftrain.evaluation.metrics.label_metrics`
+per subject with the reference's voxel spacing, and write into ``out``:
+
+* ``metrics.csv``: one row per subject and label (:class:`~.report.LabelResult` columns);
+* ``summary.csv``: mean, std, median of each metric per label (:class:`~.report.MetricStats`);
+* ``boxplot_<metric>.png``: one box per label, for dice, hd95_mm, assd_mm, volume_similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from hsftrain.config import ConfigError, require
+from hsftrain.evaluation.metrics import label_metrics, present_labels
+from hsftrain.evaluation.pairing import (
+    DEFAULT_ID_REGEX,
+    Pair,
+    find_files,
+    pair_files,
+)
+from hsftrain.evaluation.report import (
+    RESULT_COLUMNS,
+    STATS_COLUMNS,
+    LabelResult,
+    MetricStats,
+    plot_boxplots,
+    summarize,
+    summary_table,
+    write_csv,
+)
+
+log = logging.getLogger(__name__)
+
+#: Name of the default output folder, created next to the predictions.
+DEFAULT_OUT = "evaluation"
+
+
+class EvaluationError(ValueError):
+    """A prediction/reference pair that cannot be compared (names both files and the fix)."""
+
+
+@dataclass
+class EvaluationSummary:
+    """What :func:`evaluate` computed and wrote."""
+
+    out_dir: Path
+    metrics_csv: Path
+    summary_csv: Path
+    plots: dict[str, Path]
+    results: list[LabelResult]
+    stats: list[MetricStats]
+    subjects: list[str]
+    unpaired_pred: list[Path] = field(default_factory=list)
+    unpaired_ref: list[Path] = field(default_factory=list)
+
+    def mean(self, metric: str, label: int) -> float:
+        """Mean of ``metric`` for ``label`` over subjects (NaN ignored; NaN if absent)."""
+        for s in self.stats:
+            if s.metric == metric and s.label == label:
+                return s.mean
+        return math.nan
+
+
+def parse_labels(value: object) -> dict[int, str] | None:
+    """Normalise the ``labels`` option to ``{value: name}`` (None: labels present).
+
+    Accepts a ``{value: name}`` mapping, a list of values (named ``label_<value>``), one
+    integer, or a comma-separated string such as ``"1,2"``.
+
+    Raises:
+        ConfigError: anything else, or values that are not integers.
+    """
+    if value is None:
+        return None
+    if isinstance(value, DictConfig | Mapping):
+        items = dict(OmegaConf.to_container(value) if isinstance(value, DictConfig) else value)
+    else:
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        elif isinstance(value, int):
+            value = [value]
+        elif not isinstance(value, Sequence) and not OmegaConf.is_list(value):
+            raise ConfigError(
+                f"`labels` must be a list of values or a {{value: name}} mapping, got {value!r}"
+            )
+        items = {v: None for v in value}
+    try:
+        table = {int(k): (str(v) if v is not None else f"label_{int(k)}") for k, v in items.items()}
+    except (TypeError, ValueError) as err:
+        raise ConfigError(
+            f"`labels` values must be integers, got {list(items)}: e.g. labels=[1,2] or "
+            "labels={1:DG,2:CA1}"
+        ) from err
+    if not table:
+        raise ConfigError("`labels` is empty: give values (labels=[1,2]) or null for all present")
+    return dict(sorted(table.items()))
+
+
+def load_label_map(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """Integer label map, affine and voxel spacing (mm, from the header zooms) of a 3D file.
+
+    A trailing singleton 4th dimension is dropped.
+
+    Raises:
+        EvaluationError: unreadable, not 3D, or non-integer values (probabilities).
+    """
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise EvaluationError(
+            f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err})"
+        ) from err
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise EvaluationError(f"{path}: has shape {data.shape}, expected a 3D label map")
+    if not np.issubdtype(data.dtype, np.integer):
+        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
+            raise EvaluationError(
+                f"{path}: has non-integer values, it is not a label map; evaluate hard "
+                "segmentations (argmax), not probabilities"
+            )
+    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
+    return data.astype(np.int64), np.asarray(image.affine, dtype=np.float64), spacing
+
+
+def evaluate_pair(pair: Pair, labels: Mapping[int, str] | None, surface: bool = True) -> list[LabelResult]:
+    """Metrics of one subject, with the reference's spacing.
+
+    Raises:
+        EvaluationError: unreadable files or shapes that differ.
+    """
+    pred, pred_affine, pred_spacing = load_label_map(pair.pred)
+    ref, ref_affine, spacing = load_label_map(pair.ref)
+    if pred.shape != ref.shape:
+        raise EvaluationError(
+            f"prediction {pair.pred} has shape {pred.shape} but its reference {pair.ref} has "
+            f"shape {ref.shape}; resample the prediction onto the reference grid (nearest "
+            "neighbour) or check the pairing (`id_regex`)"
+        )
+    if not np.allclose(pred_affine, ref_affine, atol=1e-3):
+        log.warning(
+            "%s: affine differs from its reference %s (spacing %s vs %s); distances use the "
+            "reference spacing",
+            pair.pred,
+            pair.ref,
+            pred_spacing,
+            spacing,
+        )
+    names = dict(labels) if labels is not None else None
+    values = list(names) if names is not None else present_labels(pred, ref)
+    per_label = label_metrics(pred, ref, values, spacing=spacing, surface=surface)
+    results = []
+    for value, metrics in per_label.items():
+        name = names[value] if names is not None else f"label_{value}"
+        results.append(
+            LabelResult(
+                subject=pair.subject,
+                label=value,
+                label_name=name,
+                dice=metrics["dice"],
+                hd95_mm=metrics.get("hd95_mm", math.nan),
+                assd_mm=metrics.get("assd_mm", math.nan),
+                volume_similarity=metrics["volume_similarity"],
+                pred_volume_mm3=metrics["pred_volume_mm3"],
+                ref_volume_mm3=metrics["ref_volume_mm3"],
+            )
+        )
+        log.debug("%s label %d: %s", pair.subject, value, metrics)
+    return results
+
+
+def default_out(preds: Sequence[Path]) -> Path:
+    """``evaluation/`` in the folder holding the predictions (their common parent)."""
+    return Path(os.path.commonpath([str(p.parent.resolve()) for p in preds])) / DEFAULT_OUT
+
+
+def evaluate_files(
+    pred: str | Path,
+    ref: str | Path,
+    labels: Mapping[int, str] | Sequence[int] | None = None,
+    out: str | Path | None = None,
+    id_regex: str = DEFAULT_ID_REGEX,
+    pattern: str = "*.nii*",
+    surface: bool = True,
+    plots: bool = True,
+    show: bool = True,
+) -> EvaluationSummary:
+    """Evaluate every prediction against the reference of the same subject.
+
+    Args:
+        pred: folder (its files matching ``pattern``) or glob of predicted label maps.
+        ref: folder or glob of reference segmentations.
+        labels: ``{value: name}`` or values to evaluate; None: every non-zero value present
+            in either image of each pair.
+        out: output folder; None: ``evaluation/`` next to the predictions.
+        id_regex: subject id from a file name (:mod:`hsftrain.evaluation.pairing`).
+        pattern: file pattern used inside a folder given as ``pred`` or ``ref``.
+        surface: compute HD95 and ASSD (NaN in the outputs when false).
+        plots: write the box plots.
+        show: print the rich summary table.
+
+    Raises:
+        FileNotFoundError: ``pred`` or ``ref`` matches no file.
+        PairingError: no subject pairs, or two files of one side share an id.
+        EvaluationError: a pair with different shapes, or an unreadable file.
+    """
+    table = parse_labels(labels)
+    preds = find_files(pred, pattern, "pred")
+    refs = find_files(ref, pattern, "ref")
+    pairing = pair_files(preds, refs, id_regex, pred_spec=str(pred), ref_spec=str(ref))
+    out_dir = Path(out).expanduser() if out is not None else default_out(preds)
+
+    from rich.progress import track
+
+    results: list[LabelResult] = []
+    for item in track(pairing.pairs, description="evaluating", transient=True, disable=not show):
+        results.extend(evaluate_pair(item, table, surface=surface))
+
+    stats = summarize(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics_csv = write_csv(results, RESULT_COLUMNS, out_dir / "metrics.csv")
+    summary_csv = write_csv(stats, STATS_COLUMNS, out_dir / "summary.csv")
+    plot_paths = plot_boxplots(results, out_dir) if plots and results else {}
+    summary = EvaluationSummary(
+        out_dir=out_dir,
+        metrics_csv=metrics_csv,
+        summary_csv=summary_csv,
+        plots=plot_paths,
+        results=results,
+        stats=stats,
+        subjects=[p.subject for p in pairing.pairs],
+        unpaired_pred=pairing.unpaired_pred,
+        unpaired_ref=pairing.unpaired_ref,
+    )
+    if show:
+        from rich.console import Console
+
+        Console().print(summary_table(stats, title=f"Evaluation of {len(summary.subjects)} subjects"))
+    log.info("wrote %s, %s and %d plots", metrics_csv, summary_csv.name, len(plot_paths))
+    return summary
+
+
+def evaluate(cfg: DictConfig) -> EvaluationSummary:
+    """Run ``hsftrain evaluate`` from the composed ``conf/evaluate.yaml``.
+
+    Raises:
+        ConfigError: ``pred`` or ``ref`` unset, bad ``labels`` or ``id_regex``.
+        FileNotFoundError, PairingError, EvaluationError: see :func:`evaluate_files`.
+    """
+    hint = "a folder or a glob of NIfTI label maps, e.g. {key}=preds/*_seg.nii.gz"
+    pred = require(cfg, "pred", hint.format(key="pred"))
+    ref = require(cfg, "ref", hint.format(key="ref"))
+    out = OmegaConf.select(cfg, "out", default=None)
+    return evaluate_files(
+        pred=str(pred),
+        ref=str(ref),
+        labels=parse_labels(OmegaConf.select(cfg, "labels", default=None)),
+        out=str(out) if out is not None else None,
+        id_regex=str(OmegaConf.select(cfg, "id_regex", default=None) or DEFAULT_ID_REGEX),
+        pattern=str(OmegaConf.select(cfg, "pattern", default=None) or "*.nii*"),
+        surface=bool(OmegaConf.select(cfg, "surface", default=True)),
+        plots=bool(OmegaConf.select(cfg, "plots", default=True)),
+        show=bool(OmegaConf.select(cfg, "show", default=True)),
+    )

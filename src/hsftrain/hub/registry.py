@@ -1,0 +1,73 @@
+"""Named published models: ``presets/models.yaml`` (name -> ``{url, xxh3_64, ...}``)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hsftrain.config import ConfigError
+
+REGISTRY_PATH = Path(__file__).parent / "presets" / "models.yaml"
+REQUIRED_KEYS = ("url", "xxh3_64")
+_HASH_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Registry entries by name, each with at least ``url`` and ``xxh3_64``.
+
+    Args:
+        path: registry YAML (default: the packaged ``presets/models.yaml``).
+
+    Raises:
+        ConfigError: an entry without ``url`` or with a malformed ``xxh3_64`` (named).
+    """
+    return copy.deepcopy(_load(Path(path) if path is not None else REGISTRY_PATH))
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: Path) -> dict[str, dict[str, Any]]:
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of model names to entries")
+    for name, entry in data.items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{path}: entry `{name}` must be a mapping with url and xxh3_64")
+        missing = [key for key in REQUIRED_KEYS if not entry.get(key)]
+        if missing:
+            raise ConfigError(f"{path}: entry `{name}` lacks {', '.join(missing)}")
+        if not _HASH_RE.match(str(entry["xxh3_64"])):
+            raise ConfigError(
+                f"{path}: `{name}.xxh3_64` must be 16 lowercase hex characters, "
+                f"got {entry['xxh3_64']!r}"
+            )
+    return {str(name): dict(entry) for name, entry in data.items()}
+
+
+def resolve(name_or_spec: Any) -> Any:
+    """The fetch spec for a registry name; any other spec is returned as a plain value.
+
+    An existing local path takes precedence over a registry entry of the same name.
+    ``DictConfig`` mappings come back as plain dicts. Pass the result to
+    :func:`hsftrain.hub.fetch`.
+    """
+    if isinstance(name_or_spec, str):
+        if not Path(name_or_spec).expanduser().exists():
+            registry = _load(REGISTRY_PATH)
+            if name_or_spec in registry:
+                return dict(registry[name_or_spec])
+        return name_or_spec
+    if type(name_or_spec).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(name_or_spec, resolve=True)
+    if isinstance(name_or_spec, Mapping):
+        return dict(name_or_spec)
+    return name_or_spec

@@ -1,0 +1,153 @@
+"""Reading MRIs into canonical (RAS) orientation and writing results back, atomically.
+
+Only flips and axis permutations are used to go to and from RAS, so the way back is exact:
+a result computed on the canonical grid lands on the input's own voxel grid (same shape,
+same affine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as ornt
+
+#: Extensions recognised when deriving a subject's stem (longest first).
+EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".mgz", ".mgh", ".img", ".hdr")
+
+
+class InputError(ValueError):
+    """An input MRI that cannot be segmented; the message names the file and the fix."""
+
+
+def strip_extension(name: str) -> str:
+    """File name without its image extension (``sub-01_T2w.nii.gz`` -> ``sub-01_T2w``)."""
+    for ext in EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return Path(name).stem
+
+
+@dataclass
+class Volume:
+    """A 3D MRI in canonical RAS voxel order, with what is needed to go back.
+
+    Attributes:
+        array: ``(X, Y, Z)`` float32 intensities, axes ordered R, A, S.
+        affine: 4x4 voxel-to-world (RAS mm) matrix of ``array``.
+        path: the file it was read from.
+        native_affine: the input file's own affine.
+        native_shape: the input file's own 3D shape.
+        to_native: nibabel orientation transform from RAS back to the input's axes.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path
+    native_affine: np.ndarray
+    native_shape: tuple[int, int, int]
+    to_native: np.ndarray
+
+    @property
+    def zooms(self) -> np.ndarray:
+        """Voxel size (mm) along the canonical axes."""
+        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+
+    @property
+    def fov_mm(self) -> np.ndarray:
+        """Field of view (mm) along the canonical axes."""
+        return self.zooms * np.asarray(self.array.shape)
+
+    def native(self, array: np.ndarray) -> np.ndarray:
+        """Map a canonical ``(X, Y, Z)`` array back to the input's voxel order (exact)."""
+        return ornt.apply_orientation(array, self.to_native)
+
+
+def load_volume(path: str | Path) -> Volume:
+    """Read a 3D MRI (NIfTI, MGH/MGZ, ...) and reorient it to RAS.
+
+    A trailing singleton 4th dimension is dropped.
+
+    Raises:
+        InputError: the file is missing, corrupt, not 3D, or has no finite intensity.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise InputError(
+            f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err}); "
+            "re-export it or exclude it with files.mask_pattern"
+        ) from err
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(
+            f"{path}: has shape {tuple(data.shape)}, expected a 3D volume; split 4D series "
+            "(e.g. fslsplit) and segment one 3D image per file"
+        )
+    if not np.isfinite(data).any():
+        raise InputError(f"{path}: contains no finite intensity")
+    data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    source = ornt.io_orientation(affine)
+    to_ras = ornt.ornt_transform(source, ornt.axcodes2ornt("RAS"))
+    array = ornt.apply_orientation(data, to_ras)
+    ras_affine = affine @ ornt.inv_ornt_aff(to_ras, data.shape)
+    return Volume(
+        array=np.ascontiguousarray(array, dtype=np.float32),
+        affine=ras_affine,
+        path=path,
+        native_affine=affine,
+        native_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
+        to_native=ornt.ornt_transform(ornt.axcodes2ornt("RAS"), source),
+    )
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    The temporary name keeps the final extension (writers infer the format from it) and
+    contains ``.hsftrain-tmp``; it is removed if writing fails. A run killed with SIGKILL
+    can leave one such file behind, never a half-written ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ext = next((e for e in EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".hsftrain-tmp{ext}", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
+    """Write ``array`` with ``affine`` (qform and sform) as NIfTI, atomically."""
+    path = Path(path)
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+def save_text(text: str, path: str | Path) -> Path:
+    """Write a text file atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return path

@@ -1,0 +1,242 @@
+"""Test-time augmentation (TTA) on canonical RAS arrays, and its inverse on predictions.
+
+An :class:`Augmentation` is drawn from the ``augmentation`` config group (the same one
+training uses) and applied to the z-normalised, padded input; the model's probabilities
+are then mapped back onto the original grid with :meth:`Augmentation.invert`:
+
+* **flip** (``flip.axes``, each with probability ``flip.p``): inverted exactly.
+* **affine** (probability ``affine.p``; ``scales``, ``degrees``, ``translation`` in mm, about
+  the volume centre, as torchio's RandomAffine): the image is resampled trilinearly; the
+  probabilities are resampled back with the inverse matrix (trilinear, so each voxel's
+  probabilities still sum to 1). Exact up to interpolation.
+* **elastic** (probability ``elastic.p``; ``num_control_points`` per axis, displacements up
+  to ``max_displacement`` mm on the inner control points, border points fixed, as torchio's
+  RandomElasticDeformation): a cubic B-spline-smoothed displacement field pulls the image;
+  the inverse field is approximated by fixed-point iteration ``v(x) = -u(x + v(x))``
+  (accurate to a small fraction of a voxel for the smooth fields used here).
+
+A draw with no transform at all is drawn again (up to 20 times), so that every augmented
+prediction differs from the plain one; all randomness comes from the ``rng`` passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+AXES = {"LR": 0, "RL": 0, "L": 0, "R": 0, "AP": 1, "PA": 1, "A": 1, "P": 1}
+AXES.update({"IS": 2, "SI": 2, "I": 2, "S": 2})
+
+
+def _axis(name: Any) -> int:
+    if isinstance(name, int):
+        return name
+    key = str(name).upper()
+    if key.isdigit():
+        return int(key)
+    if key not in AXES:
+        raise ValueError(f"unknown augmentation.flip.axes entry {name!r}: use LR, AP, IS or 0-2")
+    return AXES[key]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """One test-time augmentation of a ``(X, Y, Z)`` canonical array.
+
+    Attributes:
+        flip_axes: spatial axes flipped (applied first).
+        matrix: 4x4 voxel matrix mapping output voxels to input voxels (pull), or None.
+        displacement: ``(3, X, Y, Z)`` voxel displacement pulling the image, or None.
+    """
+
+    flip_axes: tuple[int, ...] = ()
+    matrix: np.ndarray | None = None
+    displacement: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.flip_axes and self.matrix is None and self.displacement is None
+
+    def describe(self) -> str:
+        parts = [f"flip{list(self.flip_axes)}"] if self.flip_axes else []
+        parts += ["affine"] if self.matrix is not None else []
+        parts += ["elastic"] if self.displacement is not None else []
+        return "+".join(parts) or "none"
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """Augment a ``(X, Y, Z)`` image: flip, then affine, then elastic."""
+        out = np.flip(image, self.flip_axes) if self.flip_axes else image
+        if self.matrix is not None:
+            out = _affine(out, self.matrix)
+        if self.displacement is not None:
+            out = _warp(out, self.displacement)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def invert(self, probs: np.ndarray) -> np.ndarray:
+        """Map ``(C, X, Y, Z)`` probabilities predicted on the augmented image back."""
+        out = probs
+        if self.displacement is not None:
+            inverse = invert_displacement(self.displacement)
+            out = np.stack([_warp(channel, inverse) for channel in out])
+        if self.matrix is not None:
+            inverse = np.linalg.inv(self.matrix)
+            out = np.stack([_affine(channel, inverse) for channel in out])
+        if self.flip_axes:
+            out = np.flip(out, tuple(a + 1 for a in self.flip_axes))
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _affine(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    return ndimage.affine_transform(
+        image, matrix[:3, :3], offset=matrix[:3, 3], order=1, mode="nearest"
+    )
+
+
+def _warp(image: np.ndarray, displacement: np.ndarray) -> np.ndarray:
+    grid = np.indices(image.shape, dtype=np.float32)
+    return ndimage.map_coordinates(image, grid + displacement, order=1, mode="nearest")
+
+
+def invert_displacement(displacement: np.ndarray, iterations: int = 10) -> np.ndarray:
+    """Approximate inverse of a smooth pull displacement field ``(3, X, Y, Z)``.
+
+    Solves ``v(x) = -u(x + v(x))`` by fixed-point iteration, so that warping by ``u`` then
+    by ``v`` is close to the identity.
+    """
+    grid = np.indices(displacement.shape[1:], dtype=np.float32)
+    inverse = -displacement.copy()
+    for _ in range(iterations):
+        coords = grid + inverse
+        inverse = -np.stack(
+            [ndimage.map_coordinates(c, coords, order=1, mode="nearest") for c in displacement]
+        )
+    return inverse.astype(np.float32)
+
+
+def _pair(value: Any, centre: float) -> tuple[float, float]:
+    """torchio-style range: a scalar ``v`` means ``(centre - v, centre + v)``."""
+    if isinstance(value, int | float):
+        return centre - float(value), centre + float(value)
+    lo, hi = (float(v) for v in value)
+    return lo, hi
+
+
+def affine_matrix(
+    shape: Sequence[int],
+    zooms: Sequence[float],
+    scales: Sequence[float] = (1.0, 1.0, 1.0),
+    degrees: Sequence[float] = (0.0, 0.0, 0.0),
+    translation_mm: Sequence[float] = (0.0, 0.0, 0.0),
+) -> np.ndarray:
+    """4x4 voxel matrix (output voxel -> input voxel) of a scaling, rotation and translation
+    in mm about the volume centre."""
+    ax, ay, az = np.deg2rad(degrees)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    linear_mm = rz @ ry @ rx @ np.diag(scales)
+    z = np.asarray(zooms, dtype=np.float64)
+    linear = np.diag(1 / z) @ linear_mm @ np.diag(z)
+    centre = (np.asarray(shape, dtype=np.float64) - 1) / 2
+    matrix = np.eye(4)
+    matrix[:3, :3] = linear
+    matrix[:3, 3] = centre - linear @ centre + np.asarray(translation_mm) / z
+    return matrix
+
+
+def elastic_displacement(
+    shape: Sequence[int],
+    zooms: Sequence[float],
+    rng: np.random.Generator,
+    num_control_points: int | Sequence[int] = 7,
+    max_displacement: float | Sequence[float] = 3.0,
+    locked_borders: int = 2,
+) -> np.ndarray:
+    """Random smooth displacement field ``(3, X, Y, Z)`` in voxels (torchio-like)."""
+    points = np.broadcast_to(np.asarray(num_control_points, dtype=int), (3,))
+    points = np.maximum(points, 4)
+    max_mm = np.broadcast_to(np.asarray(max_displacement, dtype=np.float64), (3,))
+    field_ = np.empty((3, *shape), dtype=np.float32)
+    coarse_all = rng.uniform(-1, 1, size=(3, *points)) * max_mm[:, None, None, None]
+    if locked_borders:
+        b = min(int(locked_borders), 1)  # lock the outermost control points
+        mask = np.zeros(tuple(points), dtype=bool)
+        mask[b:-b, b:-b, b:-b] = True
+        coarse_all *= mask
+    coords = np.meshgrid(
+        *[np.linspace(0, p - 1, s, dtype=np.float32) for p, s in zip(points, shape, strict=True)],
+        indexing="ij",
+    )
+    for axis in range(3):
+        coarse = ndimage.spline_filter(coarse_all[axis], order=3, mode="nearest")
+        field_[axis] = ndimage.map_coordinates(
+            coarse, coords, order=3, mode="nearest", prefilter=False
+        ) / float(zooms[axis])
+    return field_
+
+
+def _section(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = cfg.get(name) or {}
+    return value if isinstance(value, Mapping) else {}
+
+
+def sample_augmentation(
+    aug_cfg: Mapping[str, Any],
+    shape: Sequence[int],
+    zooms: Sequence[float],
+    rng: np.random.Generator,
+    max_draws: int = 20,
+) -> Augmentation:
+    """Draw one augmentation from the ``augmentation`` config (flip, affine, elastic)."""
+    flip = _section(aug_cfg, "flip")
+    affine = _section(aug_cfg, "affine")
+    elastic = _section(aug_cfg, "elastic")
+    draws = [float(s.get("p", 0.0)) for s in (flip, affine, elastic)]
+    if not any(draws):
+        return Augmentation()
+    augmentation = Augmentation()
+    for _ in range(max_draws):
+        flip_axes = tuple(
+            sorted(
+                {
+                    _axis(a)
+                    for a in (flip.get("axes") or ["LR"])
+                    if rng.random() < float(flip.get("p", 0.0))
+                }
+            )
+        )
+        matrix = None
+        if rng.random() < float(affine.get("p", 0.0)):
+            scales = rng.uniform(*_pair(affine.get("scales", 0.0), 1.0), size=3)
+            degrees = rng.uniform(*_pair(affine.get("degrees", 0.0), 0.0), size=3)
+            translation = rng.uniform(*_pair(affine.get("translation", 0.0), 0.0), size=3)
+            matrix = affine_matrix(shape, zooms, scales, degrees, translation)
+        displacement = None
+        if rng.random() < float(elastic.get("p", 0.0)):
+            displacement = elastic_displacement(
+                shape,
+                zooms,
+                rng,
+                num_control_points=elastic.get("num_control_points", 7),
+                max_displacement=elastic.get("max_displacement", 3.0),
+                locked_borders=int(elastic.get("locked_borders", 2)),
+            )
+        augmentation = Augmentation(flip_axes, matrix, displacement)
+        if not augmentation.is_identity:
+            break
+    return augmentation
+
+
+def sample_augmentations(
+    aug_cfg: Mapping[str, Any],
+    n: int,
+    shape: Sequence[int],
+    zooms: Sequence[float],
+    rng: np.random.Generator,
+) -> list[Augmentation]:
+    """The plain (identity) view followed by ``n`` random augmentations."""
+    return [Augmentation()] + [sample_augmentation(aug_cfg, shape, zooms, rng) for _ in range(n)]

@@ -1,0 +1,1 @@
+"""Lightning training: module, fine-tuning schedule, run(cfg)."""

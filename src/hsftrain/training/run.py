@@ -1,0 +1,285 @@
+"""``train`` and ``finetune``: one code path from a composed config to a trained model.
+
+``run(cfg, finetune)`` discovers the data, splits it (bagging when ``replace``), builds the
+model (from a pretrained checkpoint when fine-tuning), trains with Lightning, and exports
+the best checkpoint to ONNX. Everything a run needs to be reproduced or resumed is in its
+run directory: ``config.yaml``, ``split.json``, ``checkpoints/``, logs and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from hsftrain.config import ConfigError
+from hsftrain.data.datamodule import SegmentationDataModule
+from hsftrain.data.discovery import Discovery, discover
+from hsftrain.data.labels import class_names as names_from_table
+from hsftrain.data.splits import Split, make_split
+from hsftrain.training.callbacks import EpochTable
+from hsftrain.training.finetuning import GradualUnfreezing
+from hsftrain.training.module import SegmentationModule
+
+log = logging.getLogger(__name__)
+
+#: Warnings that say nothing actionable to a user of this tool.
+_QUIET = (
+    ".*LeafSpec.*",
+    ".*litlogger.*",
+    ".*maximum displacement is larger than the coarse grid.*",
+    ".*does not have many workers.*",
+    ".*is smaller than the logging interval.*",
+)
+os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train from scratch. Returns the final validation metrics."""
+    return run(cfg, finetune=False)
+
+
+def finetune(cfg: DictConfig) -> dict[str, float]:
+    """Fine-tune ``finetuning.pretrained``. Returns the final validation metrics."""
+    return run(cfg, finetune=True)
+
+
+def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
+    """Run directory and the checkpoint to resume from (if ``resume`` is set).
+
+    Raises:
+        FileNotFoundError: ``resume`` names nothing usable.
+    """
+    if cfg.get("resume"):
+        target = Path(str(cfg.resume)).expanduser()
+        if target.is_dir():
+            ckpt = target / "checkpoints" / "last.ckpt"
+            if not ckpt.is_file():
+                raise FileNotFoundError(f"resume={target}: no checkpoints/last.ckpt in it")
+            return target, ckpt
+        if target.is_file():
+            return target.parent.parent, target
+        raise FileNotFoundError(f"resume={target}: no such checkpoint file or run directory")
+    name = cfg.get("run_name") or time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(str(cfg.datasets.output_path)).expanduser() / str(name)
+    if (run_dir / "checkpoints").exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run: choose another run_name, or continue it with "
+            f"resume={run_dir}"
+        )
+    return run_dir, None
+
+
+def model_classes(cfg: DictConfig, found: Discovery, out_channels: int | None) -> list[str]:
+    """The model's class names: ``models.labels_names``, or the finest dataset's names.
+
+    Raises:
+        ConfigError: more label values in the data than ``out_channels`` allows.
+    """
+    if cfg.models.get("labels_names"):
+        table = {int(k): str(v) for k, v in cfg.models.labels_names.items()}
+        return names_from_table(table, out_channels)
+    specs = {s.index: s for s in found.datasets}
+    finest = max(
+        found.dataset_classes,
+        key=lambda d: (specs[d].ca_type == "1/2/3", len(found.dataset_classes[d])),
+    )
+    names = list(found.dataset_classes[finest])
+    if out_channels is not None:
+        if out_channels < len(names):
+            raise ConfigError(
+                f"the data has {len(names)} classes (background included) but out_channels="
+                f"{out_channels}: raise models.hparams.out_channels / finetuning.out_channels"
+            )
+        names += [f"label_{i}" for i in range(len(names), out_channels)]
+    return names
+
+
+def _total_steps(n_train: int, cfg: DictConfig) -> int:
+    batches = math.ceil(n_train / int(cfg.datasets.batch_size))
+    limit = cfg.lightning.get("limit_train_batches")
+    if isinstance(limit, int) and limit > 1:
+        batches = min(batches, limit)
+    elif isinstance(limit, float):
+        batches = max(1, int(batches * limit))
+    steps = math.ceil(batches / int(cfg.lightning.get("accumulate_grad_batches") or 1))
+    return steps * int(cfg.lightning.max_epochs)
+
+
+def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.lightning, resolve=True).items() if v is not None}
+    precision = str(kwargs.get("precision", "32-true"))
+    if ("16" in precision) and not torch.cuda.is_available():
+        log.info("precision %s needs a GPU here: training on CPU in 32-true instead", precision)
+        kwargs["precision"] = "32-true"
+    return kwargs
+
+
+def _logger(cfg: DictConfig, run_dir: Path) -> Any:
+    kind = str(cfg.logger.get("name", "tensorboard"))
+    if kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(str(run_dir), name="", version="logs", default_hp_metric=False)
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(str(run_dir), name="", version="logs")
+    if kind == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError as err:
+            raise ConfigError(
+                "logger=wandb needs the optional extra: pip install 'hsftrain[wandb]'"
+            ) from err
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(
+            project=str(cfg.logger.get("project", "hsftrain")),
+            save_dir=str(run_dir),
+            offline=bool(cfg.logger.get("offline", True)),
+        )
+    raise ConfigError(f"logger.name={kind!r}: use tensorboard, csv or wandb")
+
+
+def _pretrained(cfg: DictConfig) -> Path:
+    spec = cfg.finetuning.get("pretrained")
+    if spec is None:
+        raise ConfigError(
+            "finetuning.pretrained must be set: a checkpoint path, or {url: ..., xxh3_64: ...}"
+        )
+    from hsftrain.hub.fetch import fetch
+
+    cache = cfg.finetuning.get("cache_dir")
+    if isinstance(spec, DictConfig):
+        spec = OmegaConf.to_container(spec, resolve=True)
+    return fetch(spec, Path(str(cache)) if cache else None)
+
+
+def build_module(cfg: DictConfig, found: Discovery, total_steps: int, finetune: bool) -> SegmentationModule:
+    """The LightningModule for this run (pretrained weights and new head when fine-tuning)."""
+    dataset_classes = found.dataset_classes
+    dataset_ca = {s.index: s.ca_type for s in found.datasets}
+    optim = OmegaConf.to_container(cfg.models, resolve=True)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if not finetune:
+        hparams = dict(optim["hparams"])
+        names = model_classes(cfg, found, hparams.get("out_channels"))
+        hparams["out_channels"] = len(names)
+        return SegmentationModule(
+            str(cfg.models.name), hparams, names, dataset_classes, dataset_ca, optim,
+            total_steps, config=config,
+        )
+    from hsftrain.training.checkpoint import read_checkpoint
+
+    path = _pretrained(cfg)
+    state, info = read_checkpoint(path)
+    out = cfg.finetuning.get("out_channels")
+    names = model_classes(cfg, found, int(out) if out else None)
+    if not out and len(names) == len(info.class_names):
+        names = info.class_names
+    hparams = {**info.hparams, "out_channels": len(info.class_names)}
+    module = SegmentationModule(
+        info.name, hparams, names, dataset_classes, dataset_ca, optim, total_steps, config=config
+    )
+    module.net.load_state_dict(state)
+    if len(names) != len(info.class_names):
+        log.info(
+            "pretrained head has %d classes, data needs %d: new output head",
+            len(info.class_names),
+            len(names),
+        )
+        module.net.replace_head(len(names))
+        module.hparams["model_hparams"]["out_channels"] = len(names)
+    log.info("fine-tuning from %s (%s)", path, info.name)
+    return module
+
+
+def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
+    """Train (or fine-tune) as configured. Returns the last validation metrics.
+
+    Raises:
+        ConfigError, DataError, FileNotFoundError: with the key or file to fix.
+    """
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    run_dir, resume_ckpt = resolve_run_dir(cfg)
+    found = discover(cfg.datasets)
+    ids = [s.id for s in found.subjects]
+    split_file = run_dir / "split.json"
+    if resume_ckpt is not None and split_file.is_file():
+        split = Split.load(split_file, ids)
+    elif cfg.get("split_file"):
+        split = Split.load(str(cfg.split_file), ids)
+    else:
+        d = cfg.datasets
+        split = make_split(
+            len(ids), float(d.train_ratio), bool(d.replace), d.get("k_sample"),
+            d.get("train_val_test_idx"), bool(d.train_on_all), int(cfg.seed),
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split.save(split_file, ids, int(cfg.seed))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    log.info("run directory %s: %d train / %d val subjects", run_dir, len(split.train), len(split.val))
+
+    data = SegmentationDataModule(found, split, cfg.datasets, cfg.get("augmentation"))
+    total = _total_steps(len(split.train), cfg)
+    module = build_module(cfg, found, total, finetune)
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    checkpoint = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        monitor="val/epoch/loss",
+        mode="min",
+        save_last=True,
+    )
+    callbacks: list[L.Callback] = [checkpoint, EpochTable()]
+    if finetune:
+        f = cfg.finetuning
+        callbacks.append(GradualUnfreezing(str(f.mode), int(f.depth), int(f.unfreeze_frequency)))
+    kwargs = _trainer_kwargs(cfg)
+    batches = math.ceil(len(split.train) / int(cfg.datasets.batch_size))
+    kwargs["log_every_n_steps"] = max(1, min(int(kwargs.get("log_every_n_steps", 10)), batches))
+    trainer = L.Trainer(
+        default_root_dir=str(run_dir),
+        logger=_logger(cfg, run_dir),
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+        **kwargs,
+    )
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    metrics_out = {"best_checkpoint": best, **metrics}
+    if cfg.get("export_onnx", True) and best:
+        from hsftrain.export.api import export_checkpoint
+
+        onnx_path = export_checkpoint(best, run_dir / "model.onnx")
+        metrics_out["onnx"] = str(onnx_path)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics_out, indent=1))
+    _report(metrics)
+    return {**metrics, "run_dir": str(run_dir), "best_checkpoint": best}  # type: ignore[dict-item]
+
+
+def _report(metrics: dict[str, float]) -> None:
+    dice = {k.removeprefix("val/dice/"): v for k, v in metrics.items() if k.startswith("val/dice/")}
+    if dice:
+        log.info(
+            "validation Dice: %s (mean %.3f)",
+            ", ".join(f"{k} {v:.3f}" for k, v in dice.items()),
+            metrics.get("val/dice_mean", float("nan")),
+        )
