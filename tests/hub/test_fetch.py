@@ -218,8 +218,9 @@ def test_stale_cache_is_fetched_again(
 def test_interrupted_download_leaves_no_partial_file(server: Server, cache: Path) -> None:
     url = server.add("model.onnx", PAYLOAD)
     server.truncate.add("model.onnx")
-    with pytest.raises(DownloadError, match="cut short"):
+    with pytest.raises(DownloadError) as info:
         fetch({"url": url, "xxh3_64": PAYLOAD_HASH}, cache_dir=cache)
+    assert url in str(info.value)
     assert all_files(cache) == []
 
 
