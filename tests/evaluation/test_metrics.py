@@ -184,6 +184,7 @@ def test_invalid_inputs_raise_clearly():
         label_metrics(mask.astype(int), mask.astype(int), spacing=(1.0, 0.0, 1.0))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_matches_monai_surface_distances():
     """Same definitions as MONAI: max of directed 95th percentiles, pooled mean for ASSD."""

@@ -7,6 +7,7 @@ per subject with the reference's voxel spacing, and write into ``out``:
 
 * ``metrics.csv``: one row per subject and label (:class:`~.report.LabelResult` columns);
 * ``summary.csv``: mean, std, median of each metric per label (:class:`~.report.MetricStats`);
+* ``unpaired.csv``: files left without a partner (side, subject, path);
 * ``boxplot_<metric>.png``: one box per label, for dice, hd95_mm, assd_mm, volume_similarity.
 """
 
@@ -16,7 +17,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from hsftrain.evaluation.metrics import label_metrics, present_labels
 from hsftrain.evaluation.pairing import (
     DEFAULT_ID_REGEX,
     Pair,
+    Unpaired,
     find_files,
     pair_files,
 )
@@ -43,6 +45,8 @@ from hsftrain.evaluation.report import (
 
 log = logging.getLogger(__name__)
 
+UNPAIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Unpaired))
+
 #: Name of the default output folder, created next to the predictions.
 DEFAULT_OUT = "evaluation"
 
@@ -58,6 +62,7 @@ class EvaluationSummary:
     out_dir: Path
     metrics_csv: Path
     summary_csv: Path
+    unpaired_csv: Path
     plots: dict[str, Path]
     results: list[LabelResult]
     stats: list[MetricStats]
@@ -139,7 +144,9 @@ def load_label_map(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...
     return data.astype(np.int64), np.asarray(image.affine, dtype=np.float64), spacing
 
 
-def evaluate_pair(pair: Pair, labels: Mapping[int, str] | None, surface: bool = True) -> list[LabelResult]:
+def evaluate_pair(
+    pair: Pair, labels: Mapping[int, str] | None, surface: bool = True
+) -> list[LabelResult]:
     """Metrics of one subject, with the reference's spacing.
 
     Raises:
@@ -236,11 +243,13 @@ def evaluate_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_csv = write_csv(results, RESULT_COLUMNS, out_dir / "metrics.csv")
     summary_csv = write_csv(stats, STATS_COLUMNS, out_dir / "summary.csv")
+    unpaired_csv = write_csv(pairing.unpaired, UNPAIRED_COLUMNS, out_dir / "unpaired.csv")
     plot_paths = plot_boxplots(results, out_dir) if plots and results else {}
     summary = EvaluationSummary(
         out_dir=out_dir,
         metrics_csv=metrics_csv,
         summary_csv=summary_csv,
+        unpaired_csv=unpaired_csv,
         plots=plot_paths,
         results=results,
         stats=stats,
@@ -251,8 +260,16 @@ def evaluate_files(
     if show:
         from rich.console import Console
 
-        Console().print(summary_table(stats, title=f"Evaluation of {len(summary.subjects)} subjects"))
-    log.info("wrote %s, %s and %d plots", metrics_csv, summary_csv.name, len(plot_paths))
+        Console().print(
+            summary_table(stats, title=f"Evaluation of {len(summary.subjects)} subjects")
+        )
+    log.info(
+        "wrote %s, %s, %s and %d plots",
+        metrics_csv,
+        summary_csv.name,
+        unpaired_csv.name,
+        len(plot_paths),
+    )
     return summary
 
 

@@ -32,9 +32,7 @@ KNOWN_SUFFIXES: tuple[str, ...] = (
     "mask",
 )
 #: Default ``id_regex``: the file name without extension and known suffixes.
-DEFAULT_ID_REGEX = (
-    r"^(?P<id>.+?)(?:_(?:" + "|".join(KNOWN_SUFFIXES) + r"))*\.(?:nii\.gz|nii|mgz)$"
-)
+DEFAULT_ID_REGEX = r"^(?P<id>.+?)(?:_(?:" + "|".join(KNOWN_SUFFIXES) + r"))*\.(?:nii\.gz|nii|mgz)$"
 
 
 class PairingError(ValueError):
@@ -50,13 +48,35 @@ class Pair:
     ref: Path
 
 
+@dataclass(frozen=True)
+class Unpaired:
+    """A file left without a partner (one row of ``unpaired.csv``).
+
+    ``side`` is ``"pred"`` or ``"ref"``; ``subject`` is ``""`` when ``id_regex`` does not
+    match the file name.
+    """
+
+    side: str
+    subject: str
+    path: Path
+
+
 @dataclass
 class Pairing:
     """Result of :func:`pair_files`: the pairs (sorted by subject) and the leftovers."""
 
     pairs: list[Pair] = field(default_factory=list)
-    unpaired_pred: list[Path] = field(default_factory=list)
-    unpaired_ref: list[Path] = field(default_factory=list)
+    unpaired: list[Unpaired] = field(default_factory=list)
+
+    @property
+    def unpaired_pred(self) -> list[Path]:
+        """Predictions without a reference."""
+        return [u.path for u in self.unpaired if u.side == "pred"]
+
+    @property
+    def unpaired_ref(self) -> list[Path]:
+        """References without a prediction."""
+        return [u.path for u in self.unpaired if u.side == "ref"]
 
 
 def compile_id_regex(id_regex: str) -> re.Pattern[str]:
@@ -122,7 +142,9 @@ def find_files(spec: str | Path, pattern: str = "*.nii*", key: str = "pred") -> 
     return files
 
 
-def _ids(files: list[Path], pattern: re.Pattern[str], key: str) -> tuple[dict[str, Path], list[Path]]:
+def _ids(
+    files: list[Path], pattern: re.Pattern[str], key: str
+) -> tuple[dict[str, Path], list[Path]]:
     """``{id: file}`` and the files whose name ``pattern`` does not match.
 
     Raises:
@@ -151,8 +173,12 @@ def pair_files(
     id_regex: str = DEFAULT_ID_REGEX,
     pred_spec: str = "",
     ref_spec: str = "",
+    max_logged: int = 10,
 ) -> Pairing:
-    """Pair prediction and reference files by subject id; log every unpaired file.
+    """Pair prediction and reference files by subject id; log the unpaired files.
+
+    Each unpaired file gets a warning naming it, up to ``max_logged`` per side, then one
+    line with the count of the others (every one is in :attr:`Pairing.unpaired`).
 
     Args:
         preds: prediction files.
@@ -160,6 +186,7 @@ def pair_files(
         id_regex: how a subject id is read from a file name (module docstring).
         pred_spec: the ``pred`` folder or glob, named in messages.
         ref_spec: the ``ref`` folder or glob, named in messages.
+        max_logged: unpaired files named in the log per side.
 
     Raises:
         PairingError: invalid ``id_regex``, duplicate ids on one side, or no pair at all.
@@ -167,20 +194,37 @@ def pair_files(
     pattern = compile_id_regex(id_regex)
     pred_ids, pred_unmatched = _ids(preds, pattern, "pred")
     ref_ids, ref_unmatched = _ids(refs, pattern, "ref")
-    for path in [*pred_unmatched, *ref_unmatched]:
-        log.warning("%s: file name does not match id_regex %r; skipped", path, id_regex)
     common = sorted(set(pred_ids) & set(ref_ids))
-    lonely_pred = {s: p for s, p in pred_ids.items() if s not in ref_ids}
-    lonely_ref = {s: p for s, p in ref_ids.items() if s not in pred_ids}
-    for sid, path in sorted(lonely_pred.items()):
-        log.warning("unpaired prediction %s (id %r): no reference with this id", path, sid)
-    for sid, path in sorted(lonely_ref.items()):
-        log.warning("unpaired reference %s (id %r): no prediction with this id", path, sid)
-    pairing = Pairing(
-        pairs=[Pair(sid, pred_ids[sid], ref_ids[sid]) for sid in common],
-        unpaired_pred=sorted([*lonely_pred.values(), *pred_unmatched]),
-        unpaired_ref=sorted([*lonely_ref.values(), *ref_unmatched]),
-    )
+    pairing = Pairing(pairs=[Pair(sid, pred_ids[sid], ref_ids[sid]) for sid in common])
+    for side, ids, unmatched, other in (
+        ("pred", pred_ids, pred_unmatched, "reference"),
+        ("ref", ref_ids, ref_unmatched, "prediction"),
+    ):
+        lonely = [
+            Unpaired(side, sid, path) for sid, path in sorted(ids.items()) if sid not in common
+        ]
+        lonely += [Unpaired(side, "", path) for path in unmatched]
+        what = "prediction" if side == "pred" else "reference"
+        for item in lonely[:max_logged]:
+            if item.subject:
+                log.warning(
+                    "unpaired %s %s (id %r): no %s with this id",
+                    what,
+                    item.path,
+                    item.subject,
+                    other,
+                )
+            else:
+                log.warning(
+                    "unpaired %s %s: its name does not match id_regex %r", what, item.path, id_regex
+                )
+        if len(lonely) > max_logged:
+            log.warning(
+                "... and %d more unpaired %ss (listed in unpaired.csv of the evaluation output)",
+                len(lonely) - max_logged,
+                what,
+            )
+        pairing.unpaired.extend(lonely)
     if not pairing.pairs:
         raise PairingError(
             f"no prediction pairs with a reference: pred={pred_spec or '?'} gave ids "
