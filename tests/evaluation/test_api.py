@@ -23,7 +23,12 @@ from hsftrain.evaluation.api import (  # noqa: E402
     parse_labels,
 )
 from hsftrain.evaluation.metrics import label_metrics  # noqa: E402
-from hsftrain.evaluation.pairing import PairingError, pair_files, subject_id  # noqa: E402
+from hsftrain.evaluation.pairing import (  # noqa: E402
+    DEFAULT_ID_REGEX,
+    PairingError,
+    pair_files,
+    subject_id,
+)
 
 SPACING = (1.0, 1.0, 2.5)
 SHAPE = (8, 8, 10)
@@ -233,6 +238,13 @@ def test_parse_labels():
     assert parse_labels(4) == {4: "label_4"}
     with pytest.raises(ConfigError, match="`labels`"):
         parse_labels(["DG"])
+
+
+def test_packaged_config_defaults():
+    cfg = compose("evaluate")
+    assert cfg.id_regex == DEFAULT_ID_REGEX  # the YAML and the code agree
+    assert cfg.pred is None and cfg.ref is None and cfg.labels is None and cfg.out is None
+    assert cfg.surface is True and cfg.plots is True
 
 
 def test_evaluate_from_composed_config(dataset):
