@@ -124,7 +124,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ext = next((e for e in EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".hsftrain-tmp{ext}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".hsftrain-tmp{ext}", dir=path.parent
+    )
     os.close(fd)
     try:
         yield Path(tmp)

@@ -1,0 +1,544 @@
+"""``hsftrain segment``: segment every MRI matching ``files.path``/``files.pattern``.
+
+For each MRI: read it (canonical RAS), decide whether it is already a hippocampus crop or
+a whole head (``roiloc.mode``), locate and crop both hippocampi in a whole head, then for
+each crop z-normalise, pad to a multiple of 8, predict with every model of
+``segmentation.models`` on the plain crop and on ``test_time_num_aug`` augmented copies
+mapped back, merge subfields (``segmentation.ca_mode``), fuse (``segmentation.fusion``),
+and write the results (see :mod:`hsftrain.inference.writer` for the file names) on the
+input's own grid.
+
+A subject whose native segmentation already exists is skipped unless ``files.overwrite``.
+A subject that fails (corrupt or 4D file, ...) is logged with its file name and the run
+goes on; failures are listed at the end and :func:`segment` then raises
+:class:`SegmentError` (the command exits with status 1).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from hsftrain.config import ConfigError
+from hsftrain.data.labels import CA_TYPES, merge_lut, merge_probs
+from hsftrain.inference.engines import OnnxEngine, model_specs, parse_providers, resolve_model
+from hsftrain.inference.fusion import FUSIONS, Fusion
+from hsftrain.inference.image import Volume, load_volume, save_nifti, strip_extension
+from hsftrain.inference.preprocess import pad_to_multiple, unpad, z_normalize
+from hsftrain.inference.roiloc import MODES, Box, is_crop, locate_hippocampi
+from hsftrain.inference.tta import sample_augmentations
+from hsftrain.inference.writer import (
+    Outputs,
+    outputs_for,
+    read_volumes,
+    save_qc,
+    volume_rows,
+    write_volumes,
+)
+
+log = logging.getLogger(__name__)
+
+_OWN_OUTPUT = re.compile(
+    r"_hippocampus_(seg|crop|seg_crop|uncertainty|uncertainty_crop|qc|volumes)"
+    r"(_(left|right))?\.(nii\.gz|png|csv)$"
+)
+
+
+class SegmentError(RuntimeError):
+    """Some subjects could not be segmented (the message lists them and why)."""
+
+
+@dataclass
+class Settings:
+    """The validated ``segment`` configuration."""
+
+    root: Path
+    pattern: str | None
+    mask_patterns: list[str]
+    output_dir: Path | None
+    overwrite: bool
+    volumes_csv: Path
+    roiloc: dict[str, Any]
+    models: list[tuple[str, Any]]
+    models_path: str | None
+    ca_mode: str
+    fusion: str
+    num_aug: int
+    augmentation: dict[str, Any]
+    providers: list[Any]
+    batch_size: int
+    intra_op_num_threads: int
+    inter_op_num_threads: int
+    seed: int = 0
+    qc: bool = True
+    save_crops: bool = True
+
+
+def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    """Value at dotted ``key``; ``???`` and absent keys give ``default``."""
+    if OmegaConf.is_missing(cfg, key.split(".")[0]):
+        return default
+    value = OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def settings_from_config(cfg: DictConfig) -> Settings:
+    """Check the ``segment`` config and gather what a run needs.
+
+    Raises:
+        ConfigError: a missing or invalid key (the message names it).
+    """
+    root = _get(cfg, "files.path")
+    if not root:
+        raise ConfigError("`files.path` must be set: the folder (or file) of MRIs to segment")
+    root_path = Path(str(root)).expanduser()
+    pattern = _get(cfg, "files.pattern")
+    if root_path.is_dir() and not pattern:
+        raise ConfigError(
+            "`files.pattern` must be set: a glob below files.path, e.g. files.pattern='**/*T1w.nii.gz'"
+        )
+    masks = _get(cfg, "files.mask_pattern") or []
+    masks = [masks] if isinstance(masks, str) else [str(m) for m in masks]
+    output_dir = _get(cfg, "files.output_dir")
+    out = Path(str(output_dir)).expanduser() if output_dir else None
+    base = out if out else (root_path if root_path.is_dir() else root_path.parent)
+    volumes_csv = _get(cfg, "files.volumes_csv")
+    volumes = Path(str(volumes_csv)).expanduser() if volumes_csv else base / "volumes.csv"
+
+    roiloc = _get(cfg, "roiloc", {}) or {}
+    mode = str(roiloc.get("mode", "auto"))
+    if mode not in MODES:
+        raise ConfigError(f"roiloc.mode={mode!r}: use one of {', '.join(MODES)}")
+
+    shortcut = _get(cfg, "model_paths")
+    models = model_specs(shortcut if shortcut else _get(cfg, "segmentation.models"))
+    ca_mode = _get(cfg, "segmentation.ca_mode", "")
+    ca_mode = "" if ca_mode is None else str(ca_mode)
+    if ca_mode not in ("", *CA_TYPES):
+        raise ConfigError(
+            f"segmentation.ca_mode={ca_mode!r}: use one of '', {', '.join(map(repr, CA_TYPES))}"
+        )
+    fusion = str(_get(cfg, "segmentation.fusion", "vote"))
+    if fusion not in FUSIONS:
+        raise ConfigError(f"segmentation.fusion={fusion!r}: use one of {', '.join(FUSIONS)}")
+    num_aug = _get(cfg, "segmentation.test_time_num_aug")
+    if num_aug is None:
+        num_aug = _get(cfg, "augmentation.test_time_num_aug", 0)
+    num_aug = int(num_aug or 0) if _get(cfg, "segmentation.tta", True) else 0
+    if num_aug < 0:
+        raise ConfigError(f"segmentation.test_time_num_aug={num_aug}: must be >= 0")
+
+    engine = str(_get(cfg, "hardware.engine", "onnxruntime"))
+    if engine != "onnxruntime":
+        raise ConfigError(f"hardware.engine={engine!r}: only onnxruntime is supported")
+    settings = _get(cfg, "hardware.engine_settings", {}) or {}
+    batch_size = int(settings.get("batch_size", 1) or 1)
+    if batch_size < 1:
+        raise ConfigError("hardware.engine_settings.batch_size must be >= 1")
+    return Settings(
+        root=root_path,
+        pattern=str(pattern) if pattern else None,
+        mask_patterns=masks,
+        output_dir=out,
+        overwrite=bool(_get(cfg, "files.overwrite", False)),
+        volumes_csv=volumes,
+        roiloc=roiloc,
+        models=models,
+        models_path=_get(cfg, "segmentation.models_path"),
+        ca_mode=ca_mode,
+        fusion=fusion,
+        num_aug=num_aug,
+        augmentation=_get(cfg, "augmentation", {}) or {},
+        providers=parse_providers(settings.get("execution_providers")),
+        batch_size=batch_size,
+        intra_op_num_threads=int(settings.get("intra_op_num_threads", 0) or 0),
+        inter_op_num_threads=int(settings.get("inter_op_num_threads", 0) or 0),
+        seed=int(_get(cfg, "seed", 0) or 0),
+        qc=bool(_get(cfg, "qc", True)),
+        save_crops=bool(_get(cfg, "save_crops", True)),
+    )
+
+
+def find_mris(root: Path, pattern: str | None, mask_patterns: Sequence[str] = ()) -> list[Path]:
+    """MRIs under ``root`` matching ``pattern``, minus ``mask_patterns`` and our own outputs.
+
+    ``mask_patterns`` are globs matched against the file name and against its path relative
+    to ``root``. Files written by ``hsftrain segment`` and temporary files are always left out.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist, or nothing matches.
+    """
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"files.path={root} does not exist")
+    found = []
+    for path in sorted(root.glob(pattern or "*")):
+        if not path.is_file() or path.name.startswith(".") or _OWN_OUTPUT.search(path.name):
+            continue
+        relative = path.relative_to(root).as_posix()
+        if any(
+            fnmatch.fnmatch(path.name, m) or fnmatch.fnmatch(relative, m) for m in mask_patterns
+        ):
+            continue
+        found.append(path)
+    if not found:
+        masks = f" (excluding {list(mask_patterns)})" if mask_patterns else ""
+        raise FileNotFoundError(
+            f"no MRI matches files.pattern={pattern!r} under files.path={root}{masks}"
+        )
+    return found
+
+
+@dataclass
+class CropResult:
+    """Fused segmentation of one crop."""
+
+    label_map: np.ndarray  # (X, Y, Z) uint8
+    uncertainty: np.ndarray | None  # (X, Y, Z) float32 in [0, 1], None for one prediction
+    n_predictions: int
+
+
+class Segmenter:
+    """Models + test-time augmentation + subfield merging + fusion, for one crop at a time.
+
+    Args:
+        engines: loaded models, all with the same class names.
+        augmentation: the ``augmentation`` config (flip/affine/elastic).
+        num_aug: augmented predictions per model, on top of the plain one.
+        fusion: "vote" or "mean".
+        ca_mode: subfield granularity ("" keeps the model's classes).
+        batch_size: augmented copies stacked per model call.
+
+    Raises:
+        ConfigError: the models disagree on their classes.
+    """
+
+    def __init__(
+        self,
+        engines: Sequence[OnnxEngine],
+        augmentation: Mapping[str, Any] | None = None,
+        num_aug: int = 0,
+        fusion: str = "vote",
+        ca_mode: str = "",
+        batch_size: int = 1,
+    ) -> None:
+        self.engines = list(engines)
+        names = self.engines[0].labels_names
+        for engine in self.engines[1:]:
+            if engine.labels_names != names:
+                raise ConfigError(
+                    f"segmentation.models disagree on their classes: {self.engines[0].path.name} "
+                    f"has {names}, {engine.path.name} has {engine.labels_names}"
+                )
+        self.model_names = list(names)
+        self.ca_mode = ca_mode
+        _, merged = merge_lut(self.model_names, ca_mode) if ca_mode else (None, names)
+        self.names = list(merged)
+        self.augmentation = dict(augmentation or {})
+        self.num_aug = int(num_aug)
+        self.fusion = fusion
+        self.batch_size = max(1, int(batch_size))
+
+    @property
+    def predictions_per_crop(self) -> int:
+        return len(self.engines) * (1 + self.num_aug)
+
+    def segment_crop(
+        self,
+        image: np.ndarray,
+        zooms: Sequence[float],
+        rng: np.random.Generator,
+        advance: Callable[[int], None] | None = None,
+    ) -> CropResult:
+        """Segment a canonical ``(X, Y, Z)`` crop (raw intensities)."""
+        padded, crop = pad_to_multiple(z_normalize(image), 8)
+        augmentations = sample_augmentations(
+            self.augmentation, self.num_aug, padded.shape, zooms, rng
+        )
+        fusion = Fusion(self.fusion)
+        for start in range(0, len(augmentations), self.batch_size):
+            chunk = augmentations[start : start + self.batch_size]
+            inputs = np.stack([a.apply(padded) for a in chunk])[:, None]
+            for engine in self.engines:
+                probs = engine.predict(inputs)
+                for augmentation, p in zip(chunk, probs, strict=True):
+                    back = unpad(augmentation.invert(p), crop)
+                    fusion.add(merge_probs(back, self.model_names, self.ca_mode))
+                if advance:
+                    advance(len(chunk))
+        uncertainty = fusion.uncertainty() if fusion.count > 1 else None
+        return CropResult(fusion.label_map(), uncertainty, fusion.count)
+
+
+@dataclass
+class SubjectReport:
+    subject: str
+    mri: Path
+    status: str  # done | skipped | failed
+    seconds: float = 0.0
+    sides: list[str] = field(default_factory=list)
+    volumes_mm3: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+
+
+class ProgressHook:
+    """Progress callbacks: a new crop starts (``start``), predictions are done (``advance``)."""
+
+    def __init__(self, progress: Any, task: Any) -> None:
+        self.progress = progress
+        self.task = task
+
+    def start(self, description: str, total: int) -> None:
+        self.progress.reset(self.task, total=total, description=f"predictions {description}")
+
+    def advance(self, n: int) -> None:
+        self.progress.advance(self.task, n)
+
+
+def subject_name(mri: Path, root: Path) -> str:
+    """Subject id in volumes.csv: the path below ``files.path``, without extension."""
+    try:
+        relative = mri.relative_to(root) if root.is_dir() else Path(mri.name)
+    except ValueError:
+        relative = Path(mri.name)
+    return (relative.parent / strip_extension(relative.name)).as_posix()
+
+
+def _rng(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(key.encode())])
+
+
+def locate(volume: Volume, settings: Settings) -> list[Box]:
+    """The crops of ``volume``: the whole image for a crop input, else both hippocampi."""
+    roiloc = settings.roiloc
+    if is_crop(volume, str(roiloc.get("mode", "auto")), float(roiloc.get("crop_max_fov_mm", 80))):
+        return [Box("crop", (0, 0, 0), volume.array.shape)]  # type: ignore[arg-type]
+    return locate_hippocampi(volume, roiloc, seed=settings.seed)
+
+
+def segment_subject(
+    mri: Path,
+    outputs: Outputs,
+    subject: str,
+    segmenter: Segmenter,
+    settings: Settings,
+    bar: ProgressHook | None = None,
+) -> SubjectReport:
+    """Segment one MRI and write its outputs (the native segmentation last).
+
+    Raises:
+        InputError: unreadable or non-3D input.
+    """
+    start = time.perf_counter()
+    for stale in outputs.stale_temporaries():
+        stale.unlink(missing_ok=True)
+    volume = load_volume(mri)
+    boxes = locate(volume, settings)
+    crop_input = boxes[0].side == "crop"
+    voxel_mm3 = float(abs(np.linalg.det(volume.affine[:3, :3])))
+    canonical = np.zeros(volume.array.shape, dtype=np.uint8)
+    rows: list[dict[str, object]] = []
+    report = SubjectReport(subject, mri, "done")
+    for box in boxes:
+        image = volume.array[box.slices]
+        if bar:
+            bar.start(f"{subject} {box.side}", segmenter.predictions_per_crop)
+        result = segmenter.segment_crop(
+            image,
+            volume.zooms,
+            _rng(settings.seed, f"{subject}:{box.side}"),
+            bar.advance if bar else None,
+        )
+        labels = result.label_map
+        affine = box.affine(volume.affine)
+        if not crop_input:
+            if settings.save_crops:
+                save_nifti(image.astype(np.float32), affine, outputs.image_crop(box.side))
+            save_nifti(labels, affine, outputs.segmentation_crop(box.side))
+        if result.uncertainty is not None:
+            if crop_input:
+                save_nifti(
+                    volume.native(result.uncertainty),
+                    volume.native_affine,
+                    outputs.uncertainty(box.side),
+                )
+            else:
+                save_nifti(result.uncertainty, affine, outputs.uncertainty(box.side))
+        if settings.qc:
+            save_qc(image, labels, volume.zooms, outputs.qc(box.side), f"{subject} ({box.side})")
+        side_rows = volume_rows(subject, box.side, labels, segmenter.names, voxel_mm3)
+        rows += side_rows
+        report.sides.append(box.side)
+        report.volumes_mm3[box.side] = float(sum(float(r["volume_mm3"]) for r in side_rows))  # type: ignore[arg-type]
+        region = canonical[box.slices]
+        free = (labels > 0) & (region == 0)  # overlapping boxes: the first side keeps its labels
+        region[free] = labels[free]
+    write_volumes(rows, outputs.volumes)
+    save_nifti(volume.native(canonical), volume.native_affine, outputs.segmentation)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def load_engines(settings: Settings) -> list[OnnxEngine]:
+    """Resolve (download if needed) and load every configured model."""
+    engines = []
+    for name, spec in settings.models:
+        path = resolve_model(name, spec, settings.models_path)
+        engine = OnnxEngine(
+            path,
+            settings.providers,
+            batch_size=settings.batch_size,
+            intra_op_num_threads=settings.intra_op_num_threads,
+            inter_op_num_threads=settings.inter_op_num_threads,
+        )
+        log.info("model %s: %s on %s", name, path, ", ".join(engine.providers))
+        engines.append(engine)
+    return engines
+
+
+def rebuild_volumes(reports: Sequence[SubjectReport], settings: Settings) -> Path | None:
+    """Gather the per-subject tables of every finished subject into ``volumes.csv``."""
+    rows: list[dict[str, object]] = []
+    for report in reports:
+        if report.status not in ("done", "skipped"):
+            continue
+        table = outputs_for(report.mri, settings.root, settings.output_dir).volumes
+        if table.is_file():
+            rows += read_volumes(table)
+        else:
+            log.warning(
+                "%s: %s is missing, its volumes are left out of volumes.csv (rerun with "
+                "files.overwrite=true to rebuild them)",
+                report.mri,
+                table.name,
+            )
+    if not rows:
+        return None
+    return write_volumes(rows, settings.volumes_csv)
+
+
+def _summary(reports: Sequence[SubjectReport], volumes: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="hsftrain segment")
+    for column in ("subject", "status", "sides", "volume (mm3)", "seconds"):
+        table.add_column(column, justify="right" if column in ("seconds",) else "left")
+    style = {"done": "green", "skipped": "yellow", "failed": "red"}
+    for r in reports:
+        volumes_text = ", ".join(f"{s} {v:.0f}" for s, v in r.volumes_mm3.items())
+        table.add_row(
+            r.subject,
+            f"[{style[r.status]}]{r.status}[/]",
+            ", ".join(r.sides),
+            volumes_text,
+            f"{r.seconds:.1f}" if r.status == "done" else "",
+        )
+    console = Console()
+    console.print(table)
+    counts = {s: sum(r.status == s for r in reports) for s in ("done", "skipped", "failed")}
+    console.print(
+        f"{counts['done']} segmented, {counts['skipped']} skipped (already segmented; "
+        f"files.overwrite=true to redo), {counts['failed']} failed"
+        + (f"; volumes: {volumes}" if volumes else "")
+    )
+
+
+def segment(cfg: DictConfig) -> list[Path]:
+    """Segment every MRI matching ``files.path``/``files.pattern`` (the HSF workflow).
+
+    Returns:
+        the native-space segmentation of every finished subject (segmented now or skipped
+        because already done), in the order the files were found.
+
+    Raises:
+        ConfigError: invalid configuration (names the key).
+        FileNotFoundError: no MRI matches ``files.pattern`` under ``files.path``.
+        SegmentError: some subjects failed (the others are written).
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    settings = settings_from_config(cfg)
+    mris = find_mris(settings.root, settings.pattern, settings.mask_patterns)
+    reports: list[SubjectReport] = []
+    todo: list[tuple[Path, Outputs, str]] = []
+    for mri in mris:
+        outputs = outputs_for(mri, settings.root, settings.output_dir)
+        subject = subject_name(mri, settings.root)
+        if outputs.segmentation.is_file() and not settings.overwrite:
+            log.info("%s: already segmented (%s), skipping", mri, outputs.segmentation.name)
+            reports.append(SubjectReport(subject, mri, "skipped"))
+        else:
+            todo.append((mri, outputs, subject))
+    log.info(
+        "%d MRI(s) found under %s: %d to segment, %d already done",
+        len(mris),
+        settings.root,
+        len(todo),
+        len(mris) - len(todo),
+    )
+    if todo:
+        engines = load_engines(settings)
+        segmenter = Segmenter(
+            engines,
+            settings.augmentation,
+            settings.num_aug,
+            settings.fusion,
+            settings.ca_mode,
+            settings.batch_size,
+        )
+        log.info(
+            "%d model(s) x %d view(s) (test_time_num_aug=%d), fusion=%s, ca_mode=%r, classes %s",
+            len(engines),
+            1 + settings.num_aug,
+            settings.num_aug,
+            settings.fusion,
+            settings.ca_mode,
+            [n for n in segmenter.names if n],
+        )
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns) as progress:
+            subjects_task = progress.add_task("subjects", total=len(todo))
+            hook = ProgressHook(progress, progress.add_task("predictions", total=None))
+            for mri, outputs, subject in todo:
+                try:
+                    report = segment_subject(mri, outputs, subject, segmenter, settings, hook)
+                except Exception as err:  # keep going: report every failure at the end
+                    log.error("%s: %s", mri, err)
+                    log.debug("traceback", exc_info=True)
+                    report = SubjectReport(subject, mri, "failed", error=str(err))
+                reports.append(report)
+                progress.advance(subjects_task)
+    order = {m: i for i, m in enumerate(mris)}
+    reports.sort(key=lambda r: order[r.mri])
+    volumes = rebuild_volumes(reports, settings)
+    _summary(reports, volumes)
+    failed = [r for r in reports if r.status == "failed"]
+    if failed:
+        lines = "\n".join(f"  {r.mri}: {r.error}" for r in failed)
+        raise SegmentError(f"{len(failed)} of {len(reports)} MRI(s) failed:\n{lines}")
+    return [outputs_for(r.mri, settings.root, settings.output_dir).segmentation for r in reports]

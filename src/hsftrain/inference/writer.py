@@ -1,0 +1,202 @@
+"""Output names, volumes tables and quality-control figures of ``hsftrain segment``.
+
+Outputs of an input ``<stem>.nii.gz`` (``<stem>`` = file name without its extension),
+written into ``files.output_dir`` (mirroring the input's sub-folders below ``files.path``)
+or, by default, next to the input:
+
+================================================  ==========================================
+``<stem>_hippocampus_seg.nii.gz``                 segmentation on the input's own grid
+                                                  (shape, affine, orientation); written last:
+                                                  its presence marks the subject finished
+``<stem>_hippocampus_crop_<side>.nii.gz``         the MRI crop (whole-head inputs only)
+``<stem>_hippocampus_seg_crop_<side>.nii.gz``     segmentation of that crop
+``<stem>_hippocampus_uncertainty[_crop_<side>]``  voxel-wise uncertainty (``.nii.gz``, float32
+                                                  in [0, 1]); only when > 1 prediction fused
+``<stem>_hippocampus_qc[_<side>].png``            three planes with the label overlay
+``<stem>_hippocampus_volumes.csv``                this subject's rows of ``volumes.csv``
+================================================  ==========================================
+
+``<side>`` is ``left`` or ``right``; a crop input has a single side ``crop`` and no
+``_<side>`` suffix (its segmentation *is* the native one). ``volumes.csv`` (one for the run,
+in ``files.output_dir`` or ``files.path``) is rebuilt at the end of every run from the
+per-subject tables, so resumed runs neither lose nor duplicate rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hsftrain.inference.image import atomic_path, save_text, strip_extension
+
+#: Every file hsftrain segment writes contains this (used to skip our own outputs).
+MARKER = "_hippocampus_"
+VOLUME_COLUMNS: tuple[str, ...] = ("subject", "side", "label", "name", "volume_mm3", "voxel_count")
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Paths of one input's outputs."""
+
+    folder: Path
+    stem: str
+
+    def _path(self, kind: str, side: str | None, ext: str = ".nii.gz") -> Path:
+        suffix = f"_{side}" if side and side != "crop" else ""
+        return self.folder / f"{self.stem}_hippocampus_{kind}{suffix}{ext}"
+
+    @property
+    def segmentation(self) -> Path:
+        return self.folder / f"{self.stem}_hippocampus_seg.nii.gz"
+
+    @property
+    def volumes(self) -> Path:
+        return self.folder / f"{self.stem}_hippocampus_volumes.csv"
+
+    def image_crop(self, side: str) -> Path:
+        return self._path("crop", side)
+
+    def segmentation_crop(self, side: str) -> Path:
+        return self._path("seg_crop", side)
+
+    def uncertainty(self, side: str) -> Path:
+        if side == "crop":
+            return self._path("uncertainty", None)
+        return self._path("uncertainty_crop", side)
+
+    def qc(self, side: str) -> Path:
+        return self._path("qc", side, ".png")
+
+    def stale_temporaries(self) -> list[Path]:
+        """Temporary files a killed run may have left for this subject."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(self.folder.glob(f".{self.stem}_hippocampus_*.hsftrain-tmp*"))
+
+
+def outputs_for(mri: Path, root: Path, output_dir: str | Path | None) -> Outputs:
+    """Where the outputs of ``mri`` (found under ``root``) go."""
+    stem = strip_extension(mri.name)
+    if not output_dir:
+        return Outputs(mri.parent, stem)
+    try:
+        relative = mri.parent.relative_to(root)
+    except ValueError:
+        relative = Path()
+    return Outputs(Path(output_dir).expanduser() / relative, stem)
+
+
+def volume_rows(
+    subject: str,
+    side: str,
+    label_map: np.ndarray,
+    names: Sequence[str],
+    voxel_volume_mm3: float,
+) -> list[dict[str, object]]:
+    """One row per foreground class (also those with no voxel) of a label map."""
+    counts = np.bincount(label_map.ravel().astype(np.int64), minlength=len(names))
+    rows = []
+    for value, name in enumerate(names):
+        if value == 0 or not name:
+            continue
+        n = int(counts[value]) if value < len(counts) else 0
+        rows.append(
+            {
+                "subject": subject,
+                "side": side,
+                "label": value,
+                "name": name,
+                "volume_mm3": round(n * float(voxel_volume_mm3), 4),
+                "voxel_count": n,
+            }
+        )
+    return rows
+
+
+def rows_to_csv(rows: Sequence[dict[str, object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=VOLUME_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_volumes(rows: Sequence[dict[str, object]], path: Path) -> Path:
+    """Write a volumes table atomically."""
+    return save_text(rows_to_csv(rows), path)
+
+
+def read_volumes(path: Path) -> list[dict[str, object]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _mpl_config() -> None:
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "hsftrain-matplotlib"))
+
+
+def save_qc(
+    image: np.ndarray,
+    label_map: np.ndarray,
+    zooms: Sequence[float],
+    path: Path,
+    title: str = "",
+) -> Path:
+    """Sagittal, coronal and axial slices through the labels' centre, labels overlaid.
+
+    Args:
+        image: ``(X, Y, Z)`` canonical (RAS) intensities.
+        label_map: ``(X, Y, Z)`` integer labels on the same grid.
+    """
+    _mpl_config()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    fg = np.argwhere(label_map > 0)
+    centre = fg.mean(axis=0).round().astype(int) if len(fg) else np.asarray(image.shape) // 2
+    n_labels = max(int(label_map.max()), 1)
+    base = np.array(
+        [
+            [0.90, 0.10, 0.10],
+            [0.10, 0.70, 0.10],
+            [0.15, 0.35, 0.95],
+            [0.95, 0.75, 0.10],
+            [0.70, 0.20, 0.80],
+            [0.10, 0.80, 0.80],
+            [0.95, 0.45, 0.10],
+            [0.55, 0.55, 0.55],
+        ]
+    )
+    colours = np.vstack([[0, 0, 0], base[np.arange(n_labels) % len(base)]])
+    cmap = ListedColormap(colours)
+    views = [
+        ("sagittal", image[centre[0]], label_map[centre[0]], zooms[2] / zooms[1]),
+        ("coronal", image[:, centre[1]], label_map[:, centre[1]], zooms[2] / zooms[0]),
+        ("axial", image[:, :, centre[2]], label_map[:, :, centre[2]], zooms[1] / zooms[0]),
+    ]
+    lo, hi = np.percentile(image, [1, 99.5]) if image.size else (0, 1)
+    fig = Figure(figsize=(9, 3.4), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, (name, img, lab, aspect) in enumerate(views):
+        ax = fig.add_subplot(1, 3, i + 1)
+        ax.imshow(img.T, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect)
+        overlay = np.ma.masked_equal(lab.T, 0)
+        ax.imshow(
+            overlay, cmap=cmap, origin="lower", vmin=0, vmax=n_labels, alpha=0.45, aspect=aspect
+        )
+        ax.set_title(name, fontsize=9)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return path
