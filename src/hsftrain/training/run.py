@@ -124,16 +124,27 @@ def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return kwargs
 
 
+def _log_version(run_dir: Path) -> str:
+    """``logs`` for a new run; ``logs_resumeN`` when resuming, so earlier logs are kept."""
+    if not (run_dir / "logs").exists():
+        return "logs"
+    k = 1
+    while (run_dir / f"logs_resume{k}").exists():
+        k += 1
+    return f"logs_resume{k}"
+
+
 def _logger(cfg: DictConfig, run_dir: Path) -> Any:
     kind = str(cfg.logger.get("name", "tensorboard"))
+    version = _log_version(run_dir)
     if kind == "tensorboard":
         from lightning.pytorch.loggers import TensorBoardLogger
 
-        return TensorBoardLogger(str(run_dir), name="", version="logs", default_hp_metric=False)
+        return TensorBoardLogger(str(run_dir), name="", version=version, default_hp_metric=False)
     if kind == "csv":
         from lightning.pytorch.loggers import CSVLogger
 
-        return CSVLogger(str(run_dir), name="", version="logs")
+        return CSVLogger(str(run_dir), name="", version=version)
     if kind == "wandb":
         try:
             import wandb  # noqa: F401

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+
+from hsftrain.data.labels import (
+    SUBFIELDS,
+    LabelError,
+    class_names,
+    group_table,
+    merge_label_map,
+    merge_lut,
+    merge_probs,
+    merged_name,
+    remap_labels,
+)
+
+
+def test_remap_hand_written():
+    label_map = np.array([[0, 1, 2], [5, 5, 1]])
+    out = remap_labels(label_map, {1: 3, 2: 1, 5: 2})
+    np.testing.assert_array_equal(out, [[0, 3, 1], [2, 2, 3]])
+
+
+def test_remap_missing_values_names_file_and_fix():
+    with pytest.raises(LabelError, match=r"\[7\] in sub-01_lbl.nii.gz.*add them"):
+        remap_labels(np.array([0, 1, 7]), {1: 1}, source="sub-01_lbl.nii.gz")
+
+
+def test_merged_names():
+    assert merged_name("CA3", "1/23") == "CA2/3"
+    assert merged_name("CA1", "1/23") == "CA1"
+    assert merged_name("CA2", "123") == "CA"
+    assert merged_name("DG", "123") == "DG"
+    assert merged_name("SUB", "whole") == "hippocampus"
+    with pytest.raises(LabelError, match="unknown ca_type"):
+        merged_name("CA1", "12/3")
+
+
+def test_merge_label_map_1_23_and_123():
+    names = list(SUBFIELDS)  # bg DG CA1 CA2 CA3 SUB HEAD TAIL
+    label_map = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(merge_label_map(label_map, names, "1/23"), [0, 1, 2, 3, 3, 5, 6, 7])
+    np.testing.assert_array_equal(merge_label_map(label_map, names, "123"), [0, 1, 2, 2, 2, 5, 6, 7])
+    np.testing.assert_array_equal(merge_label_map(label_map, names, "whole"), [0, 1, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(merge_label_map(label_map, names, ""), label_map)
+    _, merged = merge_lut(names, "123")
+    assert merged[2] == "CA" and merged[3] == ""
+
+
+def test_merge_probs_sums_into_first_member():
+    names = list(SUBFIELDS)
+    probs = np.arange(8, dtype=float).reshape(8, 1) / 28
+    out = merge_probs(probs, names, "123")
+    assert out[2, 0] == pytest.approx((2 + 3 + 4) / 28)
+    assert out[3, 0] == 0 and out[4, 0] == 0
+    assert out.sum() == pytest.approx(1.0)
+
+
+def test_group_table_forgives_granularity_and_missing_head_tail():
+    model = list(SUBFIELDS)
+    dataset = ["background", "DG", "CA", "SUB"]  # "123" dataset without HEAD/TAIL
+    table = group_table(model, dataset, "123")
+    assert table.shape == (4, 8)
+    np.testing.assert_array_equal(table.sum(0), np.ones(8))  # one group per model class
+    assert table[2, [2, 3, 4]].tolist() == [1, 1, 1]  # CA1, CA2, CA3 -> CA
+    assert table[0, [0, 6, 7]].tolist() == [1, 1, 1]  # HEAD, TAIL forgiven as background
+
+
+def test_group_table_unreachable_dataset_class():
+    with pytest.raises(LabelError, match="CA4"):
+        group_table(list(SUBFIELDS), ["background", "CA4"], "1/2/3")
+
+
+def test_class_names_fill_gaps():
+    assert class_names({2: "b"}) == ["background", "label_1", "b"]
+    assert class_names({1: "a"}, num_classes=3) == ["background", "a", "label_2"]

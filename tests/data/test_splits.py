@@ -1,0 +1,36 @@
+import pytest
+
+from hsftrain.data.splits import Split, make_split
+
+
+def test_ratio_split_is_disjoint_and_deterministic():
+    a = make_split(10, train_ratio=0.8, seed=1)
+    b = make_split(10, train_ratio=0.8, seed=1)
+    assert a == b
+    assert len(a.train) == 8 and len(a.val) == 2
+    assert not set(a.train) & set(a.val)
+
+
+def test_bagging_samples_with_replacement_and_validates_out_of_bag():
+    split = make_split(20, replace=True, k_sample=20, seed=3)
+    assert len(split.train) == 20
+    assert len(set(split.train)) < 20  # repeats: a bootstrap sample
+    assert set(split.val) == set(range(20)) - set(split.train)
+    other = make_split(20, replace=True, k_sample=20, seed=4)
+    assert other.train != split.train
+
+
+def test_explicit_and_train_on_all():
+    assert make_split(5, explicit=[[0, 1], [2], [3, 4]]) == Split([0, 1], [2], [3, 4])
+    assert make_split(3, train_on_all=True) == Split([0, 1, 2], [0, 1, 2], [])
+    with pytest.raises(ValueError, match="out of range"):
+        make_split(3, explicit=[[0, 5], [1], []])
+
+
+def test_split_file_round_trip(tmp_path):
+    ids = ["a", "b", "c", "d"]
+    split = Split([0, 0, 2], [1, 3], [])
+    path = split.save(tmp_path / "split.json", ids, seed=7)
+    assert Split.load(path, ids) == split
+    with pytest.raises(ValueError, match="not in the datasets"):
+        Split.load(path, ["a", "b"])

@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from hsftrain.losses import FocalTverskyLoss, ForgivingLoss, TverskyLoss, one_hot, tversky_index
+
+
+def _example():
+    # 4 voxels, 2 classes; class 1 probs [1, .5, 0, 0], target [1, 1, 0, 0]
+    p1 = torch.tensor([1.0, 0.5, 0.0, 0.0])
+    probs = torch.stack([1 - p1, p1]).reshape(1, 2, 4, 1, 1)
+    target = one_hot(torch.tensor([1, 1, 0, 0]).reshape(1, 4, 1, 1), 2)
+    return probs, target
+
+
+def test_tversky_index_by_hand():
+    probs, target = _example()
+    ti = tversky_index(probs, target, alpha=0.3, beta=0.7, smooth=0)
+    # class 1: TP 1.5, FP 0, FN 0.5 -> 1.5 / (1.5 + 0.7 * 0.5)
+    # class 0: TP 2, FP 0.5, FN 0 -> 2 / (2 + 0.3 * 0.5)
+    assert ti.tolist() == pytest.approx([2 / 2.15, 1.5 / 1.85])
+
+
+def test_tversky_and_focal_loss_by_hand():
+    probs, target = _example()
+    plain = TverskyLoss(smooth=0)(probs, target)
+    assert float(plain) == pytest.approx(((1 - 2 / 2.15) + (1 - 1.5 / 1.85)) / 2)
+    focal = FocalTverskyLoss(gamma=0.75, smooth=0)(probs, target)
+    assert float(focal) == pytest.approx(((1 - 2 / 2.15) ** 0.75 + (1 - 1.5 / 1.85) ** 0.75) / 2)
+    assert float(focal) == pytest.approx(0.2113, abs=1e-3)
+    no_bg = FocalTverskyLoss(gamma=1.0, smooth=0, include_background=False)(probs, target)
+    assert float(no_bg) == pytest.approx(1 - 1.5 / 1.85)
+
+
+def test_perfect_prediction_has_zero_loss():
+    target = one_hot(torch.tensor([0, 1, 2, 1]).reshape(1, 4, 1, 1), 3)
+    assert float(FocalTverskyLoss()(target, target)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_forgiving_loss_does_not_penalise_finer_prediction():
+    # model classes: background, CA2, CA3; dataset "1/23" labels: background, CA2/3
+    table = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    probs = torch.tensor([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]]).T.reshape(1, 3, 2, 1, 1)
+    label_map = torch.tensor([1, 0]).reshape(1, 2, 1, 1)
+    forgiving = ForgivingLoss({0: table}, FocalTverskyLoss(gamma=1.0))
+    assert float(forgiving(probs, label_map, torch.tensor([0]))) == pytest.approx(0.0, abs=1e-6)
+    strict = ForgivingLoss({0: torch.eye(3)}, FocalTverskyLoss(gamma=1.0))
+    assert float(strict(probs, label_map, torch.tensor([0]))) > 0.2
+
+
+def test_forgiving_loss_per_dataset_tables():
+    probs = torch.softmax(torch.randn(2, 3, 4, 4, 4), 1)
+    label_map = torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    tables = {0: torch.eye(3), 1: torch.tensor([[1.0, 0, 0], [0, 1.0, 1.0]])}
+    loss = ForgivingLoss(tables)(probs, label_map, torch.tensor([0, 1]))
+    assert loss.ndim == 0 and 0 < float(loss) < 1

@@ -1,0 +1,76 @@
+"""The train command end to end on tiny synthetic data, and resuming a run."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hsftrain.cli import app
+from tests.conftest import TINY
+
+
+def _train(args):
+    result = CliRunner().invoke(app, ["train", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_cli_train_writes_run_and_resumes(phantoms, tmp_path):
+    base = [*TINY, "datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
+    _train([*base, "run_name=r1", "export_onnx=true"])
+    run = tmp_path / "r1"
+    for name in ("config.yaml", "split.json", "metrics.json", "model.onnx", "checkpoints/last.ckpt"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "val/dice_mean" in metrics and "val/dice/CA1" in metrics
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 6 and len(split["val"]) == 2
+
+    _train([*base, f"resume={run}", "lightning.max_epochs=2"])
+    ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * 3
+    assert json.loads((run / "split.json").read_text()) == split
+    assert (run / "logs" / "metrics.csv").is_file() and (run / "logs_resume1" / "metrics.csv").is_file()
+
+    again = CliRunner().invoke(app, ["train", *base, "run_name=r1"])
+    assert again.exit_code == 1
+
+
+def test_bagging_run_writes_bootstrap_split(phantoms, tmp_path):
+    from hsftrain.config import compose
+    from hsftrain.training.run import train
+
+    cfg = compose(
+        "config",
+        [*TINY, "datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}",
+         "run_name=bag", "datasets.replace=true", "datasets.k_sample=8", "seed=3",
+         "lightning.limit_train_batches=1"],
+    )
+    out = train(cfg)
+    split = json.loads((tmp_path / "bag" / "split.json").read_text())
+    assert len(split["train"]) == 8 and len(set(split["train"])) < 8
+    assert not set(split["train"]) & set(split["val"])
+    assert out["run_dir"].endswith("bag")
+
+
+def test_help_lists_groups():
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0
+    for group in ("datasets", "models", "lightning", "finetuning", "logger"):
+        assert group in result.output
+
+
+def test_cfg_job_prints_config():
+    result = CliRunner().invoke(app, ["train", "models.lr=0.01", "--cfg", "job"])
+    assert result.exit_code == 0 and "lr: 0.01" in result.output
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [("models.nonsense=1", "nonsense"), ("datasets.main_path=/does/not/exist", "does not exist")],
+)
+def test_bad_input_fails_cleanly(override, message, tmp_path):
+    result = CliRunner().invoke(app, ["train", override, f"datasets.output_path={tmp_path}"])
+    assert result.exit_code == 1
+    assert message in result.output
