@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader
 from hsftrain.data.dataset import SubjectDataset, pad_collate
 from hsftrain.data.discovery import Discovery
 from hsftrain.data.splits import Split
-from hsftrain.data.transforms import build_transform
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -30,12 +29,13 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_set = SubjectDataset(
             [subjects[i] for i in split.train],
             discovery.datasets,
-            build_transform(augmentation_cfg, patch, train=True),
+            patch,
+            augmentation_cfg,
         )
         self.val_set = SubjectDataset(
             [subjects[i] for i in split.val],
             discovery.datasets,
-            build_transform(augmentation_cfg, patch, train=False),
+            patch,
         )
         self.batch_size = int(datasets_cfg.get("batch_size", 1))
         self.num_workers = int(datasets_cfg.get("num_workers", 0))

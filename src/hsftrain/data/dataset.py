@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -12,35 +13,51 @@ from torch.utils.data import Dataset
 
 from hsftrain.data.discovery import DatasetSpec, Subject, read_label
 from hsftrain.data.nifti import load_volume
+from hsftrain.data.transforms import augmentation, postprocess
 
 
 class SubjectDataset(Dataset):
-    """Items ``{"image": (1, X, Y, Z) float, "label": (X, Y, Z) long, "dataset": int}``."""
+    """Items ``{"image": (1, X, Y, Z) float, "label": (X, Y, Z) long, "dataset": int}``.
+
+    Volumes are loaded in canonical (RAS+) orientation, augmented when ``augment`` is given
+    (the ``augmentation`` config group), then post-processed to ``patch_size``.
+    """
 
     def __init__(
-        self, subjects: Sequence[Subject], specs: Sequence[DatasetSpec], transform: tio.Transform
+        self,
+        subjects: Sequence[Subject],
+        specs: Sequence[DatasetSpec],
+        patch_size: Sequence[int] | None,
+        augment: Mapping[str, Any] | None = None,
     ) -> None:
         self.subjects = list(subjects)
         self.specs = {s.index: s for s in specs}
-        self.transform = transform
+        self.patch_size = patch_size
+        self.transform = augmentation(augment) if augment else None
+        self.noise = augment.get("noise") if augment else None
 
     def __len__(self) -> int:
         return len(self.subjects)
 
     def load(self, i: int) -> tio.Subject:
         subject = self.subjects[i]
-        image, affine = load_volume(subject.image, np.float32)
-        label = read_label(self.specs[subject.dataset], subject.label)
+        image, affine = load_volume(subject.image, np.float32, canonical=True)
+        label = read_label(self.specs[subject.dataset], subject.label, canonical=True)
         return tio.Subject(
             image=tio.ScalarImage(tensor=torch.from_numpy(image)[None], affine=affine),
             label=tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=affine),
         )
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int | str]:
-        out = self.transform(self.load(i))
+        subject = self.load(i)
+        if self.transform is not None:
+            subject = self.transform(subject)
+        image, label = postprocess(
+            subject["image"].data.float(), subject["label"].data[0].long(), self.patch_size, self.noise
+        )
         return {
-            "image": out["image"].data.float(),
-            "label": out["label"].data[0].long(),
+            "image": image,
+            "label": label,
             "dataset": self.subjects[i].dataset,
             "id": self.subjects[i].id,
         }

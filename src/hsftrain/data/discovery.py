@@ -132,13 +132,13 @@ def find_pairs(spec: DatasetSpec) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def read_label(spec: DatasetSpec, path: Path) -> np.ndarray:
+def read_label(spec: DatasetSpec, path: Path, canonical: bool = False) -> np.ndarray:
     """Load a label map and remap it with the dataset's ``labels`` table.
 
     Raises:
         DataError: unreadable file, or values missing from the table.
     """
-    data, _ = load_volume(path)
+    data, _ = load_volume(path, canonical=canonical)
     if not np.issubdtype(data.dtype, np.integer):
         rounded = np.rint(data)
         if not np.allclose(rounded, data, atol=1e-3):

@@ -14,8 +14,10 @@ class DataError(ValueError):
     """A data file that cannot be used; the message names the file and the fix."""
 
 
-def load_volume(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Load a 3D volume and its 4x4 affine.
+def load_volume(
+    path: str | Path, dtype: type | None = None, canonical: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load a 3D volume and its 4x4 affine (reoriented to RAS+ when ``canonical``).
 
     A trailing singleton 4th dimension is dropped.
 
@@ -27,6 +29,8 @@ def load_volume(path: str | Path, dtype: type | None = None) -> tuple[np.ndarray
         raise DataError(f"{path}: no such file (check the dataset path and glob patterns)")
     try:
         img = nib.load(str(path))
+        if canonical and len(img.shape) == 3:
+            img = nib.as_closest_canonical(img)
         data = np.asanyarray(img.dataobj)
     except Exception as err:  # nibabel raises many types for corrupt files
         raise DataError(

@@ -1,24 +1,27 @@
-"""torchio pipelines: pre-processing, augmentation and post-processing, from config."""
+"""Pre-processing, augmentation (torchio) and post-processing, from config.
+
+Pre-processing (canonical RAS+ orientation) happens when a volume is loaded. Random
+augmentations are torchio transforms. Post-processing (z-normalisation, optional noise,
+crop/pad to ``patch_size`` or to a multiple of 8) is done directly on tensors: it runs
+on every item, so it is kept cheap.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 import torchio as tio
 
 
-def preprocessing() -> list[tio.Transform]:
-    """Canonical (RAS+) orientation. Intensity normalisation comes after augmentation."""
-    return [tio.ToCanonical()]
-
-
-def augmentation(cfg: Mapping[str, Any]) -> list[tio.Transform]:
+def augmentation(cfg: Mapping[str, Any]) -> tio.Compose | None:
     """Random spatial then intensity transforms, each applied with its probability ``p``.
 
     Keys of the ``augmentation`` group: flip, affine, elastic, motion, blur, gamma (noise is
-    added after normalisation, see :func:`postprocessing`). A missing key or ``p: 0``
-    disables a transform.
+    added after normalisation, see :func:`postprocess`). A missing key or ``p: 0`` disables
+    a transform. Returns None when everything is disabled.
     """
 
     def p(name: str) -> float:
@@ -26,7 +29,7 @@ def augmentation(cfg: Mapping[str, Any]) -> list[tio.Transform]:
 
     out: list[tio.Transform] = []
     if p("flip"):
-        axes = tuple((cfg["flip"].get("axes") or ["LR"]))
+        axes = tuple(cfg["flip"].get("axes") or ["LR"])
         out.append(tio.RandomFlip(axes=axes, flip_probability=1.0, p=p("flip")))
     if p("affine"):
         a = cfg["affine"]
@@ -60,33 +63,59 @@ def augmentation(cfg: Mapping[str, Any]) -> list[tio.Transform]:
     if p("blur"):
         out.append(tio.RandomBlur(std=tuple(cfg["blur"].get("std", (0, 0.5))), p=p("blur")))
     if p("gamma"):
-        out.append(
-            tio.RandomGamma(log_gamma=tuple(cfg["gamma"].get("log_gamma", (-0.3, 0.3))), p=p("gamma"))
-        )
-    return out
+        log_gamma = tuple(cfg["gamma"].get("log_gamma", (-0.3, 0.3)))
+        out.append(tio.RandomGamma(log_gamma=log_gamma, p=p("gamma")))
+    return tio.Compose(out) if out else None
 
 
-def postprocessing(
-    patch_size: Sequence[int] | None, noise: Mapping[str, Any] | None = None
-) -> list[tio.Transform]:
-    """Z-normalisation, optional noise, then crop/pad to ``patch_size`` (or pad to a
-    multiple of 8 when it is null)."""
-    out: list[tio.Transform] = [tio.ZNormalization()]
+def z_normalize(image: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit variance over all voxels."""
+    std, mean = torch.std_mean(image)
+    return (image - mean) / std.clamp_min(1e-6)
+
+
+def fit_shape(
+    image: torch.Tensor, label: torch.Tensor, patch_size: Sequence[int] | None, multiple: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre crop/pad ``(1, X, Y, Z)`` image and ``(X, Y, Z)`` label to ``patch_size``, or
+    pad at the end to a multiple of ``multiple`` when it is None. Images are padded with
+    their minimum, labels with 0."""
+    shape = image.shape[1:]
+    target = (
+        [int(s) for s in patch_size]
+        if patch_size
+        else [s + (-s) % multiple for s in shape]
+    )
+    slices, pads = [], []
+    for s, t in zip(shape, target, strict=True):
+        if s > t:
+            start = (s - t) // 2
+            slices.append(slice(start, start + t))
+            pads.append((0, 0))
+        else:
+            slices.append(slice(0, s))
+            before = (t - s) // 2 if patch_size else 0
+            pads.append((before, t - s - before))
+    image = image[(slice(None), *slices)]
+    label = label[tuple(slices)]
+    flat = [p for pair in reversed(pads) for p in pair]
+    image = F.pad(image, flat, value=float(image.min()))
+    label = F.pad(label, flat, value=0)
+    return image, label
+
+
+def postprocess(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    patch_size: Sequence[int] | None,
+    noise: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-normalise, add Gaussian noise with probability ``noise.p``, fit the shape."""
+    image = z_normalize(image)
     if noise and float(noise.get("p", 0)):
-        out.append(tio.RandomNoise(std=tuple(noise.get("std", (0, 0.05))), p=float(noise["p"])))
-    if patch_size:
-        out.append(tio.CropOrPad(tuple(int(s) for s in patch_size), padding_mode="minimum"))
-    else:
-        out.append(tio.EnsureShapeMultiple(8, method="pad"))
-    return out
-
-
-def build_transform(
-    aug_cfg: Mapping[str, Any] | None, patch_size: Sequence[int] | None, train: bool
-) -> tio.Compose:
-    """The full pipeline; augmentation only when ``train``."""
-    steps = preprocessing()
-    if train and aug_cfg:
-        steps += augmentation(aug_cfg)
-    steps += postprocessing(patch_size, aug_cfg.get("noise") if (train and aug_cfg) else None)
-    return tio.Compose(steps)
+        if float(torch.rand((), generator=generator)) < float(noise["p"]):
+            low, high = (float(v) for v in noise.get("std", (0.0, 0.05)))
+            std = low + (high - low) * float(torch.rand((), generator=generator))
+            image = image + std * torch.randn(image.shape, generator=generator)
+    return fit_shape(image, label, patch_size)

@@ -17,24 +17,22 @@ class SwitchNorm3d(nn.Module):
         super().__init__()
         self.eps = eps
         self.momentum = momentum
-        self.weight = nn.Parameter(torch.ones(1, num_features, 1, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(1, num_features, 1, 1, 1))
+        self.weight = nn.Parameter(torch.ones(1, num_features, 1))
+        self.bias = nn.Parameter(torch.zeros(1, num_features, 1))
         self.mean_weight = nn.Parameter(torch.ones(3))
         self.var_weight = nn.Parameter(torch.ones(3))
         self.register_buffer("running_mean", torch.zeros(1, num_features, 1))
         self.register_buffer("running_var", torch.zeros(1, num_features, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c = x.shape[0], x.shape[1]
-        flat = x.reshape(b, c, -1)
-        mean_in = flat.mean(-1, keepdim=True)
-        var_in = flat.var(-1, keepdim=True)
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        var_in, mean_in = torch.var_mean(flat, dim=-1, keepdim=True)
+        second = var_in + mean_in**2
         mean_ln = mean_in.mean(1, keepdim=True)
-        temp = var_in + mean_in**2
-        var_ln = temp.mean(1, keepdim=True) - mean_ln**2
+        var_ln = second.mean(1, keepdim=True) - mean_ln**2
         if self.training:
             mean_bn = mean_in.mean(0, keepdim=True)
-            var_bn = temp.mean(0, keepdim=True) - mean_bn**2
+            var_bn = second.mean(0, keepdim=True) - mean_bn**2
             with torch.no_grad():
                 self.running_mean.mul_(self.momentum).add_((1 - self.momentum) * mean_bn)
                 self.running_var.mul_(self.momentum).add_((1 - self.momentum) * var_bn)
@@ -44,5 +42,7 @@ class SwitchNorm3d(nn.Module):
         vw = torch.softmax(self.var_weight, 0)
         mean = mw[0] * mean_in + mw[1] * mean_ln + mw[2] * mean_bn
         var = vw[0] * var_in + vw[1] * var_ln + vw[2] * var_bn
-        normed = (flat - mean) / (var.clamp_min(0) + self.eps).sqrt()
-        return normed.reshape_as(x) * self.weight + self.bias
+        # one fused scale/shift pass over the voxels
+        scale = self.weight / (var.clamp_min(0) + self.eps).sqrt()
+        shift = self.bias - mean * scale
+        return (flat * scale + shift).reshape_as(x)
