@@ -170,7 +170,7 @@ def register_template(
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(0.25, seed)
+        reg.SetMetricSamplingPercentage(0.25, seed + 1)  # SimpleITK: seed 0 = wall clock
         reg.SetMetricFixedMask(mask)
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(

@@ -11,7 +11,8 @@ are then mapped back onto the original grid with :meth:`Augmentation.invert`:
   probabilities still sum to 1). Exact up to interpolation.
 * **elastic** (probability ``elastic.p``; ``num_control_points`` per axis, displacements up
   to ``max_displacement`` mm on the inner control points, border points fixed, as torchio's
-  RandomElasticDeformation): a cubic B-spline-smoothed displacement field pulls the image;
+  RandomElasticDeformation; scaled down where it would fold the image, i.e. where its
+  gradient exceeds 0.5): a cubic B-spline-smoothed displacement field pulls the image;
   the inverse field is approximated by fixed-point iteration ``v(x) = -u(x + v(x))``
   (accurate to a small fraction of a voxel for the smooth fields used here).
 
@@ -148,6 +149,10 @@ def affine_matrix(
     return matrix
 
 
+#: Largest displacement gradient allowed in an elastic field (keeps it invertible).
+MAX_GRADIENT = 0.5
+
+
 def elastic_displacement(
     shape: Sequence[int],
     zooms: Sequence[float],
@@ -156,7 +161,11 @@ def elastic_displacement(
     max_displacement: float | Sequence[float] = 3.0,
     locked_borders: int = 2,
 ) -> np.ndarray:
-    """Random smooth displacement field ``(3, X, Y, Z)`` in voxels (torchio-like)."""
+    """Random smooth displacement field ``(3, X, Y, Z)`` in voxels (torchio-like).
+
+    A field steeper than :data:`MAX_GRADIENT` (voxel per voxel) is scaled down so that it
+    does not fold the image and its inverse exists.
+    """
     points = np.broadcast_to(np.asarray(num_control_points, dtype=int), (3,))
     points = np.maximum(points, 4)
     max_mm = np.broadcast_to(np.asarray(max_displacement, dtype=np.float64), (3,))
@@ -176,6 +185,9 @@ def elastic_displacement(
         field_[axis] = ndimage.map_coordinates(
             coarse, coords, order=3, mode="nearest", prefilter=False
         ) / float(zooms[axis])
+    steepest = max(float(np.abs(np.gradient(c)).max()) for c in field_)  # voxel per voxel
+    if steepest > MAX_GRADIENT:  # would fold (or nearly): scale down, keep it invertible
+        field_ *= MAX_GRADIENT / steepest
     return field_
 
 

@@ -113,7 +113,7 @@ def volume_rows(
                 "side": side,
                 "label": value,
                 "name": name,
-                "volume_mm3": round(n * float(voxel_volume_mm3), 4),
+                "volume_mm3": round(n * float(voxel_volume_mm3), 6),
                 "voxel_count": n,
             }
         )

