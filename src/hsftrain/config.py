@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +17,53 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and the fix."""
 
 
+def _split_file_groups(overrides: Sequence[str]) -> tuple[list[str], dict[str, Path], list[str]]:
+    """Separate ``group=some/file.yaml`` overrides (a config file outside the package, e.g.
+    the preset written by an ensemble run) and the ``group.key=value`` overrides that must
+    be applied on top of them."""
+    files: dict[str, Path] = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if "." not in key and value.endswith((".yaml", ".yml")) and not key.startswith(("+", "~")):
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{key}={value}: no such config file")
+            files[key] = path
+    plain, late = [], []
+    for item in overrides:
+        key = item.partition("=")[0]
+        if key in files:
+            continue
+        (late if key.split(".")[0] in files else plain).append(item)
+    return plain, files, late
+
+
 def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with Hydra-style ``overrides``.
+
+    A group may also be given a YAML file path (``segmentation=runs/ens/preset.yaml``): the
+    file is merged over the group's default option, then ``group.key=value`` overrides apply.
 
     Raises:
         ConfigError: unknown config group option or unknown key (with the valid choices).
     """
+    plain, files, late = _split_file_groups(overrides)
+    cfg = _compose(config_name, plain)
+    for group, path in files.items():
+        if group not in cfg:
+            raise ConfigError(f"{group}={path}: `{group}` is not a config group of {config_name}")
+        with open_dict(cfg):
+            for key, value in OmegaConf.load(path).items():
+                cfg[group][key] = value  # top-level keys replace the default's (e.g. models)
+    if late:
+        try:
+            cfg.merge_with_dotlist(late)
+        except Exception as err:
+            raise ConfigError(f"{err}") from err
+    return cfg
+
+
+def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

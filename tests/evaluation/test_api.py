@@ -24,7 +24,6 @@ from hsftrain.evaluation.api import (  # noqa: E402
 )
 from hsftrain.evaluation.metrics import label_metrics  # noqa: E402
 from hsftrain.evaluation.pairing import (  # noqa: E402
-    DEFAULT_ID_REGEX,
     PairingError,
     pair_files,
     subject_id,
@@ -242,7 +241,7 @@ def test_parse_labels():
 
 def test_packaged_config_defaults():
     cfg = compose("evaluate")
-    assert cfg.id_regex == DEFAULT_ID_REGEX  # the YAML and the code agree
+    assert cfg.id_regex is None  # null: the code's DEFAULT_ID_REGEX, defined once
     assert cfg.pred is None and cfg.ref is None and cfg.labels is None and cfg.out is None
     assert cfg.surface is True and cfg.plots is True
 
@@ -311,3 +310,10 @@ def test_real_msd_label_against_itself(tmp_path):
     shifted = np.roll(data, 1, axis=0)
     metrics = label_metrics(shifted, data, [1, 2], spacing=(1.0, 1.0, 1.0))
     assert all(0.0 < m["dice"] < 1.0 and m["hd95_mm"] >= 1.0 for m in metrics.values())
+
+
+def test_segment_output_names_pair_with_references():
+    from hsftrain.evaluation.pairing import subject_id
+
+    assert subject_id("sub-000_img_hippocampus_seg.nii.gz") == "sub-000"
+    assert subject_id("sub-000_lbl.nii.gz") == "sub-000"

@@ -35,9 +35,9 @@ def test_apply_freeze():
 
 
 def _val_dice(net, run_dir, subjects, specs, patch):
-    from hsftrain.data.dataset import SubjectDataset
-
     import json
+
+    from hsftrain.data.dataset import SubjectDataset
 
     ids = json.loads((run_dir / "split.json").read_text())["val"]
     chosen = [s for s in subjects if s.id in ids]
@@ -59,8 +59,8 @@ def test_finetune_new_label_scheme(phantoms, tmp_path):
     import shutil
 
     from hsftrain.config import compose
-    from hsftrain.data.nifti import load_volume, save_volume
     from hsftrain.data.discovery import discover
+    from hsftrain.data.nifti import load_volume, save_volume
     from hsftrain.training.checkpoint import load_network, read_checkpoint
     from hsftrain.training.run import finetune, train
 

@@ -24,6 +24,7 @@ def test_cli_train_writes_run_and_resumes(phantoms, tmp_path):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert "val/dice_mean" in metrics and "val/dice/CA1" in metrics
+    assert "val/hd95_mm/CA1" in metrics and "val/assd_mm/DG" in metrics
     split = json.loads((run / "split.json").read_text())
     assert len(split["train"]) == 6 and len(split["val"]) == 2
 

@@ -44,6 +44,7 @@ class SubjectDataset(Dataset):
         image, affine = load_volume(subject.image, np.float32, canonical=True)
         label = read_label(self.specs[subject.dataset], subject.label, canonical=True)
         return tio.Subject(
+            spacing=np.sqrt((affine[:3, :3] ** 2).sum(0)),
             image=tio.ScalarImage(tensor=torch.from_numpy(image)[None], affine=affine),
             label=tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=affine),
         )
@@ -60,6 +61,7 @@ class SubjectDataset(Dataset):
             "label": label,
             "dataset": self.subjects[i].dataset,
             "id": self.subjects[i].id,
+            "spacing": torch.as_tensor(subject["spacing"], dtype=torch.float64),
         }
 
 
@@ -78,4 +80,5 @@ def pad_collate(items: list[dict]) -> dict[str, torch.Tensor | list[str]]:
         "label": torch.stack([pad(it["label"], 0) for it in items]),
         "dataset": torch.tensor([it["dataset"] for it in items]),
         "id": [it["id"] for it in items],
+        "spacing": torch.stack([it["spacing"] for it in items]),
     }

@@ -30,7 +30,11 @@ KNOWN_SUFFIXES: tuple[str, ...] = (
     "prediction",
     "img",
     "mask",
+    "hippocampus",
 )
+#: Outputs of ``hsftrain segment`` that are not native-space segmentations; skipped when a
+#: folder is given (a glob takes them if asked to).
+NOT_SEGMENTATIONS: tuple[str, ...] = ("_uncertainty", "_crop")
 #: Default ``id_regex``: the file name without extension and known suffixes.
 DEFAULT_ID_REGEX = r"^(?P<id>.+?)(?:_(?:" + "|".join(KNOWN_SUFFIXES) + r"))*\.(?:nii\.gz|nii|mgz)$"
 
@@ -129,7 +133,11 @@ def find_files(spec: str | Path, pattern: str = "*.nii*", key: str = "pred") -> 
     text = str(Path(str(spec)).expanduser()) if str(spec).startswith("~") else str(spec)
     folder = Path(text)
     if folder.is_dir():
-        files = sorted(p for p in folder.glob(pattern) if p.is_file())
+        files = sorted(
+            p
+            for p in folder.glob(pattern)
+            if p.is_file() and not any(tag in p.name for tag in NOT_SEGMENTATIONS)
+        )
         where = f"folder {folder} (pattern {pattern!r})"
     else:
         files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())

@@ -53,6 +53,8 @@ class SegmentationModule(L.LightningModule):
         optim: ``models`` config subset: lr, optimizer, scheduler, loss, use_forgiving_loss.
         total_steps: optimiser steps of the whole run (for the schedule and Demon).
         config: the full run config, stored in checkpoints.
+        surface_every: also compute HD95 and ASSD (mm) every N validation epochs; 0 = only
+            at the last epoch; -1 = never.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class SegmentationModule(L.LightningModule):
         total_steps: int,
         ca_mode: str = "1/2/3",
         config: dict[str, Any] | None = None,
+        surface_every: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -74,6 +77,7 @@ class SegmentationModule(L.LightningModule):
         self.optim_cfg = optim
         self.total_steps = max(int(total_steps), 1)
         self.set_datasets(dataset_classes, dataset_ca)
+        self.surface_every = int(surface_every)
         self._val: dict[str, list[float]] = defaultdict(list)
 
     def set_datasets(self, dataset_classes: dict[int, list[str]], dataset_ca: dict[int, str]) -> None:
@@ -102,8 +106,16 @@ class SegmentationModule(L.LightningModule):
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
+    def _surface_now(self) -> bool:
+        if self.surface_every < 0 or self.trainer is None:
+            return False
+        epoch = self.current_epoch
+        last = epoch >= (self.trainer.max_epochs or 0) - 1
+        return last or (self.surface_every > 0 and (epoch + 1) % self.surface_every == 0)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, probs = self._step(batch)
+        surface = self._surface_now()
         self.log("val/epoch/loss", loss, on_epoch=True, prog_bar=True,
                  batch_size=batch["image"].shape[0])
         for b in range(probs.shape[0]):
@@ -118,13 +130,26 @@ class SegmentationModule(L.LightningModule):
                 denom = p.sum() + r.sum()
                 dice = 1.0 if denom == 0 else float(2 * (p & r).sum() / denom)
                 self._val[name].append(dice)
+            if surface:
+                from hsftrain.evaluation.metrics import label_metrics
+
+                spacing = batch["spacing"][b].tolist()
+                per_label = label_metrics(
+                    pred.cpu().numpy(), ref.cpu().numpy(), range(1, len(names)), spacing, True
+                )
+                for value, metrics in per_label.items():
+                    for key in ("hd95_mm", "assd_mm"):
+                        self._val[f"{key}/{names[value]}"].append(metrics[key])
 
     def on_validation_epoch_end(self) -> None:
-        means = {name: float(np.mean(v)) for name, v in self._val.items() if v}
-        for name, value in means.items():
+        dice = {n: float(np.mean(v)) for n, v in self._val.items() if v and "/" not in n}
+        for name, value in dice.items():
             self.log(f"val/dice/{name}", value)
-        if means:
-            self.log("val/dice_mean", float(np.mean(list(means.values()))), prog_bar=True)
+        if dice:
+            self.log("val/dice_mean", float(np.mean(list(dice.values()))), prog_bar=True)
+        for key, values in self._val.items():
+            if "/" in key and values:  # surface distances: NaN when a structure is missing
+                self.log(f"val/{key}", float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"))
         self._val.clear()
 
     def configure_optimizers(self) -> Any:

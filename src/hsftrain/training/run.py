@@ -43,14 +43,23 @@ _QUIET = (
 os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train from scratch. Returns the final validation metrics."""
-    return run(cfg, finetune=False)
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train from scratch (an ensemble when ``ensemble.members > 1``). Returns the final
+    validation metrics (per member for an ensemble)."""
+    return _dispatch(cfg, finetune=False)
 
 
-def finetune(cfg: DictConfig) -> dict[str, float]:
+def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune ``finetuning.pretrained``. Returns the final validation metrics."""
-    return run(cfg, finetune=True)
+    return _dispatch(cfg, finetune=True)
+
+
+def _dispatch(cfg: DictConfig, finetune: bool) -> dict[str, Any]:
+    if int(OmegaConf.select(cfg, "ensemble.members", default=1) or 1) > 1:
+        from hsftrain.training.ensemble import train_ensemble
+
+        return train_ensemble(cfg, finetune=finetune)
+    return run(cfg, finetune=finetune)
 
 
 def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
@@ -182,13 +191,14 @@ def build_module(cfg: DictConfig, found: Discovery, total_steps: int, finetune: 
     dataset_ca = {s.index: s.ca_type for s in found.datasets}
     optim = OmegaConf.to_container(cfg.models, resolve=True)
     config = OmegaConf.to_container(cfg, resolve=True)
+    surface = int(cfg.get("validation", {}).get("surface_every", 0))
     if not finetune:
         hparams = dict(optim["hparams"])
         names = model_classes(cfg, found, hparams.get("out_channels"))
         hparams["out_channels"] = len(names)
         return SegmentationModule(
             str(cfg.models.name), hparams, names, dataset_classes, dataset_ca, optim,
-            total_steps, config=config,
+            total_steps, config=config, surface_every=surface,
         )
     from hsftrain.training.checkpoint import read_checkpoint
 
@@ -200,7 +210,8 @@ def build_module(cfg: DictConfig, found: Discovery, total_steps: int, finetune: 
         names = info.class_names
     hparams = {**info.hparams, "out_channels": len(info.class_names)}
     module = SegmentationModule(
-        info.name, hparams, names, dataset_classes, dataset_ca, optim, total_steps, config=config
+        info.name, hparams, names, dataset_classes, dataset_ca, optim, total_steps,
+        config=config, surface_every=surface,
     )
     module.net.load_state_dict(state)
     if len(names) != len(info.class_names):

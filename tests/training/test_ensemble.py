@@ -1,0 +1,40 @@
+"""A 2-member bagging ensemble: trained, exported, preset written, segmented, evaluated."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hsftrain.cli import app
+from tests.conftest import TINY
+
+
+@pytest.mark.slow
+def test_ensemble_train_segment_evaluate(phantoms, tmp_path):
+    runner = CliRunner()
+    base = [*TINY, "datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
+    result = runner.invoke(app, ["train", *base, "run_name=ens", "ensemble.members=2", "lightning.max_epochs=2", "models.lr=1e-2"])
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "ens"
+    preset = yaml.safe_load((root / "preset.yaml").read_text())
+    assert list(preset["models"]) == ["member_0.onnx", "member_1.onnx"]
+    assert all(len(m["xxh3_64"]) == 16 for m in preset["models"].values())
+    splits = [json.loads((root / f"member_{k}" / "split.json").read_text()) for k in (0, 1)]
+    assert splits[0]["seed"] != splits[1]["seed"] and splits[0]["train"] != splits[1]["train"]
+
+    out = tmp_path / "seg"
+    result = runner.invoke(
+        app,
+        ["segment", f"files.path={phantoms}", "files.pattern=*_img.nii.gz", f"files.output_dir={out}",
+         f"segmentation={root / 'preset.yaml'}", "segmentation.tta=false", "qc=false"],
+    )
+    assert result.exit_code == 0, result.output
+    segs = sorted(out.rglob("*_seg.nii.gz"))
+    assert len(segs) == 8, [p.name for p in out.rglob("*")]
+
+    result = runner.invoke(
+        app, ["evaluate", f"pred={out}", f"ref={phantoms}/*_lbl.nii.gz", f"out={tmp_path / 'eval'}"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "eval" / "metrics.csv").is_file()
