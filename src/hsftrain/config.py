@@ -75,7 +75,8 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"{err}\n(see `hsftrain {config_name} --help` for groups and keys)")
+        command = "train" if config_name == "config" else config_name
+        raise ConfigError(f"{err}\n(see `hsftrain {command} --help` for groups and keys)") from err
     finally:
         GlobalHydra.instance().clear()
     return cfg

@@ -23,6 +23,7 @@ def test_schedule():
     # unfreeze_frequency 2, depth 2: head only for epochs 0-1, +1 level at 2-3, +2 from 4 on
     assert [trainable_levels(e, 2, 2, 5) for e in range(7)] == [0, 0, 1, 1, 2, 2, 2]
     assert trainable_levels(100, 1, -1, 5) == 5
+    assert trainable_levels(0, 0, -1, 5) == 5 and trainable_levels(0, 0, 2, 5) == 2
 
 
 def test_apply_freeze():
@@ -106,3 +107,22 @@ def test_finetune_new_label_scheme(phantoms, tmp_path):
     baseline = _val_dice(fresh, run_dir, found.subjects, found.datasets, None)
     tuned = _val_dice(net, run_dir, found.subjects, found.datasets, None)
     assert tuned > baseline + 0.05, (baseline, tuned)
+
+
+def test_pretrained_by_url_is_fetched_and_verified(tmp_path):
+    from hsftrain.config import ConfigError, compose
+    from hsftrain.hub import file_hash
+    from hsftrain.training.run import _pretrained
+
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"weights")
+    url = ckpt.as_uri()
+    spec = f"finetuning.pretrained={{url: '{url}', xxh3_64: {file_hash(ckpt)}}}"
+    cache = tmp_path / "cache"
+    got = _pretrained(compose("config", [spec, f"finetuning.cache_dir={cache}"]))
+    assert got.parent == cache and got.read_bytes() == b"weights"
+    bad = f"finetuning.pretrained={{url: '{url}', xxh3_64: '0000000000000000'}}"
+    with pytest.raises(ValueError, match="0000000000000000"):
+        _pretrained(compose("config", [bad, f"finetuning.cache_dir={cache}/2"]))
+    with pytest.raises(ConfigError, match="finetuning.pretrained"):
+        _pretrained(compose("config"))

@@ -10,6 +10,7 @@ The unfreezing *path* of ``mode`` lists the network's levels in the order they a
 At epoch ``e`` the head plus the first ``min(e // unfreeze_frequency, depth)`` levels of the
 path are trainable (``depth = -1``: the whole path). Train for
 ``(depth + 1) * unfreeze_frequency`` epochs to give every stage the same time.
+``unfreeze_frequency = 0`` makes the whole path (up to ``depth``) trainable at once.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def unfreeze_path(net: UNet3D, mode: str) -> list[tuple[str, nn.Module]]:
 def trainable_levels(epoch: int, frequency: int, depth: int, path_length: int) -> int:
     """How many levels of the path are trainable at ``epoch``."""
     limit = path_length if depth < 0 else min(depth, path_length)
-    return min(epoch // max(frequency, 1), limit)
+    if frequency <= 0:
+        return limit
+    return min(epoch // frequency, limit)
 
 
 def apply_freeze(net: UNet3D, mode: str, n_levels: int) -> list[str]:

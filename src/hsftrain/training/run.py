@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -40,7 +39,16 @@ _QUIET = (
     ".*does not have many workers.*",
     ".*is smaller than the logging interval.*",
 )
-os.environ.setdefault("LIGHTNING_DISABLE_TIPS", "1")
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning's advertisement for its cloud logger is noise in a research tool."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
