@@ -1,19 +1,23 @@
-"""``hsftrain export``: checkpoint -> verified ONNX model with metadata."""
+"""``hsftrain export``: checkpoint -> verified ONNX model with metadata (optionally int8)."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import xxhash
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.config import require
-from hsftrain.export.onnx import export_onnx
+from hsftrain.config import ConfigError, require
+from hsftrain.export.onnx import ExportError, export_onnx
 from hsftrain.training.checkpoint import load_network
 
 log = logging.getLogger(__name__)
+
+QUANTIZE = ("int8",)
 
 
 def config_hash(config: dict) -> str:
@@ -21,10 +25,49 @@ def config_hash(config: dict) -> str:
     return xxhash.xxh3_64_hexdigest(json.dumps(config, sort_keys=True, default=str).encode())
 
 
-def export_checkpoint(ckpt: str | Path, out: str | Path | None = None) -> Path:
-    """Export an hsftrain checkpoint to ONNX (default: next to it, ``.onnx``), verified."""
+def fp32_companion(out: Path) -> Path:
+    """Where the fp32 model of an int8 export goes: ``m.int8.onnx`` -> ``m.onnx``,
+    any other ``m.onnx`` -> ``m.fp32.onnx``."""
+    stem = out.name.removesuffix(".onnx")
+    if stem.endswith(".int8"):
+        return out.with_name(stem.removesuffix(".int8") + ".onnx")
+    return out.with_name(stem + ".fp32.onnx")
+
+
+def export_checkpoint(
+    ckpt: str | Path,
+    out: str | Path | None = None,
+    quantize: str | None = None,
+    calibration: Mapping[str, Any] | None = None,
+    verify: Mapping[str, Any] | None = None,
+    quantization: Mapping[str, Any] | None = None,
+) -> Path:
+    """Export an hsftrain checkpoint to ONNX, verified; optionally int8-quantized.
+
+    Args:
+        ckpt: checkpoint written by ``hsftrain train`` / ``finetune``.
+        out: the model to write. Default: next to the checkpoint, ``<ckpt>.onnx`` (fp32)
+            or ``<ckpt>.int8.onnx`` (int8).
+        quantize: ``None`` (fp32) or ``"int8"``: static post-training quantization; the
+            fp32 model is written too (see :func:`fp32_companion`).
+        calibration, quantization: the ``calibration`` and ``quantization`` keys (see
+            :class:`hsftrain.export.quantize.QuantConfig`).
+        verify: ``num_images`` / ``min_agreement`` / ``max_mean_abs_diff`` of the int8 check.
+
+    Returns:
+        The path of the requested model (the int8 one when quantizing).
+
+    Raises:
+        ConfigError: unknown ``quantize`` or bad calibration settings.
+        ExportError: the exported model does not match PyTorch (fp32: max abs difference
+            above 1e-4) or the fp32 model (int8: see
+            :func:`hsftrain.export.quantize.verify_quantized`).
+    """
+    if quantize is not None and str(quantize) not in QUANTIZE:
+        raise ConfigError(f"quantize={quantize!r}: use null (fp32) or one of {list(QUANTIZE)}")
     ckpt = Path(ckpt)
-    out = Path(out) if out else ckpt.with_suffix(".onnx")
+    default_suffix = ".int8.onnx" if quantize else ".onnx"
+    out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(ckpt.suffix) + default_suffix)
     net, info = load_network(ckpt)
     metadata = {
         "labels_names": info.class_names,
@@ -32,15 +75,72 @@ def export_checkpoint(ckpt: str | Path, out: str | Path | None = None) -> Path:
         "ca_mode": info.ca_mode,
         "model_name": info.name,
         "config_hash": config_hash(info.config),
+        "f_maps": info.hparams.get("f_maps"),
     }
-    path = export_onnx(net, out, metadata)
-    log.info("exported %s -> %s", ckpt, path)
+    if not quantize:
+        path = export_onnx(net, out, metadata)
+        log.info("exported %s -> %s", ckpt, path)
+        return path
+
+    from hsftrain.export.quantize import (
+        QuantConfig,
+        glob_images,
+        pick,
+        quantize_int8,
+        run_training_images,
+        verify_quantized,
+    )
+
+    calib = QuantConfig.from_mappings(quantization, calibration)
+    # Find the calibration images before the (slower) export, to fail early.
+    if calib.path:
+        candidates = glob_images(calib.path, calib.pattern)
+    else:
+        candidates = run_training_images(ckpt, info.config)
+    images = pick(candidates, calib.num_images)
+    fp32_path = export_onnx(net, fp32_companion(out), metadata)
+    log.info("exported %s -> %s (fp32)", ckpt, fp32_path)
+    path = quantize_int8(fp32_path, out, images, calib)
+    v = dict(verify or {})
+    try:
+        verify_quantized(
+            fp32_path,
+            path,
+            pick(images, int(v.get("num_images") or 2)),
+            min_agreement=float(v.get("min_agreement", 0.98)),
+            max_mean_abs_diff=float(v.get("max_mean_abs_diff", 0.02)),
+        )
+    except ExportError:
+        path.unlink(missing_ok=True)
+        raise
+    log.info("quantized %s -> %s (int8)", fp32_path, path)
     return path
 
 
+def _mapping(cfg: DictConfig, key: str) -> dict[str, Any]:
+    value = cfg.get(key)
+    if value is None:
+        return {}
+    if isinstance(value, DictConfig):
+        return dict(OmegaConf.to_container(value, resolve=True))  # type: ignore[arg-type]
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise ConfigError(f"`{key}` must be a mapping, not {value!r}")
+
+
 def export(cfg: DictConfig) -> Path:
-    """CLI entry: ``hsftrain export ckpt=PATH [out=FILE]``."""
-    ckpt = Path(str(require(cfg, "ckpt", "the .ckpt to export, e.g. ckpt=runs/x/checkpoints/last.ckpt")))
+    """CLI entry: ``hsftrain export ckpt=PATH [out=FILE] [quantize=int8]``."""
+    ckpt = Path(
+        str(require(cfg, "ckpt", "the .ckpt to export, e.g. ckpt=runs/x/checkpoints/last.ckpt"))
+    )
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt={ckpt}: no such checkpoint")
-    return export_checkpoint(ckpt, cfg.get("out"))
+    quantize = cfg.get("quantize")
+    return export_checkpoint(
+        ckpt,
+        cfg.get("out"),
+        quantize=str(quantize) if quantize else None,
+        calibration=_mapping(cfg, "calibration"),
+        verify=_mapping(cfg, "verify"),
+        quantization=_mapping(cfg, "quantization"),
+    )

@@ -90,11 +90,18 @@ def export_onnx(
                 raise ExportError(
                     f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {atol:.0e}) for {path}"
                 )
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_metadata(proto: Any, metadata: Mapping[str, Any]) -> None:

@@ -1,0 +1,364 @@
+"""int8 static post-training quantization (ONNX Runtime, QDQ), calibrated on training images.
+
+The fp32 ONNX model is pre-processed (``quant_pre_process``: graph optimisation and shape
+inference), then ``quantize_static`` inserts QuantizeLinear/DequantizeLinear pairs around
+the convolutions, with per-channel int8 weights and activation ranges measured by running
+the model on calibration images. Calibration images are the run's training subjects
+(the checkpoint's stored ``datasets`` config + the run's ``split.json``) or any NIfTI images
+given by ``calibration.path`` / ``calibration.pattern``; they are pre-processed as in
+training: canonical (RAS+) orientation, z-normalisation, padding to a multiple of 8.
+
+Verification compares the int8 model with the fp32 one on calibration images. int8 cannot
+reproduce fp32 to 1e-4, so the check is on what a segmentation uses: the fraction of voxels
+whose argmax (label) agrees must be at least ``min_agreement`` (default 0.98), and the mean
+absolute probability difference at most ``max_mean_abs_diff`` (default 0.02); the largest
+difference is logged.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hsftrain.config import ConfigError
+from hsftrain.export.onnx import INPUT_NAME, OUTPUT_NAME, ExportError, _umask, write_metadata
+
+log = logging.getLogger(__name__)
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+ACTIVATIONS = ("uint8", "int8")
+
+
+@dataclass
+class QuantConfig:
+    """The ``quantization`` and ``calibration`` keys of ``hsftrain export quantize=int8``.
+
+    Attributes:
+        path: folder (with ``pattern``) or glob of NIfTI calibration images; ``None``: the
+            run's training subjects (checkpoint config + ``split.json``).
+        pattern: glob inside ``path`` when it is a folder.
+        num_images: calibration images used, evenly spaced over the sorted list.
+        method: ``minmax`` (per-image min/max reduced on the fly: little memory), or
+            ``entropy`` / ``percentile`` (histograms of every activation: these keep all
+            activations of all calibration images in memory, use few images).
+        activations: ``uint8`` (U8S8: ONNX Runtime fuses QDQ Conv3d into QLinearConv on
+            x86) or ``int8`` (S8S8).
+        per_channel: per-output-channel weight scales.
+        op_types: ONNX op types quantized.
+    """
+
+    path: str | None = None
+    pattern: str = "*.nii.gz"
+    num_images: int = 16
+    method: str = "minmax"
+    activations: str = "uint8"
+    per_channel: bool = True
+    op_types: tuple[str, ...] = ("Conv",)
+
+    @classmethod
+    def from_mappings(
+        cls,
+        quantization: Mapping[str, Any] | None = None,
+        calibration: Mapping[str, Any] | None = None,
+    ) -> QuantConfig:
+        """Build from the ``quantization`` and ``calibration`` config mappings.
+
+        Raises:
+            ConfigError: a bad value (the key is named).
+        """
+        q, c = dict(quantization or {}), dict(calibration or {})
+        out = cls(
+            path=str(c["path"]) if c.get("path") else None,
+            pattern=str(c.get("pattern") or "*.nii.gz"),
+            num_images=int(c.get("num_images") or 16),
+            method=str(c.get("method") or "minmax").lower(),
+            activations=str(q.get("activations") or "uint8").lower(),
+            per_channel=bool(q.get("per_channel", True)),
+            op_types=tuple(q.get("op_types") or ("Conv",)),
+        )
+        if out.num_images < 1:
+            raise ConfigError(f"calibration.num_images={out.num_images}: must be at least 1")
+        if out.method not in METHODS:
+            raise ConfigError(f"calibration.method={out.method!r}: use one of {', '.join(METHODS)}")
+        if out.activations not in ACTIVATIONS:
+            raise ConfigError(
+                f"quantization.activations={out.activations!r}: use one of {', '.join(ACTIVATIONS)}"
+            )
+        return out
+
+
+def run_training_images(ckpt: str | Path, config: Mapping[str, Any]) -> list[Path]:
+    """Images of the training subjects of the run that wrote ``ckpt``.
+
+    The run directory is the checkpoint's ``checkpoints/`` parent; its ``split.json`` lists
+    the training subject ids (``<dataset>/<pattern>/<path in the dataset folder>``) and the
+    checkpoint's stored ``datasets`` config says where each dataset lies.
+
+    Raises:
+        ConfigError: no split.json, no datasets config, or images that no longer exist
+            (the message says to set ``calibration.path``).
+    """
+    ckpt = Path(ckpt)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    split_file = run_dir / "split.json"
+    hint = "set calibration.path=DIR (and calibration.pattern) to calibrate on other images"
+    if not split_file.is_file():
+        raise ConfigError(f"no {split_file} next to {ckpt}: {hint}")
+    datasets = (config or {}).get("datasets") or {}
+    entries = datasets.get("datasets") or {}
+    if not entries:
+        raise ConfigError(f"{ckpt} stores no datasets config: {hint}")
+    main_path = Path(str(datasets.get("main_path") or ".")).expanduser()
+    roots = {
+        str(name): main_path / str(entry.get("path") or ".") for name, entry in entries.items()
+    }
+    ids = json.loads(split_file.read_text()).get("train", [])
+    images: list[Path] = []
+    for sid in dict.fromkeys(ids):  # bagging may repeat subjects
+        name, _, rest = sid.partition("/")
+        _, _, relpath = rest.partition("/")
+        if name not in roots or not relpath:
+            raise ConfigError(
+                f"{split_file}: subject id {sid!r} matches no dataset of {ckpt}: {hint}"
+            )
+        images.append(roots[name] / relpath)
+    missing = [p for p in images if not p.is_file()]
+    if missing:
+        raise ConfigError(
+            f"{len(missing)} training images of {run_dir} are missing (first: {missing[0]}): {hint}"
+        )
+    return images
+
+
+def glob_images(path: str | Path, pattern: str = "*.nii.gz") -> list[Path]:
+    """Sorted images of a folder (``pattern`` inside it) or of a glob.
+
+    Raises:
+        ConfigError: nothing matches.
+    """
+    path = Path(str(path)).expanduser()
+    spec = str(path / pattern) if path.is_dir() else str(path)
+    found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+    if not found:
+        raise ConfigError(
+            f"calibration.path={path}, calibration.pattern={pattern!r}: no image matches {spec}"
+        )
+    return found
+
+
+def pick(items: Sequence[Path], n: int) -> list[Path]:
+    """``n`` items evenly spaced over ``items`` (all of them when there are fewer)."""
+    if n >= len(items):
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
+    return [items[i] for i in dict.fromkeys(idx.tolist())]
+
+
+def preprocess(path: str | Path) -> np.ndarray:
+    """One image as the network sees it in training: ``(1, 1, X, Y, Z)`` float32, RAS+,
+    z-normalised, padded to a multiple of 8 (:mod:`hsftrain.data.transforms`)."""
+    import torch
+
+    from hsftrain.data.nifti import load_volume
+    from hsftrain.data.transforms import postprocess
+
+    data, _ = load_volume(path, np.float32, canonical=True)
+    image = torch.from_numpy(np.ascontiguousarray(data))[None]
+    image, _ = postprocess(image, torch.zeros(data.shape, dtype=torch.long), None)
+    return image[None].numpy().astype(np.float32)
+
+
+class VolumeCalibrationReader:
+    """``onnxruntime.quantization.CalibrationDataReader`` over pre-processed volumes,
+    one image per batch (shapes may differ: the model's spatial axes are dynamic)."""
+
+    def __init__(self, paths: Sequence[str | Path], input_name: str = INPUT_NAME) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.input_name = input_name
+        self._iter: Iterator[Path] = iter(self.paths)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        path = next(self._iter, None)
+        if path is None:
+            return None
+        log.debug("calibration image %s", path)
+        return {self.input_name: preprocess(path)}
+
+    def rewind(self) -> None:
+        self._iter = iter(self.paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _reader(paths: Sequence[Path]) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(VolumeCalibrationReader, CalibrationDataReader):
+        pass
+
+    return Reader(paths)
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    out: str | Path,
+    images: Sequence[str | Path],
+    calibration: QuantConfig | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Static int8 quantization (QDQ, int8 weights and activations) of an fp32 ONNX model.
+
+    Args:
+        fp32_path: the verified fp32 model written by :func:`export_onnx`.
+        out: the int8 model to write (atomically).
+        images: calibration images (NIfTI), pre-processed as in training.
+        calibration: options (method, activation type, per-channel, op types).
+        metadata: extra metadata; the fp32 model's metadata is kept, with
+            ``quantization: int8`` and the calibration details added.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibration = calibration or QuantConfig()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[calibration.method]
+    fp32_meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # Symbolic shape inference cannot resolve the padding arithmetic of the dynamic
+        # spatial axes (and then writes debug files into the working directory); ONNX
+        # shape inference and graph optimisation are what matter for a conv net.
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        quantized = Path(tmp) / "int8.onnx"
+        log.info(
+            "calibrating int8 ranges (%s) on %d image(s), quantizing %s",
+            calibration.method,
+            len(images),
+            ", ".join(calibration.op_types),
+        )
+        quantize_static(
+            str(pre),
+            str(quantized),
+            _reader([Path(p) for p in images]),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(calibration.op_types),
+            per_channel=calibration.per_channel,
+            activation_type=QuantType.QUInt8
+            if calibration.activations == "uint8"
+            else QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
+        )
+        proto = onnx.load(str(quantized))
+        meta: dict[str, Any] = {k: _decode(v) for k, v in fp32_meta.items()}
+        meta.update(
+            {
+                "quantization": "int8",
+                "quantization_format": "QDQ",
+                "quantization_activations": calibration.activations,
+                "calibration_method": calibration.method,
+                "calibration_images": len(images),
+                **(metadata or {}),
+            }
+        )
+        write_metadata(proto, meta)
+        fd, final = tempfile.mkstemp(suffix=".onnx.tmp", dir=out.parent)
+        os.close(fd)
+        try:
+            onnx.save(proto, final)
+            os.chmod(final, 0o666 & ~_umask())
+            os.replace(final, out)
+        finally:
+            if os.path.exists(final):
+                os.unlink(final)
+    return out
+
+
+def _decode(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+@dataclass
+class QuantCheck:
+    """fp32 vs int8 on some volumes: argmax agreement and probability differences."""
+
+    agreement: float
+    mean_abs_diff: float
+    max_abs_diff: float
+
+
+def compare_models(
+    fp32_path: str | Path, int8_path: str | Path, volumes: Sequence[np.ndarray]
+) -> QuantCheck:
+    """Run both models on ``volumes`` (each ``(1, 1, X, Y, Z)``) and compare outputs."""
+    import onnxruntime as ort
+
+    sessions = [
+        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        for p in (fp32_path, int8_path)
+    ]
+    agree = total = 0
+    abs_sum = 0.0
+    worst = 0.0
+    count = 0
+    for x in volumes:
+        ref, got = (s.run([OUTPUT_NAME], {INPUT_NAME: x})[0] for s in sessions)
+        agree += int((ref.argmax(1) == got.argmax(1)).sum())
+        total += ref.shape[0] * int(np.prod(ref.shape[2:]))
+        diff = np.abs(ref - got)
+        abs_sum += float(diff.sum())
+        count += diff.size
+        worst = max(worst, float(diff.max()))
+    return QuantCheck(agree / max(total, 1), abs_sum / max(count, 1), worst)
+
+
+def verify_quantized(
+    fp32_path: str | Path,
+    int8_path: str | Path,
+    images: Sequence[str | Path],
+    min_agreement: float = 0.98,
+    max_mean_abs_diff: float = 0.02,
+) -> QuantCheck:
+    """Check the int8 model against the fp32 one on (pre-processed) ``images``.
+
+    Raises:
+        ExportError: argmax agreement below ``min_agreement`` or mean absolute probability
+            difference above ``max_mean_abs_diff``.
+    """
+    check = compare_models(fp32_path, int8_path, [preprocess(p) for p in images])
+    log.info(
+        "int8 check on %d image(s): argmax agreement %.4f, mean |int8 - fp32| = %.2e, max %.2e",
+        len(images),
+        check.agreement,
+        check.mean_abs_diff,
+        check.max_abs_diff,
+    )
+    if check.agreement < min_agreement or check.mean_abs_diff > max_mean_abs_diff:
+        raise ExportError(
+            f"{int8_path}: int8 model agrees with fp32 on {check.agreement:.2%} of voxels "
+            f"(needs >= {min_agreement:.2%}) with mean |diff| {check.mean_abs_diff:.3g} (needs <= "
+            f"{max_mean_abs_diff:g}); try calibration.method=percentile or more "
+            "calibration.num_images, or lower verify.min_agreement"
+        )
+    return check

@@ -1,0 +1,78 @@
+"""Fixtures for the export tests: tiny networks and one tiny trained checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_HPARAMS = {
+    "in_channels": 1,
+    "out_channels": 3,
+    "f_maps": 4,
+    "num_levels": 2,
+    "layer_order": "cgs",
+    "conv_kernel_size": 3,
+    "use_attention": True,
+    "skip": "sum",
+}
+
+
+def tiny_net(seed: int = 0, **hparams: object) -> torch.nn.Module:
+    """A ResidualUNet3D (f_maps 4, 2 levels) with random weights, in eval mode."""
+    from hsftrain.models import build_model
+
+    torch.manual_seed(seed)
+    params = {**TINY_HPARAMS, **hparams}
+    name = str(params.pop("name", "ResidualUNet3D"))
+    return build_model(name, params).eval()
+
+
+@pytest.fixture(scope="session")
+def export_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six 16x20x16 synthetic phantoms."""
+    from hsftrain.data.synth import write_phantoms
+
+    out = tmp_path_factory.mktemp("export_phantoms")
+    write_phantoms(out, n=6, shape=(16, 20, 16), seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, export_phantoms: Path) -> Path:
+    """Run directory of a 1-epoch training (f_maps 4, 2 levels) on the phantoms.
+
+    Holds config.yaml, split.json and checkpoints/last.ckpt, as ``hsftrain train`` writes.
+    """
+    from hsftrain.config import compose
+    from hsftrain.training.run import train
+
+    out = tmp_path_factory.mktemp("export_runs")
+    cfg = compose(
+        "config",
+        [
+            "datasets=synth",
+            f"datasets.main_path={export_phantoms}",
+            "models.hparams.f_maps=4",
+            "models.hparams.num_levels=2",
+            "models.lr=5e-3",
+            "lightning.max_epochs=1",
+            "lightning.enable_progress_bar=false",
+            "logger=csv",
+            "augmentation.elastic.p=0",
+            "augmentation.motion.p=0",
+            "export_onnx=false",
+            f"datasets.output_path={out}",
+            "run_name=tiny",
+        ],
+    )
+    train(cfg)
+    run_dir = out / "tiny"
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_run: Path) -> Path:
+    return tiny_run / "checkpoints" / "last.ckpt"

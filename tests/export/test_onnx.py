@@ -1,0 +1,82 @@
+"""ONNX export: PyTorch round trip on odd shapes, dynamic axes, metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from hsftrain import __version__
+from hsftrain.export.api import config_hash, export_checkpoint, fp32_companion
+from hsftrain.export.onnx import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    ExportError,
+    SoftmaxModel,
+    export_onnx,
+    read_metadata,
+    verify_onnx,
+)
+from tests.export.conftest import tiny_net
+
+
+@pytest.mark.parametrize(
+    "hparams",
+    [{}, {"name": "UNet3D", "skip": "concat", "use_attention": False}],
+    ids=["arunet", "unet-concat"],
+)
+def test_round_trip_matches_torch_on_odd_shapes(tmp_path: Path, hparams: dict) -> None:
+    net = tiny_net(**hparams)
+    path = export_onnx(net, tmp_path / "m.onnx", {"num_classes": 3}, verify_shapes=None)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(1)
+    for shape in [(1, 1, 17, 23, 19), (2, 1, 9, 30, 13)]:
+        x = torch.randn(*shape, generator=generator)
+        with torch.no_grad():
+            expected = SoftmaxModel(net)(x).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        assert got.shape == (shape[0], 3, *shape[2:])
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+    assert verify_onnx(net, path, [(1, 1, 11, 12, 13)]) < 1e-4
+
+
+def test_metadata_written_and_read_back(tmp_path: Path) -> None:
+    meta = {"labels_names": ["background", "a", "b"], "num_classes": 3, "ca_mode": "1/2/3"}
+    path = export_onnx(tiny_net(), tmp_path / "m.onnx", meta, verify_shapes=[(1, 1, 8, 8, 8)])
+    read = read_metadata(path)
+    assert read["labels_names"] == ["background", "a", "b"]
+    assert read["num_classes"] == 3
+    assert read["ca_mode"] == "1/2/3"
+    assert read["hsftrain_version"] == __version__
+
+
+def test_failed_verification_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hsftrain.export.onnx.verify_onnx", lambda *a, **k: 1.0)
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(tiny_net(), tmp_path / "m.onnx", {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_checkpoint_metadata(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from hsftrain.training.checkpoint import read_checkpoint
+
+    _, info = read_checkpoint(tiny_ckpt)
+    path = export_checkpoint(tiny_ckpt, tmp_path / "tiny.onnx")
+    meta = read_metadata(path)
+    assert meta["labels_names"] == info.class_names
+    assert meta["num_classes"] == len(info.class_names) == 8
+    assert meta["ca_mode"] == info.ca_mode
+    assert meta["config_hash"] == config_hash(info.config)
+    assert meta["hsftrain_version"] == __version__
+    assert "quantization" not in meta
+
+
+def test_fp32_companion_names() -> None:
+    assert fp32_companion(Path("a/m.int8.onnx")) == Path("a/m.onnx")
+    assert fp32_companion(Path("a/m.onnx")) == Path("a/m.fp32.onnx")
