@@ -145,10 +145,10 @@ def test_killed_run_leaves_no_partial_output_and_resumes(
     cfg = compose("segment", base(crops, [tiny_model], "segmentation.tta=false", "qc=false"))
     real_save = api.save_nifti
 
-    def killed_on_subject_2(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    def killed_on_subject_2(array: np.ndarray, affine: np.ndarray, path: Path, *codes) -> Path:
         if Path(path).name == "sub-02_T1w_hippocampus_seg.nii.gz":
             raise KeyboardInterrupt  # not caught per subject: stops the run like a kill
-        return real_save(array, affine, path)
+        return real_save(array, affine, path, *codes)
 
     monkeypatch.setattr(api, "save_nifti", killed_on_subject_2)
     with pytest.raises(KeyboardInterrupt):

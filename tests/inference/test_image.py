@@ -94,3 +94,15 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     save_nifti(np.zeros((2, 2, 2), np.uint8), np.eye(4), target)
     assert [p.name for p in tmp_path.iterdir()] == ["out.nii.gz"]
+
+
+def test_nifti_codes_are_kept_for_outputs(tmp_path: Path) -> None:
+    img = nib.Nifti1Image(np.ones((4, 5, 6), np.float32), np.diag([-1.0, 1.0, 1.0, 1.0]))
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=4)  # MNI
+    nib.save(img, str(tmp_path / "mni.nii.gz"))
+    vol = load_volume(tmp_path / "mni.nii.gz")
+    assert vol.codes == (1, 4)
+    out = save_nifti(vol.native(vol.array), vol.native_affine, tmp_path / "o.nii.gz", vol.codes)
+    header = nib.load(str(out)).header
+    assert int(header["sform_code"]) == 4 and int(header["qform_code"]) == 1

@@ -245,8 +245,10 @@ class Segmenter:
                 )
         self.model_names = list(names)
         self.ca_mode = ca_mode
-        _, merged = merge_lut(self.model_names, ca_mode) if ca_mode else (None, names)
-        self.names = list(merged)
+        lut, merged = merge_lut(self.model_names, ca_mode or "1/2/3")
+        self.names = list(merged) if ca_mode else list(names)
+        # "" or a granularity that merges nothing here: no work per prediction
+        self.merges = bool(ca_mode) and bool((lut != np.arange(len(lut))).any())
         self.augmentation = dict(augmentation or {})
         self.num_aug = int(num_aug)
         self.fusion = fusion
@@ -276,7 +278,9 @@ class Segmenter:
                 probs = engine.predict(inputs)
                 for augmentation, p in zip(chunk, probs, strict=True):
                     back = unpad(augmentation.invert(p), crop)
-                    fusion.add(merge_probs(back, self.model_names, self.ca_mode))
+                    if self.merges:
+                        back = merge_probs(back, self.model_names, self.ca_mode)
+                    fusion.add(back)
                 if advance:
                     advance(len(chunk))
         uncertainty = fusion.uncertainty() if fusion.count > 1 else None
@@ -374,6 +378,7 @@ def segment_subject(
                     volume.native(result.uncertainty),
                     volume.native_affine,
                     outputs.uncertainty(box.side),
+                    volume.codes,
                 )
             else:
                 save_nifti(result.uncertainty, affine, outputs.uncertainty(box.side))
@@ -387,7 +392,7 @@ def segment_subject(
         free = (labels > 0) & (region == 0)  # overlapping boxes: the first side keeps its labels
         region[free] = labels[free]
     write_volumes(rows, outputs.volumes)
-    save_nifti(volume.native(canonical), volume.native_affine, outputs.segmentation)
+    save_nifti(volume.native(canonical), volume.native_affine, outputs.segmentation, volume.codes)
     report.seconds = time.perf_counter() - start
     return report
 

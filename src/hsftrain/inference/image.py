@@ -45,6 +45,7 @@ class Volume:
         native_affine: the input file's own affine.
         native_shape: the input file's own 3D shape.
         to_native: nibabel orientation transform from RAS back to the input's axes.
+        codes: the input's NIfTI (qform_code, sform_code), reused for outputs on its grid.
     """
 
     array: np.ndarray
@@ -53,6 +54,7 @@ class Volume:
     native_affine: np.ndarray
     native_shape: tuple[int, int, int]
     to_native: np.ndarray
+    codes: tuple[int, int] = (1, 1)
 
     @property
     def zooms(self) -> np.ndarray:
@@ -96,6 +98,11 @@ def load_volume(path: str | Path) -> Volume:
             f"{path}: has shape {tuple(data.shape)}, expected a 3D volume; split 4D series "
             "(e.g. fslsplit) and segment one 3D image per file"
         )
+    codes = (1, 1)
+    header = getattr(img, "header", None)
+    if isinstance(header, nib.Nifti1Header):
+        qform, sform = int(header["qform_code"]), int(header["sform_code"])
+        codes = (qform or 1, sform or 1) if (qform or sform) else (1, 1)
     if not np.isfinite(data).any():
         raise InputError(f"{path}: contains no finite intensity")
     data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
@@ -110,6 +117,7 @@ def load_volume(path: str | Path) -> Volume:
         native_affine=affine,
         native_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
         to_native=ornt.ornt_transform(ornt.axcodes2ornt("RAS"), source),
+        codes=codes,
     )
 
 
@@ -136,12 +144,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """Write ``array`` with ``affine`` (qform and sform) as NIfTI, atomically."""
+def save_nifti(
+    array: np.ndarray, affine: np.ndarray, path: str | Path, codes: tuple[int, int] = (1, 1)
+) -> Path:
+    """Write ``array`` with ``affine`` as qform and sform (with ``codes``), atomically."""
     path = Path(path)
     img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=int(codes[0]))
+    img.set_sform(affine, code=int(codes[1]))
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return path
