@@ -324,3 +324,31 @@ def test_whole_head_outputs_come_back_on_each_input_grid(tiny_model: Path, tmp_p
     assert {(r["subject"], r["side"]) for r in rows} == {
         (n, s) for n in canonical for s in ("left", "right")
     }
+
+
+def test_preset_file_with_verified_paths(
+    crops: Path, tiny_models: list[Path], tmp_path: Path
+) -> None:
+    """``segmentation=<file.yaml>`` (e.g. written by an ensemble run): paths + xxh3_64."""
+    import yaml
+
+    models = {
+        f"m{i}.onnx": {"path": str(m), "xxh3_64": xxhash.xxh3_64_hexdigest(m.read_bytes())}
+        for i, m in enumerate(tiny_models)
+    }
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(
+        yaml.safe_dump(
+            {"description": "t", "ca_mode": "", "models_path": None, "models": models, "tta": False}
+        )
+    )
+    cfg = compose("segment", [f"files.path={crops}", PATTERN, f"segmentation={preset}", "qc=false"])
+    assert len(segment(cfg)) == 2
+    models["m0.onnx"]["xxh3_64"] = "0" * 16
+    preset.write_text(yaml.safe_dump({"models": models, "tta": False}))
+    cfg = compose(
+        "segment",
+        [f"files.path={crops}", PATTERN, f"segmentation={preset}", "files.overwrite=true"],
+    )
+    with pytest.raises(ValueError, match=r"segmentation\.models\.m0\.onnx.*xxh3_64"):
+        segment(cfg)
