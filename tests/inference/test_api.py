@@ -82,6 +82,8 @@ def test_find_mris(tmp_path: Path) -> None:
         find_mris(root, "**/*FLAIR.nii.gz")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         find_mris(tmp_path / "nowhere", "*")
+    with pytest.raises(ValueError, match="relative to files.path"):
+        find_mris(root, str(root / "*.nii.gz"))
 
 
 def test_cli_segments_crops_end_to_end(crops: Path, tiny_models: list[Path]) -> None:

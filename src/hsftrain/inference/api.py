@@ -178,12 +178,17 @@ def find_mris(root: Path, pattern: str | None, mask_patterns: Sequence[str] = ()
     to ``root``. Files written by ``hsftrain segment`` and temporary files are always left out.
 
     Raises:
+        ConfigError: an absolute ``pattern``.
         FileNotFoundError: ``root`` does not exist, or nothing matches.
     """
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"files.path={root} does not exist")
+    if pattern and Path(pattern).is_absolute():
+        raise ConfigError(
+            f"files.pattern={pattern!r} must be relative to files.path (e.g. '**/*T1w.nii.gz')"
+        )
     found = []
     for path in sorted(root.glob(pattern or "*")):
         if not path.is_file() or path.name.startswith(".") or _OWN_OUTPUT.search(path.name):
