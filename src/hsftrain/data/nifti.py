@@ -2,16 +2,58 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
 
+#: Image extensions (longest first), for deriving stems and temporary names.
+EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".mgz", ".mgh", ".img", ".hdr")
+
 
 class DataError(ValueError):
     """A data file that cannot be used; the message names the file and the fix."""
+
+
+def read_image(
+    path: str | Path,
+    fix: str = "re-export it or remove it from the dataset",
+    error: type[Exception] = DataError,
+) -> tuple[Any, np.ndarray]:
+    """Read a 3D image file: ``(nibabel image, data array)``.
+
+    A trailing singleton 4th dimension is dropped from the data.
+
+    Args:
+        fix: what the user should do with an unreadable file (ends the error message).
+        error: the exception class raised.
+
+    Raises:
+        error: the file is missing, unreadable/corrupt, or not 3D.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: no such file")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise error(
+            f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err}); {fix}"
+        ) from err
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise error(
+            f"{path}: has shape {tuple(data.shape)}, expected a 3D volume; split 4D series "
+            "(e.g. fslsplit) into one 3D image per file"
+        )
+    return img, data
 
 
 def load_volume(
@@ -24,26 +66,10 @@ def load_volume(
     Raises:
         DataError: the file is missing, unreadable/corrupt, or not 3D.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file (check the dataset path and glob patterns)")
-    try:
-        img = nib.load(str(path))
-        if canonical and len(img.shape) == 3:
-            img = nib.as_closest_canonical(img)
+    img, data = read_image(path)
+    if canonical:
+        img = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
         data = np.asanyarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise DataError(
-            f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err}); "
-            "re-export it or remove it from the dataset"
-        ) from err
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(
-            f"{path}: has shape {data.shape}, expected a 3D volume; split 4D series "
-            "(e.g. fslsplit) and give one 3D image per subject"
-        )
     if dtype is not None:
         data = data.astype(dtype)
     return data, np.asarray(img.affine, dtype=np.float64)
@@ -102,17 +128,31 @@ def header_info(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     return shape, np.asarray(img.affine, dtype=np.float64)
 
 
-def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """Write a NIfTI file atomically (temporary file in the same folder, then rename)."""
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    The temporary name keeps the final extension (writers infer the format from it) and
+    contains ``.hsftrain-tmp``; it is removed if writing fails. A run killed with SIGKILL
+    can leave one such file behind, never a half-written ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(suffix=suffix, prefix=".tmp-", dir=path.parent)
+    ext = next((e for e in EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".hsftrain-tmp{ext}", dir=path.parent
+    )
     os.close(fd)
     try:
-        nib.save(nib.Nifti1Image(data, affine), tmp)
+        yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+
+
+def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
+    """Write a NIfTI file atomically (temporary file in the same folder, then rename)."""
+    with atomic_path(path) as tmp:
+        nib.save(nib.Nifti1Image(data, affine), str(tmp))
+    return Path(path)

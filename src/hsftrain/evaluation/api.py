@@ -121,19 +121,9 @@ def load_label_map(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...
     Raises:
         EvaluationError: unreadable, not 3D, or non-integer values (probabilities).
     """
-    import nibabel as nib
+    from hsftrain.data.nifti import read_image
 
-    try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise EvaluationError(
-            f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err})"
-        ) from err
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise EvaluationError(f"{path}: has shape {data.shape}, expected a 3D label map")
+    image, data = read_image(path, "re-export it or leave it out of `pred`/`ref`", EvaluationError)
     if not np.issubdtype(data.dtype, np.integer):
         if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
             raise EvaluationError(

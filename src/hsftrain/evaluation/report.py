@@ -9,15 +9,14 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from hsftrain.data.nifti import atomic_path
 
 #: Metrics summarised and plotted, with their display names.
 REPORTED: dict[str, str] = {
@@ -62,20 +61,6 @@ class MetricStats:
 
 RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LabelResult))
 STATS_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(MetricStats))
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it onto ``path`` if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _cell(value: object) -> str:

@@ -7,10 +7,6 @@ same affine).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +14,12 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
-#: Extensions recognised when deriving a subject's stem (longest first).
-EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".mgz", ".mgh", ".img", ".hdr")
+from hsftrain.data.nifti import EXTENSIONS, DataError, atomic_path, read_image
+
+__all__ = ["EXTENSIONS", "InputError", "Volume", "atomic_path", "load_volume", "save_nifti"]
 
 
-class InputError(ValueError):
+class InputError(DataError):
     """An input MRI that cannot be segmented; the message names the file and the fix."""
 
 
@@ -80,24 +77,9 @@ def load_volume(path: str | Path) -> Volume:
         InputError: the file is missing, corrupt, not 3D, or has no finite intensity.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
-        affine = np.asarray(img.affine, dtype=np.float64)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise InputError(
-            f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err}); "
-            "re-export it or exclude it with files.mask_pattern"
-        ) from err
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(
-            f"{path}: has shape {tuple(data.shape)}, expected a 3D volume; split 4D series "
-            "(e.g. fslsplit) and segment one 3D image per file"
-        )
+    img, data = read_image(path, "re-export it or exclude it with files.mask_pattern", InputError)
+    data = np.asarray(data, dtype=np.float32)
+    affine = np.asarray(img.affine, dtype=np.float64)
     codes = (1, 1)
     header = getattr(img, "header", None)
     if isinstance(header, nib.Nifti1Header):
@@ -119,29 +101,6 @@ def load_volume(path: str | Path) -> Volume:
         to_native=ornt.ornt_transform(ornt.axcodes2ornt("RAS"), source),
         codes=codes,
     )
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
-
-    The temporary name keeps the final extension (writers infer the format from it) and
-    contains ``.hsftrain-tmp``; it is removed if writing fails. A run killed with SIGKILL
-    can leave one such file behind, never a half-written ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ext = next((e for e in EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".hsftrain-tmp{ext}", dir=path.parent
-    )
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_nifti(
