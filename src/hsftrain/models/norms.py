@@ -9,24 +9,24 @@ from torch import nn
 class SwitchNorm3d(nn.Module):
     """Normalise with a learned softmax mix of instance, layer and batch statistics.
 
-    Input and output: ``(B, C, X, Y, Z)``. Batch statistics are tracked as running averages
-    and used in evaluation mode, as in BatchNorm.
+    Input and output: ``(B, C, X, Y, Z)``, in the input's memory format. Batch statistics are
+    tracked as running averages and used in evaluation mode, as in BatchNorm.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.997) -> None:
         super().__init__()
         self.eps = eps
         self.momentum = momentum
-        self.weight = nn.Parameter(torch.ones(1, num_features, 1))
-        self.bias = nn.Parameter(torch.zeros(1, num_features, 1))
+        self.weight = nn.Parameter(torch.ones(1, num_features, 1, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(1, num_features, 1, 1, 1))
         self.mean_weight = nn.Parameter(torch.ones(3))
         self.var_weight = nn.Parameter(torch.ones(3))
-        self.register_buffer("running_mean", torch.zeros(1, num_features, 1))
-        self.register_buffer("running_var", torch.zeros(1, num_features, 1))
+        self.register_buffer("running_mean", torch.zeros(1, num_features, 1, 1, 1))
+        self.register_buffer("running_var", torch.zeros(1, num_features, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(x.shape[0], x.shape[1], -1)
-        var_in, mean_in = torch.var_mean(flat, dim=-1, keepdim=True)
+        # statistics without reshaping, so that channels_last_3d inputs stay channels-last
+        var_in, mean_in = torch.var_mean(x, dim=(2, 3, 4), keepdim=True)
         second = var_in + mean_in**2
         mean_ln = mean_in.mean(1, keepdim=True)
         var_ln = second.mean(1, keepdim=True) - mean_ln**2
@@ -45,4 +45,4 @@ class SwitchNorm3d(nn.Module):
         # one fused scale/shift pass over the voxels
         scale = self.weight / (var.clamp_min(0) + self.eps).sqrt()
         shift = self.bias - mean * scale
-        return (flat * scale + shift).reshape_as(x)
+        return x * scale + shift

@@ -72,7 +72,8 @@ class SegmentationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = build_model(model_name, model_hparams)
+        # channels-last: 3D convolution backward is several times faster in this layout on CPU
+        self.net = build_model(model_name, model_hparams).to(memory_format=torch.channels_last_3d)
         self.class_names = class_names
         self.optim_cfg = optim
         self.total_steps = max(int(total_steps), 1)
@@ -92,7 +93,7 @@ class SegmentationModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, X, Y, Z)`` for images ``(B, 1, X, Y, Z)``."""
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=torch.channels_last_3d))
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])

@@ -229,6 +229,7 @@ def build_module(cfg: DictConfig, found: Discovery, total_steps: int, finetune: 
             len(names),
         )
         module.net.replace_head(len(names))
+        module.net.to(memory_format=torch.channels_last_3d)
         module.hparams["model_hparams"]["out_channels"] = len(names)
     log.info("fine-tuning from %s (%s)", path, info.name)
     return module
