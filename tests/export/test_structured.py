@@ -119,3 +119,13 @@ def test_bad_ratio() -> None:
         plan_channels(tiny_net(), 1.0)
     with pytest.raises(ValueError, match="ratio"):
         plan_channels(tiny_net(), [0.5, 0.5, 0.5])
+
+
+def test_keeps_channels_last_memory_format() -> None:
+    net = tiny_net(f_maps=8, num_levels=2).to(memory_format=torch.channels_last_3d)
+    small, _, _ = structured_prune(net, 0.5)
+    weight = small.encoders[0].conv1[0].weight
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, 1, 8, 8, 8).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        assert small(x).shape == (1, 3, 8, 8, 8)

@@ -337,8 +337,11 @@ def _match_net_to_state(
     current = _state_f_maps(module.net.state_dict(), "", len(module.net.encoders))
     if sizes and sizes != current:
         hparams["f_maps"] = sizes
-        device = next(module.net.parameters()).device
-        module.net = build_model(module.hparams["model_name"], hparams).to(device)
+        first = next(p for p in module.net.parameters() if p.ndim == 5)
+        net = build_model(module.hparams["model_name"], hparams).to(first.device)
+        if first.is_contiguous(memory_format=torch.channels_last_3d) and not first.is_contiguous():
+            net.to(memory_format=torch.channels_last_3d)
+        module.net = net
         module.hparams["model_hparams"] = hparams
         log.info("resuming a channel-pruned run: network rebuilt with f_maps %s", sizes)
 

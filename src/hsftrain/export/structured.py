@@ -226,8 +226,8 @@ def prune_channels(
         hparams: the network's ``models.hparams`` (``f_maps`` is replaced by the new list).
 
     Returns:
-        ``(smaller network, its hparams)``, the network in the same train/eval mode and
-        ``requires_grad`` state as ``net``, on the same device.
+        ``(smaller network, its hparams)``, the network in the same train/eval mode,
+        ``requires_grad`` state, device and memory format (channels-last or not) as ``net``.
     """
     name = type(net).__name__
     if name not in MODELS:
@@ -261,8 +261,10 @@ def prune_channels(
             )
         new_state[key] = sliced.clone()
     new.load_state_dict(new_state)
-    device = next(net.parameters()).device
-    new.to(device)
+    first = next(p for p in net.parameters() if p.ndim == 5)
+    new.to(first.device)
+    if first.is_contiguous(memory_format=torch.channels_last_3d) and not first.is_contiguous():
+        new.to(memory_format=torch.channels_last_3d)  # as the training module keeps it
     # Same frozen / eval state as the original, module by module.
     new_modules = dict(new.named_modules())
     for module_name, module in old_modules.items():
