@@ -14,7 +14,7 @@ start=$SECONDS
 
 hsftrain train datasets=sample run_name="$run" datasets.output_path=runs \
   models.hparams.f_maps=8 models.hparams.num_levels=3 models.lr=5e-3 \
-  lightning.max_epochs="${DEMO_EPOCHS:-12}" lightning.enable_progress_bar=false "$@"
+  lightning.max_epochs="${DEMO_EPOCHS:-15}" lightning.enable_progress_bar=false "$@"
 
 hsftrain segment files.path="$heldout" files.pattern='*_img.nii.gz' \
   files.output_dir="$out/segmentation" segmentation=custom "model_paths=[$out/model.onnx]" \

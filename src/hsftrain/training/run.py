@@ -25,6 +25,7 @@ from hsftrain.data.datamodule import SegmentationDataModule
 from hsftrain.data.discovery import Discovery, discover
 from hsftrain.data.labels import class_names as names_from_table
 from hsftrain.data.splits import Split, make_split
+from hsftrain.export.pruning import compression_callbacks
 from hsftrain.training.callbacks import EpochTable
 from hsftrain.training.finetuning import GradualUnfreezing
 from hsftrain.training.module import SegmentationModule
@@ -274,7 +275,7 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         mode="min",
         save_last=True,
     )
-    callbacks: list[L.Callback] = [checkpoint, EpochTable()]
+    callbacks: list[L.Callback] = [checkpoint, EpochTable(), *compression_callbacks(cfg)]
     if finetune:
         f = cfg.finetuning
         callbacks.append(GradualUnfreezing(str(f.mode), int(f.depth), int(f.unfreeze_frequency)))
