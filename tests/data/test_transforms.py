@@ -8,12 +8,12 @@ def test_z_normalize():
     assert abs(float(out.mean())) < 1e-6 and abs(float(out.std()) - 1) < 1e-5
 
 
-def test_fit_shape_pads_to_multiple_of_8_at_the_end():
+def test_fit_shape_pads_evenly_to_multiple_of_8():
     image = torch.ones(1, 9, 16, 3)
     label = torch.ones(9, 16, 3, dtype=torch.long)
     img, lbl = fit_shape(image, label, None)
     assert img.shape == (1, 16, 16, 8) and lbl.shape == (16, 16, 8)
-    assert lbl[:9, :, :3].all() and lbl.sum() == 9 * 16 * 3
+    assert lbl[3:12, :, 2:5].all() and lbl.sum() == 9 * 16 * 3  # 7 = 3 + 4, 5 = 2 + 3
 
 
 def test_fit_shape_centre_crops_and_pads_to_patch():

@@ -78,8 +78,8 @@ def fit_shape(
     image: torch.Tensor, label: torch.Tensor, patch_size: Sequence[int] | None, multiple: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre crop/pad ``(1, X, Y, Z)`` image and ``(X, Y, Z)`` label to ``patch_size``, or
-    pad at the end to a multiple of ``multiple`` when it is None. Images are padded with
-    their minimum, labels with 0."""
+    pad evenly to a multiple of ``multiple`` when it is None (as inference does). Images are
+    padded with their minimum, labels with 0."""
     shape = image.shape[1:]
     target = (
         [int(s) for s in patch_size]
@@ -94,7 +94,7 @@ def fit_shape(
             pads.append((0, 0))
         else:
             slices.append(slice(0, s))
-            before = (t - s) // 2 if patch_size else 0
+            before = (t - s) // 2
             pads.append((before, t - s - before))
     image = image[(slice(None), *slices)]
     label = label[tuple(slices)]

@@ -271,7 +271,9 @@ class Segmenter:
         advance: Callable[[int], None] | None = None,
     ) -> CropResult:
         """Segment a canonical ``(X, Y, Z)`` crop (raw intensities)."""
-        padded, crop = pad_to_multiple(z_normalize(image), 8)
+        normalized = z_normalize(image)
+        # padded with the image minimum, as in training (hsftrain.data.transforms.fit_shape)
+        padded, crop = pad_to_multiple(normalized, 8, float(normalized.min()))
         augmentations = sample_augmentations(
             self.augmentation, self.num_aug, padded.shape, zooms, rng
         )
