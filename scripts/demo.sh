@@ -20,7 +20,8 @@ hsftrain segment files.path="$heldout" files.pattern='*_img.nii.gz' \
   files.output_dir="$out/segmentation" segmentation=custom "model_paths=[$out/model.onnx]" \
   segmentation.test_time_num_aug=2
 
-hsftrain evaluate pred="$out/segmentation" ref="$heldout/*_lbl.nii.gz" out="$out/evaluation"
+hsftrain evaluate pred="$out/segmentation" ref="$heldout/*_lbl.nii.gz" out="$out/evaluation" \
+  "labels={1: anterior, 2: posterior}"
 
 echo
 echo "demo finished in $((SECONDS - start)) s: run directory $out"
