@@ -56,9 +56,13 @@ def _prunable_total(net: nn.Module) -> int:
     return sum(m.weight.numel() for _, m in prunable_modules(net))
 
 
-@pytest.mark.parametrize("scope", ["global", "layer"])
-def test_callback_reaches_scheduled_sparsity(scope: str) -> None:
+@pytest.mark.parametrize(
+    ("scope", "channels_last"), [("global", False), ("layer", False), ("global", True)]
+)
+def test_callback_reaches_scheduled_sparsity(scope: str, channels_last: bool) -> None:
     net = tiny_net()
+    if channels_last:  # as the training module keeps it
+        net.to(memory_format=torch.channels_last_3d)
     module = SimpleNamespace(net=net)
     callback = GradualMagnitudePruning(0, 10, 0.05, 0.7, 2, scope=scope)
     previous_zeros: torch.Tensor | None = None

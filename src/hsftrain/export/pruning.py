@@ -3,8 +3,8 @@
 Two Lightning callbacks, added by :func:`compression_callbacks`:
 
 * :class:`GradualMagnitudePruning` (``compression.pruning``): unstructured L1 magnitude
-  pruning of the Conv3d / ConvTranspose3d weights with ``torch.nn.utils.prune``, global or
-  per layer, following the cubic schedule of Zhu & Gupta (2017)::
+  pruning of the Conv3d / ConvTranspose3d weights with ``torch.nn.utils.prune`` masks
+  (``custom_from_mask``), global or per layer, following the cubic schedule of Zhu & Gupta (2017)::
 
       s_t = s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** 3
 
@@ -88,37 +88,65 @@ def _mask_zeros(module: nn.Module) -> int:
     return 0 if mask is None else int((mask == 0).sum())
 
 
+def _l1_masks(modules: list[nn.Module], count: int) -> list[torch.Tensor]:
+    """Masks zeroing the ``count`` smallest-magnitude weights of ``modules`` together,
+    weights already masked first (so masks only grow).
+
+    Works on any memory format (``torch.nn.utils.prune``'s own L1 methods ``view`` the
+    weights, which fails on the channels-last weights that training uses).
+    """
+    scores = []
+    for module in modules:
+        weight = module.weight.detach().abs().reshape(-1).float()
+        mask = getattr(module, "weight_mask", None)
+        if mask is not None:
+            weight = torch.where(mask.reshape(-1) == 0, torch.full_like(weight, -1.0), weight)
+        scores.append(weight)
+    flat = torch.cat(scores)
+    keep = torch.ones_like(flat)
+    if count > 0:
+        keep[torch.topk(flat, min(count, flat.numel()), largest=False).indices] = 0
+    masks, start = [], 0
+    for module in modules:
+        n = module.weight.numel()
+        mask = torch.empty_like(module.weight, dtype=module.weight.dtype)
+        mask.copy_(keep[start : start + n].reshape(module.weight.shape))
+        masks.append(mask.detach())
+        start += n
+    return masks
+
+
 def apply_sparsity(
     net: nn.Module, sparsity: float, scope: str = "global", layers: Iterable[str] = PRUNABLE
 ) -> float:
     """Raise the pruned fraction of the prunable weights to ``sparsity`` (L1 magnitude).
 
-    Masks only grow: weights already pruned stay pruned. Returns the fraction of the
-    prunable weights now masked.
+    ``global``: one magnitude threshold over all layers; ``layer``: each layer pruned to
+    ``sparsity``. Masks only grow: weights already pruned stay pruned. The masks are
+    applied with ``torch.nn.utils.prune.custom_from_mask`` (forward pre-hook,
+    ``weight_orig`` / ``weight_mask``). Returns the fraction of the prunable weights now
+    zero.
 
     Raises:
         ValueError: unknown ``scope``.
     """
-    modules = prunable_modules(net, layers)
+    modules = [m for _, m in prunable_modules(net, layers)]
     if not modules:
         return 0.0
     if scope == "global":
-        total = sum(m.weight.numel() for _, m in modules)
-        pruned = sum(_mask_zeros(m) for _, m in modules)
-        extra = int(round(sparsity * total)) - pruned
-        if extra > 0:
-            prune.global_unstructured(
-                [(m, "weight") for _, m in modules],
-                pruning_method=prune.L1Unstructured,
-                amount=extra,
-            )
+        groups = [modules]
     elif scope == "layer":
-        for _, module in modules:
-            extra = int(round(sparsity * module.weight.numel())) - _mask_zeros(module)
-            if extra > 0:
-                prune.l1_unstructured(module, "weight", amount=extra)
+        groups = [[m] for m in modules]
     else:
         raise ValueError(f"compression.pruning.scope={scope!r}: use 'global' or 'layer'")
+    for group in groups:
+        total = sum(m.weight.numel() for m in group)
+        target = int(round(sparsity * total))
+        if target <= sum(_mask_zeros(m) for m in group):
+            continue
+        with torch.no_grad():
+            for module, mask in zip(group, _l1_masks(group, target), strict=True):
+                prune.custom_from_mask(module, "weight", mask)
     return weight_sparsity(net, layers)
 
 
