@@ -10,8 +10,9 @@ For every model given with ``--model NAME=PATH.onnx``:
 * size: the ONNX file in bytes, and the fraction of exactly-zero conv weights;
 * quality: Dice of the argmax segmentation against the reference labels, per label and
   mean, on the validation subjects of ``--split`` (a run's split.json) found under
-  ``--data`` (the MSD Task04 folder with imagesTr/ and labelsTr/); volumes pre-processed
-  as in training (RAS+, z-normalised, padded to a multiple of 8, output cropped back).
+  ``--data`` (the MSD Task04 folder with imagesTr/ and labelsTr/); image and label
+  pre-processed as training validation does (RAS+, z-normalised, both padded to a multiple
+  of 8 by ``hsftrain.data.transforms.postprocess``), Dice on that grid.
 
 Prints a table and writes JSON (``--out``). Example (see docs/benchmarks.md)::
 
@@ -120,11 +121,27 @@ def validation_cases(split: Path, data: Path, limit: int | None) -> list[tuple[s
     return cases[:limit] if limit else cases
 
 
-def dice_scores(model: Path, cases: list[tuple[str, Path, Path]], labels: list[int]) -> dict:
-    import onnxruntime as ort
+def load_case(image: Path, label: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``(1, 1, X, Y, Z)`` and label ``(X, Y, Z)`` as training validation sees them:
+    RAS+, z-normalised, both padded the same way to a multiple of 8
+    (:func:`hsftrain.data.transforms.postprocess`; padded voxels are background)."""
+    import torch
 
     from hsftrain.data.nifti import load_volume
-    from hsftrain.export.quantize import preprocess
+    from hsftrain.data.transforms import postprocess
+
+    data, _ = load_volume(image, np.float32, canonical=True)
+    ref, _ = load_volume(label, canonical=True)
+    x, y = postprocess(
+        torch.from_numpy(np.ascontiguousarray(data))[None],
+        torch.from_numpy(np.rint(ref).astype(np.int64)),
+        None,
+    )
+    return x[None].numpy().astype(np.float32), y.numpy()
+
+
+def dice_scores(model: Path, cases: list[tuple[str, Path, Path]], labels: list[int]) -> dict:
+    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
@@ -133,10 +150,8 @@ def dice_scores(model: Path, cases: list[tuple[str, Path, Path]], labels: list[i
     per_label: dict[int, list[float]] = {v: [] for v in labels}
     predictions = {}
     for case, image, label in cases:
-        ref, _ = load_volume(label, canonical=True)
-        ref = np.rint(ref).astype(np.int64)
-        probs = session.run(None, {name: preprocess(image)})[0][0]
-        pred = probs.argmax(0)[: ref.shape[0], : ref.shape[1], : ref.shape[2]]
+        x, ref = load_case(image, label)
+        pred = session.run(None, {name: x})[0][0].argmax(0)
         predictions[case] = pred
         for v in labels:
             p, r = pred == v, ref == v
@@ -146,7 +161,9 @@ def dice_scores(model: Path, cases: list[tuple[str, Path, Path]], labels: list[i
     return {
         "dice": dice,
         "dice_mean": float(np.mean(list(dice.values()))),
-        "dice_per_case_mean": [float(np.mean([per_label[v][i] for v in labels])) for i in range(len(cases))],
+        "dice_per_case_mean": [
+            float(np.mean([per_label[v][i] for v in labels])) for i in range(len(cases))
+        ],
         "_pred": predictions,
     }
 
@@ -157,7 +174,9 @@ def model_facts(model: Path) -> dict:
 
     proto = onnx.load(str(model))
     conv_weights = {n.input[1] for n in proto.graph.node if n.op_type in ("Conv", "ConvTranspose")}
-    dq_inputs = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    dq_inputs = {
+        n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+    }
     inits = {i.name: i for i in proto.graph.initializer}
     total = zeros = params = 0
     for init in proto.graph.initializer:
@@ -180,7 +199,9 @@ def model_facts(model: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", action="append", default=[], help="NAME=PATH.onnx (repeat)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared/data/msd_hippocampus")
     parser.add_argument("--split", type=Path, help="split.json whose `val` subjects are scored")
@@ -195,7 +216,9 @@ def main() -> None:
     parser.add_argument("--worker-image", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = worker(args.worker, args.worker_threads, args.shape, args.repeats, args.worker_image)
+        result = worker(
+            args.worker, args.worker_threads, args.shape, args.repeats, args.worker_image
+        )
         print(json.dumps(result))
         return
     if not args.model or not args.split:
