@@ -3,10 +3,12 @@
 For every model given with ``--model NAME=PATH.onnx``:
 
 * speed: ms per forward pass at a realistic crop size (default 64 x 96 x 64, batch 1),
-  with ONNX Runtime limited to 1 and to 2 intra-op threads (median of ``--repeats``
-  timed runs after one warm-up run), each in a fresh subprocess;
-* memory: peak resident memory of that subprocess minus its resident memory before the
-  session was created (model + ONNX Runtime arenas + activations);
+  with ONNX Runtime limited to 1 and to 2 intra-op threads: ``--rounds`` fresh
+  subprocesses per model, visiting the models in turn, each timing ``--repeats`` runs
+  after one warm-up run; the median over all timed runs;
+* memory: peak resident memory of that subprocess (VmHWM, reset just before the session
+  is created) minus its resident memory at that point: model + ONNX Runtime arenas +
+  activations;
 * size: the ONNX file in bytes, and the fraction of exactly-zero conv weights;
 * quality: Dice of the argmax segmentation against the reference labels, per label and
   mean, on the validation subjects of ``--split`` (a run's split.json) found under
@@ -38,11 +40,20 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _rss_kib() -> int:
+def _status_kib(key: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1])
     return 0
+
+
+def _reset_peak() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def worker(model: str, threads: int, shape: list[int], repeats: int, image: str | None) -> dict:
@@ -50,7 +61,8 @@ def worker(model: str, threads: int, shape: list[int], repeats: int, image: str 
     import onnxruntime as ort
 
     x = _timing_input(shape, image)
-    rss0 = _rss_kib()
+    exact = _reset_peak()  # the peak of loading torch/data above must not count
+    rss0 = _status_kib("VmRSS")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -63,7 +75,7 @@ def worker(model: str, threads: int, shape: list[int], repeats: int, image: str 
         start = time.perf_counter()
         session.run(None, {name: x})
         times.append((time.perf_counter() - start) * 1000)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "threads": threads,
         "ms_median": float(np.median(times)),
@@ -89,6 +101,7 @@ def _timing_input(shape: list[int], image: str | None) -> np.ndarray:
 
 
 def time_model(model: Path, threads: int, args: argparse.Namespace, image: str | None) -> dict:
+    """One fresh subprocess timing ``model`` with ``threads`` intra-op threads."""
     cmd = [
         sys.executable,
         __file__,
@@ -106,6 +119,34 @@ def time_model(model: Path, threads: int, args: argparse.Namespace, image: str |
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def time_models(
+    models: dict[str, Path], args: argparse.Namespace, image: str | None
+) -> dict[str, dict[str, dict]]:
+    """Timings of every model, in ``args.rounds`` rounds that visit the models in turn (so
+    that a background load spike hits them alike); the median over all timed runs."""
+    runs: dict[str, dict[int, list[dict]]] = {n: {t: [] for t in args.threads} for n in models}
+    for r in range(args.rounds):
+        for name, path in models.items():
+            for t in args.threads:
+                print(
+                    f"  timing round {r + 1}/{args.rounds}: {name}, {t} thread(s)", file=sys.stderr
+                )
+                runs[name][t].append(time_model(path, t, args, image))
+    out: dict[str, dict[str, dict]] = {}
+    for name, per_thread in runs.items():
+        out[name] = {}
+        for t, results in per_thread.items():
+            times = [ms for res in results for ms in res["ms_all"]]
+            out[name][str(t)] = {
+                "threads": t,
+                "ms_median": float(np.median(times)),
+                "ms_min": float(np.min(times)),
+                "ms_all": times,
+                "peak_rss_delta_mib": float(max(res["peak_rss_delta_mib"] for res in results)),
+            }
+    return out
 
 
 def validation_cases(split: Path, data: Path, limit: int | None) -> list[tuple[str, Path, Path]]:
@@ -207,7 +248,8 @@ def main() -> None:
     parser.add_argument("--split", type=Path, help="split.json whose `val` subjects are scored")
     parser.add_argument("--cases", type=int, default=None, help="at most this many cases")
     parser.add_argument("--shape", type=int, nargs=3, default=[64, 96, 64])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per subprocess")
+    parser.add_argument("--rounds", type=int, default=3, help="subprocesses per model")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--reference", default=None, help="model NAME used as the Dice reference")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/inference_cpu.json")
@@ -224,6 +266,7 @@ def main() -> None:
     if not args.model or not args.split:
         parser.error("give at least one --model NAME=PATH and --split RUN/split.json")
     models = dict(m.split("=", 1) for m in args.model)
+    load_start = os.getloadavg()
     cases = validation_cases(args.split, args.data, args.cases)
     timing_image = str(cases[0][1])
     reference = args.reference or next(iter(models))
@@ -236,8 +279,10 @@ def main() -> None:
         scores = dice_scores(path, cases, [1, 2])
         preds[name] = scores.pop("_pred")
         entry.update(scores)
-        entry["timing"] = {str(t): time_model(path, t, args, timing_image) for t in args.threads}
         results[name] = entry
+    timings = time_models({n: Path(p) for n, p in models.items()}, args, timing_image)
+    for name, entry in results.items():
+        entry["timing"] = timings[name]
     ref = results[reference]
     for name, entry in results.items():
         entry["dice_drop_vs_reference"] = ref["dice_mean"] - entry["dice_mean"]
@@ -253,8 +298,10 @@ def main() -> None:
         "file size, Dice vs reference labels on validation cases",
         "shape": args.shape,
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "validation_cases": [c for c, _, _ in cases],
         "reference": reference,
+        "loadavg_at_start": load_start,
         "machine": {
             "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
