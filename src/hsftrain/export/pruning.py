@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from hsftrain.config import ConfigError
+from hsftrain.export.structured import fold_masks
 
 log = logging.getLogger(__name__)
 
@@ -171,20 +172,6 @@ def make_permanent(net: nn.Module) -> int:
     return count
 
 
-def _fold_masks(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Checkpoint state dict with ``X_orig * X_mask`` stored as ``X``."""
-    out = {}
-    for key, value in state.items():
-        if key.endswith("_mask") and key.removesuffix("_mask") + "_orig" in state:
-            continue
-        if key.endswith("_orig") and key.removesuffix("_orig") + "_mask" in state:
-            base = key.removesuffix("_orig")
-            out[base] = value * state[base + "_mask"]
-        else:
-            out[key] = value
-    return out
-
-
 def restart_best(trainer: L.Trainer, reason: str) -> None:
     """Forget the ``ModelCheckpoint`` ranking so far (and delete those best files).
 
@@ -273,7 +260,7 @@ class GradualMagnitudePruning(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint["state_dict"] = _fold_masks(checkpoint["state_dict"])
+        checkpoint["state_dict"] = fold_masks(checkpoint["state_dict"])
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         removed = make_permanent(pl_module.net)

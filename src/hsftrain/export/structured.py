@@ -48,10 +48,9 @@ class ChannelPlan:
         return [len(k) for k in self.levels]
 
 
-def plain_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with any ``torch.nn.utils.prune`` reparametrisation folded in
-    (``weight_orig * weight_mask`` saved as ``weight``)."""
-    state = net.state_dict()
+def fold_masks(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with ``torch.nn.utils.prune`` reparametrisations folded in:
+    ``X_orig * X_mask`` stored as ``X``, the masks dropped."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if key.endswith("_mask") and key.removesuffix("_mask") + "_orig" in state:
@@ -62,6 +61,11 @@ def plain_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
         else:
             out[key] = value
     return out
+
+
+def plain_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
+    """``net``'s state dict with any pruning masks folded in (see :func:`fold_masks`)."""
+    return fold_masks(net.state_dict())
 
 
 def _block_slots(
