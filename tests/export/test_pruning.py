@@ -203,3 +203,33 @@ def test_tiny_lightning_run_prunes_and_cuts(tmp_path: Path) -> None:
     assert weight_sparsity(net) == pytest.approx(0.6, abs=0.01)
     onnx_path = export_checkpoint(best, tmp_path / "pruned.onnx")
     assert read_metadata(onnx_path)["f_maps"] == [2, 4]
+
+
+def test_train_with_compression_and_resume(tmp_path: Path, export_phantoms: Path) -> None:
+    """``train`` with ``compression=structured`` (+ magnitude pruning), then ``resume``:
+    the resumed run rebuilds the cut network from the checkpoint and is not cut again."""
+    from hsftrain.export.onnx import read_metadata
+    from hsftrain.training.checkpoint import load_network
+    from hsftrain.training.run import train
+
+    common = [
+        "datasets=synth",
+        f"datasets.main_path={export_phantoms}",
+        "models.hparams.f_maps=8",
+        "models.hparams.num_levels=2",
+        "lightning.enable_progress_bar=false",
+        "logger=csv",
+        "augmentation.elastic.p=0",
+        "augmentation.motion.p=0",
+        f"datasets.output_path={tmp_path}",
+        "compression=structured",
+        "compression.structured.epoch=1",
+        "compression.pruning={start_epoch: 0, end_epoch: 1, final_sparsity: 0.3}",
+    ]
+    first = train(compose("config", [*common, "lightning.max_epochs=2", "run_name=c"]))
+    run_dir = Path(str(first["run_dir"]))
+    assert read_metadata(run_dir / "model.onnx")["f_maps"] == [4, 8]
+    train(compose("config", [*common, "lightning.max_epochs=3", f"resume={run_dir}"]))
+    net, info = load_network(run_dir / "checkpoints" / "last.ckpt")
+    assert info.hparams["f_maps"] == [4, 8]  # cut once, not twice
+    assert weight_sparsity(net) == pytest.approx(0.3, abs=0.01)
