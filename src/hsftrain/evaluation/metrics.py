@@ -43,7 +43,7 @@ A distance to a mask that does not exist is undefined, hence NaN (not inf), whic
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -205,18 +205,28 @@ def assd_from_distances(d_pred_to_ref: np.ndarray, d_ref_to_pred: np.ndarray) ->
     return total / (d_pred_to_ref.size + d_ref_to_pred.size)
 
 
+def _surface_metric(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Spacing,
+    reduce: Callable[[np.ndarray, np.ndarray], float],
+) -> float:
+    """``reduce`` of both directed surface-distance sets, with the empty-mask conventions."""
+    pred, ref = _masks(pred, ref)
+    _spacing(spacing, pred.ndim)
+    edge = _empty_case(pred, ref)
+    if edge is not None:
+        return edge
+    return reduce(*surface_distances(pred, ref, spacing))
+
+
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Spacing = None) -> float:
     """95th-percentile Hausdorff distance in mm (module docstring: definition, edge cases).
 
     Raises:
         ValueError: shapes differ or ``spacing`` is invalid.
     """
-    pred, ref = _masks(pred, ref)
-    _spacing(spacing, pred.ndim)
-    edge = _empty_case(pred, ref)
-    if edge is not None:
-        return edge
-    return hd95_from_distances(*surface_distances(pred, ref, spacing))
+    return _surface_metric(pred, ref, spacing, hd95_from_distances)
 
 
 def assd(pred: np.ndarray, ref: np.ndarray, spacing: Spacing = None) -> float:
@@ -225,12 +235,7 @@ def assd(pred: np.ndarray, ref: np.ndarray, spacing: Spacing = None) -> float:
     Raises:
         ValueError: shapes differ or ``spacing`` is invalid.
     """
-    pred, ref = _masks(pred, ref)
-    _spacing(spacing, pred.ndim)
-    edge = _empty_case(pred, ref)
-    if edge is not None:
-        return edge
-    return assd_from_distances(*surface_distances(pred, ref, spacing))
+    return _surface_metric(pred, ref, spacing, assd_from_distances)
 
 
 def mask_metrics(
