@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import TINY
+
 TINY_HPARAMS = {
     "in_channels": 1,
     "out_channels": 3,
@@ -30,17 +32,7 @@ def tiny_net(seed: int = 0, **hparams: object) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
-def export_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Six 16x20x16 synthetic phantoms."""
-    from hsftrain.data.synth import write_phantoms
-
-    out = tmp_path_factory.mktemp("export_phantoms")
-    write_phantoms(out, n=6, shape=(16, 20, 16), seed=0)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory, export_phantoms: Path) -> Path:
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, phantoms: Path) -> Path:
     """Run directory of a 1-epoch training (f_maps 4, 2 levels) on the phantoms.
 
     Holds config.yaml, split.json and checkpoints/last.ckpt, as ``hsftrain train`` writes.
@@ -52,17 +44,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, export_phantoms: Path) ->
     cfg = compose(
         "config",
         [
+            *TINY,
             "datasets=synth",
-            f"datasets.main_path={export_phantoms}",
-            "models.hparams.f_maps=4",
-            "models.hparams.num_levels=2",
+            f"datasets.main_path={phantoms}",
             "models.lr=5e-3",
-            "lightning.max_epochs=1",
-            "lightning.enable_progress_bar=false",
-            "logger=csv",
-            "augmentation.elastic.p=0",
-            "augmentation.motion.p=0",
-            "export_onnx=false",
             f"datasets.output_path={out}",
             "run_name=tiny",
         ],

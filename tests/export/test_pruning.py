@@ -205,7 +205,7 @@ def test_tiny_lightning_run_prunes_and_cuts(tmp_path: Path) -> None:
     assert read_metadata(onnx_path)["f_maps"] == [2, 4]
 
 
-def test_train_with_compression_and_resume(tmp_path: Path, export_phantoms: Path) -> None:
+def test_train_with_compression_and_resume(tmp_path: Path, phantoms: Path) -> None:
     """``train`` with ``compression=structured`` (+ magnitude pruning), then ``resume``:
     the resumed run rebuilds the cut network from the checkpoint and is not cut again."""
     from hsftrain.export.onnx import read_metadata
@@ -214,7 +214,7 @@ def test_train_with_compression_and_resume(tmp_path: Path, export_phantoms: Path
 
     common = [
         "datasets=synth",
-        f"datasets.main_path={export_phantoms}",
+        f"datasets.main_path={phantoms}",
         "models.hparams.f_maps=8",
         "models.hparams.num_levels=2",
         "lightning.enable_progress_bar=false",

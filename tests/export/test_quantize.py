@@ -25,13 +25,13 @@ from hsftrain.export.quantize import (
 from tests.export.conftest import tiny_net
 
 
-def test_preprocess_like_training(export_phantoms: Path) -> None:
+def test_preprocess_like_training(phantoms: Path) -> None:
     import torch
 
     from hsftrain.data.nifti import load_volume
     from hsftrain.data.transforms import postprocess
 
-    path = sorted(export_phantoms.glob("*_img.nii.gz"))[0]
+    path = sorted(phantoms.glob("*_img.nii.gz"))[0]
     x = preprocess(path)
     assert x.shape == (1, 1, 16, 24, 16)  # 16x20x16 padded to a multiple of 8
     assert x.dtype == np.float32
@@ -41,8 +41,8 @@ def test_preprocess_like_training(export_phantoms: Path) -> None:
     np.testing.assert_array_equal(x[0], expected.numpy())
 
 
-def test_reader_yields_each_image_once_then_rewinds(export_phantoms: Path) -> None:
-    paths = glob_images(export_phantoms, "*_img.nii.gz")[:2]
+def test_reader_yields_each_image_once_then_rewinds(phantoms: Path) -> None:
+    paths = glob_images(phantoms, "*_img.nii.gz")[:2]
     reader = VolumeCalibrationReader(paths)
     batches = [reader.get_next(), reader.get_next(), reader.get_next()]
     assert batches[2] is None
@@ -81,11 +81,11 @@ def test_bad_quantization_keys() -> None:
         export_checkpoint("x.ckpt", quantize="int4")
 
 
-def test_int8_model_runs_and_stays_close(tmp_path: Path, export_phantoms: Path) -> None:
+def test_int8_model_runs_and_stays_close(tmp_path: Path, phantoms: Path) -> None:
     fp32 = export_onnx(
         tiny_net(seed=3), tmp_path / "m.onnx", {"num_classes": 3}, verify_shapes=None
     )
-    images = glob_images(export_phantoms, "*_img.nii.gz")
+    images = glob_images(phantoms, "*_img.nii.gz")
     int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", images[:4], QuantConfig(num_images=4))
     model = onnx.load(str(int8))
     ops = {n.op_type for n in model.graph.node}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -134,7 +135,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     The temporary name keeps the final extension (writers infer the format from it) and
     contains ``.hsftrain-tmp``; it is removed if writing fails. A run killed with SIGKILL
-    can leave one such file behind, never a half-written ``path``.
+    can leave one such file behind, never a half-written ``path``. The result gets the
+    permissions of the file it replaces, or those of a newly created file (0666 less the
+    umask), not the owner-only mode of temporary files.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,10 +148,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _file_mode(path))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _file_mode(path: Path) -> int:
+    """Permission bits for ``path``: its current ones, else 0666 less the process umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +14,7 @@ import torch
 from torch import nn
 
 from hsftrain import __version__
+from hsftrain.data.nifti import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -61,47 +60,32 @@ def export_onnx(
     import onnx
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = SoftmaxModel(net).eval().cpu()
     example = torch.randn(*example_shape)
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
-    fd, tmp = tempfile.mkstemp(suffix=".onnx.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (example,),
-                tmp,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-                opset_version=opset,
-                dynamo=False,
-            )
-        proto = onnx.load(tmp)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+            opset_version=opset,
+            dynamo=False,
+        )
+        proto = onnx.load(str(tmp))
         meta = {"hsftrain_version": __version__, **(metadata or {})}
         write_metadata(proto, meta)
-        onnx.save(proto, tmp)
+        onnx.save(proto, str(tmp))
         if verify_shapes:
             diff = verify_onnx(net, tmp, verify_shapes)
             if diff > atol:
                 raise ExportError(
                     f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {atol:.0e}) for {path}"
                 )
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_metadata(proto: Any, metadata: Mapping[str, Any]) -> None:

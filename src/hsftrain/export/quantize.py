@@ -20,7 +20,6 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from hsftrain.config import ConfigError
-from hsftrain.export.onnx import INPUT_NAME, OUTPUT_NAME, ExportError, _umask, write_metadata
+from hsftrain.data.nifti import atomic_path
+from hsftrain.export.onnx import INPUT_NAME, OUTPUT_NAME, ExportError, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -280,15 +280,8 @@ def quantize_int8(
             }
         )
         write_metadata(proto, meta)
-        fd, final = tempfile.mkstemp(suffix=".onnx.tmp", dir=out.parent)
-        os.close(fd)
-        try:
-            onnx.save(proto, final)
-            os.chmod(final, 0o666 & ~_umask())
-            os.replace(final, out)
-        finally:
-            if os.path.exists(final):
-                os.unlink(final)
+        with atomic_path(out) as final:
+            onnx.save(proto, str(final))
     return out
 
 

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +29,7 @@ import xxhash
 
 from hsftrain import __version__
 from hsftrain.config import ConfigError
+from hsftrain.data.nifti import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -248,11 +248,9 @@ def _download(url: str, expected: str, target: Path, timeout: float, progress: b
         DownloadError: connection error, HTTP error, or fewer bytes than announced.
         FileNotFoundError: a ``file://`` URL naming a missing file.
     """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(target) as tmp:
         digest = xxhash.xxh3_64()
-        with os.fdopen(fd, "wb") as out, _open_url(url, timeout) as (stream, total):
+        with open(tmp, "wb") as out, _open_url(url, timeout) as (stream, total):
             log.info("Downloading %s -> %s", url, target)
             received = 0
             with _progress_bar(target.name, total, progress) as advance:
@@ -269,10 +267,6 @@ def _download(url: str, expected: str, target: Path, timeout: float, progress: b
         actual = digest.hexdigest()
         if actual != expected:
             raise HashMismatchError(url, expected, actual)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
