@@ -48,7 +48,9 @@ def main(overrides: list[str]) -> dict:
         "seconds": round(seconds, 1),
         "val_dice_mean": metrics.get("val/dice_mean"),
         "val_dice": {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("val/dice/")},
-        "val_hd95_mm": {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("val/hd95_mm/")},
+        "val_hd95_mm": {
+            k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("val/hd95_mm/")
+        },
         "machine": {
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
@@ -61,7 +63,9 @@ def main(overrides: list[str]) -> dict:
     for col in ("seconds", "val Dice mean", *result["val_dice"]):
         table.add_column(col, justify="right")
     table.add_row(
-        f"{seconds:.0f}", f"{result['val_dice_mean']:.3f}", *(f"{v:.3f}" for v in result["val_dice"].values())
+        f"{seconds:.0f}",
+        f"{result['val_dice_mean']:.3f}",
+        *(f"{v:.3f}" for v in result["val_dice"].values()),
     )
     Console().print(table)
     path = Path(__file__).parent / "results" / "train_cpu.json"

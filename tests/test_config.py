@@ -5,7 +5,15 @@ import torch
 
 from hsftrain.config import ConfigError, compose, group_options
 
-TRAIN_GROUPS = ["datasets", "models", "lightning", "finetuning", "logger", "augmentation", "compression"]
+TRAIN_GROUPS = [
+    "datasets",
+    "models",
+    "lightning",
+    "finetuning",
+    "logger",
+    "augmentation",
+    "compression",
+]
 
 
 def test_defaults_compose():
@@ -31,7 +39,10 @@ def test_datasets_instantiate():
     for option in group_options()["datasets"]:
         overrides = [f"datasets={option}"] + (["datasets.path=/tmp"] if option == "folder" else [])
         d = compose("config", overrides).datasets
-        specs = [DatasetSpec.from_config(n, i, Path(str(d.main_path)), e) for i, (n, e) in enumerate(d.datasets.items())]
+        specs = [
+            DatasetSpec.from_config(n, i, Path(str(d.main_path)), e)
+            for i, (n, e) in enumerate(d.datasets.items())
+        ]
         assert specs and all(s.patterns for s in specs)
 
 
@@ -43,7 +54,9 @@ def test_models_and_lightning_and_augmentation_instantiate(tmp_path):
     from hsftrain.training.run import _trainer_kwargs
 
     for option in group_options()["models"]:
-        cfg = compose("config", [f"models={option}", "models.hparams.f_maps=4", "models.hparams.num_levels=2"])
+        cfg = compose(
+            "config", [f"models={option}", "models.hparams.f_maps=4", "models.hparams.num_levels=2"]
+        )
         net = build_model(cfg.models.name, {**cfg.models.hparams, "out_channels": 3})
         assert net(torch.zeros(1, 1, 8, 8, 8)).shape[1] == 3
     cfg = compose("config")

@@ -72,9 +72,7 @@ def _run(
 def _command(name: str, config_name: str, summary: str, target: str) -> None:
     """Register ``hsftrain <name>`` calling ``module:function(cfg)`` from ``target``."""
 
-    def command(
-        overrides: Overrides = None, cfg: ShowCfg = None, verbose: Verbose = False
-    ) -> None:
+    def command(overrides: Overrides = None, cfg: ShowCfg = None, verbose: Verbose = False) -> None:
         module, function = target.split(":")
 
         def call(c: DictConfig) -> object:

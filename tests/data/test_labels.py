@@ -38,9 +38,15 @@ def test_merged_names():
 def test_merge_label_map_1_23_and_123():
     names = list(SUBFIELDS)  # bg DG CA1 CA2 CA3 SUB HEAD TAIL
     label_map = np.array([0, 1, 2, 3, 4, 5, 6, 7])
-    np.testing.assert_array_equal(merge_label_map(label_map, names, "1/23"), [0, 1, 2, 3, 3, 5, 6, 7])
-    np.testing.assert_array_equal(merge_label_map(label_map, names, "123"), [0, 1, 2, 2, 2, 5, 6, 7])
-    np.testing.assert_array_equal(merge_label_map(label_map, names, "whole"), [0, 1, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(
+        merge_label_map(label_map, names, "1/23"), [0, 1, 2, 3, 3, 5, 6, 7]
+    )
+    np.testing.assert_array_equal(
+        merge_label_map(label_map, names, "123"), [0, 1, 2, 2, 2, 5, 6, 7]
+    )
+    np.testing.assert_array_equal(
+        merge_label_map(label_map, names, "whole"), [0, 1, 1, 1, 1, 1, 1, 1]
+    )
     np.testing.assert_array_equal(merge_label_map(label_map, names, ""), label_map)
     _, merged = merge_lut(names, "123")
     assert merged[2] == "CA" and merged[3] == ""

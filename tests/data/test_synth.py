@@ -25,6 +25,8 @@ def test_synth_cli(tmp_path):
 
     from hsftrain.cli import app
 
-    result = CliRunner().invoke(app, ["data", "synth", "--out", str(tmp_path), "--n", "2", "--shape", "16x16x16"])
+    result = CliRunner().invoke(
+        app, ["data", "synth", "--out", str(tmp_path), "--n", "2", "--shape", "16x16x16"]
+    )
     assert result.exit_code == 0, result.output
     assert len(list(tmp_path.glob("*_lbl.nii.gz"))) == 2

@@ -15,7 +15,12 @@ def test_output_shape_on_odd_sizes(cls, shape):
 
 def test_sizes_read_from_config():
     net = build_model("ResidualUNet3D", dict(out_channels=5, f_maps=6, num_levels=3))
-    assert [e[-1].conv1[0].out_channels if isinstance(e, torch.nn.Sequential) else e.conv1[0].out_channels for e in net.encoders] == [6, 12, 24]
+    assert [
+        e[-1].conv1[0].out_channels
+        if isinstance(e, torch.nn.Sequential)
+        else e.conv1[0].out_channels
+        for e in net.encoders
+    ] == [6, 12, 24]
     assert net.head.in_channels == 6 and net.out_channels == 5
     listed = build_model("UNet3D", dict(out_channels=2, f_maps=[3, 5], num_levels=2))
     assert listed.head.in_channels == 3

@@ -21,7 +21,9 @@ def test_agc_clips_units_with_large_gradient_only():
     assert g[1, 1].item() == pytest.approx(0.001)  # untouched
 
 
-@pytest.mark.parametrize("options", [{}, {"demon": True, "total_steps": 300}, {"adanorm": True, "nesterov": True}])
+@pytest.mark.parametrize(
+    "options", [{}, {"demon": True, "total_steps": 300}, {"adanorm": True, "nesterov": True}]
+)
 def test_adamp_solves_tiny_regression(options):
     torch.manual_seed(0)
     x = torch.randn(64, 4)

@@ -13,8 +13,23 @@ from tests.conftest import TINY
 @pytest.mark.slow
 def test_ensemble_train_segment_evaluate(phantoms, tmp_path):
     runner = CliRunner()
-    base = [*TINY, "datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
-    result = runner.invoke(app, ["train", *base, "run_name=ens", "ensemble.members=2", "lightning.max_epochs=2", "models.lr=1e-2"])
+    base = [
+        *TINY,
+        "datasets=synth",
+        f"datasets.main_path={phantoms}",
+        f"datasets.output_path={tmp_path}",
+    ]
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            *base,
+            "run_name=ens",
+            "ensemble.members=2",
+            "lightning.max_epochs=2",
+            "models.lr=1e-2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     root = tmp_path / "ens"
     preset = yaml.safe_load((root / "preset.yaml").read_text())
@@ -26,8 +41,15 @@ def test_ensemble_train_segment_evaluate(phantoms, tmp_path):
     out = tmp_path / "seg"
     result = runner.invoke(
         app,
-        ["segment", f"files.path={phantoms}", "files.pattern=*_img.nii.gz", f"files.output_dir={out}",
-         f"segmentation={root / 'preset.yaml'}", "segmentation.tta=false", "qc=false"],
+        [
+            "segment",
+            f"files.path={phantoms}",
+            "files.pattern=*_img.nii.gz",
+            f"files.output_dir={out}",
+            f"segmentation={root / 'preset.yaml'}",
+            "segmentation.tta=false",
+            "qc=false",
+        ],
     )
     assert result.exit_code == 0, result.output
     segs = sorted(out.rglob("*_seg.nii.gz"))

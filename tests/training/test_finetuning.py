@@ -66,7 +66,11 @@ def test_finetune_new_label_scheme(phantoms, tmp_path):
     from hsftrain.training.run import finetune, train
 
     data = ["datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
-    pre = train(compose("config", [*TINY, *data, "run_name=pre", "lightning.max_epochs=3", "models.lr=1e-2"]))
+    pre = train(
+        compose(
+            "config", [*TINY, *data, "run_name=pre", "lightning.max_epochs=3", "models.lr=1e-2"]
+        )
+    )
     pretrained = pre["best_checkpoint"]
     before, info = read_checkpoint(pretrained)
     assert len(info.class_names) == 8
@@ -76,13 +80,22 @@ def test_finetune_new_label_scheme(phantoms, tmp_path):
     folder.mkdir()
     for img in sorted(phantoms.glob("*_img.nii.gz")):
         label, affine = load_volume(str(img).replace("_img", "_lbl"))
-        save_volume(np.minimum(label, 2).astype(np.uint8), affine, folder / img.name.replace("_img", "_lbl"))
+        save_volume(
+            np.minimum(label, 2).astype(np.uint8), affine, folder / img.name.replace("_img", "_lbl")
+        )
         shutil.copy(img, folder / img.name)
     scheme = ["datasets=folder", f"datasets.path={folder}", f"datasets.output_path={tmp_path}"]
     overrides = [
-        *TINY, *scheme, "run_name=ft", f"finetuning.pretrained={pretrained}",
-        "finetuning.out_channels=3", "finetuning.mode=decoder", "finetuning.depth=1",
-        "finetuning.unfreeze_frequency=2", "lightning.max_epochs=4", "models.lr=1e-2",
+        *TINY,
+        *scheme,
+        "run_name=ft",
+        f"finetuning.pretrained={pretrained}",
+        "finetuning.out_channels=3",
+        "finetuning.mode=decoder",
+        "finetuning.depth=1",
+        "finetuning.unfreeze_frequency=2",
+        "lightning.max_epochs=4",
+        "models.lr=1e-2",
         "models.use_forgiving_loss=False",
     ]
     out = finetune(compose("config", overrides))
@@ -96,7 +109,9 @@ def test_finetune_new_label_scheme(phantoms, tmp_path):
         if key.startswith("decoders.0.") and value.is_floating_point() and "running" not in key:
             continue
         assert torch.equal(value, after[key]), f"{key} changed while frozen"
-    changed = [k for k in before if k.startswith("decoders.0.") and not torch.equal(before[k], after[k])]
+    changed = [
+        k for k in before if k.startswith("decoders.0.") and not torch.equal(before[k], after[k])
+    ]
     assert changed, "unfrozen level did not train"
 
     found = discover(compose("config", scheme).datasets)

@@ -12,8 +12,15 @@ def test_bf16_training_on_gpu(phantoms, tmp_path):
 
     cfg = compose(
         "config",
-        [*TINY, "datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}",
-         "run_name=gpu", "lightning.accelerator=gpu", "lightning.precision=bf16-mixed"],
+        [
+            *TINY,
+            "datasets=synth",
+            f"datasets.main_path={phantoms}",
+            f"datasets.output_path={tmp_path}",
+            "run_name=gpu",
+            "lightning.accelerator=gpu",
+            "lightning.precision=bf16-mixed",
+        ],
     )
     out = train(cfg)
     assert out["val/dice_mean"] >= 0

@@ -17,10 +17,21 @@ def _train(args):
 
 
 def test_cli_train_writes_run_and_resumes(phantoms, tmp_path):
-    base = [*TINY, "datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
+    base = [
+        *TINY,
+        "datasets=synth",
+        f"datasets.main_path={phantoms}",
+        f"datasets.output_path={tmp_path}",
+    ]
     _train([*base, "run_name=r1", "export_onnx=true"])
     run = tmp_path / "r1"
-    for name in ("config.yaml", "split.json", "metrics.json", "model.onnx", "checkpoints/last.ckpt"):
+    for name in (
+        "config.yaml",
+        "split.json",
+        "metrics.json",
+        "model.onnx",
+        "checkpoints/last.ckpt",
+    ):
         assert (run / name).exists(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert "val/dice_mean" in metrics and "val/dice/CA1" in metrics
@@ -32,7 +43,9 @@ def test_cli_train_writes_run_and_resumes(phantoms, tmp_path):
     ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 * 3
     assert json.loads((run / "split.json").read_text()) == split
-    assert (run / "logs" / "metrics.csv").is_file() and (run / "logs_resume1" / "metrics.csv").is_file()
+    assert (run / "logs" / "metrics.csv").is_file() and (
+        run / "logs_resume1" / "metrics.csv"
+    ).is_file()
 
     again = CliRunner().invoke(app, ["train", *base, "run_name=r1"])
     assert again.exit_code == 1
@@ -44,9 +57,17 @@ def test_bagging_run_writes_bootstrap_split(phantoms, tmp_path):
 
     cfg = compose(
         "config",
-        [*TINY, "datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}",
-         "run_name=bag", "datasets.replace=true", "datasets.k_sample=8", "seed=3",
-         "lightning.limit_train_batches=1"],
+        [
+            *TINY,
+            "datasets=synth",
+            f"datasets.main_path={phantoms}",
+            f"datasets.output_path={tmp_path}",
+            "run_name=bag",
+            "datasets.replace=true",
+            "datasets.k_sample=8",
+            "seed=3",
+            "lightning.limit_train_batches=1",
+        ],
     )
     out = train(cfg)
     split = json.loads((tmp_path / "bag" / "split.json").read_text())

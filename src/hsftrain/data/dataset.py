@@ -54,7 +54,10 @@ class SubjectDataset(Dataset):
         if self.transform is not None:
             subject = self.transform(subject)
         image, label = postprocess(
-            subject["image"].data.float(), subject["label"].data[0].long(), self.patch_size, self.noise
+            subject["image"].data.float(),
+            subject["label"].data[0].long(),
+            self.patch_size,
+            self.noise,
         )
         return {
             "image": image,

@@ -30,7 +30,9 @@ class DatasetSpec:
     labels_names: dict[int, str] | None
 
     @classmethod
-    def from_config(cls, name: str, index: int, main_path: Path, cfg: Mapping[str, Any]) -> DatasetSpec:
+    def from_config(
+        cls, name: str, index: int, main_path: Path, cfg: Mapping[str, Any]
+    ) -> DatasetSpec:
         """Build from a config mapping.
 
         Raises:
@@ -111,11 +113,17 @@ def find_pairs(spec: DatasetSpec) -> list[tuple[str, Path, Path]]:
     for pname, (mri_glob, label_glob) in spec.patterns.items():
         mris = sorted(Path(p) for p in glob.glob(str(spec.root / mri_glob), recursive=True))
         if not mris:
-            log.warning("dataset %s, pattern %s: no file matches %s", spec.name, pname, spec.root / mri_glob)
+            log.warning(
+                "dataset %s, pattern %s: no file matches %s", spec.name, pname, spec.root / mri_glob
+            )
         for mri in mris:
             labels = _label_for(mri, mri_glob, label_glob)
             if len(labels) != 1:
-                what = "no label" if not labels else f"{len(labels)} labels ({', '.join(map(str, labels))})"
+                what = (
+                    "no label"
+                    if not labels
+                    else f"{len(labels)} labels ({', '.join(map(str, labels))})"
+                )
                 raise DataError(
                     f"{mri}: {what} match {label_glob!r} in its folder; fix "
                     f"datasets.datasets.{spec.name}.patterns.{pname}.label so that exactly one "

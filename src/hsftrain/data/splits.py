@@ -37,7 +37,9 @@ class Split:
         """
         data = json.loads(Path(path).read_text())
         index = {sid: i for i, sid in enumerate(ids)}
-        missing = [s for part in ("train", "val", "test") for s in data.get(part, []) if s not in index]
+        missing = [
+            s for part in ("train", "val", "test") for s in data.get(part, []) if s not in index
+        ]
         if missing:
             raise ValueError(
                 f"{path}: {len(missing)} subjects of this split are not in the datasets "

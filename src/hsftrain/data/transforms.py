@@ -81,11 +81,7 @@ def fit_shape(
     pad evenly to a multiple of ``multiple`` when it is None (as inference does). Images are
     padded with their minimum, labels with 0."""
     shape = image.shape[1:]
-    target = (
-        [int(s) for s in patch_size]
-        if patch_size
-        else [s + (-s) % multiple for s in shape]
-    )
+    target = [int(s) for s in patch_size] if patch_size else [s + (-s) % multiple for s in shape]
     slices, pads = [], []
     for s, t in zip(shape, target, strict=True):
         if s > t:

@@ -68,8 +68,13 @@ class UNet3D(nn.Module):
         for level in range(len(sizes) - 1, 0, -1):
             self.decoders.append(
                 DecoderLevel(
-                    sizes[level], sizes[level - 1], block, layer_order, conv_kernel_size,
-                    use_attention, skip,
+                    sizes[level],
+                    sizes[level - 1],
+                    block,
+                    layer_order,
+                    conv_kernel_size,
+                    use_attention,
+                    skip,
                 )
             )
         self.head = nn.Conv3d(sizes[0], out_channels, 1)

@@ -35,7 +35,11 @@ def demon_beta(beta_init: float, step: int, total_steps: int) -> float:
 
 
 def _projection(
-    p: torch.Tensor, grad: torch.Tensor, perturb: torch.Tensor, delta: float, wd_ratio: float,
+    p: torch.Tensor,
+    grad: torch.Tensor,
+    perturb: torch.Tensor,
+    delta: float,
+    wd_ratio: float,
     eps: float,
 ) -> tuple[torch.Tensor, float]:
     """Remove the radial component of the update for scale-invariant weights (AdamP)."""
@@ -97,9 +101,19 @@ class AdamP(Optimizer):
         if demon and not total_steps:
             raise ValueError("AdamP(demon=True) needs total_steps")
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, delta=delta,
-            wd_ratio=wd_ratio, nesterov=nesterov, agc_clipping=agc_clipping, agc_eps=agc_eps,
-            demon=demon, total_steps=total_steps, use_gc=use_gc, adanorm=adanorm,
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            delta=delta,
+            wd_ratio=wd_ratio,
+            nesterov=nesterov,
+            agc_clipping=agc_clipping,
+            agc_eps=agc_eps,
+            demon=demon,
+            total_steps=total_steps,
+            use_gc=use_gc,
+            adanorm=adanorm,
             adanorm_r=adanorm_r,
         )
         super().__init__(params, defaults)

@@ -22,7 +22,11 @@ class EpochTable(L.Callback):
         table = Table(show_edge=False, pad_edge=False, show_header=len(self.rows) == 1)
         cols = ["epoch", "train/loss_epoch", "val/epoch/loss", "val/dice_mean", *dice]
         for col in cols:
-            table.add_column(col.replace("val/dice/", "dice ").replace("/epoch/", " "), justify="right")
-        cells = [str(trainer.current_epoch)] + [f"{row[c]:.4f}" if c in row else "-" for c in cols[1:]]
+            table.add_column(
+                col.replace("val/dice/", "dice ").replace("/epoch/", " "), justify="right"
+            )
+        cells = [str(trainer.current_epoch)] + [
+            f"{row[c]:.4f}" if c in row else "-" for c in cols[1:]
+        ]
         table.add_row(*cells)
         self.console.print(table)

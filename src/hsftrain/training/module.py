@@ -81,7 +81,9 @@ class SegmentationModule(L.LightningModule):
         self.surface_every = int(surface_every)
         self._val: dict[str, list[float]] = defaultdict(list)
 
-    def set_datasets(self, dataset_classes: dict[int, list[str]], dataset_ca: dict[int, str]) -> None:
+    def set_datasets(
+        self, dataset_classes: dict[int, list[str]], dataset_ca: dict[int, str]
+    ) -> None:
         """(Re)build the loss for the given datasets' label schemes."""
         forgiving = bool(self.optim_cfg.get("use_forgiving_loss", True))
         tables = dataset_tables(self.class_names, dataset_classes, dataset_ca, forgiving)
@@ -102,8 +104,14 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=batch["image"].shape[0])
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["image"].shape[0],
+        )
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
@@ -117,8 +125,9 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, probs = self._step(batch)
         surface = self._surface_now()
-        self.log("val/epoch/loss", loss, on_epoch=True, prog_bar=True,
-                 batch_size=batch["image"].shape[0])
+        self.log(
+            "val/epoch/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0]
+        )
         for b in range(probs.shape[0]):
             d = int(batch["dataset"][b])
             names = self.dataset_classes[d]
@@ -150,7 +159,10 @@ class SegmentationModule(L.LightningModule):
             self.log("val/dice_mean", float(np.mean(list(dice.values()))), prog_bar=True)
         for key, values in self._val.items():
             if "/" in key and values:  # surface distances: NaN when a structure is missing
-                self.log(f"val/{key}", float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"))
+                self.log(
+                    f"val/{key}",
+                    float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
+                )
         self._val.clear()
 
     def configure_optimizers(self) -> Any:
@@ -172,4 +184,7 @@ class SegmentationModule(L.LightningModule):
         scheduler = warmup_cosine(
             optimizer, max(warmup, 1), self.total_steps, float(s.get("min_factor", 0.0))
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

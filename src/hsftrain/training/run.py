@@ -134,7 +134,11 @@ def _total_steps(n_train: int, cfg: DictConfig) -> int:
 
 
 def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.lightning, resolve=True).items() if v is not None}
+    kwargs = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.lightning, resolve=True).items()
+        if v is not None
+    }
     precision = str(kwargs.get("precision", "32-true"))
     if ("16" in precision) and not torch.cuda.is_available():
         log.info("precision %s needs a GPU here: training on CPU in 32-true instead", precision)
@@ -194,7 +198,9 @@ def _pretrained(cfg: DictConfig) -> Path:
     return fetch(spec, Path(str(cache)) if cache else None)
 
 
-def build_module(cfg: DictConfig, found: Discovery, total_steps: int, finetune: bool) -> SegmentationModule:
+def build_module(
+    cfg: DictConfig, found: Discovery, total_steps: int, finetune: bool
+) -> SegmentationModule:
     """The LightningModule for this run (pretrained weights and new head when fine-tuning)."""
     dataset_classes = found.dataset_classes
     dataset_ca = {s.index: s.ca_type for s in found.datasets}
@@ -206,8 +212,15 @@ def build_module(cfg: DictConfig, found: Discovery, total_steps: int, finetune: 
         names = model_classes(cfg, found, hparams.get("out_channels"))
         hparams["out_channels"] = len(names)
         return SegmentationModule(
-            str(cfg.models.name), hparams, names, dataset_classes, dataset_ca, optim,
-            total_steps, config=config, surface_every=surface,
+            str(cfg.models.name),
+            hparams,
+            names,
+            dataset_classes,
+            dataset_ca,
+            optim,
+            total_steps,
+            config=config,
+            surface_every=surface,
         )
     from hsftrain.training.checkpoint import read_checkpoint
 
@@ -219,8 +232,15 @@ def build_module(cfg: DictConfig, found: Discovery, total_steps: int, finetune: 
         names = info.class_names
     hparams = {**info.hparams, "out_channels": len(info.class_names)}
     module = SegmentationModule(
-        info.name, hparams, names, dataset_classes, dataset_ca, optim, total_steps,
-        config=config, surface_every=surface,
+        info.name,
+        hparams,
+        names,
+        dataset_classes,
+        dataset_ca,
+        optim,
+        total_steps,
+        config=config,
+        surface_every=surface,
     )
     module.net.load_state_dict(state)
     if len(names) != len(info.class_names):
@@ -254,13 +274,20 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     else:
         d = cfg.datasets
         split = make_split(
-            len(ids), float(d.train_ratio), bool(d.replace), d.get("k_sample"),
-            d.get("train_val_test_idx"), bool(d.train_on_all), int(cfg.seed),
+            len(ids),
+            float(d.train_ratio),
+            bool(d.replace),
+            d.get("k_sample"),
+            d.get("train_val_test_idx"),
+            bool(d.train_on_all),
+            int(cfg.seed),
         )
     run_dir.mkdir(parents=True, exist_ok=True)
     split.save(split_file, ids, int(cfg.seed))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    log.info("run directory %s: %d train / %d val subjects", run_dir, len(split.train), len(split.val))
+    log.info(
+        "run directory %s: %d train / %d val subjects", run_dir, len(split.train), len(split.val)
+    )
 
     data = SegmentationDataModule(found, split, cfg.datasets, cfg.get("augmentation"))
     total = _total_steps(len(split.train), cfg)
