@@ -202,26 +202,26 @@ def build_module(
     cfg: DictConfig, found: Discovery, total_steps: int, finetune: bool
 ) -> SegmentationModule:
     """The LightningModule for this run (pretrained weights and new head when fine-tuning)."""
-    dataset_classes = found.dataset_classes
-    dataset_ca = {s.index: s.ca_type for s in found.datasets}
     optim = OmegaConf.to_container(cfg.models, resolve=True)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    surface = int(cfg.get("validation", {}).get("surface_every", 0))
+
+    def make(name: str, hparams: dict[str, Any], names: list[str]) -> SegmentationModule:
+        return SegmentationModule(
+            name,
+            hparams,
+            names,
+            found.dataset_classes,
+            {s.index: s.ca_type for s in found.datasets},
+            optim,
+            total_steps,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            surface_every=int(cfg.get("validation", {}).get("surface_every", 0)),
+        )
+
     if not finetune:
         hparams = dict(optim["hparams"])
         names = model_classes(cfg, found, hparams.get("out_channels"))
         hparams["out_channels"] = len(names)
-        return SegmentationModule(
-            str(cfg.models.name),
-            hparams,
-            names,
-            dataset_classes,
-            dataset_ca,
-            optim,
-            total_steps,
-            config=config,
-            surface_every=surface,
-        )
+        return make(str(cfg.models.name), hparams, names)
     from hsftrain.training.checkpoint import read_checkpoint
 
     path = _pretrained(cfg)
@@ -231,17 +231,7 @@ def build_module(
     if not out and len(names) == len(info.class_names):
         names = info.class_names
     hparams = {**info.hparams, "out_channels": len(info.class_names)}
-    module = SegmentationModule(
-        info.name,
-        hparams,
-        names,
-        dataset_classes,
-        dataset_ca,
-        optim,
-        total_steps,
-        config=config,
-        surface_every=surface,
-    )
+    module = make(info.name, hparams, names)
     module.net.load_state_dict(state)
     if len(names) != len(info.class_names):
         log.info(
