@@ -88,14 +88,7 @@ def time_setting(
     start = time.perf_counter()
     engines = api.load_engines(settings)
     load_s = time.perf_counter() - start
-    segmenter = api.Segmenter(
-        engines,
-        settings.augmentation,
-        settings.num_aug,
-        settings.fusion,
-        settings.ca_mode,
-        settings.batch_size,
-    )
+    segmenter = api.Segmenter.from_settings(engines, settings)
     warm = api.outputs_for(mris[0], settings.root, out / f"{name}_warmup")
     api.segment_subject(mris[0], warm, "warmup", segmenter, settings)  # imports, allocator
     seconds, shapes = [], []

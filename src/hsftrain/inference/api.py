@@ -259,6 +259,18 @@ class Segmenter:
         self.fusion = fusion
         self.batch_size = max(1, int(batch_size))
 
+    @classmethod
+    def from_settings(cls, engines: Sequence[OnnxEngine], settings: Settings) -> Segmenter:
+        """The segmenter a ``segment`` run uses: its TTA, fusion, ca_mode and batch size."""
+        return cls(
+            engines,
+            settings.augmentation,
+            settings.num_aug,
+            settings.fusion,
+            settings.ca_mode,
+            settings.batch_size,
+        )
+
     @property
     def predictions_per_crop(self) -> int:
         return len(self.engines) * (1 + self.num_aug)
@@ -510,14 +522,7 @@ def segment(cfg: DictConfig) -> list[Path]:
     )
     if todo:
         engines = load_engines(settings)
-        segmenter = Segmenter(
-            engines,
-            settings.augmentation,
-            settings.num_aug,
-            settings.fusion,
-            settings.ca_mode,
-            settings.batch_size,
-        )
+        segmenter = Segmenter.from_settings(engines, settings)
         log.info(
             "%d model(s) x %d view(s) (test_time_num_aug=%d), fusion=%s, ca_mode=%r, classes %s",
             len(engines),
