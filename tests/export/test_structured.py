@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from hsftrain.export.structured import (
+    _hparams_of,
     _indices,
     channel_slots,
     count_parameters,
@@ -129,3 +130,11 @@ def test_keeps_channels_last_memory_format() -> None:
     x = torch.randn(1, 1, 8, 8, 8).contiguous(memory_format=torch.channels_last_3d)
     with torch.no_grad():
         assert small(x).shape == (1, 3, 8, 8, 8)
+
+
+@pytest.mark.parametrize("order", ["cgs", "crb", "cli", "sce"])
+def test_architecture_is_read_back_from_the_modules(order: str) -> None:
+    net = tiny_net(layer_order=order)
+    hparams = _hparams_of(net)
+    assert hparams["layer_order"] == order
+    assert hparams["out_channels"] == TINY_HPARAMS["out_channels"]

@@ -310,28 +310,24 @@ def _weight(conv: nn.Module) -> torch.Tensor:
     return conv.weight if not hasattr(conv, "weight_orig") else conv.weight_orig
 
 
+#: Module type -> its letter in a layer-order string (see hsftrain.models.blocks).
+_LAYER_LETTERS: tuple[tuple[type[nn.Module], str], ...] = (
+    (nn.Conv3d, "c"),
+    (SwitchNorm3d, "s"),
+    (nn.BatchNorm3d, "b"),
+    (nn.InstanceNorm3d, "i"),
+    (nn.ReLU, "r"),
+    (nn.LeakyReLU, "l"),
+    (nn.ELU, "e"),
+    (nn.GELU, "g"),
+)
+
+
 def _hparams_of(net: UNet3D) -> dict[str, Any]:
     """hparams that rebuild ``net``'s architecture (when the caller has none)."""
     first = net.encoders[0].conv1
     conv = first[_conv_index(first)]
-    letters = []
-    for m in first:
-        if isinstance(m, nn.Conv3d):
-            letters.append("c")
-        elif isinstance(m, SwitchNorm3d):
-            letters.append("s")
-        elif isinstance(m, nn.BatchNorm3d):
-            letters.append("b")
-        elif isinstance(m, nn.InstanceNorm3d):
-            letters.append("i")
-        elif isinstance(m, nn.ReLU):
-            letters.append("r")
-        elif isinstance(m, nn.LeakyReLU):
-            letters.append("l")
-        elif isinstance(m, nn.ELU):
-            letters.append("e")
-        elif isinstance(m, nn.GELU):
-            letters.append("g")
+    letters = [letter for m in first for kind, letter in _LAYER_LETTERS if isinstance(m, kind)]
     decoder = net.decoders[0] if len(net.decoders) else None
     return {
         "in_channels": int(conv.in_channels),
