@@ -55,7 +55,12 @@ class VoxelwiseEngine:
     labels_names = ["background", "anterior", "posterior"]
     path = Path("voxelwise.onnx")
 
+    def __init__(self, pads_with_minimum: bool = True) -> None:
+        self.pads_with_minimum = pads_with_minimum
+        self.inputs: list[np.ndarray] = []
+
     def predict(self, images: np.ndarray) -> np.ndarray:
+        self.inputs.append(images)
         x = images[:, 0]
         logits = np.stack([x, -x, np.zeros_like(x)], axis=1)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -235,6 +240,19 @@ def test_flip_tta_through_the_segmenter_is_exact() -> None:
     assert plain.uncertainty is None and result.n_predictions == 4
     np.testing.assert_array_equal(result.label_map, plain.label_map)
     np.testing.assert_array_equal(result.uncertainty, 0.0)
+
+
+def test_each_model_gets_the_padding_it_was_trained_with() -> None:
+    """hsftrain models: padded with the normalised minimum; others (HSF's): with zeros."""
+    image = np.random.default_rng(0).normal(size=(13, 16, 16)).astype(np.float32)
+    ours, hsf = VoxelwiseEngine(True), VoxelwiseEngine(False)
+    Segmenter([ours, hsf]).segment_crop(image, (1, 1, 1), np.random.default_rng(0))  # type: ignore[list-item]
+    (a,), (b,) = ours.inputs[0][:, 0], hsf.inputs[0][:, 0]
+    assert a.shape == b.shape == (16, 16, 16)
+    normalized = (image - image.mean()) / image.std()
+    np.testing.assert_allclose(a[1:14], normalized, rtol=1e-5)
+    np.testing.assert_array_equal(a[1:14], b[1:14])
+    assert np.allclose(a[[0, 14, 15]], normalized.min()) and not b[[0, 14, 15]].any()
 
 
 @pytest.mark.parametrize("ca_mode", ["", "1/2/3", "1/23", "123", "whole"])

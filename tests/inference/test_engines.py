@@ -125,8 +125,12 @@ def test_engine_applies_softmax_to_logits_and_names_classes(tmp_path: Path) -> N
     assert engine.outputs_logits is True
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert (probs.argmax(axis=1)[x[:, 0] > 0] == 2).all()
-    hsf_like = OnnxEngine(logits_model(tmp_path / "hsf.onnx", len(SUBFIELDS)))
-    assert hsf_like.labels_names == list(SUBFIELDS)
+    # the published HSF models: six outputs, no metadata
+    hsf = OnnxEngine(logits_model(tmp_path / "hsf.onnx", 6))
+    assert hsf.labels_names == ["background", "DG", "CA1", "CA2", "CA3", "SUB"]
+    with_head_tail = OnnxEngine(logits_model(tmp_path / "hsf8.onnx", len(SUBFIELDS)))
+    assert with_head_tail.labels_names == list(SUBFIELDS)
+    assert OnnxEngine(logits_model(tmp_path / "l7.onnx", 7)).labels_names[-1] == "label_6"
 
 
 def test_unloadable_model_names_the_file(tmp_path: Path) -> None:

@@ -21,8 +21,13 @@ import numpy as np
 
 BACKGROUND = "background"
 
-#: Canonical HSF subfield names, in the order of the published HSF models' outputs.
+#: Canonical HSF class names, in the order of hsf_train's label values (0 background ...).
 SUBFIELDS: tuple[str, ...] = (BACKGROUND, "DG", "CA1", "CA2", "CA3", "SUB", "HEAD", "TAIL")
+
+#: Output classes of the published HSF models (HSF 1.x, models 1.0.0-4.0.0): background and
+#: the five subfields. Head/tail-only labels train them through the forgiving loss; they are
+#: not output classes.
+HSF_MODEL_CLASSES: tuple[str, ...] = SUBFIELDS[:6]
 
 #: CA granularities, from finest to coarsest. Each maps a class name to the coarser name it
 #: is merged into; names not listed are kept as they are. "whole" merges every foreground

@@ -284,17 +284,23 @@ class Segmenter:
     ) -> CropResult:
         """Segment a canonical ``(X, Y, Z)`` crop (raw intensities)."""
         normalized = z_normalize(image)
-        # padded with the image minimum, as in training (hsftrain.data.transforms.fit_shape)
-        padded, crop = pad_to_multiple(normalized, 8, float(normalized.min()))
-        augmentations = sample_augmentations(
-            self.augmentation, self.num_aug, padded.shape, zooms, rng
-        )
+        # each model gets the padding it was trained with: the image minimum for hsftrain
+        # models (hsftrain.data.transforms.fit_shape), zeros for others (HSF's models)
+        padded = {}
+        for by_minimum in {e.pads_with_minimum for e in self.engines}:
+            value = float(normalized.min()) if by_minimum else 0.0
+            padded[by_minimum], crop = pad_to_multiple(normalized, 8, value)
+        shape = next(iter(padded.values())).shape
+        augmentations = sample_augmentations(self.augmentation, self.num_aug, shape, zooms, rng)
         fusion = Fusion(self.fusion)
         for start in range(0, len(augmentations), self.batch_size):
             chunk = augmentations[start : start + self.batch_size]
-            inputs = np.stack([a.apply(padded) for a in chunk])[:, None]
+            inputs = {
+                key: np.stack([a.apply(volume) for a in chunk])[:, None]
+                for key, volume in padded.items()
+            }
             for engine in self.engines:
-                probs = engine.predict(inputs)
+                probs = engine.predict(inputs[engine.pads_with_minimum])
                 for augmentation, p in zip(chunk, probs, strict=True):
                     back = unpad(augmentation.invert(p), crop)
                     if self.merges:

@@ -3,8 +3,9 @@
 A model is any ONNX file with one input ``(B, 1, X, Y, Z)`` and one output ``(B, C, X, Y, Z)``
 of class probabilities (hsftrain exports name them ``cropped_hippocampus`` and
 ``segmented_hippocampus``; other names work too). Class names come from the model's
-``labels_names`` metadata; without it, a model with as many classes as the published HSF
-models gets :data:`hsftrain.data.labels.SUBFIELDS`, any other ``label_<i>``.
+``labels_names`` metadata; without it, a model with the six outputs of the published HSF
+models gets :data:`hsftrain.data.labels.HSF_MODEL_CLASSES`, one with eight
+:data:`hsftrain.data.labels.SUBFIELDS` (head and tail added), any other ``label_<i>``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from hsftrain.config import ConfigError
-from hsftrain.data.labels import SUBFIELDS
+from hsftrain.data.labels import HSF_MODEL_CLASSES, SUBFIELDS
 
 log = logging.getLogger(__name__)
 
@@ -217,13 +218,23 @@ class OnnxEngine:
         if isinstance(names, Sequence) and not isinstance(names, str) and names:
             return [str(n) for n in names]
         n = self._num_classes()
-        if n == len(SUBFIELDS):
-            return list(SUBFIELDS)
+        if n in (len(HSF_MODEL_CLASSES), len(SUBFIELDS)):
+            return list(SUBFIELDS[:n])
         return ["background"] + [f"label_{i}" for i in range(1, n)]
 
     @property
     def num_classes(self) -> int:
         return len(self.labels_names)
+
+    @property
+    def pads_with_minimum(self) -> bool:
+        """How the z-normalised crop is padded to a multiple of 8 for this model.
+
+        hsftrain models were trained with the image minimum as padding (they carry an
+        ``hsftrain_version`` metadata entry); other models, like the published HSF ones, get
+        zeros, the padding of HSF's own pre-processing (torchio ``EnsureShapeMultiple``).
+        """
+        return "hsftrain_version" in self.metadata
 
     @property
     def ca_mode(self) -> str:
