@@ -29,9 +29,23 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelInf
     Raises:
         ValueError: not an hsftrain checkpoint.
     """
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated, not a torch file, ...
+        raise ValueError(
+            f"{path}: cannot be read as a PyTorch checkpoint ({type(err).__name__}: {err}); "
+            "give a .ckpt written by `hsftrain train` or `finetune`"
+        ) from err
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not hp or "model_name" not in hp:
+        state = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+        if any(str(k).startswith("_model.") for k in state):
+            raise ValueError(
+                f"{path}: an hsf_train (HSF) checkpoint; its network (max-pooling encoder, "
+                "normalised attention gates) is not hsftrain's, so it cannot be fine-tuned "
+                "here: start from a checkpoint written by `hsftrain train` (e.g. on "
+                "datasets=msd) or `finetune`"
+            )
         raise ValueError(
             f"{path}: not an hsftrain checkpoint (no model description in "
             "hyper_parameters); give a .ckpt written by `hsftrain train` or `finetune`"
