@@ -90,6 +90,10 @@ def write_folders(work: Path, n_source: int, n_train: int, n_test: int, seed: in
     return parts
 
 
+def _ids(folder: Path) -> list[str]:
+    return [p.name.removesuffix("_img.nii.gz") for p in folder.glob("*_img.nii.gz")]
+
+
 def folder_data(path: Path, out: Path) -> list[str]:
     return [
         "datasets=folder",
@@ -114,6 +118,7 @@ def test_dice(model: Path, test: Path, out: Path) -> dict:
                 "segmentation.tta=false",
                 "hardware=cpu",
                 "qc=false",
+                "files.overwrite=true",
             ],
         )
     )
@@ -144,37 +149,49 @@ def main() -> dict:
     parser.add_argument("--target-test", type=int, default=40, help="held-out target cases")
     parser.add_argument("--pretrain-epochs", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=16, help="fine-tuning / scratch epochs")
+    parser.add_argument("--finetune-lr", type=float, default=1e-3)
+    parser.add_argument("--unfreeze-frequency", type=int, default=2)
+    parser.add_argument("--scratch-lr", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, help="reuse the data and pretrained run of a run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     setup_logging()
-    work = Path(tempfile.mkdtemp(prefix="hsftrain-finetune-bench-"))
-    parts = write_folders(work, args.source, args.target_train, args.target_test, args.seed)
+    if args.work and (args.work / "target_test").is_dir():
+        work = args.work
+        parts = {p: sorted(_ids(work / p)) for p in ("source", "target_train", "target_test")}
+    else:
+        work = Path(tempfile.mkdtemp(prefix="hsftrain-finetune-bench-"))
+        parts = write_folders(work, args.source, args.target_train, args.target_test, args.seed)
     test = work / "target_test"
     rows = []
 
+    pre_dir = work / "runs" / "pretrained"
     start = time.perf_counter()
-    pre = train(
-        compose(
-            "config",
-            [
-                *folder_data(work / "source", work / "runs"),
-                *MODEL,
-                *COMMON,
-                "run_name=pretrained",
-                "models.lr=5e-3",
-                f"lightning.max_epochs={args.pretrain_epochs}",
-            ],
+    if (pre_dir / "metrics.json").is_file():
+        pre = json.loads((pre_dir / "metrics.json").read_text())
+        pre_s = None  # reused: timed by the run that trained it
+    else:
+        pre = train(
+            compose(
+                "config",
+                [
+                    *folder_data(work / "source", work / "runs"),
+                    *MODEL,
+                    *COMMON,
+                    "run_name=pretrained",
+                    "models.lr=5e-3",
+                    f"lightning.max_epochs={args.pretrain_epochs}",
+                ],
+            )
         )
-    )
-    pre_s = time.perf_counter() - start
-    pre_dir = Path(pre["run_dir"])
+        pre_s = time.perf_counter() - start
     rows.append(
         {
             "setting": "pretrained as is",
             "train_cases": len(parts["source"]),
             "epochs": args.pretrain_epochs,
-            "train_seconds": round(pre_s, 1),
+            "train_seconds": None if pre_s is None else round(pre_s, 1),
             **test_dice(pre_dir / "model.onnx", test, work / "eval_pretrained"),
         }
     )
@@ -185,13 +202,15 @@ def main() -> dict:
             [
                 f"finetuning.pretrained={pre['best_checkpoint']}",
                 "finetuning.mode=encoder",
-                "finetuning.unfreeze_frequency=2",
-                "models.lr=1e-3",
+                f"finetuning.unfreeze_frequency={args.unfreeze_frequency}",
+                f"models.lr={args.finetune_lr}",
             ],
         ),
-        "from scratch": (train, [*MODEL, "models.lr=5e-3"]),
+        "from scratch": (train, [*MODEL, f"models.lr={args.scratch_lr}"]),
     }
     for name, (command, extra) in runs.items():
+        lr = args.finetune_lr if command is finetune else args.scratch_lr
+        tag = f"{name.replace(' ', '_')}-{args.epochs}ep-lr{lr:g}"
         start = time.perf_counter()
         result = command(
             compose(
@@ -199,7 +218,7 @@ def main() -> dict:
                 [
                     *folder_data(work / "target_train", work / "runs"),
                     *COMMON,
-                    f"run_name={name.replace(' ', '_')}",
+                    f"run_name={tag}",
                     f"lightning.max_epochs={args.epochs}",
                     *extra,
                 ],
@@ -209,10 +228,11 @@ def main() -> dict:
         rows.append(
             {
                 "setting": name,
+                "lr": lr,
                 "train_cases": args.target_train,
                 "epochs": args.epochs,
                 "train_seconds": round(seconds, 1),
-                **test_dice(Path(result["run_dir"]) / "model.onnx", test, work / f"eval_{name}"),
+                **test_dice(Path(result["run_dir"]) / "model.onnx", test, work / f"eval_{tag}"),
             }
         )
 
@@ -247,7 +267,7 @@ def main() -> dict:
             r["setting"],
             str(r["train_cases"]),
             str(r["epochs"]),
-            f"{r['train_seconds']:.0f}",
+            "reused" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}",
             f"{r['dice']['anterior']:.3f}",
             f"{r['dice']['posterior']:.3f}",
             f"{hd['anterior']:.1f} / {hd['posterior']:.1f}",

@@ -86,6 +86,7 @@ def test_finetune_new_label_scheme(phantoms, tmp_path):
         shutil.copy(img, folder / img.name)
     scheme = ["datasets=folder", f"datasets.path={folder}", f"datasets.output_path={tmp_path}"]
     overrides = [
+        "datasets.batch_size=1",  # more steps for this tiny run
         *TINY,
         *scheme,
         "run_name=ft",

@@ -7,6 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from hsftrain.cli import app
+from hsftrain.config import compose
 from tests.conftest import TINY
 
 
@@ -96,3 +97,16 @@ def test_bad_input_fails_cleanly(override, message, tmp_path):
     result = CliRunner().invoke(app, ["train", override, f"datasets.output_path={tmp_path}"])
     assert result.exit_code == 1
     assert message in result.output
+
+
+def test_batch_size_one_on_cpu_is_flagged(caplog):
+    import logging
+
+    from hsftrain.training.run import _trainer_kwargs
+
+    with caplog.at_level(logging.WARNING, logger="hsftrain"):
+        base = ["datasets=folder", "datasets.path=x", "lightning.accelerator=cpu"]
+        _trainer_kwargs(compose("config", base))
+        assert "batch_size" not in caplog.text
+        _trainer_kwargs(compose("config", [*base, "datasets.batch_size=1"]))
+    assert "datasets.batch_size=1 on CPU" in caplog.text

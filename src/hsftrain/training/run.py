@@ -143,6 +143,12 @@ def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     if ("16" in precision) and not torch.cuda.is_available():
         log.info("precision %s needs a GPU here: training on CPU in 32-true instead", precision)
         kwargs["precision"] = "32-true"
+    on_cpu = kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    if on_cpu and int(cfg.datasets.get("batch_size", 1)) == 1:
+        log.warning(
+            "datasets.batch_size=1 on CPU: PyTorch runs small single-volume batches through "
+            "its slow 3D convolution; datasets.batch_size=2 trains about 3x faster here"
+        )
     return kwargs
 
 
