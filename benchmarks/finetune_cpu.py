@@ -9,16 +9,18 @@ split once with a fixed seed:
 
 - source: ``--source`` cases, as they are: the pretraining set (stand-in for a published
   model);
-- target: the other cases with a simulated protocol change (contrast inverted and
-  gamma-corrected, a smooth multiplicative bias field, noise), written as a plain folder of
+- target: the other cases with a simulated protocol change (``--shift invert``: contrast
+  inverted and gamma-corrected; ``mild``: gamma only; both with a smooth multiplicative
+  bias field and noise), written as a plain folder of
   ``<id>_img.nii.gz`` / ``<id>_lbl.nii.gz``: ``--target-train`` labelled cases for the user,
   the rest held out for testing.
 
 Settings compared on the held-out target cases (``hsftrain segment`` + ``evaluate``):
 pretrained model as it is, fine-tuned from it, trained from scratch with the same epochs.
 
-    python benchmarks/finetune_cpu.py                  # defaults below
-    python benchmarks/finetune_cpu.py --source 60 --pretrain-epochs 6 --epochs 8   # quicker
+    python benchmarks/finetune_cpu.py                    # invert, 60 epochs (~30 min)
+    python benchmarks/finetune_cpu.py --shift mild --pretrained-run WORK/runs/pretrained
+    python benchmarks/finetune_cpu.py --work WORK --epochs 120 --no-scratch  # reuse data
 """
 
 from __future__ import annotations
@@ -52,12 +54,17 @@ MODEL = ["models.hparams.f_maps=8", "models.hparams.num_levels=3"]
 COMMON = ["lightning.enable_progress_bar=false", "logger=csv", "export_onnx=true"]
 
 
-def new_protocol(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A simulated change of scanner/protocol: inverted, gamma-corrected contrast with a
-    smooth bias field and noise (anatomy and labels unchanged)."""
+#: Simulated protocol changes: gamma exponent and whether the contrast is inverted.
+SHIFTS = {"invert": (1.7, True), "mild": (0.6, False)}
+
+
+def new_protocol(image: np.ndarray, rng: np.random.Generator, shift: str) -> np.ndarray:
+    """A simulated change of scanner/protocol, anatomy and labels unchanged: gamma-corrected
+    (``invert``: also inverted) contrast, a smooth multiplicative bias field, noise."""
+    gamma, invert = SHIFTS[shift]
     x = image.astype(np.float32)
     x = np.clip(x / np.percentile(x, 99.5), 0, 1)
-    y = (1.0 - x) ** 1.7
+    y = (1.0 - x if invert else x) ** gamma
     grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in x.shape], indexing="ij")
     coef = rng.uniform(-0.25, 0.25, size=3)
     bias = np.exp(sum(c * g for c, g in zip(coef, grids, strict=True)))
@@ -65,7 +72,9 @@ def new_protocol(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (np.clip(y, 0, None) * 1000).astype(np.float32)
 
 
-def write_folders(work: Path, n_source: int, n_train: int, n_test: int, seed: int) -> dict:
+def write_folders(
+    work: Path, n_source: int, n_train: int, n_test: int, seed: int, shift: str
+) -> dict:
     ids = sorted(p.name.removesuffix(".nii.gz") for p in (MSD / "imagesTr").glob("*.nii.gz"))
     if len(ids) < n_source + n_train + n_test:
         raise SystemExit(f"{MSD}: {len(ids)} cases, fewer than requested")
@@ -84,7 +93,7 @@ def write_folders(work: Path, n_source: int, n_train: int, n_test: int, seed: in
             image, affine = load_volume(MSD / "imagesTr" / f"{case}.nii.gz")
             label, _ = load_volume(MSD / "labelsTr" / f"{case}.nii.gz")
             if part != "source":
-                image = new_protocol(image, rng)
+                image = new_protocol(image, rng, shift)
             save_volume(image.astype(np.float32), affine, folder / f"{case}_img.nii.gz")
             save_volume(label.astype(np.uint8), affine, folder / f"{case}_lbl.nii.gz")
     return parts
@@ -148,10 +157,13 @@ def main() -> dict:
     parser.add_argument("--target-train", type=int, default=10, help="user's labelled cases")
     parser.add_argument("--target-test", type=int, default=40, help="held-out target cases")
     parser.add_argument("--pretrain-epochs", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=16, help="fine-tuning / scratch epochs")
-    parser.add_argument("--finetune-lr", type=float, default=1e-3)
-    parser.add_argument("--unfreeze-frequency", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=60, help="fine-tuning / scratch epochs")
+    parser.add_argument("--finetune-lr", type=float, default=5e-3)
+    parser.add_argument("--unfreeze-frequency", type=int, default=0)
     parser.add_argument("--scratch-lr", type=float, default=5e-3)
+    parser.add_argument("--no-scratch", action="store_true", help="skip the scratch baseline")
+    parser.add_argument("--shift", choices=sorted(SHIFTS), default="invert")
+    parser.add_argument("--pretrained-run", type=Path, help="reuse this pretraining run dir")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, help="reuse the data and pretrained run of a run")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -162,11 +174,13 @@ def main() -> dict:
         parts = {p: sorted(_ids(work / p)) for p in ("source", "target_train", "target_test")}
     else:
         work = Path(tempfile.mkdtemp(prefix="hsftrain-finetune-bench-"))
-        parts = write_folders(work, args.source, args.target_train, args.target_test, args.seed)
+        parts = write_folders(
+            work, args.source, args.target_train, args.target_test, args.seed, args.shift
+        )
     test = work / "target_test"
     rows = []
 
-    pre_dir = work / "runs" / "pretrained"
+    pre_dir = args.pretrained_run or work / "runs" / "pretrained"
     start = time.perf_counter()
     if (pre_dir / "metrics.json").is_file():
         pre = json.loads((pre_dir / "metrics.json").read_text())
@@ -208,6 +222,8 @@ def main() -> dict:
         ),
         "from scratch": (train, [*MODEL, f"models.lr={args.scratch_lr}"]),
     }
+    if args.no_scratch:
+        del runs["from scratch"]
     for name, (command, extra) in runs.items():
         lr = args.finetune_lr if command is finetune else args.scratch_lr
         tag = f"{name.replace(' ', '_')}-{args.epochs}ep-lr{lr:g}"
@@ -243,7 +259,8 @@ def main() -> dict:
         "data": {
             "source": MSD.name,
             "cases": {k: len(v) for k, v in parts.items()},
-            "target_protocol": "inverted contrast ** 1.7, smooth bias field, noise (simulated)",
+            "target_protocol": f"{args.shift}: gamma, inversion = {SHIFTS[args.shift]}; "
+            "smooth bias field, noise (simulated)",
             "test_ids": parts["target_test"],
         },
         "rows": rows,
