@@ -91,3 +91,36 @@ def test_boxes_contain_the_hippocampi_of_a_real_head() -> None:
         other = 53 if label == 17 else 17
         assert (aseg[boxes[side].slices] == other).sum() / total < 0.05  # the right side
         assert max(boxes[side].shape) <= 80  # a crop, not half the head
+
+
+@pytest.mark.slow
+def test_boxes_follow_a_moved_template(tmp_path: Path) -> None:
+    """The real MNI template given a rotated, scaled and shifted header (offline, no shared
+    data): registration must recover the move, so each box covers the voxels where the
+    template's hippocampus centre lies."""
+    import nibabel as nib
+
+    template = nib.load(str(template_path()))
+    theta = np.deg2rad(12.0)
+    move = np.eye(4)
+    move[:3, :3] = 1.05 * np.array(
+        [[1, 0, 0], [0, np.cos(theta), -np.sin(theta)], [0, np.sin(theta), np.cos(theta)]]
+    )
+    move[:3, 3] = (12.0, -10.0, 8.0)
+    path = tmp_path / "moved_head.nii.gz"
+    data = np.asarray(template.dataobj, dtype=np.float32)
+    nib.save(nib.Nifti1Image(data, move @ template.affine), str(path))
+    vol = load_volume(path)
+    np.testing.assert_array_equal(vol.array, data)  # already RAS: same voxels as the template
+    cfg = compose("segment", []).roiloc
+    boxes = {b.side: b for b in locate_hippocampi(vol, cfg)}
+    inv = np.linalg.inv(template.affine)
+    for side in ("left", "right"):
+        centre_mm = np.asarray(cfg.centers_mm[side], dtype=np.float64)
+        centre_vox = inv[:3, :3] @ centre_mm + inv[:3, 3]
+        box = boxes[side]
+        box_centre = (np.asarray(box.lo) + np.asarray(box.hi) - 1) / 2
+        error_mm = np.abs(box_centre - centre_vox) * vol.zooms
+        assert (error_mm <= 4.0).all(), (side, centre_vox, box, error_mm)
+        assert max(box.shape) <= 80
+    assert boxes["left"].lo[0] < boxes["right"].lo[0]  # RAS: left has smaller x
