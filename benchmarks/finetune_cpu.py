@@ -28,16 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-import torch
 from rich.console import Console
 from rich.table import Table
+from train_cpu import machine_info  # benchmarks/ is on sys.path when run as a script
 
 from hsftrain.config import compose
 from hsftrain.data.nifti import load_volume, save_volume
@@ -264,14 +262,7 @@ def main() -> dict:
             "test_ids": parts["target_test"],
         },
         "rows": rows,
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "nibabel": nib.__version__,
-        },
+        "machine": machine_info(),
         "work_dir": str(work),
     }
     table = Table(title="Fine-tuning on a new protocol (held-out target cases)")

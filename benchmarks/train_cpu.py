@@ -35,6 +35,17 @@ DEMO = [
 ]
 
 
+def machine_info() -> dict:
+    """What a training timing depends on: cores, threads, CPU, versions."""
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+
+
 def main(overrides: list[str]) -> dict:
     setup_logging()
     out_dir = tempfile.mkdtemp(prefix="hsftrain-bench-")
@@ -51,13 +62,7 @@ def main(overrides: list[str]) -> dict:
         "val_hd95_mm": {
             k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("val/hd95_mm/")
         },
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
+        "machine": machine_info(),
     }
     table = Table(title="hsftrain train on CPU")
     for col in ("seconds", "val Dice mean", *result["val_dice"]):
