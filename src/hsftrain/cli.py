@@ -31,6 +31,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Data utilities (synthetic phantoms).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+hub_app = typer.Typer(
+    help="Model hub: list the published models and presets, fetch them ahead (offline nodes).",
+    no_args_is_help=True,
+)
+app.add_typer(hub_app, name="hub")
 
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Hydra overrides: key=value, group=option.")
@@ -134,6 +139,63 @@ def synth(
     dims = tuple(int(s) for s in shape.lower().split("x"))
     paths = write_phantoms(out, n=n, shape=dims, seed=seed)  # type: ignore[arg-type]
     logging.getLogger("hsftrain").info("wrote %d phantoms to %s", len(paths), out)
+
+
+CacheDir = Annotated[
+    str | None,
+    typer.Option(
+        "--cache-dir", help="Model cache (default: $HSFTRAIN_CACHE or ~/.cache/hsftrain)."
+    ),
+]
+
+
+@hub_app.command("list")
+def hub_list(cache_dir: CacheDir = None) -> None:
+    """List the hub's models (with their cache state) and the segmentation presets."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hsftrain.hub.catalog import describe_spec, models, presets
+
+    entries = models(cache_dir)
+    table = Table(title="Hub models (use the name in segmentation.models or finetuning.pretrained)")
+    table.add_column("name", no_wrap=True, min_width=max(len(m.name) for m in entries))
+    for column in ("version", "kind", "cached", "description"):
+        table.add_column(column)
+    for m in entries:
+        table.add_row(m.name, m.version, m.kind, "yes" if m.cached else "-", m.description)
+    console = Console()
+    console.print(table)
+    table = Table(title="Segmentation presets (hsftrain segment segmentation=<name>)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("models", overflow="fold")
+    table.add_column("description")
+    for p in presets():
+        names = ", ".join(describe_spec(m) for m in p.models) or "(give segmentation.models)"
+        table.add_row(p.name, names, p.description)
+    console.print(table)
+
+
+@hub_app.command("fetch")
+def hub_fetch(
+    names: Annotated[list[str], typer.Argument(help="Hub model names and/or preset names.")],
+    cache_dir: CacheDir = None,
+    verbose: Verbose = False,
+) -> None:
+    """Download and verify models ahead of time (e.g. on a login node with internet)."""
+    setup_logging(verbose)
+    from hsftrain.hub import DownloadError, HashMismatchError
+    from hsftrain.hub.catalog import fetch_ahead
+
+    log = logging.getLogger("hsftrain")
+    try:
+        for name, path in fetch_ahead(names, cache_dir):
+            log.info("%s: %s (verified)", name, path)
+    except (ConfigError, DownloadError, HashMismatchError, FileNotFoundError) as err:
+        if verbose:
+            raise
+        log.error("%s", err)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
