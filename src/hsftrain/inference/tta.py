@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -68,6 +69,12 @@ class Augmentation:
         parts += ["elastic"] if self.displacement is not None else []
         return "+".join(parts) or "none"
 
+    @cached_property
+    def _inverse_displacement(self) -> np.ndarray:
+        """Computed once per view, then shared by every model of an ensemble."""
+        assert self.displacement is not None
+        return invert_displacement(self.displacement)
+
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Augment a ``(X, Y, Z)`` image: flip, then affine, then elastic."""
         out = np.flip(image, self.flip_axes) if self.flip_axes else image
@@ -81,8 +88,7 @@ class Augmentation:
         """Map ``(C, X, Y, Z)`` probabilities predicted on the augmented image back."""
         out = probs
         if self.displacement is not None:
-            inverse = invert_displacement(self.displacement)
-            out = np.stack([_warp(channel, inverse) for channel in out])
+            out = np.stack([_warp(channel, self._inverse_displacement) for channel in out])
         if self.matrix is not None:
             inverse = np.linalg.inv(self.matrix)
             out = np.stack([_affine(channel, inverse) for channel in out])
