@@ -372,3 +372,22 @@ def test_preset_file_with_verified_paths(
     )
     with pytest.raises(ValueError, match=r"segmentation\.models\.m0\.onnx.*xxh3_64"):
         segment(cfg)
+
+
+def test_elastic_inverse_is_shared_by_the_ensemble(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hsftrain.inference import tta
+
+    calls = []
+    original = tta.invert_displacement
+    monkeypatch.setattr(tta, "invert_displacement", lambda d: calls.append(1) or original(d))
+    elastic = {
+        "flip": {"p": 0},
+        "affine": {"p": 0},
+        "elastic": {"p": 1.0, "num_control_points": 4, "max_displacement": 2},
+    }
+    engines = [VoxelwiseEngine() for _ in range(3)]
+    image = np.random.default_rng(0).normal(size=(16, 16, 16)).astype(np.float32)
+    result = Segmenter(engines, elastic, num_aug=2).segment_crop(  # type: ignore[arg-type]
+        image, (1, 1, 1), np.random.default_rng(0)
+    )
+    assert result.n_predictions == 9 and len(calls) == 2  # one per elastic view, not per model
