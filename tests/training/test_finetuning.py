@@ -142,3 +142,19 @@ def test_pretrained_by_url_is_fetched_and_verified(tmp_path):
         _pretrained(compose("config", [bad, f"finetuning.cache_dir={cache}/2"]))
     with pytest.raises(ConfigError, match="finetuning.pretrained"):
         _pretrained(compose("config"))
+
+
+def test_bad_pretrained_writes_no_run_directory(phantoms, tmp_path):
+    from hsftrain.config import ConfigError, compose
+    from hsftrain.training.run import finetune
+
+    data = ["datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
+    with pytest.raises(ConfigError, match="finetuning.pretrained must be set"):
+        finetune(compose("config", [*TINY, *data, "run_name=none"]))
+    not_ours = tmp_path / "hsf_train.ckpt"
+    torch.save({"state_dict": {"_model.final_conv.weight": torch.zeros(6, 64, 1, 1, 1)}}, not_ours)
+    with pytest.raises(ValueError, match="hsf_train"):
+        finetune(
+            compose("config", [*TINY, *data, "run_name=x", f"finetuning.pretrained={not_ours}"])
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hsf_train.ckpt"]

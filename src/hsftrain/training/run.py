@@ -27,6 +27,7 @@ from hsftrain.data.labels import class_names as names_from_table
 from hsftrain.data.splits import Split, make_split
 from hsftrain.export.pruning import compression_callbacks
 from hsftrain.training.callbacks import EpochTable
+from hsftrain.training.checkpoint import ModelInfo, read_checkpoint
 from hsftrain.training.finetuning import GradualUnfreezing
 from hsftrain.training.module import SegmentationModule
 
@@ -204,10 +205,21 @@ def _pretrained(cfg: DictConfig) -> Path:
     return fetch(spec, Path(str(cache)) if cache else None)
 
 
+#: A pretrained checkpoint: its path, network state dict and model description.
+Pretrained = tuple[Path, dict[str, torch.Tensor], ModelInfo]
+
+
+def _read_pretrained(cfg: DictConfig) -> Pretrained:
+    path = _pretrained(cfg)
+    state, info = read_checkpoint(path)
+    return path, state, info
+
+
 def build_module(
-    cfg: DictConfig, found: Discovery, total_steps: int, finetune: bool
+    cfg: DictConfig, found: Discovery, total_steps: int, pretrained: Pretrained | None = None
 ) -> SegmentationModule:
-    """The LightningModule for this run (pretrained weights and new head when fine-tuning)."""
+    """The LightningModule for this run; from ``pretrained`` (weights, new head when the
+    classes differ) when fine-tuning."""
     optim = OmegaConf.to_container(cfg.models, resolve=True)
 
     def make(name: str, hparams: dict[str, Any], names: list[str]) -> SegmentationModule:
@@ -223,15 +235,12 @@ def build_module(
             surface_every=int(cfg.get("validation", {}).get("surface_every", 0)),
         )
 
-    if not finetune:
+    if pretrained is None:
         hparams = dict(optim["hparams"])
         names = model_classes(cfg, found, hparams.get("out_channels"))
         hparams["out_channels"] = len(names)
         return make(str(cfg.models.name), hparams, names)
-    from hsftrain.training.checkpoint import read_checkpoint
-
-    path = _pretrained(cfg)
-    state, info = read_checkpoint(path)
+    path, state, info = pretrained
     out = cfg.finetuning.get("out_channels")
     names = model_classes(cfg, found, int(out) if out else None)
     if not out and len(names) == len(info.class_names):
@@ -259,6 +268,8 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         ConfigError, DataError, FileNotFoundError: with the key or file to fix.
     """
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    # the pretrained model first (fetched and verified): a wrong spec writes no run directory
+    pretrained = _read_pretrained(cfg) if finetune else None
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     found = discover(cfg.datasets)
     ids = [s.id for s in found.subjects]
@@ -287,7 +298,7 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
 
     data = SegmentationDataModule(found, split, cfg.datasets, cfg.get("augmentation"))
     total = _total_steps(len(split.train), cfg)
-    module = build_module(cfg, found, total, finetune)
+    module = build_module(cfg, found, total, pretrained)
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     checkpoint = ModelCheckpoint(
