@@ -391,3 +391,14 @@ def test_elastic_inverse_is_shared_by_the_ensemble(monkeypatch: pytest.MonkeyPat
         image, (1, 1, 1), np.random.default_rng(0)
     )
     assert result.n_predictions == 9 and len(calls) == 2  # one per elastic view, not per model
+
+
+def test_largest_component_setting(crops: Path, tiny_model: Path) -> None:
+    on = settings_from_config(compose("segment", base(crops, [tiny_model])))
+    off = settings_from_config(
+        compose("segment", base(crops, [tiny_model], "segmentation.largest_component=false"))
+    )
+    assert on.largest_component and not off.largest_component
+    engines = [VoxelwiseEngine()]
+    assert Segmenter.from_settings(engines, on).largest_component  # type: ignore[arg-type]
+    assert not Segmenter.from_settings(engines, off).largest_component  # type: ignore[arg-type]

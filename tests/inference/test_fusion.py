@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hsftrain.inference.fusion import Fusion, FusionError, fuse_probs, normalized_entropy, vote
+from hsftrain.inference.fusion import (
+    Fusion,
+    FusionError,
+    fuse_probs,
+    keep_largest_component,
+    normalized_entropy,
+    vote,
+)
 
 
 def onehot(label_map: list[int], c: int = 3) -> np.ndarray:
@@ -72,3 +79,20 @@ def test_fusion_errors() -> None:
     fusion.add(onehot([0, 1]))
     with pytest.raises(FusionError, match="shape"):
         fusion.add(onehot([0, 1, 2]))
+
+
+def test_keep_largest_component() -> None:
+    seg = np.zeros((12, 12, 12), np.uint8)
+    seg[1:6, 1:6, 1:6] = 1  # 125 voxels, two labels touching
+    seg[1:6, 1:6, 6:8] = 2
+    seg[9:11, 9:11, 9:11] = 2  # an island of 8 voxels
+    seg[7, 7, 8] = 1  # touches the big component diagonally only (26-connectivity)
+    seg[6, 6, 7] = 1
+    kept = keep_largest_component(seg)
+    assert kept.dtype == seg.dtype
+    assert not kept[9:11, 9:11, 9:11].any()
+    np.testing.assert_array_equal(kept[:9, :9, :9], seg[:9, :9, :9])
+    one = np.zeros_like(seg)
+    one[2:4, 2:4, 2:4] = 3
+    np.testing.assert_array_equal(keep_largest_component(one), one)
+    np.testing.assert_array_equal(keep_largest_component(np.zeros_like(seg)), 0)

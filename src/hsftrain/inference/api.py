@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from hsftrain.config import ConfigError
 from hsftrain.data.labels import CA_TYPES, merge_lut, merge_probs
 from hsftrain.inference.engines import OnnxEngine, model_specs, parse_providers, resolve_model
-from hsftrain.inference.fusion import FUSIONS, Fusion
+from hsftrain.inference.fusion import FUSIONS, Fusion, keep_largest_component
 from hsftrain.inference.image import Volume, load_volume, save_nifti, strip_extension
 from hsftrain.inference.preprocess import pad_to_multiple, unpad, z_normalize
 from hsftrain.inference.roiloc import MODES, Box, is_crop, locate_hippocampi
@@ -82,6 +82,7 @@ class Settings:
     seed: int = 0
     qc: bool = True
     save_crops: bool = True
+    largest_component: bool = True
 
 
 def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
@@ -168,6 +169,7 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         seed=int(_get(cfg, "seed", 0) or 0),
         qc=bool(_get(cfg, "qc", True)),
         save_crops=bool(_get(cfg, "save_crops", True)),
+        largest_component=bool(_get(cfg, "segmentation.largest_component", True)),
     )
 
 
@@ -226,6 +228,8 @@ class Segmenter:
         fusion: "vote" or "mean".
         ca_mode: subfield granularity ("" keeps the model's classes).
         batch_size: augmented copies stacked per model call.
+        largest_component: keep only the largest connected foreground component of each
+            crop (one hippocampus per crop).
 
     Raises:
         ConfigError: the models disagree on their classes.
@@ -239,6 +243,7 @@ class Segmenter:
         fusion: str = "vote",
         ca_mode: str = "",
         batch_size: int = 1,
+        largest_component: bool = False,
     ) -> None:
         self.engines = list(engines)
         names = self.engines[0].labels_names
@@ -258,6 +263,7 @@ class Segmenter:
         self.num_aug = int(num_aug)
         self.fusion = fusion
         self.batch_size = max(1, int(batch_size))
+        self.largest_component = bool(largest_component)
 
     @classmethod
     def from_settings(cls, engines: Sequence[OnnxEngine], settings: Settings) -> Segmenter:
@@ -269,6 +275,7 @@ class Segmenter:
             settings.fusion,
             settings.ca_mode,
             settings.batch_size,
+            settings.largest_component,
         )
 
     @property
@@ -309,7 +316,10 @@ class Segmenter:
                 if advance:
                     advance(len(chunk))
         uncertainty = fusion.uncertainty() if fusion.count > 1 else None
-        return CropResult(fusion.label_map(), uncertainty, fusion.count)
+        label_map = fusion.label_map()
+        if self.largest_component:
+            label_map = keep_largest_component(label_map)
+        return CropResult(label_map, uncertainty, fusion.count)
 
 
 @dataclass

@@ -113,3 +113,20 @@ def vote(label_maps: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
     stacked = np.stack([np.asarray(m, dtype=np.int64) for m in label_maps])
     counts = np.stack([(stacked == c).sum(axis=0) for c in range(num_classes)])
     return counts.argmax(axis=0).astype(np.uint8)
+
+
+def keep_largest_component(label_map: np.ndarray) -> np.ndarray:
+    """Keep the largest 26-connected foreground component of a one-hippocampus crop.
+
+    The hippocampus of one side is a single connected structure; islands elsewhere in the
+    crop (a neighbouring structure the model mistook for it) are set to background. Labels
+    inside the kept component are unchanged.
+    """
+    from scipy import ndimage
+
+    foreground = label_map > 0
+    components, n = ndimage.label(foreground, structure=np.ones((3, 3, 3), dtype=bool))
+    if n <= 1:
+        return label_map
+    sizes = np.bincount(components.ravel())[1:]
+    return np.where(components == 1 + int(sizes.argmax()), label_map, 0).astype(label_map.dtype)
