@@ -317,3 +317,52 @@ def test_segment_output_names_pair_with_references():
 
     assert subject_id("sub-000_img_hippocampus_seg.nii.gz") == "sub-000"
     assert subject_id("sub-000_lbl.nii.gz") == "sub-000"
+
+
+def test_other_label_schemes_are_mapped_before_comparing(tmp_path):
+    """A FreeSurfer-like reference (hippocampi 17 and 53 among other structures) against a
+    whole-hippocampus prediction; and a subfield prediction merged to the same scheme."""
+    ref = np.zeros(SHAPE, np.uint16)
+    ref[:, :4, 2] = 17
+    ref[:, 4:, 2] = 53
+    ref[:, :, 5] = 2  # another structure: must not count
+    pred = np.zeros(SHAPE, np.uint8)
+    pred[:, :, 2] = 1
+    write(tmp_path / "refs" / "s01_lbl.nii.gz", ref)
+    write(tmp_path / "preds" / "s01_seg.nii.gz", pred)
+    cfg = compose(
+        "evaluate",
+        [
+            f"pred={tmp_path / 'preds'}",
+            f"ref={tmp_path / 'refs'}",
+            "ref_map={17: 1, 53: 1}",
+            "plots=false",
+            "show=false",
+        ],
+    )
+    (result,) = evaluate(cfg).results
+    assert result.label == 1 and result.dice == pytest.approx(1.0)
+    subfields = pred * 3  # e.g. one "CA2" label where the hippocampus is
+    write(tmp_path / "preds" / "s01_seg.nii.gz", subfields)
+    cfg = compose(
+        "evaluate",
+        [
+            f"pred={tmp_path / 'preds'}",
+            f"ref={tmp_path / 'refs'}",
+            "ref_map={17: 1, 53: 1}",
+            "pred_map={1: 1, 2: 1, 3: 1, 4: 1, 5: 1}",
+            "plots=false",
+            "show=false",
+        ],
+    )
+    assert evaluate(cfg).results[0].dice == pytest.approx(1.0)
+    unmapped = evaluate_files(
+        tmp_path / "preds", tmp_path / "refs", labels=[3, 17], plots=False, show=False
+    )
+    assert [r.dice for r in unmapped.results] == [0.0, 0.0]  # without the maps nothing matches
+    with pytest.raises(ConfigError, match="ref_map"):
+        evaluate(compose("evaluate", [*cfg_base(tmp_path), "ref_map=[17]"]))
+
+
+def cfg_base(root: Path) -> list[str]:
+    return [f"pred={root / 'preds'}", f"ref={root / 'refs'}", "plots=false", "show=false"]

@@ -113,6 +113,33 @@ def parse_labels(value: object) -> dict[int, str] | None:
     return dict(sorted(table.items()))
 
 
+def parse_value_map(value: object, key: str) -> dict[int, int] | None:
+    """Normalise ``pred_map`` / ``ref_map`` ({value: new value}; None: keep the values).
+
+    Raises:
+        ConfigError: not a mapping of integers to integers.
+    """
+    if value is None:
+        return None
+    items = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+    if not isinstance(items, Mapping) or not items:
+        raise ConfigError(f"`{key}` must be a {{value: new value}} mapping, e.g. {key}={{17: 1}}")
+    try:
+        return {int(k): int(v) for k, v in items.items()}
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"`{key}` must map integers to integers, got {items!r}") from err
+
+
+def apply_value_map(label_map: np.ndarray, table: Mapping[int, int] | None) -> np.ndarray:
+    """Relabel through ``table``; values it does not list become background (0)."""
+    if table is None:
+        return label_map
+    out = np.zeros_like(label_map)
+    for src, dst in table.items():
+        out[label_map == src] = dst
+    return out
+
+
 def load_label_map(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """Integer label map, affine and voxel spacing (mm, from the header zooms) of a 3D file.
 
@@ -135,9 +162,14 @@ def load_label_map(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...
 
 
 def evaluate_pair(
-    pair: Pair, labels: Mapping[int, str] | None, surface: bool = True
+    pair: Pair,
+    labels: Mapping[int, str] | None,
+    surface: bool = True,
+    pred_map: Mapping[int, int] | None = None,
+    ref_map: Mapping[int, int] | None = None,
 ) -> list[LabelResult]:
-    """Metrics of one subject, with the reference's spacing.
+    """Metrics of one subject, with the reference's spacing (after ``pred_map`` /
+    ``ref_map`` relabelling, see :func:`apply_value_map`).
 
     Raises:
         EvaluationError: unreadable files or shapes that differ.
@@ -159,6 +191,7 @@ def evaluate_pair(
             pred_spacing,
             spacing,
         )
+    pred, ref = apply_value_map(pred, pred_map), apply_value_map(ref, ref_map)
     names = dict(labels) if labels is not None else None
     values = list(names) if names is not None else present_labels(pred, ref)
     per_label = label_metrics(pred, ref, values, spacing=spacing, surface=surface)
@@ -197,6 +230,8 @@ def evaluate_files(
     surface: bool = True,
     plots: bool = True,
     show: bool = True,
+    pred_map: Mapping[int, int] | None = None,
+    ref_map: Mapping[int, int] | None = None,
 ) -> EvaluationSummary:
     """Evaluate every prediction against the reference of the same subject.
 
@@ -211,6 +246,9 @@ def evaluate_files(
         surface: compute HD95 and ASSD (NaN in the outputs when false).
         plots: write the box plots.
         show: print the rich summary table.
+        pred_map, ref_map: ``{value: new value}`` relabelling of the predictions /
+            references before comparing (values not listed become background), e.g. to
+            compare with another tool's label scheme.
 
     Raises:
         FileNotFoundError: ``pred`` or ``ref`` matches no file.
@@ -227,7 +265,7 @@ def evaluate_files(
 
     results: list[LabelResult] = []
     for item in track(pairing.pairs, description="evaluating", transient=True, disable=not show):
-        results.extend(evaluate_pair(item, table, surface=surface))
+        results.extend(evaluate_pair(item, table, surface, pred_map, ref_map))
 
     stats = summarize(results)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,4 +322,6 @@ def evaluate(cfg: DictConfig) -> EvaluationSummary:
         surface=bool(OmegaConf.select(cfg, "surface", default=True)),
         plots=bool(OmegaConf.select(cfg, "plots", default=True)),
         show=bool(OmegaConf.select(cfg, "show", default=True)),
+        pred_map=parse_value_map(OmegaConf.select(cfg, "pred_map", default=None), "pred_map"),
+        ref_map=parse_value_map(OmegaConf.select(cfg, "ref_map", default=None), "ref_map"),
     )
