@@ -319,6 +319,10 @@ def test_segment_output_names_pair_with_references():
     assert subject_id("sub-000_lbl.nii.gz") == "sub-000"
 
 
+def cfg_base(root: Path) -> list[str]:
+    return [f"pred={root / 'preds'}", f"ref={root / 'refs'}", "plots=false", "show=false"]
+
+
 def test_other_label_schemes_are_mapped_before_comparing(tmp_path):
     """A FreeSurfer-like reference (hippocampi 17 and 53 among other structures) against a
     whole-hippocampus prediction; and a subfield prediction merged to the same scheme."""
@@ -330,31 +334,13 @@ def test_other_label_schemes_are_mapped_before_comparing(tmp_path):
     pred[:, :, 2] = 1
     write(tmp_path / "refs" / "s01_lbl.nii.gz", ref)
     write(tmp_path / "preds" / "s01_seg.nii.gz", pred)
-    cfg = compose(
-        "evaluate",
-        [
-            f"pred={tmp_path / 'preds'}",
-            f"ref={tmp_path / 'refs'}",
-            "ref_map={17: 1, 53: 1}",
-            "plots=false",
-            "show=false",
-        ],
-    )
+    cfg = compose("evaluate", [*cfg_base(tmp_path), "ref_map={17: 1, 53: 1}"])
     (result,) = evaluate(cfg).results
     assert result.label == 1 and result.dice == pytest.approx(1.0)
     subfields = pred * 3  # e.g. one "CA2" label where the hippocampus is
     write(tmp_path / "preds" / "s01_seg.nii.gz", subfields)
-    cfg = compose(
-        "evaluate",
-        [
-            f"pred={tmp_path / 'preds'}",
-            f"ref={tmp_path / 'refs'}",
-            "ref_map={17: 1, 53: 1}",
-            "pred_map={1: 1, 2: 1, 3: 1, 4: 1, 5: 1}",
-            "plots=false",
-            "show=false",
-        ],
-    )
+    merged = ["ref_map={17: 1, 53: 1}", "pred_map={1: 1, 2: 1, 3: 1, 4: 1, 5: 1}"]
+    cfg = compose("evaluate", [*cfg_base(tmp_path), *merged])
     assert evaluate(cfg).results[0].dice == pytest.approx(1.0)
     unmapped = evaluate_files(
         tmp_path / "preds", tmp_path / "refs", labels=[3, 17], plots=False, show=False
@@ -362,7 +348,3 @@ def test_other_label_schemes_are_mapped_before_comparing(tmp_path):
     assert [r.dice for r in unmapped.results] == [0.0, 0.0]  # without the maps nothing matches
     with pytest.raises(ConfigError, match="ref_map"):
         evaluate(compose("evaluate", [*cfg_base(tmp_path), "ref_map=[17]"]))
-
-
-def cfg_base(root: Path) -> list[str]:
-    return [f"pred={root / 'preds'}", f"ref={root / 'refs'}", "plots=false", "show=false"]
