@@ -424,7 +424,7 @@ def test_fetch_by_registry_name(
 def test_hub_imports_stay_light() -> None:
     code = (
         "import sys, hsftrain.hub; "
-        "heavy = {'torch', 'lightning', 'torchio', 'onnxruntime', 'hydra'} & set(sys.modules); "
+        "heavy = {'torch', 'lightning', 'torchio', 'onnxruntime', 'hydra', 'nibabel'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=30)

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-#: Image extensions (longest first), for deriving stems and temporary names.
-EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".mgz", ".mgh", ".img", ".hdr")
+from hsftrain.files import atomic_path
 
 
 class DataError(ValueError):
@@ -127,42 +121,6 @@ def header_info(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
             "(e.g. fslsplit) and give one 3D image per subject"
         )
     return shape, np.asarray(img.affine, dtype=np.float64)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
-
-    The temporary name keeps the final extension (writers infer the format from it) and
-    contains ``.hsftrain-tmp``; it is removed if writing fails. A run killed with SIGKILL
-    can leave one such file behind, never a half-written ``path``. The result gets the
-    permissions of the file it replaces, or those of a newly created file (0666 less the
-    umask), not the owner-only mode of temporary files.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ext = next((e for e in EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=f".hsftrain-tmp{ext}", dir=path.parent
-    )
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, _file_mode(path))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _file_mode(path: Path) -> int:
-    """Permission bits for ``path``: its current ones, else 0666 less the process umask."""
-    try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        mask = os.umask(0)
-        os.umask(mask)
-        return 0o666 & ~mask
 
 
 def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsftrain.data.nifti import atomic_path
+from hsftrain.files import atomic_path
 
 #: Metrics summarised and plotted, with their display names.
 REPORTED: dict[str, str] = {

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from hsftrain import __version__
-from hsftrain.data.nifti import atomic_path
+from hsftrain.files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from hsftrain.config import ConfigError
-from hsftrain.data.nifti import atomic_path
 from hsftrain.export.onnx import INPUT_NAME, OUTPUT_NAME, ExportError, write_metadata
+from hsftrain.files import atomic_path
 
 log = logging.getLogger(__name__)
 

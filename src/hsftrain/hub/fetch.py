@@ -29,7 +29,7 @@ import xxhash
 
 from hsftrain import __version__
 from hsftrain.config import ConfigError
-from hsftrain.data.nifti import atomic_path
+from hsftrain.files import atomic_path
 
 log = logging.getLogger(__name__)
 

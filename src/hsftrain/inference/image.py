@@ -14,7 +14,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
-from hsftrain.data.nifti import EXTENSIONS, DataError, atomic_path, read_image
+from hsftrain.data.nifti import DataError, read_image
+from hsftrain.files import EXTENSIONS, atomic_path
 
 __all__ = ["EXTENSIONS", "InputError", "Volume", "atomic_path", "load_volume", "save_nifti"]
 

@@ -1,4 +1,4 @@
-"""hsftrain.data.nifti: atomic writes (nothing half-written, normal permissions)."""
+"""hsftrain.files: atomic writes (nothing half-written, normal permissions)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hsftrain.data.nifti import atomic_path, load_volume, save_volume
+from hsftrain.data.nifti import load_volume, save_volume
+from hsftrain.files import atomic_path
 
 
 def _mode(path: Path) -> int:
