@@ -15,9 +15,43 @@ class DataError(ValueError):
     """A data file that cannot be used; the message names the file and the fix."""
 
 
+#: What to do with an unreadable training file (ends the error message).
+DATASET_FIX = "re-export it or remove it from the dataset"
+
+
+def _open_3d(path: Path, fix: str, error: type[Exception]) -> tuple[Any, tuple[int, ...]]:
+    """Open an image file's header: ``(nibabel image, 3D shape)``, a trailing singleton
+    4th dimension dropped.
+
+    Raises:
+        error: the file is missing, unreadable, or not 3D.
+    """
+    if not path.is_file():
+        raise error(f"{path}: no such file")
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+    except Exception as err:  # nibabel raises many types for corrupt files
+        raise _unreadable(path, err, fix, error) from err
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise error(
+            f"{path}: has shape {shape}, expected a 3D volume; split 4D series "
+            "(e.g. fslsplit) into one 3D image per file"
+        )
+    return img, shape
+
+
+def _unreadable(path: Path, err: Exception, fix: str, error: type[Exception]) -> Exception:
+    return error(
+        f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err}); {fix}"
+    )
+
+
 def read_image(
     path: str | Path,
-    fix: str = "re-export it or remove it from the dataset",
+    fix: str = DATASET_FIX,
     error: type[Exception] = DataError,
 ) -> tuple[Any, np.ndarray]:
     """Read a 3D image file: ``(nibabel image, data array)``.
@@ -32,23 +66,12 @@ def read_image(
         error: the file is missing, unreadable/corrupt, or not 3D.
     """
     path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: no such file")
+    img, shape = _open_3d(path, fix, error)
     try:
-        img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise error(
-            f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err}); {fix}"
-        ) from err
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise error(
-            f"{path}: has shape {tuple(data.shape)}, expected a 3D volume; split 4D series "
-            "(e.g. fslsplit) into one 3D image per file"
-        )
-    return img, data
+    except Exception as err:  # a truncated or corrupt data block
+        raise _unreadable(path, err, fix, error) from err
+    return img, data.reshape(shape)
 
 
 def load_volume(
@@ -100,26 +123,12 @@ def check_pair(
 
 
 def header_info(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
-    """Shape (3D) and affine from the header alone.
+    """Shape (3D) and affine from the header alone (the data is not read).
 
     Raises:
-        DataError: unreadable or not 3D.
+        DataError: missing, unreadable or not 3D.
     """
-    try:
-        img = nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-    except Exception as err:
-        raise DataError(
-            f"{path}: cannot be read as a NIfTI/MGH image ({type(err).__name__}: {err}); "
-            "re-export it or remove it from the dataset"
-        ) from err
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
-    if len(shape) != 3:
-        raise DataError(
-            f"{path}: has shape {shape}, expected a 3D volume; split 4D series "
-            "(e.g. fslsplit) and give one 3D image per subject"
-        )
+    img, shape = _open_3d(Path(path), DATASET_FIX, DataError)
     return shape, np.asarray(img.affine, dtype=np.float64)
 
 
