@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from hsftrain.config import ConfigError
-from hsftrain.export.structured import fold_masks
+from hsftrain.export.structured import fold_masks, like_layout
 
 log = logging.getLogger(__name__)
 
@@ -352,11 +352,7 @@ def _match_net_to_state(
     current = _state_f_maps(module.net.state_dict(), "", len(module.net.encoders))
     if sizes and sizes != current:
         hparams["f_maps"] = sizes
-        first = next(p for p in module.net.parameters() if p.ndim == 5)
-        net = build_model(module.hparams["model_name"], hparams).to(first.device)
-        if first.is_contiguous(memory_format=torch.channels_last_3d) and not first.is_contiguous():
-            net.to(memory_format=torch.channels_last_3d)
-        module.net = net
+        module.net = like_layout(build_model(module.hparams["model_name"], hparams), module.net)
         module.hparams["model_hparams"] = hparams
         log.info("resuming a channel-pruned run: network rebuilt with f_maps %s", sizes)
 

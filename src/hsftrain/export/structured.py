@@ -68,6 +68,16 @@ def plain_state_dict(net: nn.Module) -> dict[str, torch.Tensor]:
     return fold_masks(net.state_dict())
 
 
+def like_layout(new: nn.Module, reference: nn.Module) -> nn.Module:
+    """Move ``new`` to ``reference``'s device and, when its conv weights are channels-last
+    (as the training module keeps them), to that memory format too. Returns ``new``."""
+    first = next(p for p in reference.parameters() if p.ndim == 5)
+    new.to(first.device)
+    if first.is_contiguous(memory_format=torch.channels_last_3d) and not first.is_contiguous():
+        new.to(memory_format=torch.channels_last_3d)
+    return new
+
+
 def _block_slots(
     prefix: str, block: nn.Module, in_slot: Slot, out_slot: Slot
 ) -> dict[str, tuple[Slot, Slot]]:
@@ -265,10 +275,7 @@ def prune_channels(
             )
         new_state[key] = sliced.clone()
     new.load_state_dict(new_state)
-    first = next(p for p in net.parameters() if p.ndim == 5)
-    new.to(first.device)
-    if first.is_contiguous(memory_format=torch.channels_last_3d) and not first.is_contiguous():
-        new.to(memory_format=torch.channels_last_3d)  # as the training module keeps it
+    like_layout(new, net)
     # Same frozen / eval state as the original, module by module.
     new_modules = dict(new.named_modules())
     for module_name, module in old_modules.items():
