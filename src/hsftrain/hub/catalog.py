@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsftrain.config import ConfigError
-from hsftrain.hub.fetch import cache_name, default_cache_dir, fetch
+from hsftrain.config import CONF_DIR, ConfigError
+from hsftrain.hub.fetch import cache_path, fetch
 from hsftrain.hub.registry import load_registry
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "conf" / "segmentation"
+PRESETS_DIR = CONF_DIR / "segmentation"
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,9 @@ class PresetEntry:
 
 def models(cache_dir: str | os.PathLike[str] | None = None) -> list[ModelEntry]:
     """Registry models, with the cached file when one is there (not re-hashed here)."""
-    root = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
     out = []
     for name, entry in load_registry().items():
-        path = root / cache_name(str(entry["url"]), str(entry["xxh3_64"]))
+        path = cache_path(str(entry["url"]), str(entry["xxh3_64"]), cache_dir)
         out.append(
             ModelEntry(
                 name,

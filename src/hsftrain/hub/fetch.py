@@ -112,6 +112,12 @@ def cache_name(url: str, xxh3_64: str) -> str:
     return f"{stem}-{xxh3_64}{suffix}"
 
 
+def cache_path(url: str, xxh3_64: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where :func:`fetch` keeps the download of ``url`` (default cache: :func:`default_cache_dir`)."""
+    root = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
+    return root / cache_name(url, xxh3_64)
+
+
 def fetch(
     spec: Spec,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -152,8 +158,7 @@ def fetch(
         return path
 
     url, expected = spec["url"], spec["xxh3_64"]
-    root = Path(cache_dir if cache_dir is not None else default_cache_dir()).expanduser()
-    target = root / cache_name(url, expected)
+    target = cache_path(url, expected, cache_dir)
     if target.is_file():
         actual = file_hash(target)
         if actual == expected:
@@ -167,7 +172,6 @@ def fetch(
             url,
         )
         target.unlink()
-    root.mkdir(parents=True, exist_ok=True)
     _download(url, expected, target, timeout=timeout, progress=progress)
     return target
 
