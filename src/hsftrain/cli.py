@@ -7,15 +7,17 @@ Every command composes a packaged Hydra config (``conf/<name>.yaml``) with the u
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 import typer
 from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import CONF_DIR, ConfigError, compose, group_options
+from hsftrain.hub.fetch import DownloadError
 from hsftrain.logs import setup_logging
 
 app = typer.Typer(
@@ -61,13 +63,21 @@ def _run(
     call: Callable[[DictConfig], object],
 ) -> None:
     setup_logging(verbose)
-    try:
+    with _user_errors(verbose):
         cfg = compose(config_name, overrides or [])
         if show_cfg:
             typer.echo(OmegaConf.to_yaml(cfg, resolve=False))
             return
         call(cfg)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+
+
+@contextlib.contextmanager
+def _user_errors(verbose: bool) -> Iterator[None]:
+    """Errors whose message tells the user what to fix: one log line and exit status 1
+    (``--verbose``: the traceback)."""
+    try:
+        yield
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, DownloadError) as err:
         if verbose:
             raise
         logging.getLogger("hsftrain").error("%s", err)
@@ -184,18 +194,11 @@ def hub_fetch(
 ) -> None:
     """Download and verify models ahead of time (e.g. on a login node with internet)."""
     setup_logging(verbose)
-    from hsftrain.hub import DownloadError, HashMismatchError
     from hsftrain.hub.catalog import fetch_ahead
 
-    log = logging.getLogger("hsftrain")
-    try:
+    with _user_errors(verbose):
         for name, path in fetch_ahead(names, cache_dir):
-            log.info("%s: %s (verified)", name, path)
-    except (ConfigError, DownloadError, HashMismatchError, FileNotFoundError) as err:
-        if verbose:
-            raise
-        log.error("%s", err)
-        sys.exit(1)
+            logging.getLogger("hsftrain").info("%s: %s (verified)", name, path)
 
 
 if __name__ == "__main__":  # pragma: no cover
