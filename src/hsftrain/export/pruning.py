@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from hsftrain.config import ConfigError
-from hsftrain.export.structured import fold_masks, like_layout
+from hsftrain.export.structured import fold_masks, like_layout, require_prunable
 
 log = logging.getLogger(__name__)
 
@@ -314,6 +314,7 @@ class StructuredPruning(L.Callback):
         restart_best(trainer, f"channels cut to f_maps {params['f_maps']}")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        require_prunable(pl_module.net)  # before any epoch, not at the cut
         pl_module._register_load_state_dict_pre_hook(_match_net_to_state, with_module=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

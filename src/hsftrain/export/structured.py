@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hsftrain.config import ConfigError
 from hsftrain.models.blocks import AttentionGate
 from hsftrain.models.norms import SwitchNorm3d
 from hsftrain.models.unet import MODELS, DecoderLevel, UNet3D
@@ -78,6 +79,21 @@ def like_layout(new: nn.Module, reference: nn.Module) -> nn.Module:
     return new
 
 
+def require_prunable(net: nn.Module) -> None:
+    """Check that structured pruning knows ``net``'s layout (hsftrain's U-Nets).
+
+    Raises:
+        ConfigError: another network, e.g. hsf_train's ARUnet (HSFResidualUNet3D), whose
+            strided-conv downsampling keeps the channels of the level above.
+    """
+    if not isinstance(net, UNet3D):
+        raise ConfigError(
+            f"compression.structured cannot cut {type(net).__name__} (structured pruning "
+            "knows hsftrain's ResidualUNet3D / UNet3D only): use compression.pruning "
+            "(unstructured) or compression=none"
+        )
+
+
 def _block_slots(
     prefix: str, block: nn.Module, in_slot: Slot, out_slot: Slot
 ) -> dict[str, tuple[Slot, Slot]]:
@@ -109,8 +125,11 @@ def channel_slots(net: UNet3D) -> dict[str, tuple[Slot, Slot]]:
     """For each conv and norm module name of ``net``: its (input, output) channel slots.
 
     Raises:
+        ConfigError: a network structured pruning does not support (see
+            :func:`require_prunable`).
         TypeError: a module layout this function does not know (e.g. a custom network).
     """
+    require_prunable(net)
     slots: dict[str, tuple[Slot, Slot]] = {}
     for level, encoder in enumerate(net.encoders):
         prefix = f"encoders.{level}"
@@ -243,9 +262,8 @@ def prune_channels(
         ``(smaller network, its hparams)``, the network in the same train/eval mode,
         ``requires_grad`` state, device and memory format (channels-last or not) as ``net``.
     """
+    require_prunable(net)
     name = type(net).__name__
-    if name not in MODELS:
-        raise TypeError(f"structured pruning supports {sorted(MODELS)}, not {name}")
     old_f_maps = params_of_sizes(net)
     params = dict(hparams or _hparams_of(net))
     params["f_maps"] = plan.f_maps

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hsftrain.models.blocks import AttentionGate, DoubleConv, ResBlock, single_conv
+from hsftrain.models.hsf_arunet import NAME as HSF_NAME
+from hsftrain.models.hsf_arunet import HSFResidualUNet3D
 
 
 def feature_sizes(f_maps: int | list[int], num_levels: int) -> list[int]:
@@ -142,11 +144,19 @@ class DecoderLevel(nn.Module):
         return self.block(x)
 
 
-MODELS: dict[str, type[UNet3D]] = {"ResidualUNet3D": ResidualUNet3D, "UNet3D": UNet3D}
+#: Any network :func:`build_model` makes: hsftrain's U-Nets, or hsf_train's ARUnet (the
+#: network of HSF's published models, see :mod:`hsftrain.models.hsf_arunet`).
+Network = UNet3D | HSFResidualUNet3D
+
+MODELS: dict[str, type[Network]] = {
+    "ResidualUNet3D": ResidualUNet3D,
+    "UNet3D": UNet3D,
+    HSF_NAME: HSFResidualUNet3D,
+}
 
 
-def build_model(name: str, hparams: Mapping[str, Any]) -> UNet3D:
-    """Instantiate a model by class name from ``models.hparams``.
+def build_model(name: str, hparams: Mapping[str, Any]) -> Network:
+    """Instantiate a model by ``models.name`` from ``models.hparams``.
 
     Raises:
         ValueError: unknown model name.
