@@ -53,3 +53,37 @@ def test_forgiving_loss_per_dataset_tables():
     tables = {0: torch.eye(3), 1: torch.tensor([[1.0, 0, 0], [0, 1.0, 1.0]])}
     loss = ForgivingLoss(tables)(probs, label_map, torch.tensor([0, 1]))
     assert loss.ndim == 0 and 0 < float(loss) < 1
+
+
+def test_forgiving_loss_mixed_granularities_matches_reference():
+    """Three datasets at three granularities in one batch: the value computed item by item
+    with the previous (per-item loop) implementation, recorded here."""
+    from hsftrain.data.labels import group_table
+
+    names = ["background", "DG", "CA1", "CA2", "CA3", "SUB"]
+    tables = {
+        0: torch.from_numpy(group_table(names, names, "1/2/3")),
+        1: torch.from_numpy(
+            group_table(names, ["background", "DG", "CA1", "CA2/3", "SUB"], "1/23")
+        ),
+        2: torch.from_numpy(group_table(names, ["background", "hippocampus"], "whole")),
+    }
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(4, 6, 5, 6, 7, generator=g), 1)
+    sizes = [6, 5, 2, 5]
+    label = torch.stack([torch.randint(0, sizes[b], (5, 6, 7), generator=g) for b in range(4)])
+    dataset = torch.tensor([0, 1, 2, 1])
+    with_bg = ForgivingLoss(tables, FocalTverskyLoss(include_background=True))
+    without_bg = ForgivingLoss(tables, FocalTverskyLoss(include_background=False))
+    assert float(with_bg(probs, label, dataset)) == pytest.approx(0.7980509996414185, rel=1e-5)
+    assert float(without_bg(probs, label, dataset)) == pytest.approx(0.737558126449585, rel=1e-5)
+
+
+def test_per_item_focal_tversky_equals_loss_of_each_item_alone():
+    g = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(3, 4, 4, 5, 3, generator=g), 1)
+    target = one_hot(torch.randint(0, 4, (3, 4, 5, 3), generator=g), 4)
+    loss = FocalTverskyLoss()
+    per_item = loss.per_item(probs, target, torch.ones(3, 4, dtype=torch.bool))
+    alone = torch.stack([loss(probs[b : b + 1], target[b : b + 1]) for b in range(3)])
+    assert torch.allclose(per_item, alone, atol=1e-6)

@@ -4,6 +4,10 @@ Each dataset has a ``(G, C)`` group table (:func:`hsftrain.data.labels.group_tab
 model's C class probabilities are summed into the G classes that dataset labels, and the
 loss compares those with the dataset's own labels. A model predicting CA3 where a "1/23"
 dataset says "CA2/3" is not penalised; neither is HEAD where a dataset has no HEAD label.
+
+The tables of all datasets are stacked into one ``(D, G_max, C)`` buffer (rows past a
+dataset's G are zero and marked invalid), so a batch mixing datasets is handled with
+tensor indexing on the device: no per-item read of the dataset id on the host.
 """
 
 from __future__ import annotations
@@ -16,8 +20,12 @@ from hsftrain.losses.tversky import FocalTverskyLoss
 
 
 def group_probs(probs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Sum ``(B, C, ...)`` probabilities into ``(B, G, ...)`` with a ``(G, C)`` table."""
-    return torch.einsum("gc,bc...->bg...", table.to(probs.dtype), probs)
+    """Sum ``(B, C, ...)`` probabilities into ``(B, G, ...)`` with a ``(G, C)`` table, or
+    with one table per item, ``(B, G, C)``."""
+    table = table.to(probs.dtype)
+    if table.ndim == 3:
+        return torch.einsum("bgc,bc...->bg...", table, probs)
+    return torch.einsum("gc,bc...->bg...", table, probs)
 
 
 class ForgivingLoss(nn.Module):
@@ -26,17 +34,45 @@ class ForgivingLoss(nn.Module):
     Args:
         tables: ``{dataset index: (G, C) table}``; a batch item of dataset ``d`` uses
             ``tables[d]``.
-        base: the loss applied to ``(probs, onehot)``.
+        base: the loss applied to ``(probs, onehot)`` of each item.
+
+    Attributes:
+        tables: ``(D, G_max, C)`` stacked tables (buffer), indexed by dataset index.
+        valid: ``(D, G_max)`` bool, which rows are real classes of that dataset.
     """
 
-    def __init__(self, tables: dict[int, torch.Tensor], base: nn.Module | None = None) -> None:
+    tables: torch.Tensor
+    valid: torch.Tensor
+
+    def __init__(
+        self, tables: dict[int, torch.Tensor], base: FocalTverskyLoss | None = None
+    ) -> None:
         super().__init__()
         self.base = base or FocalTverskyLoss()
+        shapes = {tuple(torch.as_tensor(t).shape[1:]) for t in tables.values()}
+        if len(shapes) != 1:
+            raise ValueError(f"group tables disagree on the number of model classes: {shapes}")
+        n_datasets = max(tables) + 1
+        g_max = max(torch.as_tensor(t).shape[0] for t in tables.values())
+        (c,) = shapes.pop()
+        stacked = torch.zeros(n_datasets, g_max, c)
+        valid = torch.zeros(n_datasets, g_max, dtype=torch.bool)
         for d, table in tables.items():
-            self.register_buffer(f"table_{d}", torch.as_tensor(table, dtype=torch.float32))
+            t = torch.as_tensor(table, dtype=torch.float32)
+            stacked[d, : t.shape[0]] = t
+            valid[d, : t.shape[0]] = True
+        self.register_buffer("tables", stacked)
+        self.register_buffer("valid", valid)
+        self.sizes = {int(d): int(torch.as_tensor(t).shape[0]) for d, t in tables.items()}
 
     def table(self, dataset: int) -> torch.Tensor:
-        return getattr(self, f"table_{dataset}")
+        """The ``(G, C)`` table of one dataset."""
+        return self.tables[dataset, : self.sizes[dataset]]
+
+    def grouped(self, probs: torch.Tensor, dataset: torch.Tensor) -> torch.Tensor:
+        """``(B, G_max, X, Y, Z)`` probabilities of each item in its dataset's classes
+        (padding rows are zero)."""
+        return group_probs(probs, self.tables[dataset.to(self.tables.device).long()])
 
     def forward(
         self, probs: torch.Tensor, label_map: torch.Tensor, dataset: torch.Tensor
@@ -48,13 +84,10 @@ class ForgivingLoss(nn.Module):
             label_map: ``(B, X, Y, Z)`` integer labels in each dataset's own classes.
             dataset: ``(B,)`` dataset index of each item.
         """
-        losses = []
-        for b in range(probs.shape[0]):
-            table = self.table(int(dataset[b]))
-            grouped = group_probs(probs[b : b + 1], table)
-            onehot = one_hot(label_map[b : b + 1], table.shape[0])
-            losses.append(self.base(grouped, onehot))
-        return torch.stack(losses).mean()
+        dataset = dataset.to(self.tables.device).long()
+        grouped = self.grouped(probs, dataset)
+        onehot = one_hot(label_map, self.tables.shape[1])
+        return self.base.per_item(grouped, onehot, self.valid[dataset]).mean()
 
 
 def one_hot(label_map: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -12,17 +12,20 @@ def tversky_index(
     alpha: float = 0.3,
     beta: float = 0.7,
     smooth: float = 1e-6,
+    per_item: bool = False,
 ) -> torch.Tensor:
     """Per-class Tversky index ``TP / (TP + alpha FP + beta FN)``.
 
     Args:
         probs: ``(B, C, X, Y, Z)`` probabilities.
         onehot: ``(B, C, X, Y, Z)`` one-hot target.
+        per_item: keep the batch dimension.
 
     Returns:
-        ``(C,)`` index per class, statistics summed over batch and voxels.
+        ``(C,)`` index per class, statistics summed over batch and voxels; ``(B, C)``
+        (statistics per item) when ``per_item``.
     """
-    dims = (0, *range(2, probs.ndim))
+    dims = tuple(range(2, probs.ndim)) if per_item else (0, *range(2, probs.ndim))
     tp = (probs * onehot).sum(dims)
     fp = (probs * (1 - onehot)).sum(dims)
     fn = ((1 - probs) * onehot).sum(dims)
@@ -57,6 +60,26 @@ class FocalTverskyLoss(nn.Module):
         if not self.include_background:
             ti = ti[1:]
         return ((1 - ti).clamp_min(0) ** self.gamma).mean()
+
+    def per_item(
+        self, probs: torch.Tensor, onehot: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """Loss of each batch item over its own valid classes (no host synchronisation).
+
+        Args:
+            probs, onehot: ``(B, C, X, Y, Z)``.
+            valid: ``(B, C)`` bool, the classes that count for each item (items labelled
+                with fewer classes than C are padded with invalid ones).
+
+        Returns:
+            ``(B,)`` losses: ``mean_{valid c} (1 - TI_bc) ** gamma``.
+        """
+        ti = tversky_index(probs, onehot, self.alpha, self.beta, self.smooth, per_item=True)
+        mask = valid.to(ti.dtype)
+        if not self.include_background:
+            mask = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:]], dim=1)
+        terms = (1 - ti).clamp_min(0) ** self.gamma * mask
+        return terms.sum(1) / mask.sum(1).clamp_min(1)
 
 
 class TverskyLoss(FocalTverskyLoss):

@@ -41,16 +41,29 @@ def _projection(
     delta: float,
     wd_ratio: float,
     eps: float,
-) -> tuple[torch.Tensor, float]:
-    """Remove the radial component of the update for scale-invariant weights (AdamP)."""
-    for view in (_channel_view, _layer_view):
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove the radial component of the update for scale-invariant weights (AdamP).
+
+    The channel view is tried first, then the layer view; both are computed and the
+    choice is made with ``torch.where``, so nothing is read back to the host.
+
+    Returns:
+        The projected update and the weight-decay factor (a 0-d tensor: ``wd_ratio`` when
+        projected, else 1).
+    """
+    one = torch.ones((), device=p.device, dtype=p.dtype)
+    out, factor = perturb, one
+    # the layer view is the fallback: apply it first, then let the channel view override
+    for view in (_layer_view, _channel_view):
         p_v, g_v = view(p), view(grad)
         cosine = (p_v * g_v).sum(1).abs() / (p_v.norm(dim=1) * g_v.norm(dim=1) + eps)
-        if cosine.max() < delta / math.sqrt(p_v.shape[1]):
-            p_n = p / view(p).norm(dim=1).add(eps).reshape([-1] + [1] * (p.ndim - 1))
-            perturb = perturb - p_n * view(p_n * perturb).sum(1).reshape([-1] + [1] * (p.ndim - 1))
-            return perturb, wd_ratio
-    return perturb, 1.0
+        hit = cosine.max() < delta / math.sqrt(p_v.shape[1])
+        shape = [-1] + [1] * (p.ndim - 1)
+        p_n = p / view(p).norm(dim=1).add(eps).reshape(shape)
+        projected = perturb - p_n * view(p_n * perturb).sum(1).reshape(shape)
+        out = torch.where(hit, projected, out)
+        factor = torch.where(hit, one * wd_ratio, factor)
+    return out, factor
 
 
 def _channel_view(x: torch.Tensor) -> torch.Tensor:
@@ -125,52 +138,80 @@ class AdamP(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1_init, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad.clone()
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                    if group["adanorm"]:
-                        state["exp_grad_norm"] = torch.zeros((), device=p.device)
-                state["step"] += 1
-                step = state["step"]
-                if group["use_gc"] and grad.ndim > 1:
-                    grad.sub_(grad.mean(dim=tuple(range(1, grad.ndim)), keepdim=True))
-                if group["agc_clipping"]:
-                    agc_(p, grad, group["agc_clipping"], group["agc_eps"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._update(group, params)
+        return loss
+
+    def _update(self, group: dict, params: list[torch.Tensor]) -> None:
+        """One step for the parameters of ``group`` that have a gradient.
+
+        Moments are updated with ``torch._foreach`` ops; per-parameter work (AGC, AdaNorm,
+        the AdamP projection) uses tensor ops only: no ``.item()`` or host branching on
+        tensor values, so a CUDA step never waits for the device.
+        """
+        grads = [p.grad.clone() for p in params]
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p)
+                state["exp_avg_sq"] = torch.zeros_like(p)
                 if group["adanorm"]:
-                    norm = grad.norm()
-                    ema = state["exp_grad_norm"]
-                    ema.mul_(group["adanorm_r"]).add_(norm, alpha=1 - group["adanorm_r"])
-                    if ema > norm:
-                        grad.mul_(ema / (norm + group["eps"]))
-                beta1 = (
-                    demon_beta(beta1_init, step - 1, group["total_steps"])
-                    if group["demon"]
-                    else beta1_init
+                    state["exp_grad_norm"] = torch.zeros((), device=p.device)
+            state["step"] += 1
+        for p, grad in zip(params, grads, strict=True):
+            if group["use_gc"] and grad.ndim > 1:
+                grad.sub_(grad.mean(dim=tuple(range(1, grad.ndim)), keepdim=True))
+            if group["agc_clipping"]:
+                agc_(p, grad, group["agc_clipping"], group["agc_eps"])
+            if group["adanorm"]:
+                norm = grad.norm()
+                ema = self.state[p]["exp_grad_norm"]
+                ema.mul_(group["adanorm_r"]).add_(norm, alpha=1 - group["adanorm_r"])
+                grad.mul_(torch.where(ema > norm, ema / (norm + group["eps"]), 1.0))
+        # parameters unfrozen later (fine-tuning) have taken fewer steps: one foreach pass per
+        # distinct step count
+        by_step: dict[int, list[int]] = {}
+        for i, p in enumerate(params):
+            by_step.setdefault(self.state[p]["step"], []).append(i)
+        for step, index in by_step.items():
+            self._moments(group, step, [params[i] for i in index], [grads[i] for i in index])
+
+    def _moments(
+        self, group: dict, step: int, params: list[torch.Tensor], grads: list[torch.Tensor]
+    ) -> None:
+        """Adam moments, bias correction, projection and decoupled weight decay for
+        parameters that all have taken ``step`` steps."""
+        beta1_init, beta2 = group["betas"]
+        beta1 = (
+            demon_beta(beta1_init, step - 1, group["total_steps"]) if group["demon"] else beta1_init
+        )
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        bias1 = 1 - beta1_init**step
+        bias2 = 1 - beta2**step
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denoms, math.sqrt(bias2))
+        torch._foreach_add_(denoms, group["eps"])
+        if group["nesterov"]:
+            numerators = torch._foreach_mul(exp_avgs, beta1)
+            torch._foreach_add_(numerators, grads, alpha=1 - beta1)
+        else:
+            numerators = exp_avgs
+        perturbs = torch._foreach_div(numerators, denoms)
+        step_size = group["lr"] / bias1
+        for p, grad, perturb in zip(params, grads, perturbs, strict=True):
+            if p.ndim > 1:
+                perturb, wd_ratio = _projection(
+                    p, grad, perturb, group["delta"], group["wd_ratio"], group["eps"]
                 )
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                bias1 = 1 - beta1_init**step
-                bias2 = 1 - beta2**step
-                denom = (exp_avg_sq.sqrt() / math.sqrt(bias2)).add_(group["eps"])
-                step_size = group["lr"] / bias1
-                if group["nesterov"]:
-                    perturb = (beta1 * exp_avg + (1 - beta1) * grad) / denom
-                else:
-                    perturb = exp_avg / denom
-                wd_ratio = 1.0
-                if p.ndim > 1:
-                    perturb, wd_ratio = _projection(
-                        p, grad, perturb, group["delta"], group["wd_ratio"], group["eps"]
-                    )
                 if group["weight_decay"]:
                     p.mul_(1 - group["lr"] * group["weight_decay"] * wd_ratio)
-                p.add_(perturb, alpha=-step_size)
-        return loss
+            elif group["weight_decay"]:
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+            p.add_(perturb, alpha=-step_size)
