@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hsftrain.errors import UserError
 
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).parent / "conf"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message names the key and the fix."""
 
 
@@ -44,9 +47,26 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictC
     A group may also be given a YAML file path (``segmentation=runs/ens/preset.yaml``): the
     file is merged over the group's default option, then ``group.key=value`` overrides apply.
 
+    Values of path and glob keys are taken as typed (``~`` expanded, brackets and spaces
+    kept: :mod:`hsftrain.overrides`); a key the config does not have is an error (strict
+    keys), except in the mappings meant to grow and ``lightning.<Trainer argument>``.
+    ``resume=RUN`` (train / finetune) composes the run's own ``config.yaml`` instead of the
+    defaults (:func:`hsftrain.training.resume.compose_resume`).
+
     Raises:
-        ConfigError: unknown config group option or unknown key (with the valid choices).
+        ConfigError: unknown config group option or unknown key (with the valid choices),
+            an override that cannot be parsed (names it and the quoting that works).
     """
+    from hsftrain import overrides as ov
+
+    overrides = ov.prepare(overrides)
+    ov.check_additions(overrides, _command(config_name))
+    if config_name == "config" and any(o.partition("=")[0] == "resume" for o in overrides):
+        resume = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "resume"][-1]
+        if resume.strip("'\"") not in ("", "null"):
+            from hsftrain.training.resume import compose_resume
+
+            return compose_resume(overrides)
     plain, files, late = _split_file_groups(overrides)
     cfg = _compose(config_name, plain)
     for group, path in files.items():
@@ -70,16 +90,57 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    overrides = list(overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+            cfg = hydra_compose(config_name=config_name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        command = "train" if config_name == "config" else config_name
+        unknown = _UNKNOWN.search(str(err))
+        if unknown:
+            key = unknown.group(1)
+            retry = _trainer_argument(key, overrides)
+            if retry is not None:
+                return _compose(config_name, retry)
+            from hsftrain.overrides import unknown_key_message
+
+            raise ConfigError(
+                unknown_key_message(key, config_keys(config_name), _command(config_name))
+            ) from err
+        command = _command(config_name)
         raise ConfigError(f"{err}\n(see `hsftrain {command} --help` for groups and keys)") from err
     finally:
         GlobalHydra.instance().clear()
     return cfg
+
+
+_UNKNOWN = re.compile(r"Could not override '([^']+)'")
+
+
+def _command(config_name: str) -> str:
+    return "train" if config_name == "config" else config_name
+
+
+def _trainer_argument(key: str, overrides: Sequence[str]) -> list[str] | None:
+    """``lightning.X=v`` with X an argument of ``lightning.Trainer`` not in the packaged
+    file: the overrides with ``+lightning.X=v``; None for any other key."""
+    group, _, name = key.partition(".")
+    if group != "lightning" or "." in name:
+        return None
+    import inspect
+
+    import lightning
+
+    if name not in inspect.signature(lightning.Trainer.__init__).parameters:
+        return None
+    return [f"+{o}" if o.partition("=")[0] == key else o for o in overrides]
+
+
+def config_keys(config_name: str) -> list[str]:
+    """Every dotted key of ``conf/<config_name>.yaml`` with its default groups."""
+    from hsftrain.keydocs import key_docs
+
+    return [k.key for k in key_docs(config_name)]
 
 
 def group_options() -> dict[str, list[str]]:

@@ -1,0 +1,161 @@
+"""``resume=RUN``: continue a run from its own ``config.yaml``.
+
+The configuration of a resumed run is the one saved in its run directory, not the
+packaged defaults: ``hsftrain train resume=runs/x lightning.max_epochs=30`` rebuilds the
+model the checkpoints were trained with. Overrides given with ``resume`` may only change
+what is safe to change in the middle of a run (:data:`RESUME_SAFE`: epochs, progress and
+logging, workers, devices, where the data lies); repeating the run's own values is
+accepted (``hsftrain train <same overrides> resume=...``); anything else is refused with
+one line naming the keys. Keys added to hsftrain after the run was made take the values
+the command line composes (the defaults).
+
+This module only composes configuration: it imports neither torch nor Lightning.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from hsftrain.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Keys (fnmatch patterns) that may differ from the run's when resuming.
+RESUME_SAFE: tuple[str, ...] = (
+    "lightning.max_epochs",
+    "lightning.max_steps",
+    "lightning.max_time",
+    "lightning.enable_progress_bar",
+    "lightning.log_every_n_steps",
+    "lightning.accelerator",
+    "lightning.devices",
+    "lightning.num_nodes",
+    "lightning.strategy",
+    "lightning.precision",
+    "lightning.check_val_every_n_epoch",
+    "lightning.limit_val_batches",
+    "lightning.deterministic",
+    "lightning.benchmark",
+    "datasets.main_path",
+    "datasets.num_workers",
+    "datasets.pin_memory",
+    "datasets.persistent_workers",
+    "datasets.cache_dir",
+    "augmentation.device",
+    "models.compile",
+    "logger",
+    "logger.*",
+    "validation.*",
+    "export_onnx",
+    "resume",
+)
+#: Keys that name a new run; a resume continues the run it is given, so they are ignored.
+IGNORED: tuple[str, ...] = ("run_name", "datasets.output_path", "split_file")
+#: Mappings taken whole from the run (never merged with the command line's defaults).
+RUN_MAPPINGS: tuple[str, ...] = ("datasets.datasets", "models.labels_names")
+
+
+def run_dir_of(target: str | Path) -> Path:
+    """The run directory named by ``resume``: the folder itself, or a checkpoint's run.
+
+    Raises:
+        FileNotFoundError: nothing there.
+    """
+    path = Path(str(target)).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_file():
+        return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    raise FileNotFoundError(f"resume={target}: no such checkpoint file or run directory")
+
+
+def _leaves(cfg: Any, prefix: str) -> Iterator[str]:
+    node = OmegaConf.select(cfg, prefix, throw_on_missing=False) if prefix else cfg
+    if isinstance(node, DictConfig) and len(node) and prefix not in RUN_MAPPINGS:
+        for key in node.keys():
+            yield from _leaves(cfg, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    try:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    except Exception:  # an interpolation that does not resolve: compare its text
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _keys_set(item: str, asked: DictConfig) -> list[str]:
+    """Leaves of the config that override ``item`` sets."""
+    key = item.partition("=")[0].lstrip("+~").split("@")[0]
+    return list(_leaves(asked, key))  # a group (datasets=sample): every key of it
+
+
+def _safe(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUME_SAFE)
+
+
+def compose_resume(overrides: Sequence[str]) -> DictConfig:
+    """The configuration of ``resume=RUN`` with the other ``overrides`` checked.
+
+    Args:
+        overrides: prepared overrides (:func:`hsftrain.overrides.prepare`), one of them
+            ``resume=...``.
+
+    Raises:
+        ConfigError: no ``config.yaml`` in the run, or overrides that change keys outside
+            :data:`RESUME_SAFE` (all of them named, with the run's and the given value).
+        FileNotFoundError: ``resume`` names nothing.
+    """
+    from hsftrain.config import compose
+
+    target = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "resume"][-1]
+    target = target.strip("'\"")
+    run_dir = run_dir_of(target)
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        raise ConfigError(
+            f"resume={target}: {saved_file} is missing, so the run's model and data are "
+            "unknown; resume a run directory written by hsftrain train / finetune"
+        )
+    saved = OmegaConf.load(saved_file)
+    others = [o for o in overrides if o.partition("=")[0] != "resume"]
+    asked = compose("config", others)
+    changed: dict[str, Any] = {}
+    refused: list[str] = []
+    for item in others:
+        for key in _keys_set(item, asked):
+            if any(key == k or key.startswith(k + ".") for k in IGNORED):
+                continue
+            mine, theirs = _value(asked, key), _value(saved, key)
+            if mine == theirs:
+                continue
+            if _safe(key):
+                changed[key] = mine
+            else:
+                refused.append(f"{key} ({theirs!r} in the run, {mine!r} here)")
+    if refused:
+        raise ConfigError(
+            f"resume={target}: {'; '.join(dict.fromkeys(refused))} cannot change when resuming "
+            "(the checkpoints were trained with the run's values); drop them to continue with "
+            f"{saved_file}, or start a new run with run_name=NEW"
+        )
+    cfg = OmegaConf.merge(asked, saved)
+    for key in RUN_MAPPINGS:
+        if OmegaConf.select(saved, key, default=None) is not None:
+            OmegaConf.update(cfg, key, OmegaConf.select(saved, key), merge=False)
+    for key, value in changed.items():
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+        log.info("resume: %s = %r (the run had %r)", key, value, _value(saved, key))
+    OmegaConf.update(cfg, "resume", str(target), force_add=True)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
