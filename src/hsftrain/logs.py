@@ -1,8 +1,24 @@
-"""Logging through ``logging`` + rich."""
+"""Logging through ``logging`` + rich, and the text log of a run directory."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+#: Name of the text log written into every run directory.
+RUN_LOG = "train.log"
+#: Fixed-width prefix of file log lines, so that tables logged line by line stay aligned.
+FILE_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+
+
+class _ConsoleFilter(logging.Filter):
+    """Drops records meant for files only (``extra={"file_only": True}``): lines that are
+    printed to the terminal in their own layout (the per-epoch table)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -14,5 +30,62 @@ def setup_logging(verbose: bool = False) -> None:
     if not any(isinstance(h, RichHandler) for h in root.handlers):
         handler = RichHandler(show_path=False, rich_tracebacks=verbose, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(_ConsoleFilter())
         root.addHandler(handler)
         root.propagate = False
+
+
+class RunLogHandler(logging.Handler):
+    """Appends records to ``<run_dir>/train.log``; records emitted before the run
+    directory exists are kept in memory and written once it does (a run that fails before
+    creating its directory leaves nothing behind)."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        super().__init__(logging.INFO)
+        self.path = Path(run_dir) / RUN_LOG
+        self._pending: list[logging.LogRecord] = []
+        self._file: logging.FileHandler | None = None
+        self.setFormatter(logging.Formatter(FILE_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._file is None:
+            if not self.path.parent.is_dir():
+                self._pending.append(record)
+                return
+            self._file = logging.FileHandler(self.path, mode="a", encoding="utf-8")
+            self._file.setFormatter(self.formatter)
+            for waiting in self._pending:
+                self._file.emit(waiting)
+            self._pending = []
+        self._file.emit(record)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._pending = []
+        super().close()
+
+
+@contextlib.contextmanager
+def run_log(run_dir: str | Path) -> Iterator[Path]:
+    """Append every ``hsftrain`` log record (and Lightning's) at INFO and above to
+    ``<run_dir>/train.log`` while the block runs (see :class:`RunLogHandler`).
+
+    Yields:
+        the log file's path.
+    """
+    handler = RunLogHandler(run_dir)
+    loggers = [logging.getLogger("hsftrain"), logging.getLogger("lightning.pytorch")]
+    root = loggers[0]
+    level = root.level
+    if level == logging.NOTSET or level > logging.INFO:
+        root.setLevel(logging.INFO)
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler.path
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()
+        root.setLevel(level)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hsftrain.config import ConfigError
 from hsftrain.data.datamodule import SegmentationDataModule
@@ -26,7 +27,8 @@ from hsftrain.data.discovery import Discovery, discover
 from hsftrain.data.labels import class_names as names_from_table
 from hsftrain.data.splits import Split, make_split
 from hsftrain.export.pruning import compression_callbacks
-from hsftrain.training.callbacks import EpochTable
+from hsftrain.logs import run_log
+from hsftrain.training.callbacks import EpochTable, OnTrainStart, StepProgress
 from hsftrain.training.checkpoint import ModelInfo, read_checkpoint
 from hsftrain.training.finetuning import GradualUnfreezing
 from hsftrain.training.module import SegmentationModule
@@ -262,6 +264,33 @@ def build_module(
 
 
 def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
+    """Train (or fine-tune) as configured, logging into ``<run>/train.log``. Returns the
+    last validation metrics.
+
+    A resume that fails before training starts (e.g. a checkpoint that does not load)
+    leaves the run directory as it was (only ``train.log`` records the attempt).
+
+    Raises:
+        ConfigError, DataError, FileNotFoundError: with the key or file to fix.
+    """
+    if not cfg.get("resume") and not cfg.get("run_name"):  # one timestamp for the whole run
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            cfg.run_name = time.strftime("%Y%m%d-%H%M%S")
+    run_dir, resume_ckpt = resolve_run_dir(cfg)
+    before = set(run_dir.iterdir()) if resume_ckpt is not None else set()
+    stamp = resume_ckpt.stat().st_mtime_ns if resume_ckpt is not None else 0
+    with run_log(run_dir) as log_file:
+        try:
+            return _run(cfg, finetune)
+        except BaseException:
+            if resume_ckpt is not None and resume_ckpt.stat().st_mtime_ns == stamp:
+                for path in set(run_dir.iterdir()) - before - {log_file}:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+            raise
+
+
+def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     """Train (or fine-tune) as configured. Returns the last validation metrics.
 
     Raises:
@@ -289,9 +318,14 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
             bool(d.train_on_all),
             int(cfg.seed),
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    split.save(split_file, ids, int(cfg.seed))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    def write_run_files() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        split.save(split_file, ids, int(cfg.seed))
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    if resume_ckpt is None:  # a resume writes them once its checkpoint is restored
+        write_run_files()
     log.info(
         "run directory %s: %d train / %d val subjects", run_dir, len(split.train), len(split.val)
     )
@@ -310,6 +344,10 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         save_last=True,
     )
     callbacks: list[L.Callback] = [checkpoint, EpochTable(), *compression_callbacks(cfg)]
+    bar = bool(cfg.lightning.get("enable_progress_bar", True))
+    callbacks.append(StepProgress(int(cfg.lightning.get("log_every_n_steps") or 10), not bar))
+    if resume_ckpt is not None:
+        callbacks.append(OnTrainStart(write_run_files))
     if finetune:
         f = cfg.finetuning
         callbacks.append(GradualUnfreezing(str(f.mode), int(f.depth), int(f.unfreeze_frequency)))
