@@ -1,5 +1,8 @@
 """Fine-tuning: unfreezing schedule, new head, frozen weights bit-identical, Dice gain."""
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -141,7 +144,7 @@ def test_pretrained_by_url_is_fetched_and_verified(tmp_path):
     with pytest.raises(ValueError, match="0000000000000000"):
         _pretrained(compose("config", [bad, f"finetuning.cache_dir={cache}/2"]))
     with pytest.raises(ConfigError, match="finetuning.pretrained"):
-        _pretrained(compose("config"))
+        _pretrained(compose("config", ["finetuning.pretrained=null"]))
 
 
 def test_bad_pretrained_writes_no_run_directory(phantoms, tmp_path):
@@ -150,7 +153,7 @@ def test_bad_pretrained_writes_no_run_directory(phantoms, tmp_path):
 
     data = ["datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
     with pytest.raises(ConfigError, match="finetuning.pretrained must be set"):
-        finetune(compose("config", [*TINY, *data, "run_name=none"]))
+        finetune(compose("config", [*TINY, *data, "run_name=none", "finetuning.pretrained=null"]))
     not_ours = tmp_path / "hsf_train.ckpt"
     torch.save({"state_dict": {"_model.final_conv.weight": torch.zeros(6, 64, 1, 1, 1)}}, not_ours)
     with pytest.raises(ValueError, match="hsf_train"):
@@ -158,3 +161,225 @@ def test_bad_pretrained_writes_no_run_directory(phantoms, tmp_path):
             compose("config", [*TINY, *data, "run_name=x", f"finetuning.pretrained={not_ours}"])
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hsf_train.ckpt"]
+
+
+# --- starting from HSF's published models (hsf_train checkpoints) ------------------------
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared/data/hsf_train_reference"
+needs_reference = pytest.mark.skipif(
+    not (REFERENCE / "arunet_f8_random.ckpt").is_file(), reason="no ../shared hsf_train reference"
+)
+HSF_CLASSES = ["background", "DG", "CA1", "CA2", "CA3", "SUB"]
+
+
+@pytest.fixture
+def hsf_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The registry's ``arunet_4.0.0_single_ckpt`` (finetune's default) as a file:// URL of
+    the f_maps-8 reference checkpoint (HSF 4.0.0's architecture, random weights); returns
+    the download cache."""
+    from hsftrain.hub import file_hash
+    from hsftrain.hub import registry as registry_module
+
+    ckpt = REFERENCE / "arunet_f8_random.ckpt"
+    registry = tmp_path / "models.yaml"
+    registry.write_text(
+        f"arunet_4.0.0_single_ckpt:\n  url: '{ckpt.as_uri()}'\n"
+        f"  xxh3_64: '{file_hash(ckpt)}'\n  kind: checkpoint\n"
+    )
+    monkeypatch.setattr(registry_module, "REGISTRY_PATH", registry)
+    monkeypatch.setenv("HSFTRAIN_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@needs_reference
+def test_default_pretrained_is_hsf_4_0_0_from_the_registry(hsf_registry: Path) -> None:
+    from hsftrain.config import compose
+    from hsftrain.training.run import _read_pretrained
+
+    cfg = compose("config")
+    assert cfg.finetuning.pretrained == "arunet_4.0.0_single_ckpt"
+    path, state, info = _read_pretrained(cfg)
+    assert path.parent == hsf_registry  # fetched into the cache and verified
+    assert info.name == "HSFResidualUNet3D" and info.class_names == HSF_CLASSES
+    assert (info.hparams["f_maps"], info.hparams["num_levels"]) == (8, 4)
+    assert len(state) == 191
+
+
+def _found(names: list[str], ca_type: str = "1/2/3") -> Any:
+    from hsftrain.data.discovery import DatasetSpec, Discovery
+
+    spec = DatasetSpec("d", 0, Path("."), ca_type, {}, None, None)
+    return Discovery(datasets=[spec], subjects=[], dataset_classes={0: names})
+
+
+def test_finetune_classes_keep_the_pretrained_names_when_the_data_fits() -> None:
+    from hsftrain.config import ConfigError, compose
+    from hsftrain.data.labels import SUBFIELDS
+    from hsftrain.training.run import finetune_classes
+
+    cfg = compose("config")
+    plain = compose("config", ["models.use_forgiving_loss=false"])
+    coarse = _found(["background", "DG", "CA1", "CA2/3", "SUB"], "1/23")
+    msd = _found(["background", "anterior", "posterior"])
+    # HSF names at another granularity, forgiving loss: HSF's six classes and head are kept
+    assert finetune_classes(cfg, coarse, None, HSF_CLASSES) == HSF_CLASSES
+    assert finetune_classes(cfg, coarse, 6, HSF_CLASSES) == HSF_CLASSES
+    # without the forgiving loss, or another scheme: the data's classes (a new head)
+    assert finetune_classes(plain, coarse, None, HSF_CLASSES) == coarse.dataset_classes[0]
+    assert finetune_classes(cfg, msd, None, HSF_CLASSES) == ["background", "anterior", "posterior"]
+    assert finetune_classes(plain, msd, 6, HSF_CLASSES)[3:] == ["label_3", "label_4", "label_5"]
+    # the guide's custom_dataset: eight classes named like HSF's plus HEAD and TAIL
+    subfields = _found(list(SUBFIELDS))
+    assert finetune_classes(plain, subfields, 8, HSF_CLASSES) == list(SUBFIELDS)
+    assert finetune_classes(cfg, subfields, None, HSF_CLASSES) == list(SUBFIELDS)
+    named = compose("config", ["models.labels_names={1: a, 2: b}"])
+    assert finetune_classes(named, coarse, None, HSF_CLASSES) == ["background", "a", "b"]
+    with pytest.raises(ConfigError, match="finetuning.out_channels"):
+        finetune_classes(plain, subfields, 6, HSF_CLASSES)
+
+
+def _custom_dataset(phantoms: Path, root: Path) -> Path:
+    """The phantoms laid out as conf/datasets/custom_dataset.yaml expects (right T2 crops)."""
+    import shutil
+
+    for i, img in enumerate(sorted(phantoms.glob("*_img.nii.gz"))):
+        sub = root / "custom_dataset" / f"sub-{i:02d}"
+        sub.mkdir(parents=True)
+        shutil.copy(img, sub / f"sub-{i:02d}_T2w_hippocampus_R.nii.gz")
+        lbl = str(img).replace("_img", "_lbl")
+        shutil.copy(lbl, sub / f"sub-{i:02d}_T2w_hippocampus_R_seg.nii.gz")
+    return root
+
+
+QUICK = [
+    "lightning.enable_progress_bar=false",
+    "logger=csv",
+    "augmentation.elastic.p=0",
+    "augmentation.motion.p=0",
+]
+
+
+@needs_reference
+@pytest.mark.slow
+def test_guide_command_finetunes_hsf_4_0_0_exports_and_segments(
+    hsf_registry: Path, phantoms: Path, tmp_path: Path
+) -> None:
+    """docs/finetuning.md's command (no finetuning.pretrained: HSF 4.0.0 from the registry)
+    through the CLI, then `hsftrain segment` with the exported model."""
+    from typer.testing import CliRunner
+
+    from hsftrain.cli import app
+    from hsftrain.data.labels import SUBFIELDS
+    from hsftrain.export.onnx import read_metadata
+    from hsftrain.inference.writer import read_volumes
+    from hsftrain.training.checkpoint import read_checkpoint
+
+    root = _custom_dataset(phantoms, tmp_path / "data")
+    runner = CliRunner()
+    guide = "datasets=custom_dataset finetuning.out_channels=8 models.lr=1e-3"
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            *guide.split(),
+            "models.use_forgiving_loss=False",
+            f"datasets.main_path={root}",
+            f"datasets.output_path={tmp_path / 'runs'}",
+            "run_name=hsf",
+            "lightning.max_epochs=2",
+            "finetuning.unfreeze_frequency=1",  # epoch 0: head; epoch 1: + decoders.2
+            *QUICK,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "runs" / "hsf"
+    tuned, info = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert info.name == "HSFResidualUNet3D" and info.class_names == list(SUBFIELDS)
+    assert tuned["final_conv.weight"].shape == (8, 8, 1, 1, 1)
+    start, _ = read_checkpoint(REFERENCE / "arunet_f8_random.ckpt")
+    for key, value in start.items():
+        if key.startswith(("final_conv.", "decoders.2.")):
+            continue
+        assert torch.equal(value, tuned[key]), f"{key} changed while frozen"
+    assert any(not torch.equal(start[k], tuned[k]) for k in start if k.startswith("decoders.2."))
+
+    onnx = run_dir / "model.onnx"
+    meta = read_metadata(onnx)
+    assert meta["labels_names"] == list(SUBFIELDS) and meta["model_name"] == "HSFResidualUNet3D"
+    out = tmp_path / "segmented"
+    result = runner.invoke(
+        app,
+        [
+            "segment",
+            f"files.path={root}",
+            "files.pattern=**/sub-0[01]_T2w_hippocampus_R.nii.gz",
+            f"files.output_dir={out}",
+            "segmentation=custom",
+            f"model_paths=[{onnx}]",
+            "segmentation.tta=false",
+            "hardware=cpu",
+            "qc=false",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list(out.rglob("*_hippocampus_seg.nii.gz"))) == 2
+    assert {r["name"] for r in read_volumes(out / "volumes.csv")} <= set(SUBFIELDS[1:])
+
+
+@needs_reference
+@pytest.mark.slow
+def test_hsf_classes_carried_into_the_finetuned_model(phantoms: Path, tmp_path: Path) -> None:
+    """Labels at the 1/23 granularity with the forgiving loss: HSF's six classes and head
+    are kept, so the exported model merges CA2/CA3 with ca_mode and reports volumes."""
+    from hsftrain.config import compose
+    from hsftrain.data.nifti import load_volume, save_volume
+    from hsftrain.export.onnx import read_metadata
+    from hsftrain.inference.api import segment
+    from hsftrain.inference.writer import read_volumes
+    from hsftrain.training.run import finetune
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    lut = np.array([0, 1, 2, 3, 3, 4, 0, 0], dtype=np.uint8)  # CA3 -> CA2/3, no HEAD/TAIL
+    for img in sorted(phantoms.glob("*_img.nii.gz")):
+        label, affine = load_volume(str(img).replace("_img", "_lbl"))
+        save_volume(lut[label.astype(int)], affine, folder / img.name.replace("_img", "_lbl"))
+        save_volume(*load_volume(img), folder / img.name)
+    out = finetune(
+        compose(
+            "config",
+            [
+                "datasets=folder",
+                f"datasets.path={folder}",
+                f"datasets.output_path={tmp_path / 'runs'}",
+                "datasets.datasets.folder.ca_type=1/23",
+                "datasets.datasets.folder.labels_names={1: DG, 2: CA1, 3: CA2/3, 4: SUB}",
+                f"finetuning.pretrained={REFERENCE / 'arunet_f8_random.ckpt'}",
+                "run_name=carried",
+                "lightning.max_epochs=1",
+                *QUICK,
+            ],
+        )
+    )
+    onnx = Path(out["run_dir"]) / "model.onnx"
+    assert read_metadata(onnx)["labels_names"] == HSF_CLASSES
+    images = folder / "seg"
+    images.mkdir()
+    save_volume(*load_volume(sorted(folder.glob("*_img.nii.gz"))[0]), images / "a_T2w.nii.gz")
+    cfg = compose(
+        "segment",
+        [
+            f"files.path={images}",
+            "files.pattern=*_T2w.nii.gz",
+            "segmentation=custom",
+            f"model_paths=[{onnx}]",
+            "segmentation.ca_mode=1/23",
+            "segmentation.tta=false",
+            "segmentation.largest_component=false",
+            "hardware=cpu",
+            "qc=false",
+        ],
+    )
+    segment(cfg)
+    names = {r["name"] for r in read_volumes(images / "volumes.csv")}
+    assert names and names <= {"DG", "CA1", "CA2/3", "SUB"}, names

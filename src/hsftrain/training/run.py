@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from hsftrain.config import ConfigError
 from hsftrain.data.datamodule import SegmentationDataModule
 from hsftrain.data.discovery import Discovery, discover
+from hsftrain.data.labels import LabelError, group_table
 from hsftrain.data.labels import class_names as names_from_table
 from hsftrain.data.splits import Split, make_split
 from hsftrain.export.pruning import compression_callbacks
@@ -213,8 +214,40 @@ Pretrained = tuple[Path, dict[str, torch.Tensor], ModelInfo]
 
 def _read_pretrained(cfg: DictConfig) -> Pretrained:
     path = _pretrained(cfg)
-    state, info = read_checkpoint(path)
+    # an hsf_train (HSF) checkpoint stores no architecture: models=hsf_arunet settings apply
+    state, info = read_checkpoint(path, cfg.models)
     return path, state, info
+
+
+def finetune_classes(
+    cfg: DictConfig, found: Discovery, out_channels: int | None, pretrained: list[str]
+) -> list[str]:
+    """Class names of a fine-tuned model (and so whether its head is kept).
+
+    The pretrained classes (e.g. HSF's background, DG, CA1, CA2, CA3, SUB) are kept when
+    ``finetuning.out_channels`` is null or their number, ``models.labels_names`` is unset,
+    and either the forgiving loss maps every dataset onto them (labels named like the
+    pretrained classes, at any CA granularity) or, without it, the data has that many
+    classes. Otherwise: the data's classes, as for training (see :func:`model_classes`).
+
+    Raises:
+        ConfigError: more label values in the data than ``out_channels`` allows.
+    """
+    keep_count = out_channels is None or out_channels == len(pretrained)
+    if keep_count and not cfg.models.get("labels_names"):
+        if bool(cfg.models.get("use_forgiving_loss", True)):
+            ca = {s.index: s.ca_type for s in found.datasets}
+            try:
+                for d, names in found.dataset_classes.items():
+                    group_table(pretrained, names, ca[d])
+            except LabelError:
+                pass
+            else:
+                return list(pretrained)
+    names = model_classes(cfg, found, out_channels)
+    if out_channels is None and len(names) == len(pretrained):
+        return list(pretrained)
+    return names
 
 
 def build_module(
@@ -244,9 +277,7 @@ def build_module(
         return make(str(cfg.models.name), hparams, names)
     path, state, info = pretrained
     out = cfg.finetuning.get("out_channels")
-    names = model_classes(cfg, found, int(out) if out else None)
-    if not out and len(names) == len(info.class_names):
-        names = info.class_names
+    names = finetune_classes(cfg, found, int(out) if out else None, info.class_names)
     hparams = {**info.hparams, "out_channels": len(info.class_names)}
     module = make(info.name, hparams, names)
     module.net.load_state_dict(state)
