@@ -21,7 +21,9 @@ from hsftrain.config import CONF_DIR
 
 #: Mappings listed as one key (their entries are the user's: datasets, models of a preset).
 COLLAPSED: tuple[str, ...] = ("datasets.datasets", "segmentation.models")
-_KEY = re.compile(r"^(?P<indent>\s*)(?:-\s+)?(?P<key>[A-Za-z_][\w./-]*|\"[^\"]+\")\s*:(?P<rest>.*)$")
+_KEY = re.compile(
+    r"^(?P<indent>\s*)(?:-\s+)?(?P<key>[A-Za-z_][\w./-]*|\"[^\"]+\")\s*:(?P<rest>.*)$"
+)
 
 
 @dataclass(frozen=True)

@@ -97,3 +97,42 @@ def test_int8_model_runs_and_stays_close(tmp_path: Path, phantoms: Path) -> None
     check = compare_models(fp32, int8, [preprocess(p) for p in images[4:]])
     assert check.agreement > 0.9
     assert check.mean_abs_diff < 0.02
+
+
+def _differently_sized(folder: Path, n: int = 3) -> list[Path]:
+    """``n`` real MSD crops whose network inputs all differ in shape."""
+    picked: dict[tuple[int, ...], Path] = {}
+    for path in glob_images(folder, "*_img.nii.gz"):
+        picked.setdefault(preprocess(path).shape, path)
+        if len(picked) == n:
+            return list(picked.values())
+    raise AssertionError(f"fewer than {n} input shapes in {folder}")
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_every_method_calibrates_on_differently_sized_real_crops(
+    tmp_path: Path, sample_dir: Path, method: str
+) -> None:
+    """Issue 14: real MSD crops differ in size; the histogram methods stack activations."""
+    images = _differently_sized(sample_dir)
+    fp32 = export_onnx(
+        tiny_net(seed=1), tmp_path / "m.onnx", {"num_classes": 3}, verify_shapes=None
+    )
+    calib = QuantConfig(num_images=3, method=method)
+    int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", images, calib)
+    assert read_metadata(int8)["calibration_method"] == method
+    check = compare_models(fp32, int8, [preprocess(p) for p in images[:1]])
+    assert check.agreement > 0.9
+
+
+def test_reader_pads_every_volume_to_one_shape(sample_dir: Path) -> None:
+    images = _differently_sized(sample_dir)
+    reader = VolumeCalibrationReader(images)
+    batches = [reader.get_next() for _ in images]
+    shapes = {b["cropped_hippocampus"].shape for b in batches}  # type: ignore[index]
+    assert len(shapes) == 1
+    expected = tuple(max(preprocess(p).shape[i] for p in images) for i in range(5))
+    assert shapes == {expected}
+    first = preprocess(images[0])
+    padded = batches[0]["cropped_hippocampus"]  # type: ignore[index]
+    assert padded.min() == pytest.approx(first.min())  # padded with the image's minimum

@@ -6,7 +6,8 @@ the convolutions, with per-channel int8 weights and activation ranges measured b
 the model on calibration images. Calibration images are the run's training subjects
 (the checkpoint's stored ``datasets`` config + the run's ``split.json``) or any NIfTI images
 given by ``calibration.path`` / ``calibration.pattern``; they are pre-processed as in
-training: canonical (RAS+) orientation, z-normalisation, padding to a multiple of 8.
+training: canonical (RAS+) orientation, z-normalisation, padding to a multiple of 8, then
+padded to the largest shape of the set (every calibration method needs one shape).
 
 Verification compares the int8 model with the fp32 one on calibration images. int8 cannot
 reproduce fp32 to 1e-4, so the check is on what a segmentation uses: the fraction of voxels
@@ -21,7 +22,7 @@ import glob
 import json
 import logging
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,24 +180,53 @@ def preprocess(path: str | Path) -> np.ndarray:
     return image[None].numpy().astype(np.float32)
 
 
+def pad_to_shape(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Pad a ``(1, 1, X, Y, Z)`` volume evenly (centred) to ``shape`` with its minimum,
+    as training pads its volumes."""
+    pads = [(0, 0)] * (volume.ndim - 3)
+    for size, target in zip(volume.shape[-3:], shape[-3:], strict=True):
+        extra = max(int(target) - size, 0)
+        pads.append((extra // 2, extra - extra // 2))
+    return np.pad(volume, pads, mode="constant", constant_values=float(volume.min()))
+
+
 class VolumeCalibrationReader:
-    """``onnxruntime.quantization.CalibrationDataReader`` over pre-processed volumes,
-    one image per batch (shapes may differ: the model's spatial axes are dynamic)."""
+    """``onnxruntime.quantization.CalibrationDataReader`` over pre-processed volumes, one
+    image per batch, every image padded to the largest shape of the set.
+
+    ONNX Runtime's histogram calibrators (``entropy``, ``percentile``) stack the
+    activations of all calibration images into one array, which needs one shape; real
+    crops differ in size. The volumes are read once, on the first :meth:`get_next`.
+    """
 
     def __init__(self, paths: Sequence[str | Path], input_name: str = INPUT_NAME) -> None:
         self.paths = [Path(p) for p in paths]
         self.input_name = input_name
-        self._iter: Iterator[Path] = iter(self.paths)
+        self._volumes: list[np.ndarray] | None = None
+        self._next = 0
+
+    def volumes(self) -> list[np.ndarray]:
+        """The pre-processed volumes, ``(1, 1, X, Y, Z)`` each, all of one shape."""
+        if self._volumes is None:
+            raw = []
+            for path in self.paths:
+                log.debug("calibration image %s", path)
+                raw.append(preprocess(path))
+            shape = tuple(max(v.shape[i] for v in raw) for i in range(5)) if raw else ()
+            if len({v.shape for v in raw}) > 1:
+                log.info("calibration images padded to one shape %s", shape[2:])
+            self._volumes = [pad_to_shape(v, shape) for v in raw]
+        return self._volumes
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        path = next(self._iter, None)
-        if path is None:
+        volumes = self.volumes()
+        if self._next >= len(volumes):
             return None
-        log.debug("calibration image %s", path)
-        return {self.input_name: preprocess(path)}
+        self._next += 1
+        return {self.input_name: volumes[self._next - 1]}
 
     def rewind(self) -> None:
-        self._iter = iter(self.paths)
+        self._next = 0
 
     def __len__(self) -> int:
         return len(self.paths)

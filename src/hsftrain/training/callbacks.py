@@ -59,7 +59,10 @@ def table_lines(
         if head and used + w + 1 > width and i > lead:
             headers.append(" ".join(head))
             rows.append(" ".join(row))
-            head, row = [" " * (indent - 1)] if indent else [], [" " * (indent - 1)] if indent else []
+            head, row = (
+                [" " * (indent - 1)] if indent else [],
+                [" " * (indent - 1)] if indent else [],
+            )
             used = indent
         head.append(h.rjust(w))
         row.append(v.rjust(w))
