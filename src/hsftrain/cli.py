@@ -16,7 +16,8 @@ from typing import Annotated
 import typer
 from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.config import CONF_DIR, ConfigError, compose, group_options
+from hsftrain.config import CONF_DIR, compose, group_options
+from hsftrain.errors import UserError, is_out_of_memory
 from hsftrain.hub.fetch import DownloadError
 from hsftrain.logs import setup_logging
 
@@ -71,17 +72,72 @@ def _run(
         call(cfg)
 
 
+#: Operating-system errors that name a path the user gave (missing, a file where a folder
+#: is needed, read-only, ...): one line, like :class:`UserError`.
+_PATH_ERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+def _raised_by_hsftrain(err: BaseException) -> bool:
+    """Whether ``err`` was raised by a ``raise`` in hsftrain's own code (a message written
+    for the user), rather than deep inside a library (a bug to report)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).startswith("hsftrain.")
+
+
 @contextlib.contextmanager
 def _user_errors(verbose: bool) -> Iterator[None]:
-    """Errors whose message tells the user what to fix: one log line and exit status 1
-    (``--verbose``: the traceback)."""
+    """Errors whose message tells the user what to fix (:class:`UserError`, path errors,
+    ``ValueError`` raised by hsftrain itself): one log line and the error's exit status
+    (``--verbose``: the traceback). Anything else is an internal error: its traceback is
+    kept, with a line saying what to try (smaller batches for out-of-memory errors)."""
+    log = logging.getLogger("hsftrain")
     try:
         yield
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError, DownloadError) as err:
+    except KeyboardInterrupt:
+        log.error("interrupted (Ctrl+C): stopped before the end")
+        sys.exit(130)
+    except (UserError, *_PATH_ERRORS, DownloadError) as err:
         if verbose:
             raise
-        logging.getLogger("hsftrain").error("%s", err)
+        log.error("%s", " ".join(str(err).split()) if isinstance(err, _PATH_ERRORS) else err)
+        sys.exit(getattr(err, "exit_code", 1))
+    except ValueError as err:
+        if verbose:
+            raise
+        if not _raised_by_hsftrain(err):
+            _internal(log, err)
+            raise
+        log.error("%s", err)
         sys.exit(1)
+    except Exception as err:
+        _internal(log, err)
+        raise
+
+
+def _internal(log: logging.Logger, err: BaseException) -> None:
+    """Say what an unexpected error is before its traceback is shown."""
+    if is_out_of_memory(err):
+        log.error(
+            "out of memory (%s): try a smaller datasets.batch_size or datasets.patch_size "
+            "(train, finetune), hardware.engine_settings.batch_size=1 or fewer models/"
+            "test_time_num_aug (segment), or a machine with more memory; traceback below",
+            type(err).__name__,
+        )
+    else:
+        log.error(
+            "internal error (%s: %s): this is a bug in hsftrain or a library, not a "
+            "problem with your input; please report it with the traceback below",
+            type(err).__name__,
+            err,
+        )
 
 
 def _command(name: str, config_name: str, summary: str, target: str) -> None:
@@ -144,11 +200,36 @@ def synth(
     """Write synthetic hippocampus-like phantoms with subfield labels
     (<id>_img.nii.gz / <id>_lbl.nii.gz), usable with datasets=synth or datasets=folder."""
     setup_logging(verbose)
-    from hsftrain.data.synth import write_phantoms
+    with _user_errors(verbose):
+        dims = _synth_options(out, n, shape)
+        from hsftrain.data.synth import write_phantoms
 
-    dims = tuple(int(s) for s in shape.lower().split("x"))
-    paths = write_phantoms(out, n=n, shape=dims, seed=seed)  # type: ignore[arg-type]
-    logging.getLogger("hsftrain").info("wrote %d phantoms to %s", len(paths), out)
+        paths = write_phantoms(out, n=n, shape=dims, seed=seed)
+        logging.getLogger("hsftrain").info("wrote %d phantoms to %s", len(paths), out)
+
+
+def _synth_options(out: str, n: int, shape: str) -> tuple[int, int, int]:
+    """Check ``data synth``'s options before anything is written.
+
+    Raises:
+        ConfigError: ``--n`` below 1, a ``--shape`` that is not three sizes >= 8, or an
+            ``--out`` that is an existing file or cannot be created.
+    """
+    from hsftrain.config import ConfigError
+    from hsftrain.validate import check_output_dir
+
+    if n < 1:
+        raise ConfigError(f"--n {n}: give the number of phantoms to write, at least 1")
+    try:
+        dims = tuple(int(s) for s in shape.lower().split("x"))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 8:
+        raise ConfigError(
+            f"--shape {shape!r}: give three sizes of at least 8 voxels as XxYxZ, e.g. 32x40x32"
+        )
+    check_output_dir(out, "--out")
+    return dims  # type: ignore[return-value]
 
 
 CacheDir = Annotated[

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from hsftrain.errors import UserError
+
 BACKGROUND = "background"
 
 #: Canonical HSF class names, in the order of hsf_train's label values (0 background ...).
@@ -41,7 +43,7 @@ WHOLE = "whole"
 CA_TYPES: tuple[str, ...] = (*CA_MERGES, WHOLE)
 
 
-class LabelError(ValueError):
+class LabelError(UserError, ValueError):
     """A label map or label table that cannot be used (names the file or key and the fix)."""
 
 

@@ -8,10 +8,11 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from hsftrain.errors import UserError
 from hsftrain.files import atomic_path
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data file that cannot be used; the message names the file and the fix."""
 
 

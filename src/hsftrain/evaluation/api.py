@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import ConfigError, require
+from hsftrain.errors import UserError
 from hsftrain.evaluation.metrics import label_metrics, present_labels
 from hsftrain.evaluation.pairing import (
     DEFAULT_ID_REGEX,
@@ -51,7 +52,7 @@ UNPAIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Unpaired))
 DEFAULT_OUT = "evaluation"
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError, ValueError):
     """A prediction/reference pair that cannot be compared (names both files and the fix)."""
 
 

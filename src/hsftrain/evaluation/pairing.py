@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hsftrain.errors import UserError
+
 log = logging.getLogger(__name__)
 
 #: Suffixes stripped from the end of a file name (before the extension) by the default id.
@@ -39,7 +41,7 @@ NOT_SEGMENTATIONS: tuple[str, ...] = ("_uncertainty", "_crop")
 DEFAULT_ID_REGEX = r"^(?P<id>.+?)(?:_(?:" + "|".join(KNOWN_SUFFIXES) + r"))*\.(?:nii\.gz|nii|mgz)$"
 
 
-class PairingError(ValueError):
+class PairingError(UserError, ValueError):
     """Prediction and reference files that cannot be paired (names the files and the fix)."""
 
 

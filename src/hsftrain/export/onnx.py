@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from hsftrain import __version__
+from hsftrain.errors import UserError
 from hsftrain.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ OUTPUT_NAME = "segmented_hippocampus"
 DEFAULT_OPSET = 17
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The exported model does not reproduce PyTorch's output."""
 
 

@@ -29,6 +29,7 @@ import xxhash
 
 from hsftrain import __version__
 from hsftrain.config import ConfigError
+from hsftrain.errors import UserError
 from hsftrain.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 Spec = str | os.PathLike[str] | Mapping[str, Any]
 
 
-class HashMismatchError(ValueError):
+class HashMismatchError(UserError, ValueError):
     """A file's xxh3_64 differs from the one its spec expects."""
 
     def __init__(self, source: str, expected: str, actual: str) -> None:
@@ -60,7 +61,7 @@ class HashMismatchError(ValueError):
         )
 
 
-class DownloadError(OSError):
+class DownloadError(UserError, OSError):
     """A download failed (connection error, HTTP error, or truncated transfer)."""
 
 

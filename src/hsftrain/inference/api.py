@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import ConfigError
 from hsftrain.data.labels import CA_TYPES, merge_lut, merge_probs
+from hsftrain.errors import UserError
 from hsftrain.inference.engines import OnnxEngine, model_specs, parse_providers, resolve_model
 from hsftrain.inference.fusion import FUSIONS, Fusion, keep_largest_component
 from hsftrain.inference.image import Volume, load_volume, save_nifti, strip_extension
@@ -54,7 +55,7 @@ _OWN_OUTPUT = re.compile(
 )
 
 
-class SegmentError(RuntimeError):
+class SegmentError(UserError, RuntimeError):
     """Some subjects could not be segmented (the message lists them and why)."""
 
 

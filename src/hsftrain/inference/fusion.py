@@ -16,10 +16,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hsftrain.errors import UserError
+
 FUSIONS: tuple[str, ...] = ("vote", "mean")
 
 
-class FusionError(ValueError):
+class FusionError(UserError, ValueError):
     """Predictions that cannot be fused (unknown method, mismatched shapes)."""
 
 
