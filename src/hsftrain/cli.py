@@ -53,6 +53,8 @@ def _groups_help(config_name: str) -> str:
     text = (CONF_DIR / f"{config_name}.yaml").read_text()
     groups = {k: v for k, v in group_options().items() if f"- {k}:" in text or f"{k}:" in text}
     lines = [f"  {g}: {', '.join(opts)}" for g, opts in groups.items()]
+    if not lines:
+        return ""
     return "\n\nConfig groups (choose with group=option):\n\n" + "\n\n".join(lines)
 
 
@@ -154,7 +156,11 @@ def _command(name: str, config_name: str, summary: str, target: str) -> None:
         _run(config_name, overrides, cfg, verbose, call)
 
     command.__doc__ = summary + _groups_help(config_name)
-    app.command(name, context_settings={"allow_extra_args": False})(command)
+    from hsftrain.cli_help import keys_help_command
+
+    app.command(
+        name, context_settings={"allow_extra_args": False}, cls=keys_help_command(config_name)
+    )(command)
 
 
 _command(

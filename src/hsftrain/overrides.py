@@ -101,7 +101,7 @@ def path_value(value: str) -> str:
     if _LIST_OR_DICT.match(stripped):
         return value
     expanded = _expand(value)
-    if expanded != value or _parse_error(f"k={expanded}") or expanded != expanded.strip():
+    if expanded != value or _parse_error(f"k={expanded}") or any(c.isspace() for c in expanded):
         return _quote(expanded)
     return expanded
 
