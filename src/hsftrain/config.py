@@ -61,6 +61,7 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictC
 
     overrides = ov.prepare(overrides)
     ov.check_additions(overrides, _command(config_name))
+    overrides = _implied(config_name, overrides)
     if config_name == "config" and any(o.partition("=")[0] == "resume" for o in overrides):
         resume = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "resume"][-1]
         if resume.strip("'\"") not in ("", "null"):
@@ -112,6 +113,23 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     finally:
         GlobalHydra.instance().clear()
     return cfg
+
+
+#: Overrides implied by a key given without its group: ``segment model_paths=[...]``
+#: without ``segmentation=<preset>`` runs each model once (no preset's 5 x 21 views).
+IMPLIED: dict[str, dict[str, tuple[str, list[str]]]] = {
+    "segment": {"model_paths": ("segmentation", ["segmentation=custom", "segmentation.tta=false"])}
+}
+
+
+def _implied(config_name: str, overrides: list[str]) -> list[str]:
+    """``overrides`` with the :data:`IMPLIED` ones put first (the user's still win)."""
+    keys = {o.partition("=")[0].lstrip("+"): o.partition("=")[2] for o in overrides}
+    extra: list[str] = []
+    for key, (group, implied) in IMPLIED.get(config_name, {}).items():
+        if keys.get(key, "null").strip() not in ("null", "", "[]") and group not in keys:
+            extra += implied
+    return [*extra, *overrides]
 
 
 _UNKNOWN = re.compile(r"Could not override '([^']+)'")

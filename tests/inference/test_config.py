@@ -94,3 +94,13 @@ def test_cli_prints_the_composed_config() -> None:
     assert result.exit_code == 0 and "arunet_4.0.0_single" in result.output
     help_text = CliRunner().invoke(app, ["segment", "--help"]).output
     assert "segmentation" in help_text and "roiloc" in help_text
+
+
+def test_model_paths_without_a_preset_is_one_plain_pass(tmp_path: Path) -> None:
+    """Issue 14, item 5: not the default preset's 21 views per model."""
+    base = [f"files.path={tmp_path}", "files.pattern=*.nii.gz", "model_paths=[/x/a.onnx]"]
+    settings = settings_from_config(compose("segment", base))
+    assert settings.num_aug == 0 and settings.models == [("a.onnx", "/x/a.onnx")]
+    assert settings_from_config(compose("segment", [*base, "segmentation.tta=true"])).num_aug == 4
+    accurate = compose("segment", [*base, "segmentation=bagging_accurate"])
+    assert settings_from_config(accurate).num_aug == 20  # a preset named keeps its views

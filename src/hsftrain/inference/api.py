@@ -538,6 +538,15 @@ def segment(cfg: DictConfig) -> list[Path]:
         len(mris) - len(todo),
     )
     if todo:
+        views = 1 + settings.num_aug
+        log.info(
+            "about to run %d model(s) x %d view(s) = %d predictions per crop (%s)%s",
+            len(settings.models),
+            views,
+            len(settings.models) * views,
+            _get(cfg, "segmentation.description", "") or "segmentation.models",
+            "; segmentation.tta=false for one view per model" if views > 1 else "",
+        )
         engines = load_engines(settings)
         segmenter = Segmenter.from_settings(engines, settings)
         log.info(
