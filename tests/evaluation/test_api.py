@@ -348,3 +348,41 @@ def test_other_label_schemes_are_mapped_before_comparing(tmp_path):
     assert [r.dice for r in unmapped.results] == [0.0, 0.0]  # without the maps nothing matches
     with pytest.raises(ConfigError, match="ref_map"):
         evaluate(compose("evaluate", [*cfg_base(tmp_path), "ref_map=[17]"]))
+
+
+def test_two_named_files_are_one_pair_whatever_their_names(tmp_path):
+    """Issue 14, item 7: a prediction against FreeSurfer's aparc+aseg.mgz."""
+    from typer.testing import CliRunner
+
+    from hsftrain.cli import app
+
+    pred = write(tmp_path / "out" / "sub-01_T1w_hippocampus_seg.nii.gz", reference())
+    aseg = np.where(reference() == 1, 17, 0).astype(np.uint8)  # FreeSurfer's left hippocampus
+    ref = tmp_path / "fs" / "aparc+aseg.mgz"
+    ref.parent.mkdir()
+    nib.save(nib.MGHImage(aseg, np.diag([*SPACING, 1.0])), str(ref))
+    summary = evaluate_files(
+        pred,
+        ref,
+        labels={1: "hippocampus"},
+        ref_map={17: 1},
+        out=tmp_path / "e",
+        show=False,
+        plots=False,
+    )
+    assert summary.subjects == ["sub-01_T1w"]
+    assert summary.mean("dice", 1) == pytest.approx(1.0)
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            f"pred={pred}",
+            f"ref={ref}",
+            "ref_map={17: 1}",
+            "labels={1: hippocampus}",
+            f"out={tmp_path / 'cli'}",
+            "plots=false",
+            "show=false",
+        ],
+    )
+    assert result.exit_code == 0, result.output

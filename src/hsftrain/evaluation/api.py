@@ -32,6 +32,7 @@ from hsftrain.evaluation.pairing import (
     Unpaired,
     find_files,
     pair_files,
+    single_pair,
 )
 from hsftrain.evaluation.report import (
     RESULT_COLUMNS,
@@ -237,8 +238,9 @@ def evaluate_files(
     """Evaluate every prediction against the reference of the same subject.
 
     Args:
-        pred: folder (its files matching ``pattern``) or glob of predicted label maps.
-        ref: folder or glob of reference segmentations.
+        pred: folder (its files matching ``pattern``) or glob of predicted label maps;
+            or one file, compared with the one file ``ref`` whatever their names.
+        ref: folder or glob of reference segmentations, or one file.
         labels: ``{value: name}`` or values to evaluate; None: every non-zero value present
             in either image of each pair.
         out: output folder; None: ``evaluation/`` next to the predictions.
@@ -257,9 +259,11 @@ def evaluate_files(
         EvaluationError: a pair with different shapes, or an unreadable file.
     """
     table = parse_labels(labels)
-    preds = find_files(pred, pattern, "pred")
-    refs = find_files(ref, pattern, "ref")
-    pairing = pair_files(preds, refs, id_regex, pred_spec=str(pred), ref_spec=str(ref))
+    pairing = single_pair(pred, ref, id_regex)  # two named files: one pair, any names
+    if pairing is None:
+        preds = find_files(pred, pattern, "pred")
+        refs = find_files(ref, pattern, "ref")
+        pairing = pair_files(preds, refs, id_regex, pred_spec=str(pred), ref_spec=str(ref))
     out_dir = Path(out).expanduser() if out is not None else default_out(preds)
 
     from rich.progress import track

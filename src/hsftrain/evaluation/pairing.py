@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,6 +251,28 @@ def pair_files(
         len(pairing.unpaired_ref),
     )
     return pairing
+
+
+def single_pair(
+    pred: str | Path, ref: str | Path, id_regex: str = DEFAULT_ID_REGEX
+) -> Pairing | None:
+    """One pair when ``pred`` and ``ref`` each name one existing file, whatever their names
+    (e.g. a prediction against FreeSurfer's ``aparc+aseg.mgz``); None otherwise.
+
+    The subject is the prediction's id (``id_regex``), or its file name without extension.
+
+    Raises:
+        PairingError: invalid ``id_regex``.
+    """
+    files = [Path(os.path.expanduser(str(spec))) for spec in (pred, ref)]
+    if not all(f.is_file() for f in files):
+        return None
+    pattern = compile_id_regex(id_regex)
+    name = files[0].name
+    stem = re.sub(r"\.(nii\.gz|nii|mgz|mgh)$", "", name)
+    subject = subject_id(files[0], pattern) or stem
+    log.info("pred and ref are two files: compared as one pair (subject %r)", subject)
+    return Pairing(pairs=[Pair(subject, files[0], files[1])])
 
 
 def _sample(ids: dict[str, Path], n: int = 3) -> str:
