@@ -138,3 +138,18 @@ def test_architecture_is_read_back_from_the_modules(order: str) -> None:
     hparams = _hparams_of(net)
     assert hparams["layer_order"] == order
     assert hparams["out_channels"] == TINY_HPARAMS["out_channels"]
+
+
+def test_hsf_train_network_is_refused_with_a_config_error() -> None:
+    """hsf_train's ARUnet has no layout structured pruning knows: one clear ConfigError,
+    at the callback's setup (before any epoch) as well as in the functions."""
+    from types import SimpleNamespace
+
+    from hsftrain.config import ConfigError
+    from hsftrain.export.pruning import StructuredPruning
+
+    net = build_model("HSFResidualUNet3D", {"f_maps": 4, "num_levels": 2, "out_channels": 3})
+    with pytest.raises(ConfigError, match="compression.structured cannot cut HSFResidualUNet3D"):
+        structured_prune(net, 0.5)
+    with pytest.raises(ConfigError, match="compression.pruning"):
+        StructuredPruning().setup(None, SimpleNamespace(net=net), "fit")  # type: ignore[arg-type]
