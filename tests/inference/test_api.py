@@ -402,3 +402,37 @@ def test_largest_component_setting(crops: Path, tiny_model: Path) -> None:
     engines = [VoxelwiseEngine()]
     assert Segmenter.from_settings(engines, on).largest_component  # type: ignore[arg-type]
     assert not Segmenter.from_settings(engines, off).largest_component  # type: ignore[arg-type]
+
+
+def test_tta_volumes_do_not_depend_on_file_name_or_orientation(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Issue 14, item 8: one image, two names and storage orders, identical volumes."""
+    ras = write_crop(tmp_path / "in" / "sub-01_T1w.nii.gz", seed=3)
+    image = nib.load(str(ras))
+    flipped = np.asarray(image.dataobj)[::-1, :, ::-1].transpose(1, 0, 2)  # LPI-like, permuted
+    affine = image.affine @ np.array(
+        [[0, -1, 0, 19], [1, 0, 0, 0], [0, 0, -1, 19], [0, 0, 0, 1]], dtype=float
+    )
+    other = tmp_path / "in" / "renamed_other_scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(flipped), affine), str(other))
+    assert nib.aff2axcodes(affine) != ("R", "A", "S")
+    cfg = compose(
+        "segment",
+        [
+            f"files.path={tmp_path / 'in'}",
+            "files.pattern=*.nii.gz",
+            f"model_paths=[{tiny_model}]",
+            "segmentation.tta=true",
+            "segmentation.test_time_num_aug=3",
+            "augmentation.affine.p=1",
+            "qc=false",
+        ],
+    )
+    segment(cfg)
+    rows = read_volumes(tmp_path / "in" / "volumes.csv")
+    volumes = {}
+    for row in rows:
+        volumes.setdefault(row["subject"], []).append(row["voxel_count"])
+    assert volumes["sub-01_T1w"] == volumes["renamed_other_scan"]
+    assert sum(int(v) for v in volumes["sub-01_T1w"]) > 0

@@ -77,6 +77,11 @@ def export_checkpoint(
         "config_hash": config_hash(info.config),
         "f_maps": info.hparams.get("f_maps"),
     }
+    from hsftrain.export.spacing import training_spacing
+
+    spacing = training_spacing(ckpt, info.config)
+    if spacing is not None:
+        metadata["spacing_mm"] = list(spacing)
     if not quantize:
         path = export_onnx(net, out, metadata)
         log.info("exported %s -> %s", ckpt, path)

@@ -36,6 +36,8 @@ from hsftrain.inference.engines import OnnxEngine, model_specs, parse_providers,
 from hsftrain.inference.fusion import FUSIONS, Fusion, keep_largest_component
 from hsftrain.inference.image import Volume, load_volume, save_nifti, strip_extension
 from hsftrain.inference.preprocess import pad_to_multiple, unpad, z_normalize
+from hsftrain.inference.resample import MODES as RESAMPLE_MODES
+from hsftrain.inference.resample import Plan, differs, model_spacing, plan, resample
 from hsftrain.inference.roiloc import MODES, Box, is_crop, locate_hippocampi
 from hsftrain.inference.tta import sample_augmentations
 from hsftrain.inference.writer import (
@@ -84,6 +86,8 @@ class Settings:
     qc: bool = True
     save_crops: bool = True
     largest_component: bool = True
+    resample_mode: str = "auto"
+    resample_tolerance: float = 0.25
 
 
 def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
@@ -142,6 +146,15 @@ def settings_from_config(cfg: DictConfig) -> Settings:
     if num_aug < 0:
         raise ConfigError(f"segmentation.test_time_num_aug={num_aug}: must be >= 0")
 
+    resample_mode = str(_get(cfg, "resample.mode", "auto"))
+    if resample_mode not in RESAMPLE_MODES:
+        raise ConfigError(
+            f"resample.mode={resample_mode!r}: use one of {', '.join(RESAMPLE_MODES)}"
+        )
+    tolerance = float(_get(cfg, "resample.tolerance", 0.25))
+    if not tolerance >= 0:
+        raise ConfigError(f"resample.tolerance={tolerance}: must be >= 0 (e.g. 0.25)")
+
     engine = str(_get(cfg, "hardware.engine", "onnxruntime"))
     if engine != "onnxruntime":
         raise ConfigError(f"hardware.engine={engine!r}: only onnxruntime is supported")
@@ -171,6 +184,8 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         qc=bool(_get(cfg, "qc", True)),
         save_crops=bool(_get(cfg, "save_crops", True)),
         largest_component=bool(_get(cfg, "segmentation.largest_component", True)),
+        resample_mode=resample_mode,
+        resample_tolerance=tolerance,
     )
 
 
@@ -265,6 +280,8 @@ class Segmenter:
         self.fusion = fusion
         self.batch_size = max(1, int(batch_size))
         self.largest_component = bool(largest_component)
+        #: voxel size (mm, RAS axes) the models were trained at; None: unknown
+        self.spacing = model_spacing([getattr(e, "metadata", {}) or {} for e in self.engines])
 
     @classmethod
     def from_settings(cls, engines: Sequence[OnnxEngine], settings: Settings) -> Segmenter:
@@ -357,8 +374,41 @@ def subject_name(mri: Path, root: Path) -> str:
     return (relative.parent / strip_extension(relative.name)).as_posix()
 
 
-def _rng(seed: int, key: str) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(key.encode())])
+def _rng(seed: int, side: str) -> np.random.Generator:
+    """The TTA random generator of one crop: from ``seed`` and the side only, never the
+    file's name or orientation, so that the same image gives the same volumes however its
+    file is named or its axes are stored."""
+    return np.random.default_rng([seed, zlib.crc32(side.encode())])
+
+
+def _resampling(
+    image: np.ndarray, zooms: Any, segmenter: Segmenter, settings: Settings, where: str
+) -> Plan | None:
+    """The grid a crop is segmented on when its voxel size is far from the models'."""
+    spacing = segmenter.spacing
+    if settings.resample_mode == "off" or not differs(zooms, spacing, settings.resample_tolerance):
+        return None
+    sizes = "x".join(f"{z:.2g}" for z in zooms)
+    model = "x".join(f"{z:.2g}" for z in spacing or ())
+    if settings.resample_mode == "warn":
+        log.warning(
+            "%s: voxel size %s mm, the model was trained at %s mm: segmenting as it is "
+            "(resample.mode=auto resamples to the model's voxel size and back)",
+            where,
+            sizes,
+            model,
+        )
+        return None
+    target = plan(image.shape, zooms, spacing)  # type: ignore[arg-type]
+    log.info(
+        "%s: voxel size %s mm, the model was trained at %s mm: segmenting on a %s grid, "
+        "result mapped back (resample.mode=warn to segment as it is)",
+        where,
+        sizes,
+        model,
+        "x".join(map(str, target.shape)),
+    )
+    return target
 
 
 def locate(volume: Volume, settings: Settings) -> list[Box]:
@@ -396,12 +446,21 @@ def segment_subject(
         image = volume.array[box.slices]
         if bar:
             bar.start(f"{subject} {box.side}", segmenter.predictions_per_crop)
+        grid = _resampling(image, volume.zooms, segmenter, settings, f"{subject} {box.side}")
         result = segmenter.segment_crop(
-            image,
-            volume.zooms,
-            _rng(settings.seed, f"{subject}:{box.side}"),
+            resample(image, grid.shape, 1) if grid else image,
+            grid.zooms if grid else volume.zooms,
+            _rng(settings.seed, box.side),
             bar.advance if bar else None,
         )
+        if grid:
+            result = CropResult(
+                resample(result.label_map, image.shape, 0),
+                None
+                if result.uncertainty is None
+                else resample(result.uncertainty, image.shape, 1),
+                result.n_predictions,
+            )
         labels = result.label_map
         affine = box.affine(volume.affine)
         if not crop_input:
