@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import CONF_DIR, compose, group_options
 from hsftrain.errors import UserError, is_out_of_memory
-from hsftrain.hub.fetch import DownloadError
+from hsftrain.hub.fetch import CACHE_LOCATION, DownloadError
 from hsftrain.logs import setup_logging
 
 app = typer.Typer(
@@ -240,37 +240,20 @@ def _synth_options(out: str, n: int, shape: str) -> tuple[int, int, int]:
 
 CacheDir = Annotated[
     str | None,
-    typer.Option(
-        "--cache-dir", help="Model cache (default: $HSFTRAIN_CACHE or ~/.cache/hsftrain)."
-    ),
+    typer.Option("--cache-dir", help=f"Model cache (default: {CACHE_LOCATION})."),
 ]
 
 
 @hub_app.command("list")
 def hub_list(cache_dir: CacheDir = None) -> None:
     """List the hub's models (with their cache state) and the segmentation presets."""
-    from rich.console import Console
-    from rich.table import Table
+    import shutil
 
-    from hsftrain.hub.catalog import describe_spec, models, presets
+    from hsftrain.hub.catalog import models, presets
+    from hsftrain.hub.listing import listing
 
-    entries = models(cache_dir)
-    table = Table(title="Hub models (use the name in segmentation.models or finetuning.pretrained)")
-    table.add_column("name", no_wrap=True, min_width=max(len(m.name) for m in entries))
-    for column in ("version", "kind", "cached", "description"):
-        table.add_column(column)
-    for m in entries:
-        table.add_row(m.name, m.version, m.kind, "yes" if m.cached else "-", m.description)
-    console = Console()
-    console.print(table)
-    table = Table(title="Segmentation presets (hsftrain segment segmentation=<name>)")
-    table.add_column("name", no_wrap=True)
-    table.add_column("models", overflow="fold")
-    table.add_column("description")
-    for p in presets():
-        names = ", ".join(describe_spec(m) for m in p.models) or "(give segmentation.models)"
-        table.add_row(p.name, names, p.description)
-    console.print(table)
+    width = min(shutil.get_terminal_size((80, 24)).columns, 120)
+    typer.echo(listing(models(cache_dir), presets(), width))
 
 
 @hub_app.command("fetch")

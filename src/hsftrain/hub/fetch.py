@@ -65,8 +65,14 @@ class DownloadError(UserError, OSError):
     """A download failed (connection error, HTTP error, or truncated transfer)."""
 
 
+#: Where models are cached, in the words every help text and page uses.
+CACHE_LOCATION = (
+    "$HSFTRAIN_CACHE if set, else $XDG_CACHE_HOME/hsftrain/models (~/.cache/hsftrain/models)"
+)
+
+
 def default_cache_dir() -> Path:
-    """``$HSFTRAIN_CACHE``, else ``$XDG_CACHE_HOME/hsftrain/models`` (``~/.cache`` by default)."""
+    """The model cache: :data:`CACHE_LOCATION`."""
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env).expanduser()
