@@ -73,8 +73,11 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictC
     for group, path in files.items():
         if group not in cfg:
             raise ConfigError(f"{group}={path}: `{group}` is not a config group of {config_name}")
+        data = OmegaConf.load(path)
+        if group == "segmentation":
+            _anchor_model_paths(data, path.parent)
         with open_dict(cfg):
-            for key, value in OmegaConf.load(path).items():
+            for key, value in data.items():
                 cfg[group][key] = value  # top-level keys replace the default's (e.g. models)
     if late:
         try:
@@ -82,6 +85,18 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictC
         except Exception as err:
             raise ConfigError(f"{err}") from err
     return cfg
+
+
+def _anchor_model_paths(preset: DictConfig, folder: Path) -> None:
+    """Relative ``path`` entries of a preset file's models are relative to the file's folder
+    (a run directory moved or shared keeps working)."""
+    models = preset.get("models")
+    if not isinstance(models, DictConfig):
+        return
+    for spec in models.values():
+        if isinstance(spec, DictConfig) and isinstance(spec.get("path"), str):
+            if not Path(spec.path).expanduser().is_absolute() and "${" not in spec.path:
+                spec.path = str(folder / spec.path)
 
 
 def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:

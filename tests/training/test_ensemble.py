@@ -1,6 +1,7 @@
 """A 2-member bagging ensemble: trained, exported, preset written, segmented, evaluated."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -60,3 +61,27 @@ def test_ensemble_train_segment_evaluate(phantoms, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "eval" / "metrics.csv").is_file()
+
+
+def test_preset_paths_are_relative_and_survive_a_move(tmp_path):
+    """Issue 14, item 9: a run folder moved or shared keeps a working preset."""
+    import shutil
+
+    from hsftrain.config import compose
+    from hsftrain.training.ensemble import write_preset
+
+    root = tmp_path / "runs" / "bag"
+    files = []
+    for k in (0, 1):
+        (root / f"member_{k}").mkdir(parents=True)
+        files.append(root / f"member_{k}" / "model.onnx")
+        files[-1].write_bytes(b"onnx %d" % k)
+    preset = write_preset(root / "preset.yaml", files)
+    stored = yaml.safe_load(preset.read_text())["models"]
+    assert [m["path"] for m in stored.values()] == ["member_0/model.onnx", "member_1/model.onnx"]
+    moved = tmp_path / "elsewhere" / "bag"
+    shutil.move(str(root), str(moved))
+    cfg = compose("segment", [f"segmentation={moved / 'preset.yaml'}"])
+    paths = [m.path for m in cfg.segmentation.models.values()]
+    assert paths == [str(moved / "member_0/model.onnx"), str(moved / "member_1/model.onnx")]
+    assert all(Path(p).is_file() for p in paths)

@@ -10,6 +10,7 @@ bootstrap sample (``datasets.replace=true``; out-of-bag subjects validate it), i
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -34,7 +35,8 @@ def member_config(cfg: DictConfig, k: int, name: str) -> DictConfig:
 
 
 def write_preset(path: Path, onnx_files: list[Path], ca_mode: str = "", tta: bool = True) -> Path:
-    """Write a segmentation preset listing ``onnx_files`` with their xxh3_64."""
+    """Write a segmentation preset listing ``onnx_files`` with their xxh3_64, by paths
+    relative to the preset's folder (the run directory can be moved or shared)."""
     from hsftrain.hub.fetch import file_hash
 
     preset = {
@@ -42,7 +44,10 @@ def write_preset(path: Path, onnx_files: list[Path], ca_mode: str = "", tta: boo
         "ca_mode": ca_mode,
         "models_path": None,
         "models": {
-            f"{p.parent.name}.onnx": {"path": str(p.resolve()), "xxh3_64": file_hash(p)}
+            f"{p.parent.name}.onnx": {
+                "path": os.path.relpath(p.resolve(), path.parent.resolve()),
+                "xxh3_64": file_hash(p),
+            }
             for p in onnx_files
         },
         "tta": tta,
