@@ -20,14 +20,14 @@ import logging
 import lightning as L
 from torch import nn
 
-from hsftrain.models.unet import UNet3D
+from hsftrain.models import Network
 
 log = logging.getLogger(__name__)
 
 MODES = ("encoder", "decoder")
 
 
-def unfreeze_path(net: UNet3D, mode: str) -> list[tuple[str, nn.Module]]:
+def unfreeze_path(net: Network, mode: str) -> list[tuple[str, nn.Module]]:
     """Named levels of ``net`` in the order ``mode`` unfreezes them.
 
     Raises:
@@ -52,7 +52,7 @@ def trainable_levels(epoch: int, frequency: int, depth: int, path_length: int) -
     return min(epoch // frequency, limit)
 
 
-def apply_freeze(net: UNet3D, mode: str, n_levels: int) -> list[str]:
+def apply_freeze(net: Network, mode: str, n_levels: int) -> list[str]:
     """Freeze all but the head and the first ``n_levels`` levels of the path.
 
     Returns the names of the trainable parts.
