@@ -62,3 +62,19 @@ def test_qc_png(tmp_path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     save_qc(image, np.zeros_like(labels), (1.0, 1.0, 1.0), tmp_path / "empty.png")
     assert (tmp_path / "empty.png").is_file()
+
+
+def test_qc_legend_names_each_label(tmp_path: Path) -> None:
+    """Issue 14, item 9: the QC figure says which colour is which label."""
+    from hsftrain.inference.writer import QC_COLOURS, legend_entries
+
+    labels = np.zeros((6, 6, 6), np.uint8)
+    labels[1:3, 1:3, 1:3] = 2
+    labels[3:5, 3:5, 3:5] = 9  # a value the names do not cover
+    names = ["background", "anterior", "posterior", ""]
+    entries = legend_entries(labels, names)
+    assert [(v, n) for v, n, _ in entries] == [(1, "anterior"), (2, "posterior"), (9, "label 9")]
+    assert entries[1][2] == tuple(QC_COLOURS[1])
+    image = np.random.default_rng(0).normal(size=labels.shape).astype(np.float32)
+    path = save_qc(image, labels, (1.0, 1.0, 1.0), tmp_path / "qc.png", "t", names)
+    assert path.read_bytes()[:4] == b"\x89PNG"

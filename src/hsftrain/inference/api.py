@@ -478,7 +478,14 @@ def segment_subject(
             else:
                 save_nifti(result.uncertainty, affine, outputs.uncertainty(box.side))
         if settings.qc:
-            save_qc(image, labels, volume.zooms, outputs.qc(box.side), f"{subject} ({box.side})")
+            save_qc(
+                image,
+                labels,
+                volume.zooms,
+                outputs.qc(box.side),
+                f"{subject} ({box.side})",
+                segmenter.names,
+            )
         side_rows = volume_rows(subject, box.side, labels, segmenter.names, voxel_mm3)
         rows += side_rows
         report.sides.append(box.side)

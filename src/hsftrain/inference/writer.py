@@ -142,40 +142,62 @@ def _mpl_config() -> None:
     os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "hsftrain-matplotlib"))
 
 
+#: Overlay colours of labels 1, 2, ... (cycled).
+QC_COLOURS = np.array(
+    [
+        [0.90, 0.10, 0.10],
+        [0.10, 0.70, 0.10],
+        [0.15, 0.35, 0.95],
+        [0.95, 0.75, 0.10],
+        [0.70, 0.20, 0.80],
+        [0.10, 0.80, 0.80],
+        [0.95, 0.45, 0.10],
+        [0.55, 0.55, 0.55],
+    ]
+)
+
+
+def legend_entries(
+    label_map: np.ndarray, names: Sequence[str] | None = None
+) -> list[tuple[int, str, tuple[float, float, float]]]:
+    """``(value, name, rgb)`` of every foreground class of a QC figure: each named class
+    (``names[value]``, empty names skipped) and any other value present in ``label_map``."""
+    values = {int(v) for v in np.unique(label_map) if v > 0}
+    named = {i: str(n) for i, n in enumerate(names or []) if i > 0 and n}
+    out = []
+    for value in sorted(values | set(named)):
+        rgb = QC_COLOURS[(value - 1) % len(QC_COLOURS)]
+        out.append((value, named.get(value, f"label {value}"), tuple(float(c) for c in rgb)))
+    return out  # type: ignore[return-value]
+
+
 def save_qc(
     image: np.ndarray,
     label_map: np.ndarray,
     zooms: Sequence[float],
     path: Path,
     title: str = "",
+    names: Sequence[str] | None = None,
 ) -> Path:
-    """Sagittal, coronal and axial slices through the labels' centre, labels overlaid.
+    """Sagittal, coronal and axial slices through the labels' centre, labels overlaid, and
+    a legend naming each label's colour (:func:`legend_entries`).
 
     Args:
         image: ``(X, Y, Z)`` canonical (RAS) intensities.
         label_map: ``(X, Y, Z)`` integer labels on the same grid.
+        names: class names indexed by label value (``names[0]`` is the background).
     """
     _mpl_config()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     fg = np.argwhere(label_map > 0)
     centre = fg.mean(axis=0).round().astype(int) if len(fg) else np.asarray(image.shape) // 2
-    n_labels = max(int(label_map.max()), 1)
-    base = np.array(
-        [
-            [0.90, 0.10, 0.10],
-            [0.10, 0.70, 0.10],
-            [0.15, 0.35, 0.95],
-            [0.95, 0.75, 0.10],
-            [0.70, 0.20, 0.80],
-            [0.10, 0.80, 0.80],
-            [0.95, 0.45, 0.10],
-            [0.55, 0.55, 0.55],
-        ]
-    )
-    colours = np.vstack([[0, 0, 0], base[np.arange(n_labels) % len(base)]])
+    entries = legend_entries(label_map, names)
+    n_labels = max([int(label_map.max()), 1, *(v for v, _, _ in entries)])
+    colours = np.vstack([[0, 0, 0], QC_COLOURS[np.arange(n_labels) % len(QC_COLOURS)]])
     cmap = ListedColormap(colours)
     views = [
         ("sagittal", image[centre[0]], label_map[centre[0]], zooms[2] / zooms[1]),
@@ -183,7 +205,7 @@ def save_qc(
         ("axial", image[:, :, centre[2]], label_map[:, :, centre[2]], zooms[1] / zooms[0]),
     ]
     lo, hi = np.percentile(image, [1, 99.5]) if image.size else (0, 1)
-    fig = Figure(figsize=(9, 3.4), dpi=100)
+    fig = Figure(figsize=(9, 3.8), dpi=100)
     FigureCanvasAgg(fig)
     for i, (name, img, lab, aspect) in enumerate(views):
         ax = fig.add_subplot(1, 3, i + 1)
@@ -196,7 +218,16 @@ def save_qc(
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    if entries:
+        handles = [Patch(color=rgb, alpha=0.7, label=f"{v} {n}") for v, n, rgb in entries]
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=min(len(handles), 8),
+            fontsize=8,
+            frameon=False,
+        )
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return path
