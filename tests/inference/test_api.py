@@ -187,7 +187,12 @@ def test_bad_inputs_are_reported_and_the_others_segmented(crops: Path, tiny_mode
     assert str(corrupt) in str(err.value) and str(four_d) in str(err.value)
     assert "3D" in str(err.value)
     assert (crops / "sub-02/anat/sub-02_T1w_hippocampus_seg.nii.gz").is_file()
-    assert len(read_volumes(crops / "volumes.csv")) == 4
+    rows = read_volumes(crops / "volumes.csv")
+    assert len([r for r in rows if r["volume_mm3"]]) == 4
+    failed = {r["subject"]: r["flag"] for r in rows if not r["volume_mm3"]}
+    assert sorted(failed) == ["sub-03/anat/sub-03_T1w", "sub-04/anat/sub-04_T1w"]
+    four = failed["sub-04/anat/sub-04_T1w"]
+    assert four.startswith("failed: ") and "3D" in four
     result = run_cli(*base(crops, [tiny_model], "segmentation.tta=false"))
     assert result.exit_code == 1  # failures give a non-zero exit status
 

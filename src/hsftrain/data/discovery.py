@@ -81,19 +81,26 @@ class Discovery:
     subjects: list[Subject]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     dataset_classes: dict[int, list[str]] = field(default_factory=dict)
+    #: subject indices to keep on one side of a split (the same subject found twice:
+    #: same name or same image content; see :mod:`hsftrain.data.duplicates`)
+    groups: list[list[int]] = field(default_factory=list)
+
+
+def id_stem(mri: Path, mri_pattern: str) -> str:
+    """The subject part of an MRI's name: the name minus the fixed suffix of its pattern
+    (``sub-01`` for ``sub-01_img.nii.gz`` and ``*_img.nii.gz``), or minus its extension."""
+    suffix = Path(mri_pattern).name.rsplit("*", 1)[-1] if "*" in mri_pattern else ""
+    stem = mri.name[: len(mri.name) - len(suffix)] if suffix else mri.name
+    for ext in (".nii.gz", ".nii", ".mgz"):
+        if not suffix and stem.endswith(ext):
+            stem = stem[: -len(ext)]
+    return stem
 
 
 def _label_for(mri: Path, mri_pattern: str, label_pattern: str) -> list[Path]:
-    """Label files next to ``mri`` matching ``label_pattern`` (``{id}`` = MRI name minus the
-    fixed suffix of the MRI pattern, e.g. ``sub-01`` for ``sub-01_img.nii.gz`` and
-    ``*_img.nii.gz``)."""
+    """Label files next to ``mri`` matching ``label_pattern`` (``{id}`` = :func:`id_stem`)."""
     if "{id}" in label_pattern:
-        suffix = Path(mri_pattern).name.rsplit("*", 1)[-1] if "*" in mri_pattern else ""
-        stem = mri.name[: len(mri.name) - len(suffix)] if suffix else mri.name
-        for ext in (".nii.gz", ".nii", ".mgz"):
-            if not suffix and stem.endswith(ext):
-                stem = stem[: -len(ext)]
-        label_pattern = label_pattern.replace("{id}", glob.escape(stem))
+        label_pattern = label_pattern.replace("{id}", glob.escape(id_stem(mri, mri_pattern)))
     matches = sorted(Path(p) for p in glob.glob(str(mri.parent / label_pattern), recursive=True))
     return [m for m in matches if m.resolve() != mri.resolve()]
 
@@ -219,4 +226,7 @@ def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
         len(specs),
         len(result.skipped),
     )
+    from hsftrain.data.duplicates import find_duplicates
+
+    result.groups = find_duplicates(result.subjects, specs)
     return result

@@ -48,6 +48,30 @@ class Split:
         return cls(*([index[s] for s in data.get(p, [])] for p in ("train", "val", "test")))
 
 
+def units_of(n: int, groups: Sequence[Sequence[int]] | None) -> list[list[int]]:
+    """Split units: each group of ``groups`` is one unit, every other subject its own,
+    ordered by first index (without groups: ``[[0], [1], ...]``).
+
+    Raises:
+        ValueError: a group index out of range, or a subject in two groups.
+    """
+    owner: dict[int, int] = {}
+    for g, members in enumerate(groups or []):
+        for i in members:
+            if not 0 <= int(i) < n or int(i) in owner:
+                raise ValueError(f"split groups: subject {i} is out of range or in two groups")
+            owner[int(i)] = g
+    units: list[list[int]] = []
+    seen: set[int] = set()
+    for i in range(n):
+        if i not in owner:
+            units.append([i])
+        elif owner[i] not in seen:
+            seen.add(owner[i])
+            units.append(sorted(int(j) for j in (groups or [])[owner[i]]))
+    return units
+
+
 def make_split(
     n: int,
     train_ratio: float = 0.8,
@@ -56,14 +80,18 @@ def make_split(
     explicit: Sequence[Sequence[int]] | None = None,
     train_on_all: bool = False,
     seed: int = 42,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> Split:
     """Split ``n`` subjects.
 
     * ``explicit``: ``[[train], [val], [test]]`` indices used as given.
     * ``train_on_all``: every subject in train and in val.
-    * ``replace``: bagging: ``k_sample`` (default ``n``) draws with replacement for train;
-      the subjects never drawn (out-of-bag) are the validation set.
+    * ``replace``: bagging: ``k_sample`` (default: the number of units) draws with
+      replacement for train; the subjects never drawn (out-of-bag) are the validation set.
     * otherwise: a shuffled ``train_ratio`` / rest split.
+
+    ``groups`` (the same subject found twice, :mod:`hsftrain.data.duplicates`) are drawn
+    as one unit, so each lands on one side; without groups the result is as it always was.
 
     Raises:
         ValueError: fewer than two subjects, or a ratio that leaves a part empty.
@@ -78,17 +106,37 @@ def make_split(
         return Split(list(range(n)), list(range(n)), [])
     if n < 2:
         raise ValueError(f"only {n} subject found: need at least 2 to split (or train_on_all=true)")
+    units = units_of(n, groups)
+    if len(units) < 2:
+        raise ValueError(
+            f"the {n} subjects are all the same subject (see the duplicate warning): "
+            "need at least 2 different ones to split (or train_on_all=true)"
+        )
     rng = np.random.default_rng(seed)
     if replace:
-        train = sorted(int(i) for i in rng.choice(n, size=k_sample or n, replace=True))
-        val = sorted(set(range(n)) - set(train))
+        drawn = rng.choice(len(units), size=k_sample or len(units), replace=True)
+        train = sorted(i for u in drawn for i in units[int(u)])
+        out_of_bag = set(range(len(units))) - {int(u) for u in drawn}
+        val = sorted(i for u in out_of_bag for i in units[u])
         if not val:
-            val = [int(rng.integers(n))]
+            val = list(units[int(rng.integers(len(units)))])
         return Split(train, val, [])
-    order = [int(i) for i in rng.permutation(n)]
+    order = [int(i) for i in rng.permutation(len(units))]
     n_train = int(round(train_ratio * n))
-    if not 0 < n_train < n:
+    train, val = [], []
+    for u in order:
+        (train if len(train) < n_train else val).extend(units[u])
+    if not 0 < n_train < n or not val:
         raise ValueError(
             f"datasets.train_ratio={train_ratio} leaves an empty part with {n} subjects"
         )
-    return Split(sorted(order[:n_train]), sorted(order[n_train:]), [])
+    return Split(sorted(train), sorted(val), [])
+
+
+def crossing_groups(split: Split, groups: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Groups with members both in train and in validation (e.g. an explicit split or a
+    ``split.json`` made before the duplicates were known)."""
+    train, val = set(split.train), set(split.val)
+    if train == val:  # train_on_all
+        return []
+    return [list(g) for g in groups if set(g) & train and set(g) & val]

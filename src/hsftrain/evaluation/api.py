@@ -264,7 +264,11 @@ def evaluate_files(
         preds = find_files(pred, pattern, "pred")
         refs = find_files(ref, pattern, "ref")
         pairing = pair_files(preds, refs, id_regex, pred_spec=str(pred), ref_spec=str(ref))
-    out_dir = Path(out).expanduser() if out is not None else default_out(preds)
+    pred_files = [p.pred for p in pairing.pairs]
+    out_dir = Path(out).expanduser() if out is not None else default_out(pred_files)
+    from hsftrain.validate import check_output_dir
+
+    check_output_dir(out_dir, "out")  # a file there, or read-only: before any work
 
     from rich.progress import track
 

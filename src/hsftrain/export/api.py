@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import ConfigError, require
 from hsftrain.export.onnx import ExportError, export_onnx
+from hsftrain.finite import check_finite_state
 from hsftrain.training.checkpoint import load_network
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def export_checkpoint(
 
     Raises:
         ConfigError: unknown ``quantize`` or bad calibration settings.
+        NonFiniteError: the checkpoint holds NaN/Inf weights (nothing is written).
         ExportError: the exported model does not match PyTorch (fp32: max abs difference
             above 1e-4) or the fp32 model (int8: see
             :func:`hsftrain.export.quantize.verify_quantized`).
@@ -69,6 +71,7 @@ def export_checkpoint(
     default_suffix = ".int8.onnx" if quantize else ".onnx"
     out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(ckpt.suffix) + default_suffix)
     net, info = load_network(ckpt)
+    check_finite_state(net.state_dict(), ckpt)
     metadata = {
         "labels_names": info.class_names,
         "num_classes": len(info.class_names),
@@ -134,16 +137,34 @@ def _mapping(cfg: DictConfig, key: str) -> dict[str, Any]:
 
 
 def export(cfg: DictConfig) -> Path:
-    """CLI entry: ``hsftrain export ckpt=PATH [out=FILE] [quantize=int8]``."""
+    """CLI entry: ``hsftrain export ckpt=PATH [out=FILE] [quantize=int8]``.
+
+    Raises:
+        ConfigError: ``ckpt`` unset or a folder, ``out`` a folder or not writable.
+        FileNotFoundError: no checkpoint at ``ckpt``.
+        ExportError, NonFiniteError: see :func:`export_checkpoint`.
+    """
     ckpt = Path(
         str(require(cfg, "ckpt", "the .ckpt to export, e.g. ckpt=runs/x/checkpoints/last.ckpt"))
     )
+    if ckpt.is_dir():
+        raise ConfigError(
+            f"ckpt={ckpt} is a folder: give the checkpoint file, e.g. "
+            f"ckpt={ckpt / 'checkpoints' / 'last.ckpt'}"
+        )
     if not ckpt.is_file():
         raise FileNotFoundError(f"ckpt={ckpt}: no such checkpoint")
     quantize = cfg.get("quantize")
+    out = cfg.get("out")
+    from hsftrain.validate import check_output_file
+
+    if out is not None:
+        check_output_file(str(out), "out", example="model.onnx")
+    else:
+        check_output_file(ckpt.with_suffix(".onnx"), "out (default: next to ckpt)")
     return export_checkpoint(
         ckpt,
-        cfg.get("out"),
+        out,
         quantize=str(quantize) if quantize else None,
         calibration=_mapping(cfg, "calibration"),
         verify=_mapping(cfg, "verify"),

@@ -81,10 +81,11 @@ def export_onnx(
         write_metadata(proto, meta)
         onnx.save(proto, str(tmp))
         if verify_shapes:
-            diff = verify_onnx(net, tmp, verify_shapes)
-            if diff > atol:
+            diff = verify_onnx(net, tmp, verify_shapes, name=path)
+            if not diff <= atol:  # NaN compares false: a non-finite difference fails too
                 raise ExportError(
-                    f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {atol:.0e}) for {path}"
+                    f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {atol:.0e}) for {path}; "
+                    "nothing was written"
                 )
     return path
 
@@ -114,11 +115,20 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def verify_onnx(
-    net: nn.Module, path: str | Path, shapes: Sequence[Sequence[int]], seed: int = 0
+    net: nn.Module,
+    path: str | Path,
+    shapes: Sequence[Sequence[int]],
+    seed: int = 0,
+    name: str | Path | None = None,
 ) -> float:
     """Largest absolute difference between ONNX Runtime and PyTorch probabilities.
 
     Runs both on random inputs of each shape in ``shapes`` and logs the difference.
+    ``name``: the model named in errors (default: ``path``).
+
+    Raises:
+        ExportError: either output holds NaN or Inf (a model that cannot be used; the
+            difference of two NaN outputs would otherwise be NaN, which no bound rejects).
     """
     import onnxruntime as ort
 
@@ -131,6 +141,13 @@ def verify_onnx(
         with torch.no_grad():
             expected = model(x).numpy()
         got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        for engine, out in (("PyTorch", expected), ("ONNX Runtime", got)):
+            if not np.isfinite(out).all():
+                raise ExportError(
+                    f"{name or path}: the model's {engine} output holds NaN/Inf values for an input of "
+                    f"shape {tuple(shape)}: the model is broken (e.g. a training that "
+                    "diverged); export an earlier checkpoint; nothing was written"
+                )
         diff = float(np.abs(got - expected).max())
         log.info("ONNX check %s: max |onnxruntime - torch| = %.2e", tuple(shape), diff)
         worst = max(worst, diff)

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "HSFTRAIN_CACHE"
 CHUNK_SIZE = 1 << 20
+#: A download temporary untouched for this long is left over from an interrupted run.
+STALE_AFTER_S = 600.0
 DEFAULT_TIMEOUT = 30.0
 URL_SCHEMES = ("http", "https", "file")
 SPEC_KEYS = frozenset({"url", "path", "xxh3_64"})
@@ -166,6 +168,7 @@ def fetch(
 
     url, expected = spec["url"], spec["xxh3_64"]
     target = cache_path(url, expected, cache_dir)
+    remove_stale_downloads(target.parent)
     if target.is_file():
         actual = file_hash(target)
         if actual == expected:
@@ -240,6 +243,30 @@ def _as_spec(spec: Any) -> dict[str, Any]:
         )
     out["url"] = url
     return out
+
+
+def remove_stale_downloads(folder: Path, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Delete the temporary files of interrupted downloads (``.<name>.*.hsftrain-tmp*``)
+    in a cache ``folder`` that nothing has written to for ``older_than_s`` seconds (a
+    download in progress in another process keeps its file fresh). Returns them."""
+    import time
+
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for tmp in folder.glob(".*.hsftrain-tmp*"):
+        try:
+            if tmp.is_file() and now - tmp.stat().st_mtime > older_than_s:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # removed meanwhile, or not ours to remove
+            continue
+    if removed:
+        log.info(
+            "removed %d temporary file(s) of interrupted downloads from %s", len(removed), folder
+        )
+    return removed
 
 
 def _to_container(spec: Any) -> Any:

@@ -30,18 +30,19 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import ConfigError
-from hsftrain.data.labels import CA_TYPES, merge_lut, merge_probs
+from hsftrain.data.labels import CA_MERGES, CA_TYPES, merge_lut, merge_probs
 from hsftrain.errors import UserError
 from hsftrain.inference.engines import OnnxEngine, model_specs, parse_providers, resolve_model
 from hsftrain.inference.fusion import FUSIONS, Fusion, keep_largest_component
-from hsftrain.inference.image import Volume, load_volume, save_nifti, strip_extension
+from hsftrain.inference.image import InputError, Volume, load_volume, save_nifti, strip_extension
 from hsftrain.inference.preprocess import pad_to_multiple, unpad, z_normalize
 from hsftrain.inference.resample import MODES as RESAMPLE_MODES
 from hsftrain.inference.resample import Plan, differs, model_spacing, plan, resample
-from hsftrain.inference.roiloc import MODES, Box, is_crop, locate_hippocampi
+from hsftrain.inference.roiloc import MODES, Box, is_crop, localize
 from hsftrain.inference.tta import sample_augmentations
 from hsftrain.inference.writer import (
     Outputs,
+    failed_row,
     outputs_for,
     read_volumes,
     save_qc,
@@ -122,6 +123,14 @@ def settings_from_config(cfg: DictConfig) -> Settings:
     base = out if out else (root_path if root_path.is_dir() else root_path.parent)
     volumes_csv = _get(cfg, "files.volumes_csv")
     volumes = Path(str(volumes_csv)).expanduser() if volumes_csv else base / "volumes.csv"
+    from hsftrain.validate import check_output_dir, check_output_file
+
+    if out is not None:
+        check_output_dir(out, "files.output_dir")
+    if volumes_csv:
+        check_output_file(volumes, "files.volumes_csv", example="volumes.csv")
+    elif not out:  # results go next to the inputs
+        check_output_dir(base, "files.output_dir (unset: results go next to the MRIs)")
 
     roiloc = _get(cfg, "roiloc", {}) or {}
     mode = str(roiloc.get("mode", "auto"))
@@ -234,6 +243,12 @@ class CropResult:
     n_predictions: int
 
 
+def _ca_names(ca_mode: str) -> set[str]:
+    """Class names a granularity merges or produces (``CA2``, ``CA3``, ``CA2/3`` for 1/23)."""
+    table = CA_MERGES.get(ca_mode, {})
+    return set(table) | set(table.values())
+
+
 class Segmenter:
     """Models + test-time augmentation + subfield merging + fusion, for one crop at a time.
 
@@ -275,6 +290,14 @@ class Segmenter:
         self.names = list(merged) if ca_mode else list(names)
         # "" or a granularity that merges nothing here: no work per prediction
         self.merges = bool(ca_mode) and bool((lut != np.arange(len(lut))).any())
+        if CA_MERGES.get(ca_mode) and not self.merges and not set(names) & _ca_names(ca_mode):
+            log.warning(
+                "segmentation.ca_mode=%r cannot apply to the classes of %s (%s): nothing is "
+                "merged, the model's own classes are written",
+                ca_mode,
+                self.engines[0].path.name,
+                ", ".join(n for n in names[1:]),
+            )
         self.augmentation = dict(augmentation or {})
         self.num_aug = int(num_aug)
         self.fusion = fusion
@@ -344,11 +367,12 @@ class Segmenter:
 class SubjectReport:
     subject: str
     mri: Path
-    status: str  # done | skipped | failed
+    status: str  # done | flagged | skipped | failed
     seconds: float = 0.0
     sides: list[str] = field(default_factory=list)
     volumes_mm3: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    flags: list[str] = field(default_factory=list)
 
 
 class ProgressHook:
@@ -411,12 +435,28 @@ def _resampling(
     return target
 
 
-def locate(volume: Volume, settings: Settings) -> list[Box]:
-    """The crops of ``volume``: the whole image for a crop input, else both hippocampi."""
+def locate(volume: Volume, settings: Settings) -> tuple[list[Box], str]:
+    """The crops of ``volume`` (the whole image for a crop input, else both hippocampi)
+    and why the whole-head localisation looks wrong ("" when it looks fine)."""
     roiloc = settings.roiloc
     if is_crop(volume, str(roiloc.get("mode", "auto")), float(roiloc.get("crop_max_fov_mm", 80))):
-        return [Box("crop", (0, 0, 0), volume.array.shape)]  # type: ignore[arg-type]
-    return locate_hippocampi(volume, roiloc, seed=settings.seed)
+        return [Box("crop", (0, 0, 0), volume.array.shape)], ""  # type: ignore[arg-type]
+    found = localize(volume, roiloc, seed=settings.seed)
+    return found.boxes, found.problem
+
+
+def image_problem(array: np.ndarray) -> str:
+    """Why an image holds nothing to segment: constant, or nearly (99% of its voxels one
+    value); "" otherwise."""
+    if not array.size:
+        return "is empty"
+    lo, hi = float(array.min()), float(array.max())
+    if hi - lo <= 0:
+        return f"is constant (every voxel is {lo:g})"
+    p_lo, p_hi = (float(v) for v in np.percentile(array, [0.5, 99.5]))
+    if p_hi - p_lo <= 1e-6 * max(abs(p_lo), abs(p_hi), 1.0):
+        return f"is nearly constant (99% of its voxels are {p_lo:g})"
+    return ""
 
 
 def segment_subject(
@@ -429,19 +469,42 @@ def segment_subject(
 ) -> SubjectReport:
     """Segment one MRI and write its outputs (the native segmentation last).
 
+    Results that should not be trusted as they are (NaN voxels in the input, a poor
+    whole-head registration, a crop where no hippocampus was found) are written with the
+    reason in the ``flag`` column of their volumes and the status ``flagged``.
+
     Raises:
-        InputError: unreadable or non-3D input.
+        InputError: unreadable, non-3D, constant or nearly constant input, or a constant
+            crop (before anything is written).
     """
     start = time.perf_counter()
     for stale in outputs.stale_temporaries():
         stale.unlink(missing_ok=True)
     volume = load_volume(mri)
-    boxes = locate(volume, settings)
+    problem = image_problem(volume.array)
+    if problem:
+        raise InputError(
+            f"{mri}: the image {problem}: there is nothing to segment; check the file, or "
+            "leave it out with files.mask_pattern"
+        )
+    flags = []
+    if volume.nonfinite_voxels:
+        flags.append(f"{volume.nonfinite_voxels} NaN/Inf voxels read as 0")
+    boxes, where = locate(volume, settings)
+    if where:
+        flags.append(where)
+    for box in boxes:
+        problem = image_problem(volume.array[box.slices])
+        if problem and box.side != "crop":
+            raise InputError(
+                f"{mri}: the {box.side} hippocampus crop {problem}: the box missed the "
+                "head; check the image and the roiloc settings (roiloc.mode=crop for crops)"
+            )
     crop_input = boxes[0].side == "crop"
     voxel_mm3 = float(abs(np.linalg.det(volume.affine[:3, :3])))
     canonical = np.zeros(volume.array.shape, dtype=np.uint8)
     rows: list[dict[str, object]] = []
-    report = SubjectReport(subject, mri, "done")
+    report = SubjectReport(subject, mri, "done", flags=list(flags))
     for box in boxes:
         image = volume.array[box.slices]
         if bar:
@@ -486,7 +549,13 @@ def segment_subject(
                 f"{subject} ({box.side})",
                 segmenter.names,
             )
-        side_rows = volume_rows(subject, box.side, labels, segmenter.names, voxel_mm3)
+        side_flags = list(flags)
+        if not (labels > 0).any():
+            side_flags.append(f"no hippocampus found in the {box.side} crop")
+            report.flags.append(side_flags[-1])
+        side_rows = volume_rows(
+            subject, box.side, labels, segmenter.names, voxel_mm3, "; ".join(side_flags)
+        )
         rows += side_rows
         report.sides.append(box.side)
         report.volumes_mm3[box.side] = float(sum(float(r["volume_mm3"]) for r in side_rows))  # type: ignore[arg-type]
@@ -496,6 +565,9 @@ def segment_subject(
     write_volumes(rows, outputs.volumes)
     save_nifti(volume.native(canonical), volume.native_affine, outputs.segmentation, volume.codes)
     report.seconds = time.perf_counter() - start
+    if report.flags:
+        report.status = "flagged"
+        log.warning("%s: flagged: %s", mri, "; ".join(report.flags))
     return report
 
 
@@ -517,10 +589,14 @@ def load_engines(settings: Settings) -> list[OnnxEngine]:
 
 
 def rebuild_volumes(reports: Sequence[SubjectReport], settings: Settings) -> Path | None:
-    """Gather the per-subject tables of every finished subject into ``volumes.csv``."""
+    """Gather the per-subject tables of every finished subject into ``volumes.csv``, and
+    one ``failed: <why>`` row (no volumes) per failed subject."""
     rows: list[dict[str, object]] = []
     for report in reports:
-        if report.status not in ("done", "skipped"):
+        if report.status == "failed":
+            rows.append(failed_row(report.subject, report.error))
+            continue
+        if report.status not in ("done", "flagged", "skipped"):
             continue
         table = outputs_for(report.mri, settings.root, settings.output_dir).volumes
         if table.is_file():
@@ -544,7 +620,7 @@ def _summary(reports: Sequence[SubjectReport], volumes: Path | None) -> None:
     table = Table(title="hsftrain segment")
     for column in ("subject", "status", "sides", "volume (mm3)", "seconds"):
         table.add_column(column, justify="right" if column in ("seconds",) else "left")
-    style = {"done": "green", "skipped": "yellow", "failed": "red"}
+    style = {"done": "green", "flagged": "yellow", "skipped": "yellow", "failed": "red"}
     for r in reports:
         volumes_text = ", ".join(f"{s} {v:.0f}" for s, v in r.volumes_mm3.items())
         table.add_row(
@@ -552,13 +628,20 @@ def _summary(reports: Sequence[SubjectReport], volumes: Path | None) -> None:
             f"[{style[r.status]}]{r.status}[/]",
             ", ".join(r.sides),
             volumes_text,
-            f"{r.seconds:.1f}" if r.status == "done" else "",
+            f"{r.seconds:.1f}" if r.status in ("done", "flagged") else "",
         )
     console = Console()
     console.print(table)
-    counts = {s: sum(r.status == s for r in reports) for s in ("done", "skipped", "failed")}
+    counts = {
+        s: sum(r.status == s for r in reports) for s in ("done", "flagged", "skipped", "failed")
+    }
+    flagged = (
+        f", {counts['flagged']} flagged (segmented, but see why in the flag column of volumes.csv)"
+        if counts["flagged"]
+        else ""
+    )
     console.print(
-        f"{counts['done']} segmented, {counts['skipped']} skipped (already segmented; "
+        f"{counts['done']} segmented{flagged}, {counts['skipped']} skipped (already segmented; "
         f"files.overwrite=true to redo), {counts['failed']} failed"
         + (f"; volumes: {volumes}" if volumes else "")
     )

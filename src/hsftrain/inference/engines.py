@@ -6,6 +6,11 @@ of class probabilities (hsftrain exports name them ``cropped_hippocampus`` and
 ``labels_names`` metadata; without it, a model with the six outputs of the published HSF
 models gets :data:`hsftrain.data.labels.HSF_MODEL_CLASSES`, one with eight
 :data:`hsftrain.data.labels.SUBFIELDS` (head and tail added), any other ``label_<i>``.
+
+Every model is checked when it is loaded (:meth:`OnnxEngine.check_contract`): one input
+of rank 5 with one channel, an output ``(B, C, X, Y, Z)`` on a test image, finite values,
+and class names in its metadata that match ``C`` (otherwise its volumes would be written
+under the wrong names). A prediction with NaN or Inf values is refused too.
 """
 
 from __future__ import annotations
@@ -21,10 +26,17 @@ import numpy as np
 
 from hsftrain.config import ConfigError
 from hsftrain.data.labels import HSF_MODEL_CLASSES, SUBFIELDS
+from hsftrain.errors import NonFiniteError, UserError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+#: Spatial size of the test image a model is run on when loaded (dynamic axes).
+PROBE_SIZE = 16
+
+
+class ModelError(UserError, RuntimeError):
+    """A model file that cannot be used for segmentation; names the file and why."""
 
 
 def _plain(value: Any) -> Any:
@@ -183,7 +195,10 @@ class OnnxEngine:
                 provider_options=[p.options for p in chosen],
             )
         except Exception as err:
-            raise RuntimeError(f"{self.path}: cannot be loaded by onnxruntime: {err}") from err
+            raise ModelError(
+                f"{self.path}: cannot be loaded by onnxruntime: {' '.join(str(err).split())}; "
+                "give an ONNX model (hsftrain export, or a hub model)"
+            ) from err
         used = self.session.get_providers()
         if used and chosen and used[0] != chosen[0].name:
             log.info(
@@ -194,30 +209,94 @@ class OnnxEngine:
         self.output_name = self.session.get_outputs()[0].name
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = {k: _decode(v) for k, v in meta.items()}
+        self.output_classes = self.check_contract()
         self.labels_names = self._labels_names()
         self.outputs_logits: bool | None = None  # decided on the first prediction
 
-    def _num_classes(self) -> int:
-        if "num_classes" in self.metadata:
-            return int(self.metadata["num_classes"])
-        shape = self.session.get_outputs()[0].shape
-        if len(shape) == 5 and isinstance(shape[1], int):
-            return int(shape[1])
-        probe = np.zeros((1, 1, 16, 16, 16), dtype=np.float32)
-        return int(self.session.run([self.output_name], {self.input_name: probe})[0].shape[1])
+    def check_contract(self) -> int:
+        """Check the model's inputs and outputs on a test image; returns its class count.
+
+        Raises:
+            ModelError: not one single-channel rank-5 input, an output that is not
+                ``(B, C, X, Y, Z)`` with C >= 2, or a model that fails on the test image.
+            NonFiniteError: the model outputs NaN or Inf.
+        """
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(
+                f"{self.path}: the model has {len(inputs)} inputs "
+                f"({', '.join(i.name for i in inputs)}); hsftrain segment runs models with one "
+                "input, an image (B, 1, X, Y, Z)"
+            )
+        shape = list(inputs[0].shape)
+        if len(shape) != 5 or (isinstance(shape[1], int) and shape[1] != 1):
+            raise ModelError(
+                f"{self.path}: the model's input has shape {shape}; hsftrain segment runs "
+                "models whose input is one image of shape (B, 1, X, Y, Z)"
+            )
+        probe_shape = [d if isinstance(d, int) and d > 0 else PROBE_SIZE for d in shape]
+        probe_shape[:2] = [probe_shape[0] if isinstance(shape[0], int) else 1, 1]
+        probe = np.random.default_rng(0).standard_normal(probe_shape).astype(np.float32)
+        try:
+            out = self.session.run([self.output_name], {self.input_name: probe})[0]
+        except Exception as err:
+            raise ModelError(
+                f"{self.path}: the model fails on a test image of shape {tuple(probe_shape)}: "
+                f"{' '.join(str(err).split())}"
+            ) from err
+        if out.ndim != 5 or out.shape[0] != probe.shape[0] or out.shape[2:] != probe.shape[2:]:
+            raise ModelError(
+                f"{self.path}: the model turns an image of shape {tuple(probe_shape)} into "
+                f"{tuple(out.shape)}; hsftrain segment needs class probabilities "
+                "(B, C, X, Y, Z) on the input's grid"
+            )
+        if out.shape[1] < 2:
+            raise ModelError(
+                f"{self.path}: the model outputs {out.shape[1]} class; a segmentation model "
+                "needs at least 2 (background + a structure)"
+            )
+        if not np.isfinite(out).all():
+            raise NonFiniteError(
+                f"{self.path}: the model outputs NaN/Inf on a test image, it cannot be used "
+                "(e.g. exported from a training that diverged): export an earlier checkpoint"
+            )
+        return int(out.shape[1])
 
     def _labels_names(self) -> list[str]:
+        """Class names from the metadata, checked against the output's classes.
+
+        Raises:
+            ModelError: metadata that names more or fewer classes than the model outputs.
+        """
+        n = self.output_classes
+        fix = (
+            "its volumes would be written under the wrong names: fix or drop the metadata "
+            "(hsftrain export writes it from the checkpoint)"
+        )
+        if "num_classes" in self.metadata and int(self.metadata["num_classes"]) != n:
+            raise ModelError(
+                f"{self.path}: its metadata says num_classes={self.metadata['num_classes']} but "
+                f"the model outputs {n} classes; {fix}"
+            )
         names = self.metadata.get("labels_names")
         if isinstance(names, Mapping):  # {value: name}
-            n = self._num_classes()
             table = ["background"] + [f"label_{i}" for i in range(1, n)]
+            too_big = sorted(int(k) for k in names if int(k) >= n)
+            if too_big:
+                raise ModelError(
+                    f"{self.path}: its labels_names metadata names values {too_big} but the "
+                    f"model outputs {n} classes (0..{n - 1}); {fix}"
+                )
             for k, v in names.items():
-                if int(k) < n:
-                    table[int(k)] = str(v)
+                table[int(k)] = str(v)
             return table
         if isinstance(names, Sequence) and not isinstance(names, str) and names:
-            return [str(n) for n in names]
-        n = self._num_classes()
+            if len(names) != n:
+                raise ModelError(
+                    f"{self.path}: its labels_names metadata names {len(names)} classes "
+                    f"({', '.join(map(str, names))}) but the model outputs {n}; {fix}"
+                )
+            return [str(name) for name in names]
         if n in (len(HSF_MODEL_CLASSES), len(SUBFIELDS)):
             return list(SUBFIELDS[:n])
         return ["background"] + [f"label_{i}" for i in range(1, n)]
@@ -246,12 +325,20 @@ class OnnxEngine:
 
         A model whose output is not a probability distribution over C (logits, as in some
         published HSF models) gets a softmax.
+
+        Raises:
+            NonFiniteError: the model's output holds NaN or Inf for these images.
         """
         outputs = []
         for start in range(0, len(images), self.batch_size):
             batch = np.ascontiguousarray(images[start : start + self.batch_size], dtype=np.float32)
             outputs.append(self.session.run([self.output_name], {self.input_name: batch})[0])
         out = np.concatenate(outputs).astype(np.float32, copy=False)
+        if not np.isfinite(out).all():
+            raise NonFiniteError(
+                f"{self.path.name} produced NaN/Inf probabilities for this image: check the "
+                "image (intensities, orientation), or the model"
+            )
         if self.outputs_logits is None:
             sums = out.sum(axis=1)
             self.outputs_logits = bool(

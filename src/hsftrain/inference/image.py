@@ -44,6 +44,7 @@ class Volume:
         native_shape: the input file's own 3D shape.
         to_native: nibabel orientation transform from RAS back to the input's axes.
         codes: the input's NIfTI (qform_code, sform_code), reused for outputs on its grid.
+        nonfinite_voxels: NaN/Inf voxels of the file, read as 0.
     """
 
     array: np.ndarray
@@ -53,6 +54,7 @@ class Volume:
     native_shape: tuple[int, int, int]
     to_native: np.ndarray
     codes: tuple[int, int] = (1, 1)
+    nonfinite_voxels: int = 0
 
     @property
     def zooms(self) -> np.ndarray:
@@ -72,7 +74,8 @@ class Volume:
 def load_volume(path: str | Path) -> Volume:
     """Read a 3D MRI (NIfTI, MGH/MGZ, ...) and reorient it to RAS.
 
-    A trailing singleton 4th dimension is dropped.
+    A trailing singleton 4th dimension is dropped; NaN/Inf voxels are read as 0 and
+    counted (``Volume.nonfinite_voxels``).
 
     Raises:
         InputError: the file is missing, corrupt, not 3D, or has no finite intensity.
@@ -86,9 +89,12 @@ def load_volume(path: str | Path) -> Volume:
     if isinstance(header, nib.Nifti1Header):
         qform, sform = int(header["qform_code"]), int(header["sform_code"])
         codes = (qform or 1, sform or 1) if (qform or sform) else (1, 1)
-    if not np.isfinite(data).any():
+    finite = np.isfinite(data)
+    if not finite.any():
         raise InputError(f"{path}: contains no finite intensity")
-    data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
+    nonfinite = int(finite.size - np.count_nonzero(finite))
+    if nonfinite:
+        data = np.where(finite, data, np.float32(0.0))
     source = ornt.io_orientation(affine)
     to_ras = ornt.ornt_transform(source, ornt.axcodes2ornt("RAS"))
     array = ornt.apply_orientation(data, to_ras)
@@ -101,6 +107,7 @@ def load_volume(path: str | Path) -> Volume:
         native_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
         to_native=ornt.ornt_transform(ornt.axcodes2ornt("RAS"), source),
         codes=codes,
+        nonfinite_voxels=nonfinite,
     )
 
 

@@ -38,7 +38,18 @@ from hsftrain.inference.image import atomic_path, save_text, strip_extension
 
 #: Every file hsftrain segment writes contains this (used to skip our own outputs).
 MARKER = "_hippocampus_"
-VOLUME_COLUMNS: tuple[str, ...] = ("subject", "side", "label", "name", "volume_mm3", "voxel_count")
+#: ``flag``: empty for a normal result, else why it should not be trusted as it is (a poor
+#: whole-head registration, an empty segmentation, ...), or ``failed: <why>`` on the single
+#: row of a subject that could not be segmented (its volumes are left empty).
+VOLUME_COLUMNS: tuple[str, ...] = (
+    "subject",
+    "side",
+    "label",
+    "name",
+    "volume_mm3",
+    "voxel_count",
+    "flag",
+)
 
 
 @dataclass(frozen=True)
@@ -99,8 +110,10 @@ def volume_rows(
     label_map: np.ndarray,
     names: Sequence[str],
     voxel_volume_mm3: float,
+    flag: str = "",
 ) -> list[dict[str, object]]:
-    """One row per foreground class (also those with no voxel) of a label map."""
+    """One row per foreground class (also those with no voxel) of a label map, each with
+    ``flag`` (see :data:`VOLUME_COLUMNS`)."""
     counts = np.bincount(label_map.ravel().astype(np.int64), minlength=len(names))
     rows = []
     for value, name in enumerate(names):
@@ -115,14 +128,30 @@ def volume_rows(
                 "name": name,
                 "volume_mm3": round(n * float(voxel_volume_mm3), 6),
                 "voxel_count": n,
+                "flag": flag,
             }
         )
     return rows
 
 
+def failed_row(subject: str, reason: str) -> dict[str, object]:
+    """The row of a subject that could not be segmented: no volumes, ``failed: reason``."""
+    return {
+        "subject": subject,
+        "side": "",
+        "label": "",
+        "name": "",
+        "volume_mm3": "",
+        "voxel_count": "",
+        "flag": f"failed: {' '.join(reason.split())}",
+    }
+
+
 def rows_to_csv(rows: Sequence[dict[str, object]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=VOLUME_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer, fieldnames=VOLUME_COLUMNS, lineterminator="\n", restval="", extrasaction="ignore"
+    )
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()

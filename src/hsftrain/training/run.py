@@ -26,13 +26,15 @@ from hsftrain.data.datamodule import SegmentationDataModule
 from hsftrain.data.discovery import Discovery, discover
 from hsftrain.data.labels import LabelError, group_table
 from hsftrain.data.labels import class_names as names_from_table
-from hsftrain.data.splits import Split, make_split
+from hsftrain.data.splits import Split, crossing_groups, make_split
 from hsftrain.export.pruning import compression_callbacks
 from hsftrain.logs import run_log
 from hsftrain.training.callbacks import EpochTable, OnTrainStart, StepProgress
 from hsftrain.training.checkpoint import ModelInfo, read_checkpoint
 from hsftrain.training.finetuning import GradualUnfreezing
+from hsftrain.training.guards import FiniteGuard, Preemption, SignalState, catch_signals
 from hsftrain.training.module import SegmentationModule
+from hsftrain.validate import check_network_fits, validate_training
 
 log = logging.getLogger(__name__)
 
@@ -304,6 +306,7 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     Raises:
         ConfigError, DataError, FileNotFoundError: with the key or file to fix.
     """
+    validate_training(cfg, finetune)  # before anything is read or written
     if not cfg.get("resume") and not cfg.get("run_name"):  # one timestamp for the whole run
         cfg = cfg.copy()
         with open_dict(cfg):
@@ -332,6 +335,12 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     pretrained = _read_pretrained(cfg) if finetune else None
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     found = discover(cfg.datasets)
+    hparams = (
+        pretrained[2].hparams
+        if pretrained
+        else OmegaConf.to_container(cfg.models.hparams, resolve=True)
+    )
+    check_network_fits(hparams, [s.image for s in found.subjects], cfg.datasets.get("patch_size"))
     ids = [s.id for s in found.subjects]
     split_file = run_dir / "split.json"
     if resume_ckpt is not None and split_file.is_file():
@@ -348,6 +357,12 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
             d.get("train_val_test_idx"),
             bool(d.train_on_all),
             int(cfg.seed),
+            groups=found.groups,
+        )
+    for group in crossing_groups(split, found.groups):
+        log.warning(
+            "the same subject is in both train and validation (fixed split): %s",
+            " = ".join(ids[i] for i in group),
         )
 
     def write_run_files() -> None:
@@ -382,6 +397,9 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     if finetune:
         f = cfg.finetuning
         callbacks.append(GradualUnfreezing(str(f.mode), int(f.depth), int(f.unfreeze_frequency)))
+    signals = SignalState()
+    preemption = Preemption(signals, resume_command(run_dir, finetune))
+    callbacks += [FiniteGuard(), preemption]
     kwargs = _trainer_kwargs(cfg)
     batches = math.ceil(len(split.train) / int(cfg.datasets.batch_size))
     kwargs["log_every_n_steps"] = max(1, min(int(kwargs.get("log_every_n_steps", 10)), batches))
@@ -393,10 +411,10 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         enable_model_summary=False,
         **kwargs,
     )
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), catch_signals(signals):
         for pattern in _QUIET:
             warnings.filterwarnings("ignore", message=pattern)
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+        _fit(trainer, module, data, resume_ckpt, preemption)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = checkpoint.best_model_path or checkpoint.last_model_path
     metrics_out = {"best_checkpoint": best, **metrics}
@@ -408,6 +426,32 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     (run_dir / "metrics.json").write_text(json.dumps(metrics_out, indent=1))
     _report(metrics)
     return {**metrics, "run_dir": str(run_dir), "best_checkpoint": best}  # type: ignore[dict-item]
+
+
+def resume_command(run_dir: Path, finetune: bool) -> str:
+    """The command that continues the run in ``run_dir``."""
+    return f"hsftrain {'finetune' if finetune else 'train'} resume={run_dir}"
+
+
+def _fit(
+    trainer: L.Trainer,
+    module: SegmentationModule,
+    data: SegmentationDataModule,
+    resume_ckpt: Path | None,
+    preemption: Preemption,
+) -> None:
+    """``trainer.fit``; Lightning's own SIGTERM stop becomes :class:`Interrupted` too."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from hsftrain.errors import Interrupted
+
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+    except SIGTERMException as err:
+        saved = f"saved {preemption.saved}" if preemption.saved else "nothing saved"
+        raise Interrupted(
+            f"SIGTERM: training stopped ({saved}). Continue with: {preemption.resume_command}"
+        ) from err
 
 
 def _report(metrics: dict[str, float]) -> None:
