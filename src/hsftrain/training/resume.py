@@ -149,6 +149,7 @@ def compose_resume(overrides: Sequence[str]) -> DictConfig:
             "(the checkpoints were trained with the run's values); drop them to continue with "
             f"{saved_file}, or start a new run with run_name=NEW"
         )
+    OmegaConf.set_struct(asked, False)  # the run may hold keys the defaults lack
     cfg = OmegaConf.merge(asked, saved)
     for key in RUN_MAPPINGS:
         if OmegaConf.select(saved, key, default=None) is not None:

@@ -45,6 +45,7 @@ _QUIET = (
     ".*maximum displacement is larger than the coarse grid.*",
     ".*does not have many workers.*",
     ".*is smaller than the logging interval.*",
+    ".*exists and is not empty.*",  # a resumed run's checkpoints folder
 )
 
 
@@ -317,10 +318,17 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     with run_log(run_dir) as log_file:
         try:
             return _run(cfg, finetune)
-        except BaseException:
-            if resume_ckpt is not None and resume_ckpt.stat().st_mtime_ns == stamp:
-                for path in set(run_dir.iterdir()) - before - {log_file}:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        except BaseException as err:
+            if resume_ckpt is None or resume_ckpt.stat().st_mtime_ns != stamp:
+                raise
+            for path in set(run_dir.iterdir()) - before - {log_file}:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if isinstance(err, RuntimeError) and "state_dict" in str(err):
+                raise ConfigError(
+                    f"resume={cfg.resume}: {resume_ckpt} does not fit the model of "
+                    f"{run_dir / 'config.yaml'} ({str(err).splitlines()[0].strip()}); resume "
+                    "a checkpoint of this run, or start a new run"
+                ) from err
             raise
 
 
