@@ -1,0 +1,79 @@
+"""The per-epoch table and the progress line (issue 14, item 4)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from types import SimpleNamespace
+
+import torch
+
+from hsftrain.training.callbacks import EpochTable, StepProgress, table_lines
+
+HSF = ["background", "DG", "CA1", "CA2", "CA3", "SUB", "HEAD", "TAIL"]
+
+
+def _trainer(metrics: dict[str, float], epoch: int = 0, **extra: object) -> SimpleNamespace:
+    values = {k: torch.tensor(v) for k, v in metrics.items()}
+    return SimpleNamespace(
+        callback_metrics=values, current_epoch=epoch, is_global_zero=True, **extra
+    )
+
+
+def _metrics(scale: float) -> dict[str, float]:
+    names = ["TAIL", "CA1", "DG", "SUB", "HEAD", "CA3", "CA2"]  # not in label order
+    out = {f"val/dice/{n}": scale * (i + 1) / 10 for i, n in enumerate(names)}
+    out.update({"train/loss_epoch": scale, "val/epoch/loss": scale / 2, "val/dice_mean": 0.5})
+    out["lr"] = 1e-3 * scale
+    return out
+
+
+def test_rows_stay_aligned_in_label_order_within_80_columns() -> None:
+    stream = io.StringIO()
+    table = EpochTable(stream=stream, width=80)
+    module = SimpleNamespace(class_names=HSF)
+    for epoch, scale in enumerate([0.9, 0.123456, 0.5]):
+        table.on_train_epoch_end(_trainer(_metrics(scale), epoch), module)  # type: ignore[arg-type]
+    lines = stream.getvalue().splitlines()
+    header, rows = lines[0], lines[1:]
+    assert header.split() == ["epoch", "loss", "val_loss", "dice", *HSF[1:], "lr"]
+    assert len(rows) == 3 and all(len(r) == len(header) <= 80 for r in rows)
+    # every value ends where its header ends
+    ends = [header.index(h) + len(h) for h in ("DG", "TAIL")]
+    for row in rows:
+        cells = row.split()
+        assert row.index(cells[4]) + len(cells[4]) == ends[0]
+
+
+def test_narrow_terminal_wraps_without_truncating_names() -> None:
+    columns = [("epoch", "3"), *((f"subfield_{i}", "0.812") for i in range(8))]
+    headers, rows = table_lines(columns, 40, lead=1)
+    assert len(headers) == len(rows) > 1
+    assert all(len(line) <= 40 for line in headers + rows)
+    assert " ".join(headers).split() == [c for c, _ in columns]
+
+
+def test_table_lines_go_to_the_run_log(caplog) -> None:  # type: ignore[no-untyped-def]
+    logger = logging.getLogger("hsftrain")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="hsftrain"):
+            EpochTable(stream=io.StringIO(), width=100).on_train_epoch_end(
+                _trainer(_metrics(0.5)),
+                SimpleNamespace(class_names=HSF),  # type: ignore[arg-type]
+            )
+    finally:
+        logger.removeHandler(caplog.handler)
+    records = {id(r): r for r in caplog.records if r.name == "hsftrain.training.callbacks"}
+    assert len(records) == 2  # header and row
+    assert all(getattr(r, "file_only", False) for r in records.values())
+
+
+def test_progress_line_has_step_time_and_eta() -> None:
+    progress = StepProgress(every=5)
+    trainer = _trainer({}, epoch=1, num_training_batches=40, max_epochs=10)
+    progress._val_time = 2.0
+    line = progress.line(trainer, 19, 0.5, {"loss": torch.tensor(0.25)})  # type: ignore[arg-type]
+    assert line == (
+        "epoch 2/10, batch 20/40, 0.50 s/step, loss 0.2500, epoch ETA 0:10, run ETA 3:08"
+    )  # 20 steps x 0.5 s = 10 s; + 2 s validation + 8 epochs x (40 x 0.5 + 2) s = 188 s
