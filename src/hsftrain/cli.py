@@ -32,7 +32,10 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-data_app = typer.Typer(help="Data utilities (synthetic phantoms).", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Data utilities: prepare the training cache, write synthetic phantoms.",
+    no_args_is_help=True,
+)
 app.add_typer(data_app, name="data")
 hub_app = typer.Typer(
     help="Model hub: list the published models and presets, fetch them ahead (offline nodes).",
@@ -142,8 +145,11 @@ def _internal(log: logging.Logger, err: BaseException) -> None:
         )
 
 
-def _command(name: str, config_name: str, summary: str, target: str) -> None:
-    """Register ``hsftrain <name>`` calling ``module:function(cfg)`` from ``target``."""
+def _command(
+    name: str, config_name: str, summary: str, target: str, parent: typer.Typer = app
+) -> None:
+    """Register ``hsftrain [<parent>] <name>`` calling ``module:function(cfg)`` from
+    ``target``."""
 
     def command(overrides: Overrides = None, cfg: ShowCfg = None, verbose: Verbose = False) -> None:
         module, function = target.split(":")
@@ -158,7 +164,7 @@ def _command(name: str, config_name: str, summary: str, target: str) -> None:
     command.__doc__ = summary + _groups_help(config_name)
     from hsftrain.cli_help import keys_help_command
 
-    app.command(
+    parent.command(
         name, context_settings={"allow_extra_args": False}, cls=keys_help_command(config_name)
     )(command)
 
@@ -192,6 +198,15 @@ _command(
     "evaluate",
     "Compare predictions with references: Dice, HD95, ASSD, volume similarity per label.",
     "hsftrain.evaluation.api:evaluate",
+)
+
+_command(
+    "prepare",
+    "config",
+    "Read, check and normalise every subject of the datasets once, into the prepared-data "
+    "cache that training reads (datasets.cache_dir); training does it too when needed.",
+    "hsftrain.data.cache:prepare_datasets",
+    parent=data_app,
 )
 
 

@@ -187,6 +187,10 @@ def _devices(key: str, value: Any) -> Any:
     return value
 
 
+def _auto_or_bool(key: str, value: Any) -> str | bool:
+    return "auto" if str(value) == "auto" else as_bool(key, value)
+
+
 def _probability(key: str, value: Any) -> float:
     return as_float(key, value, 0, 1)
 
@@ -207,7 +211,10 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
     # datasets
     c("datasets.batch_size", lambda k, v: as_int(k, v, 1, " (images per training step)"))
     c("datasets.num_workers", lambda k, v: as_int(k, v, 0))
-    c("datasets.pin_memory", as_bool)
+    c("datasets.pin_memory", _auto_or_bool)
+    c("datasets.foreground_ratio", _probability, optional=True)
+    c("datasets.cache_dtype", _choice(("float16", "float32")), optional=True)
+    c("datasets.nonfinite", _choice(("error", "clean")), optional=True)
     c("datasets.train_ratio", lambda k, v: as_float(k, v, 0, 1, low_open=True, high_open=True))
     c("datasets.replace", as_bool)
     c("datasets.k_sample", lambda k, v: as_int(k, v, 1), optional=True)
@@ -233,6 +240,7 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
     c("models.name", _choice(sorted(MODELS)))
     c("models.lr", lambda k, v: as_float(k, v, 0, low_open=True, what=" (learning rate)"))
     c("models.use_forgiving_loss", as_bool)
+    c("models.compile", _auto_or_bool, optional=True)
     c("models.hparams.in_channels", _in_channels, optional=True)
     c("models.hparams.out_channels", lambda k, v: as_int(k, v, 2), optional=True)
     c("models.hparams.f_maps", _f_maps)
@@ -256,13 +264,15 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
     c("validation.surface_every", lambda k, v: as_int(k, v, -1, " (-1: never, 0: last epoch)"))
     c("ensemble.members", lambda k, v: as_int(k, v, 1))
     c("logger.name", _choice(LOGGERS))
+    c("augmentation.backend", _choice(("torch", "torchio")), optional=True)
+    c("augmentation.device", _choice(("auto", "cpu", "cuda")), optional=True)
     for name in ("flip", "motion", "blur", "noise", "gamma", "affine", "elastic"):
         c(f"augmentation.{name}.p", _probability, optional=True)
     if finetune:
         c("finetuning.out_channels", lambda k, v: as_int(k, v, 2), optional=True)
         c("finetuning.mode", _choice(("encoder", "decoder")))
         c("finetuning.depth", lambda k, v: as_int(k, v, -1, " (-1: every level)"))
-        c("finetuning.unfreeze_frequency", lambda k, v: as_int(k, v, 1, " (epochs)"))
+        c("finetuning.unfreeze_frequency", lambda k, v: as_int(k, v, 0, " (epochs; 0: all at once)"))
     for key in ("split_file",):
         value = _get(cfg, key)
         if value not in (_ABSENT, None) and not Path(str(value)).expanduser().is_file():

@@ -38,14 +38,15 @@ def test_apply_freeze():
     assert not any(p.requires_grad for p in net.encoders.parameters())
 
 
-def _val_dice(net, run_dir, subjects, specs, patch):
+def _val_dice(net, run_dir, found, cache):
     import json
 
-    from hsftrain.data.dataset import SubjectDataset
+    from hsftrain.data.cache import prepare
+    from hsftrain.data.dataset import VolumeDataset
 
     ids = json.loads((run_dir / "split.json").read_text())["val"]
-    chosen = [s for s in subjects if s.id in ids]
-    dataset = SubjectDataset(chosen, specs, patch)
+    chosen = [i for i, s in enumerate(found.subjects) if s.id in ids]
+    dataset = VolumeDataset(prepare(found, cache, subjects=chosen, progress=False))
     scores = []
     net.eval()
     with torch.no_grad():
@@ -123,8 +124,8 @@ def test_finetune_new_label_scheme(phantoms, tmp_path):
     torch.manual_seed(0)
     fresh.replace_head(3)
     run_dir = tmp_path / "ft"
-    baseline = _val_dice(fresh, run_dir, found.subjects, found.datasets, None)
-    tuned = _val_dice(net, run_dir, found.subjects, found.datasets, None)
+    baseline = _val_dice(fresh, run_dir, found, tmp_path / "prepared")
+    tuned = _val_dice(net, run_dir, found, tmp_path / "prepared")
     assert tuned > baseline + 0.05, (baseline, tuned)
 
 

@@ -1,59 +1,213 @@
-"""Lightning data module over discovered subjects and a split."""
+"""Lightning data module over the prepared-data cache.
+
+Training batches are fixed-size patches (one shape for the whole run: cudnn autotuning and
+``torch.compile`` need it), augmented by the configured backend:
+
+- ``augmentation.backend=torch``, ``device=auto|cuda``: on the model's device, right after
+  the batch is transferred (:meth:`on_after_batch_transfer`);
+- ``augmentation.backend=torch``, ``device=cpu``: on the CPU, in the loader's collate
+  function (so in the worker processes when ``datasets.num_workers > 0``);
+- ``augmentation.backend=torchio``: torchio transforms on each patch in the workers.
+
+Validation batches are whole volumes, never augmented.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, default_collate
 
-from hsftrain.data.dataset import SubjectDataset, pad_collate
+from hsftrain.config import ConfigError
+from hsftrain.data.augment import BatchAugment
+from hsftrain.data.cache import (
+    PreparedSubject,
+    PrepareSettings,
+    cache_dir,
+    median_shape,
+    prepare,
+)
+from hsftrain.data.dataset import PatchDataset, VolumeDataset, auto_patch_size, pad_collate
 from hsftrain.data.discovery import Discovery
 from hsftrain.data.splits import Split
+from hsftrain.data.transforms import torchio_transform
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "torchio")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class _AugmentCollate:
+    """Collate, then augment the batch on the CPU (picklable for worker processes)."""
+
+    def __init__(self, augment: BatchAugment) -> None:
+        self.augment = augment
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = default_collate(items)
+        batch["image"], batch["label"] = self.augment(
+            batch["image"], batch["label"], batch["spacing"]
+        )
+        return batch
 
 
 class SegmentationDataModule(L.LightningDataModule):
-    """Train loader (augmented, shuffled) and validation loader (no augmentation)."""
+    """Train loader (patches, augmented, shuffled) and validation loader (whole volumes).
+
+    Args:
+        train, val: prepared subjects of each side of the split.
+        patch_size: training patch ``(X, Y, Z)``.
+        datasets_cfg: the ``datasets`` group (batch_size, num_workers, pin_memory,
+            foreground_ratio).
+        augmentation_cfg: the ``augmentation`` group (backend, device and transforms).
+        seed: seeds the augmentation.
+        multiple: validation volumes are padded to a multiple of this.
+
+    Raises:
+        ConfigError: an unknown backend or device.
+    """
 
     def __init__(
         self,
-        discovery: Discovery,
-        split: Split,
+        train: Sequence[PreparedSubject],
+        val: Sequence[PreparedSubject],
+        patch_size: Sequence[int],
         datasets_cfg: Mapping[str, Any],
         augmentation_cfg: Mapping[str, Any] | None,
+        seed: int = 0,
+        multiple: int = 8,
     ) -> None:
         super().__init__()
-        patch: Sequence[int] | None = datasets_cfg.get("patch_size")
-        subjects = discovery.subjects
-        self.train_set = SubjectDataset(
-            [subjects[i] for i in split.train],
-            discovery.datasets,
-            patch,
-            augmentation_cfg,
-        )
-        self.val_set = SubjectDataset(
-            [subjects[i] for i in split.val],
-            discovery.datasets,
-            patch,
-        )
+        aug = dict(augmentation_cfg or {})
+        backend = str(aug.get("backend") or "torch")
+        device = str(aug.get("device") or "auto")
+        if backend not in BACKENDS:
+            raise ConfigError(f"augmentation.backend={backend!r}: use one of {', '.join(BACKENDS)}")
+        if device not in DEVICES:
+            raise ConfigError(f"augmentation.device={device!r}: use one of {', '.join(DEVICES)}")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "augmentation.device=cuda but no CUDA device is available: use "
+                "augmentation.device=auto (the model's device) or cpu"
+            )
         self.batch_size = int(datasets_cfg.get("batch_size", 1))
         self.num_workers = int(datasets_cfg.get("num_workers", 0))
-        self.pin_memory = bool(datasets_cfg.get("pin_memory", False))
+        pin = datasets_cfg.get("pin_memory", "auto")
+        self.pin_memory = torch.cuda.is_available() if str(pin) == "auto" else bool(pin)
+        self.on_device: BatchAugment | None = None
+        self.collate: Any = default_collate
+        item_transform = None
+        if backend == "torchio":
+            item_transform = torchio_transform(aug)
+        else:
+            augment = BatchAugment(aug, seed=seed)
+            if augment.enabled and device == "cpu":
+                self.collate = _AugmentCollate(augment)
+            elif augment.enabled:
+                self.on_device = augment
+        ratio = float(datasets_cfg.get("foreground_ratio", 0.33))
+        self.train_set = PatchDataset(train, patch_size, ratio, item_transform)
+        self.val_set = VolumeDataset(val, multiple)
 
-    def _loader(self, dataset: SubjectDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Any, shuffle: bool, collate: Any) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            collate_fn=pad_collate,
+            collate_fn=collate,
             persistent_workers=self.num_workers > 0,
+            drop_last=False,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, True, self.collate)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, False, pad_collate)
+
+    def setup(self, stage: str) -> None:
+        """Under DDP, give each process its own augmentation stream."""
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        if rank and self.on_device is not None:
+            self.on_device.reseed(rank)
+        if rank and isinstance(self.collate, _AugmentCollate):
+            self.collate.augment.reseed(rank)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Augment training batches on the model's device."""
+        if self.on_device is not None and self.trainer is not None and self.trainer.training:
+            batch["image"], batch["label"] = self.on_device(
+                batch["image"], batch["label"], batch["spacing"]
+            )
+        return batch
+
+
+#: Largest automatic patch edge (voxels): whole-head volumes train on patches, not wholes.
+MAX_AUTO_PATCH = 128
+
+
+def patch_size(
+    configured: Sequence[int] | None, shapes: Sequence[Sequence[int]], multiple: int
+) -> tuple[int, int, int]:
+    """``datasets.patch_size``, or the median training shape rounded up to ``multiple``
+    (at most :data:`MAX_AUTO_PATCH` per axis).
+
+    Raises:
+        ConfigError: a patch size that is not three positive integers.
+    """
+    if configured is not None:
+        values = list(configured)
+        if len(values) != 3 or any(int(v) <= 0 for v in values):
+            raise ConfigError(
+                f"datasets.patch_size={values}: give three positive integers [X, Y, Z], or "
+                "null for the median shape of the data"
+            )
+        return tuple(int(v) for v in values)  # type: ignore[return-value]
+    auto = auto_patch_size(shapes, multiple)
+    cap = MAX_AUTO_PATCH // multiple * multiple
+    return tuple(min(a, cap) for a in auto)  # type: ignore[return-value]
+
+
+def build_datamodule(
+    cfg: Mapping[str, Any], found: Discovery, split: Split, num_levels: int
+) -> SegmentationDataModule:
+    """Prepare the split's subjects into the cache (reusing what is there) and build the
+    data module: training patches of ``datasets.patch_size`` (automatic when null) and
+    whole validation volumes.
+
+    Raises:
+        DataError: a file that cannot be prepared (named).
+        ConfigError: bad ``datasets``/``augmentation`` values.
+    """
+    datasets_cfg = cfg["datasets"]
+    needed = sorted(set(split.train) | set(split.val))
+    prepared = prepare(
+        found, cache_dir(datasets_cfg), PrepareSettings.from_config(datasets_cfg), needed
+    )
+    by_index = dict(zip(needed, prepared, strict=True))
+    train = [by_index[i] for i in split.train]  # bagging: a subject may appear twice
+    val = [by_index[i] for i in split.val]
+    multiple = max(8, 2 ** (int(num_levels) - 1))
+    patch = patch_size(datasets_cfg.get("patch_size"), [p.shape for p in train], multiple)
+    log.info(
+        "training on %s patches (datasets.patch_size%s), median volume %s",
+        "x".join(map(str, patch)),
+        "" if datasets_cfg.get("patch_size") is not None else ": automatic",
+        "x".join(map(str, median_shape(train))),
+    )
+    return SegmentationDataModule(
+        train,
+        val,
+        patch,
+        datasets_cfg,
+        cfg.get("augmentation"),
+        seed=int(cfg.get("seed", 0)),
+        multiple=multiple,
+    )

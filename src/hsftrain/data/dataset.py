@@ -1,70 +1,151 @@
-"""A torch Dataset of subjects: load, remap labels, transform."""
+"""Torch datasets over the prepared-data cache: fixed-size training patches and whole
+validation volumes."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchio as tio
 from torch.utils.data import Dataset
 
-from hsftrain.data.discovery import DatasetSpec, Subject, read_label
-from hsftrain.data.nifti import load_volume
-from hsftrain.data.transforms import augmentation, postprocess
+from hsftrain.data.cache import PreparedSubject
+from hsftrain.data.transforms import fit_shape
+
+#: An item transform of the torchio backend: (image (1, X, Y, Z), label (X, Y, Z),
+#: spacing (3,)) -> (image, label).
+ItemTransform = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
+]
 
 
-class SubjectDataset(Dataset):
-    """Items ``{"image": (1, X, Y, Z) float, "label": (X, Y, Z) long, "dataset": int}``.
+def auto_patch_size(shapes: Sequence[Sequence[int]], multiple: int) -> tuple[int, int, int]:
+    """The median shape, each axis rounded up to ``multiple`` (the network's input multiple:
+    ``2 ** (num_levels - 1)``)."""
+    median = np.median(np.asarray(shapes, dtype=np.float64), axis=0)
+    return tuple(int(math.ceil(m / multiple) * multiple) for m in median)  # type: ignore[return-value]
 
-    Volumes are loaded in canonical (RAS+) orientation, augmented when ``augment`` is given
-    (the ``augmentation`` config group), then post-processed to ``patch_size``.
+
+def patch_start(size: int, patch: int, rng: np.random.Generator, centre: int | None = None) -> int:
+    """Start index of a ``patch``-long window on an axis of ``size`` voxels.
+
+    A window larger than the axis starts at a negative index (the volume is placed at a
+    random position inside it); with ``centre``, the window is centred on that voxel as far
+    as the volume allows.
+    """
+    low, high = min(0, size - patch), max(0, size - patch)
+    if centre is None:
+        return int(rng.integers(low, high + 1))
+    return int(np.clip(centre - patch // 2, low, high))
+
+
+def crop_pad(
+    array: np.ndarray, starts: Sequence[int], patch: Sequence[int], fill: float
+) -> np.ndarray:
+    """The ``patch``-sized window of ``array`` starting at ``starts`` (may lie partly
+    outside; the outside is ``fill``)."""
+    out = np.full(tuple(patch), fill, dtype=array.dtype)
+    src, dst = [], []
+    for start, size, length in zip(starts, array.shape, patch, strict=True):
+        a, b = max(start, 0), min(start + length, size)
+        src.append(slice(a, b))
+        dst.append(slice(a - start, b - start))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
+class PatchDataset(Dataset):
+    """Training items: one random ``patch_size`` window of each prepared subject.
+
+    With probability ``foreground_ratio`` the window is centred on a random foreground
+    voxel (foreground oversampling). Items: ``{"image": (1, *patch) float32,
+    "label": (*patch) uint8, "dataset": int, "id": str, "spacing": (3,) float32}``; every
+    item has the same shape, so batches need no padding.
+
+    Args:
+        transform: per-item augmentation (the torchio backend), applied to the patch.
     """
 
     def __init__(
         self,
-        subjects: Sequence[Subject],
-        specs: Sequence[DatasetSpec],
-        patch_size: Sequence[int] | None,
-        augment: Mapping[str, Any] | None = None,
+        prepared: Sequence[PreparedSubject],
+        patch_size: Sequence[int],
+        foreground_ratio: float = 0.33,
+        transform: ItemTransform | None = None,
     ) -> None:
-        self.subjects = list(subjects)
-        self.specs = {s.index: s for s in specs}
-        self.patch_size = patch_size
-        self.transform = augmentation(augment) if augment else None
-        self.noise = augment.get("noise") if augment else None
+        self.prepared = list(prepared)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.foreground_ratio = float(foreground_ratio)
+        self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.subjects)
+        return len(self.prepared)
 
-    def load(self, i: int) -> tio.Subject:
-        subject = self.subjects[i]
-        image, affine = load_volume(subject.image, np.float32, canonical=True)
-        label = read_label(self.specs[subject.dataset], subject.label, canonical=True)
-        return tio.Subject(
-            spacing=np.sqrt((affine[:3, :3] ** 2).sum(0)),
-            image=tio.ScalarImage(tensor=torch.from_numpy(image)[None], affine=affine),
-            label=tio.LabelMap(tensor=torch.from_numpy(label)[None], affine=affine),
-        )
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int | str]:
-        subject = self.load(i)
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        subject = self.prepared[i]
+        # torch's RNG is seeded per worker by Lightning: reproducible and distinct per worker
+        rng = np.random.default_rng(int(torch.randint(2**62, ())))
+        image, label = subject.arrays()
+        centre = None
+        if rng.random() < self.foreground_ratio:
+            fg = subject.foreground()
+            if len(fg):
+                centre = fg[rng.integers(len(fg))]
+        starts = [
+            patch_start(s, p, rng, None if centre is None else int(centre[d]))
+            for d, (s, p) in enumerate(zip(image.shape, self.patch_size, strict=True))
+        ]
+        low = float(subject.minimum)
+        image_t = torch.from_numpy(crop_pad(image, starts, self.patch_size, low).astype(np.float32))
+        label_t = torch.from_numpy(crop_pad(label, starts, self.patch_size, 0))
+        spacing = torch.tensor(subject.spacing, dtype=torch.float32)
+        image_t = image_t[None]
         if self.transform is not None:
-            subject = self.transform(subject)
-        image, label = postprocess(
-            subject["image"].data.float(),
-            subject["label"].data[0].long(),
-            self.patch_size,
-            self.noise,
+            image_t, label_t = self.transform(image_t, label_t, spacing)
+        return {
+            "image": image_t,
+            "label": label_t,
+            "dataset": subject.dataset,
+            "id": subject.id,
+            "spacing": spacing,
+        }
+
+
+class VolumeDataset(Dataset):
+    """Validation items: whole volumes padded to a multiple of ``multiple`` (as inference
+    does) or centre-cropped/padded to ``shape`` when given."""
+
+    def __init__(
+        self,
+        prepared: Sequence[PreparedSubject],
+        multiple: int = 8,
+        shape: Sequence[int] | None = None,
+    ) -> None:
+        self.prepared = list(prepared)
+        self.multiple = int(multiple)
+        self.shape = shape
+
+    def __len__(self) -> int:
+        return len(self.prepared)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        subject = self.prepared[i]
+        image, label = subject.arrays(mmap=False)
+        image_t, label_t = fit_shape(
+            torch.from_numpy(image.astype(np.float32))[None],
+            torch.from_numpy(label),
+            self.shape,
+            self.multiple,
         )
         return {
-            "image": image,
-            "label": label,
-            "dataset": self.subjects[i].dataset,
-            "id": self.subjects[i].id,
-            "spacing": torch.as_tensor(subject["spacing"], dtype=torch.float64),
+            "image": image_t,
+            "label": label_t,
+            "dataset": subject.dataset,
+            "id": subject.id,
+            "spacing": torch.tensor(subject.spacing, dtype=torch.float32),
         }
 
 

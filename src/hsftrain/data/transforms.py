@@ -1,16 +1,19 @@
-"""Pre-processing, augmentation (torchio) and post-processing, from config.
+"""The torchio augmentation backend (``augmentation.backend=torchio``) and shape fitting.
 
-Pre-processing (canonical RAS+ orientation) happens when a volume is loaded. Random
-augmentations are torchio transforms. Post-processing (z-normalisation, optional noise,
-crop/pad to ``patch_size`` or to a multiple of 8) is done directly on tensors: it runs
-on every item, so it is kept cheap.
+Pre-processing (canonical RAS+ orientation, label remapping, z-normalisation) is done once,
+by the prepared-data cache (:mod:`hsftrain.data.cache`). With this backend, random
+augmentations are torchio transforms applied to each training patch on the CPU (in the
+data-loader workers); the default ``torch`` backend (:mod:`hsftrain.data.augment`) does the
+same on whole batches on the model's device. Post-processing (z-normalisation, optional
+noise, crop/pad to a shape or to a multiple of 8) is also used to build calibration inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchio as tio
@@ -68,6 +71,55 @@ def augmentation(cfg: Mapping[str, Any]) -> tio.Compose | None:
     return tio.Compose(out) if out else None
 
 
+def torchio_transform(
+    cfg: Mapping[str, Any],
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per-patch augmentation with torchio: the transforms of :func:`augmentation`, then
+    the patch's mean and std restored (the cache has z-normalised it), then noise.
+
+    Returns None when everything is disabled.
+    """
+    compose = augmentation(cfg)
+    noise = cfg.get("noise")
+    if compose is None and not float((noise or {}).get("p", 0)):
+        return None
+
+    def apply(
+        image: torch.Tensor, label: torch.Tensor, spacing: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, X, Y, Z)`` image and ``(X, Y, Z)`` label of one patch."""
+        if compose is not None:
+            affine = np.diag([*(float(s) for s in spacing), 1.0])
+            subject = compose(
+                tio.Subject(
+                    image=tio.ScalarImage(tensor=image, affine=affine),
+                    label=tio.LabelMap(tensor=label[None].long(), affine=affine),
+                )
+            )
+            std, mean = torch.std_mean(image)
+            out = subject["image"].data.float()
+            out_std, out_mean = torch.std_mean(out)
+            image = (out - out_mean) / out_std.clamp_min(1e-6) * std + mean
+            label = subject["label"].data[0].to(label.dtype)
+        return add_noise(image, noise), label
+
+    return apply
+
+
+def add_noise(
+    image: torch.Tensor,
+    noise: Mapping[str, Any] | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Gaussian noise with probability ``noise.p`` and a std drawn in ``noise.std``."""
+    if noise and float(noise.get("p", 0)):
+        if float(torch.rand((), generator=generator)) < float(noise["p"]):
+            low, high = (float(v) for v in noise.get("std", (0.0, 0.05)))
+            std = low + (high - low) * float(torch.rand((), generator=generator))
+            image = image + std * torch.randn(image.shape, generator=generator)
+    return image
+
+
 def z_normalize(image: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance over all voxels."""
     std, mean = torch.std_mean(image)
@@ -108,10 +160,5 @@ def postprocess(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Z-normalise, add Gaussian noise with probability ``noise.p``, fit the shape."""
-    image = z_normalize(image)
-    if noise and float(noise.get("p", 0)):
-        if float(torch.rand((), generator=generator)) < float(noise["p"]):
-            low, high = (float(v) for v in noise.get("std", (0.0, 0.05)))
-            std = low + (high - low) * float(torch.rand((), generator=generator))
-            image = image + std * torch.randn(image.shape, generator=generator)
+    image = add_noise(z_normalize(image), noise, generator)
     return fit_shape(image, label, patch_size)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from hsftrain.data.intensity import z_normalize
 
-def z_normalize(image: np.ndarray) -> np.ndarray:
-    """``(image - mean) / std`` over all voxels, as float32 (a constant image becomes 0)."""
-    image = image.astype(np.float32)
-    mean = float(image.mean())
-    std = float(image.std())
-    return (image - mean) / std if std > 0 else image - mean
+__all__ = ["pad_to_multiple", "unpad", "z_normalize"]
 
 
 def pad_to_multiple(

@@ -1,4 +1,9 @@
-"""The LightningModule: forward, forgiving loss, AdamP + warm-up cosine, per-label Dice."""
+"""The LightningModule: forward, forgiving loss, AdamP + warm-up cosine, per-label Dice.
+
+The training step never waits on the host: the loss indexes per-dataset tables on the
+device, and validation Dice is accumulated as device tensors (a sum and a count per class
+name) and reduced across processes once per epoch.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ import numpy as np
 import torch
 
 from hsftrain.data.labels import group_table
-from hsftrain.losses import FocalTverskyLoss, ForgivingLoss, group_probs
+from hsftrain.losses import FocalTverskyLoss, ForgivingLoss
 from hsftrain.models import build_model
 from hsftrain.optim import AdamP, warmup_cosine
+
+SURFACE_KEYS = ("hd95_mm", "assd_mm")
 
 
 def dataset_tables(
@@ -55,6 +62,8 @@ class SegmentationModule(L.LightningModule):
         config: the full run config, stored in checkpoints.
         surface_every: also compute HD95 and ASSD (mm) every N validation epochs; 0 = only
             at the last epoch; -1 = never.
+        compile: run the network through ``torch.compile`` (the weights and checkpoints are
+            those of the plain network).
     """
 
     def __init__(
@@ -69,6 +78,7 @@ class SegmentationModule(L.LightningModule):
         ca_mode: str = "1/2/3",
         config: dict[str, Any] | None = None,
         surface_every: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -79,7 +89,9 @@ class SegmentationModule(L.LightningModule):
         self.total_steps = max(int(total_steps), 1)
         self.set_datasets(dataset_classes, dataset_ca)
         self.surface_every = int(surface_every)
-        self._val: dict[str, list[float]] = defaultdict(list)
+        self._surface: dict[str, list[float]] = defaultdict(list)
+        # a compiled view of the network, kept out of the module tree (state_dict unchanged)
+        self._compiled: list[Any] = [torch.compile(self.net)] if compile else []
 
     def set_datasets(
         self, dataset_classes: dict[int, list[str]], dataset_ca: dict[int, str]
@@ -92,15 +104,27 @@ class SegmentationModule(L.LightningModule):
             {d: torch.from_numpy(t) for d, t in tables.items()}, FocalTverskyLoss(**loss_cfg)
         )
         self.dataset_classes = dataset_classes
+        # validation Dice accumulators: one slot per class name (background excluded)
+        self.dice_names = list(
+            dict.fromkeys(n for names in dataset_classes.values() for n in names[1:])
+        )
+        slot = torch.full(tuple(self.loss.valid.shape), -1, dtype=torch.long)
+        for d, names in dataset_classes.items():
+            for value, name in enumerate(names[1:], start=1):
+                slot[d, value] = self.dice_names.index(name)
+        self.register_buffer("dice_slot", slot, persistent=False)
+        self.register_buffer("dice_sum", torch.zeros(len(self.dice_names)), persistent=False)
+        self.register_buffer("dice_count", torch.zeros(len(self.dice_names)), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, X, Y, Z)`` for images ``(B, 1, X, Y, Z)``."""
-        return self.net(x.contiguous(memory_format=torch.channels_last_3d))
+        net = self._compiled[0] if self._compiled and self.training else self.net
+        return net(x.contiguous(memory_format=torch.channels_last_3d))
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
         probs = torch.softmax(logits.float(), dim=1)
-        return self.loss(probs, batch["label"], batch["dataset"]), probs
+        return self.loss(probs, batch["label"].long(), batch["dataset"]), probs
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch)
@@ -111,12 +135,13 @@ class SegmentationModule(L.LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=batch["image"].shape[0],
+            sync_dist=True,
         )
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def _surface_now(self) -> bool:
-        if self.surface_every < 0 or self.trainer is None:
+        if self.surface_every < 0 or self._trainer is None:
             return False
         epoch = self.current_epoch
         last = epoch >= (self.trainer.max_epochs or 0) - 1
@@ -124,50 +149,111 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, probs = self._step(batch)
-        surface = self._surface_now()
         self.log(
-            "val/epoch/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0]
+            "val/epoch/loss",
+            loss,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["image"].shape[0],
+            sync_dist=True,
         )
-        for b in range(probs.shape[0]):
-            d = int(batch["dataset"][b])
-            names = self.dataset_classes[d]
-            pred = group_probs(probs[b : b + 1], self.loss.table(d)).argmax(1)[0]
-            ref = batch["label"][b]
-            for value, name in enumerate(names):
-                if value == 0:
-                    continue
-                p, r = pred == value, ref == value
-                denom = p.sum() + r.sum()
-                dice = 1.0 if denom == 0 else float(2 * (p & r).sum() / denom)
-                self._val[name].append(dice)
-            if surface:
-                from hsftrain.evaluation.metrics import label_metrics
+        dataset = batch["dataset"].to(self.device).long()
+        pred = self.loss.grouped(probs, dataset).argmax(1)
+        self._accumulate_dice(pred, batch["label"].long(), dataset)
+        if self._surface_now():
+            self._surface_metrics(pred, batch)
 
-                spacing = batch["spacing"][b].tolist()
-                per_label = label_metrics(
-                    pred.cpu().numpy(), ref.cpu().numpy(), range(1, len(names)), spacing, True
-                )
-                for value, metrics in per_label.items():
-                    for key in ("hd95_mm", "assd_mm"):
-                        self._val[f"{key}/{names[value]}"].append(metrics[key])
+    def _accumulate_dice(
+        self, pred: torch.Tensor, ref: torch.Tensor, dataset: torch.Tensor
+    ) -> None:
+        """Add each item's per-class Dice (1 when both are empty) to the device sums.
+
+        Args:
+            pred, ref: ``(B, X, Y, Z)`` label maps in each item's dataset classes.
+            dataset: ``(B,)`` dataset index of each item.
+        """
+        groups = self.loss.valid.shape[1]
+        pred_1h = torch.nn.functional.one_hot(pred, groups).flatten(1, -2).float()
+        ref_1h = torch.nn.functional.one_hot(ref, groups).flatten(1, -2).float()
+        overlap = (pred_1h * ref_1h).sum(1)  # (B, G)
+        total = pred_1h.sum(1) + ref_1h.sum(1)
+        dice = torch.where(total > 0, 2 * overlap / total.clamp_min(1), torch.ones_like(total))
+        slot = self.dice_slot[dataset]  # (B, G), -1 for background and padding
+        counted = slot >= 0
+        index = slot.clamp_min(0)
+        self.dice_sum.index_add_(0, index[counted], dice[counted])
+        self.dice_count.index_add_(0, index[counted], torch.ones_like(dice[counted]))
+
+    def _surface_metrics(self, pred: torch.Tensor, batch: dict[str, Any]) -> None:
+        """HD95 and ASSD (mm) of each item, on the CPU (only when due: they are slow)."""
+        from hsftrain.evaluation.metrics import label_metrics
+
+        for b in range(pred.shape[0]):
+            names = self.dataset_classes[int(batch["dataset"][b])]
+            per_label = label_metrics(
+                pred[b].cpu().numpy(),
+                batch["label"][b].cpu().numpy(),
+                range(1, len(names)),
+                batch["spacing"][b].tolist(),
+                True,
+            )
+            for value, metrics in per_label.items():
+                for key in SURFACE_KEYS:
+                    self._surface[f"{key}/{names[value]}"].append(metrics[key])
 
     def on_validation_epoch_end(self) -> None:
-        dice = {n: float(np.mean(v)) for n, v in self._val.items() if v and "/" not in n}
+        sums, counts = self.dice_sum, self.dice_count
+        if self._trainer is not None and self.trainer.world_size > 1:
+            sums = self.all_gather(sums).reshape(-1, len(self.dice_names)).sum(0)
+            counts = self.all_gather(counts).reshape(-1, len(self.dice_names)).sum(0)
+        values = (sums / counts.clamp_min(1)).tolist()  # the one host read of the epoch
+        seen = (counts > 0).tolist()
+        dice = {n: v for n, v, ok in zip(self.dice_names, values, seen, strict=True) if ok}
+        # already reduced over processes: logged as they are
         for name, value in dice.items():
-            self.log(f"val/dice/{name}", value)
+            self.log(f"val/dice/{name}", value, rank_zero_only=True)
         if dice:
-            self.log("val/dice_mean", float(np.mean(list(dice.values()))), prog_bar=True)
-        for key, values in self._val.items():
-            if "/" in key and values:  # surface distances: NaN when a structure is missing
+            mean = float(np.mean(list(dice.values())))
+            self.log("val/dice_mean", mean, prog_bar=True, rank_zero_only=True)
+        for key, found in self._surface.items():
+            if found:  # NaN when a structure is missing; averaged over processes
                 self.log(
                     f"val/{key}",
-                    float(np.nanmean(values)) if np.isfinite(values).any() else float("nan"),
+                    float(np.nanmean(found)) if np.isfinite(found).any() else float("nan"),
+                    sync_dist=True,
                 )
-        self._val.clear()
+        self._surface.clear()
+        self.dice_sum.zero_()
+        self.dice_count.zero_()
+
+    def on_train_epoch_end(self) -> None:
+        """Under DDP, check that every process holds the same weights (logged as
+        ``ddp/weight_spread``, the largest difference of per-tensor sums)."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return
+        checksum = torch.stack([p.detach().double().sum() for p in self.net.parameters()])
+        gathered = self.all_gather(checksum)
+        spread = float((gathered - gathered[0]).abs().max())
+        self.log("ddp/weight_spread", spread, rank_zero_only=True)
+        if spread > 1e-3:
+            raise RuntimeError(f"DDP processes hold different weights (spread {spread:.3g})")
+
+    def _stepping_batches(self) -> int:
+        """Optimiser steps of the whole run, from the trainer when attached (it accounts for
+        the number of processes, gradient accumulation and batch limits)."""
+        if self._trainer is not None:
+            try:
+                steps = self.trainer.estimated_stepping_batches
+            except (RuntimeError, AttributeError):  # no fit loop yet
+                steps = None
+            if steps and steps != float("inf"):
+                return max(int(steps), 1)
+        return self.total_steps
 
     def configure_optimizers(self) -> Any:
         o = dict(self.optim_cfg.get("optimizer") or {})
         s = dict(self.optim_cfg.get("scheduler") or {})
+        self.total_steps = self._stepping_batches()
         optimizer = AdamP(
             self.net.parameters(),
             lr=float(self.optim_cfg["lr"]),

@@ -22,15 +22,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hsftrain.config import ConfigError
-from hsftrain.data.datamodule import SegmentationDataModule
+from hsftrain.data.datamodule import SegmentationDataModule, build_datamodule
 from hsftrain.data.discovery import Discovery, discover
 from hsftrain.data.labels import LabelError, group_table
 from hsftrain.data.labels import class_names as names_from_table
 from hsftrain.data.splits import Split, crossing_groups, make_split
 from hsftrain.export.pruning import compression_callbacks
+from hsftrain.finite import check_finite_state
 from hsftrain.logs import run_log
 from hsftrain.training.callbacks import EpochTable, OnTrainStart, StepProgress
 from hsftrain.training.checkpoint import ModelInfo, read_checkpoint
+from hsftrain.training.distributed import (
+    compile_enabled,
+    is_rank_zero,
+    publish_run_name,
+    shared_run_name,
+)
 from hsftrain.training.finetuning import GradualUnfreezing
 from hsftrain.training.guards import FiniteGuard, Preemption, SignalState, catch_signals
 from hsftrain.training.module import SegmentationModule
@@ -96,7 +103,7 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
         raise FileNotFoundError(f"resume={target}: no such checkpoint file or run directory")
     name = cfg.get("run_name") or time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(str(cfg.datasets.output_path)).expanduser() / str(name)
-    if (run_dir / "checkpoints").exists():
+    if (run_dir / "checkpoints").exists() and is_rank_zero():
         raise FileExistsError(
             f"{run_dir} already holds a run: choose another run_name, or continue it with "
             f"resume={run_dir}"
@@ -151,6 +158,8 @@ def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
         log.info("precision %s needs a GPU here: training on CPU in 32-true instead", precision)
         kwargs["precision"] = "32-true"
     on_cpu = kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    if not on_cpu and kwargs.get("benchmark") is None:
+        kwargs["benchmark"] = True  # fixed patch shapes: let cudnn pick its fastest kernels
     if on_cpu and int(cfg.datasets.get("batch_size", 1)) == 1:
         log.warning(
             "datasets.batch_size=1 on CPU: PyTorch runs small single-volume batches through "
@@ -219,6 +228,7 @@ def _read_pretrained(cfg: DictConfig) -> Pretrained:
     path = _pretrained(cfg)
     # an hsf_train (HSF) checkpoint stores no architecture: models=hsf_arunet settings apply
     state, info = read_checkpoint(path, cfg.models)
+    check_finite_state(state, path)  # a diverged model cannot be a starting point
     return path, state, info
 
 
@@ -271,6 +281,9 @@ def build_module(
             total_steps,
             config=OmegaConf.to_container(cfg, resolve=True),
             surface_every=int(cfg.get("validation", {}).get("surface_every", 0)),
+            compile=compile_enabled(
+                cfg.models.get("compile", "auto"), cfg.lightning.get("accelerator", "auto")
+            ),
         )
 
     if pretrained is None:
@@ -308,10 +321,11 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         ConfigError, DataError, FileNotFoundError: with the key or file to fix.
     """
     validate_training(cfg, finetune)  # before anything is read or written
-    if not cfg.get("resume") and not cfg.get("run_name"):  # one timestamp for the whole run
+    if not cfg.get("resume") and not cfg.get("run_name"):  # one name for the whole run
         cfg = cfg.copy()
         with open_dict(cfg):
-            cfg.run_name = time.strftime("%Y%m%d-%H%M%S")
+            cfg.run_name = shared_run_name() or time.strftime("%Y%m%d-%H%M%S")
+        publish_run_name(str(cfg.run_name))  # DDP processes launched later use it too
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     before = set(run_dir.iterdir()) if resume_ckpt is not None else set()
     stamp = resume_ckpt.stat().st_mtime_ns if resume_ckpt is not None else 0
@@ -378,13 +392,14 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         split.save(split_file, ids, int(cfg.seed))
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
-    if resume_ckpt is None:  # a resume writes them once its checkpoint is restored
+    if resume_ckpt is None and is_rank_zero():  # a resume writes them once restored
         write_run_files()
     log.info(
         "run directory %s: %d train / %d val subjects", run_dir, len(split.train), len(split.val)
     )
 
-    data = SegmentationDataModule(found, split, cfg.datasets, cfg.get("augmentation"))
+    levels = (pretrained[2].hparams if pretrained else cfg.models.hparams).get("num_levels", 4)
+    data = build_datamodule(cfg, found, split, int(levels))
     total = _total_steps(len(split.train), cfg)
     module = build_module(cfg, found, total, pretrained)
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -425,7 +440,10 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         _fit(trainer, module, data, resume_ckpt, preemption)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     best = checkpoint.best_model_path or checkpoint.last_model_path
-    metrics_out = {"best_checkpoint": best, **metrics}
+    metrics_out = {"best_checkpoint": best, "global_step": _global_step(trainer, checkpoint)}
+    metrics_out.update(metrics)
+    if not is_rank_zero():  # the record is rank 0's to write
+        return {**metrics, "run_dir": str(run_dir), "best_checkpoint": best}  # type: ignore[dict-item]
     if cfg.get("export_onnx", True) and best:
         from hsftrain.export.api import export_checkpoint
 
@@ -434,6 +452,16 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     (run_dir / "metrics.json").write_text(json.dumps(metrics_out, indent=1))
     _report(metrics)
     return {**metrics, "run_dir": str(run_dir), "best_checkpoint": best}  # type: ignore[dict-item]
+
+
+def _global_step(trainer: L.Trainer, checkpoint: Any) -> int:
+    """Optimiser steps taken; with ``ddp_spawn`` the count lives in the processes that
+    trained, so it is read back from the last checkpoint."""
+    last = Path(str(checkpoint.dirpath)) / "last.ckpt"
+    if trainer.global_step or not last.is_file():
+        return int(trainer.global_step)
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    return int(saved.get("global_step", 0))
 
 
 def resume_command(run_dir: Path, finetune: bool) -> str:
