@@ -164,7 +164,15 @@ def _write_entry(
             f"{subject.label}: label value {int(label.max())} after remapping; training "
             f"values must be < 256: remap them in datasets.datasets.{spec.name}.labels"
         )
-    image = z_normalize(_finite(image, subject.image, settings.nonfinite)).astype(settings.dtype)
+    image = _finite(image, subject.image, settings.nonfinite)
+    low, high = np.percentile(image, [0.5, 99.5])
+    intensity = {
+        "mean": float(image.mean()),
+        "std": float(image.std()),
+        "p0.5": float(low),
+        "p99.5": float(high),
+    }
+    image = z_normalize(image).astype(settings.dtype)
     spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
     meta = {
         "version": FORMAT_VERSION,
@@ -174,6 +182,7 @@ def _write_entry(
         "shape": [int(s) for s in image.shape],
         "spacing": [float(s) for s in spacing],
         "minimum": float(image.min()),
+        "intensity": intensity,
         "affine": affine.tolist(),
     }
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -175,16 +175,16 @@ def patch_size(
     return tuple(min(a, cap) for a in auto)  # type: ignore[return-value]
 
 
-def build_datamodule(
-    cfg: Mapping[str, Any], found: Discovery, split: Split, num_levels: int
-) -> SegmentationDataModule:
-    """Prepare the split's subjects into the cache (reusing what is there) and build the
-    data module: training patches of ``datasets.patch_size`` (automatic when null) and
-    whole validation volumes.
+def prepare_split(
+    cfg: Mapping[str, Any], found: Discovery, split: Split
+) -> tuple[list[PreparedSubject], list[PreparedSubject]]:
+    """Prepare the split's subjects into the cache (reusing what is there).
+
+    Returns:
+        The training subjects (bagging: a subject may appear twice) and the validation ones.
 
     Raises:
         DataError: a file that cannot be prepared (named).
-        ConfigError: bad ``datasets``/``augmentation`` values.
     """
     datasets_cfg = cfg["datasets"]
     needed = sorted(set(split.train) | set(split.val))
@@ -192,9 +192,28 @@ def build_datamodule(
         found, cache_dir(datasets_cfg), PrepareSettings.from_config(datasets_cfg), needed
     )
     by_index = dict(zip(needed, prepared, strict=True))
-    train = [by_index[i] for i in split.train]  # bagging: a subject may appear twice
-    val = [by_index[i] for i in split.val]
-    multiple = max(8, 2 ** (int(num_levels) - 1))
+    return [by_index[i] for i in split.train], [by_index[i] for i in split.val]
+
+
+def input_multiple(num_levels: int) -> int:
+    """Shapes the network takes without internal padding (at least 8, as inference pads)."""
+    return max(8, 2 ** (int(num_levels) - 1))
+
+
+def build_datamodule(
+    cfg: Mapping[str, Any],
+    train: Sequence[PreparedSubject],
+    val: Sequence[PreparedSubject],
+    num_levels: int,
+) -> SegmentationDataModule:
+    """The data module: training patches of ``datasets.patch_size`` (automatic when null)
+    and whole validation volumes.
+
+    Raises:
+        ConfigError: bad ``datasets``/``augmentation`` values.
+    """
+    datasets_cfg = cfg["datasets"]
+    multiple = input_multiple(num_levels)
     patch = patch_size(datasets_cfg.get("patch_size"), [p.shape for p in train], multiple)
     log.info(
         "training on %s patches (datasets.patch_size%s), median volume %s",

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hsftrain.config import ConfigError
-from hsftrain.data.datamodule import SegmentationDataModule, build_datamodule
+from hsftrain.data.datamodule import SegmentationDataModule, build_datamodule, prepare_split
 from hsftrain.data.discovery import Discovery, discover
 from hsftrain.data.labels import LabelError, group_table
 from hsftrain.data.labels import class_names as names_from_table
@@ -387,6 +387,8 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
             " = ".join(ids[i] for i in group),
         )
 
+    train_set, val_set = prepare_split(cfg, found, split)
+
     def write_run_files() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         split.save(split_file, ids, int(cfg.seed))
@@ -399,7 +401,7 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     )
 
     levels = (pretrained[2].hparams if pretrained else cfg.models.hparams).get("num_levels", 4)
-    data = build_datamodule(cfg, found, split, int(levels))
+    data = build_datamodule(cfg, train_set, val_set, int(levels))
     total = _total_steps(len(split.train), cfg)
     module = build_module(cfg, found, total, pretrained)
     from lightning.pytorch.callbacks import ModelCheckpoint
