@@ -613,6 +613,22 @@ def rebuild_volumes(reports: Sequence[SubjectReport], settings: Settings) -> Pat
     return write_volumes(rows, settings.volumes_csv)
 
 
+def _failure(mri: Path, err: Exception) -> str:
+    """One line saying why ``mri`` failed: the error's own message (naming the file) for
+    a user error; for anything else its type too, and what to try for out-of-memory."""
+    from hsftrain.errors import is_out_of_memory
+
+    text = " ".join(str(err).split())
+    if not isinstance(err, UserError | OSError):
+        hint = (
+            ": out of memory, try hardware.engine_settings.batch_size=1 or fewer models/views"
+            if is_out_of_memory(err)
+            else " (internal error: a bug, please report it with the traceback)"
+        )
+        text = f"{type(err).__name__}: {text}{hint}"
+    return text if str(mri) in text else f"{mri}: {text}"
+
+
 def _summary(reports: Sequence[SubjectReport], volumes: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -720,9 +736,9 @@ def segment(cfg: DictConfig) -> list[Path]:
                 try:
                     report = segment_subject(mri, outputs, subject, segmenter, settings, hook)
                 except Exception as err:  # keep going: report every failure at the end
-                    log.error("%s: %s", mri, err)
-                    log.debug("traceback", exc_info=True)
-                    report = SubjectReport(subject, mri, "failed", error=str(err))
+                    report = SubjectReport(subject, mri, "failed", error=_failure(mri, err))
+                    internal = not isinstance(err, UserError | OSError)
+                    log.error("%s", report.error, exc_info=internal)
                 reports.append(report)
                 progress.advance(subjects_task)
     order = {m: i for i, m in enumerate(mris)}
@@ -731,6 +747,9 @@ def segment(cfg: DictConfig) -> list[Path]:
     _summary(reports, volumes)
     failed = [r for r in reports if r.status == "failed"]
     if failed:
-        lines = "\n".join(f"  {r.mri}: {r.error}" for r in failed)
-        raise SegmentError(f"{len(failed)} of {len(reports)} MRI(s) failed:\n{lines}")
+        why = "; ".join(r.error for r in failed)
+        raise SegmentError(
+            f"{len(failed)} of {len(reports)} MRI(s) failed (the others are written; each "
+            f"failure has a row in {settings.volumes_csv.name}): {' '.join(why.split())}"
+        )
     return [outputs_for(r.mri, settings.root, settings.output_dir).segmentation for r in reports]
