@@ -34,3 +34,20 @@ def test_split_file_round_trip(tmp_path):
     assert Split.load(path, ids) == split
     with pytest.raises(ValueError, match="not in the datasets"):
         Split.load(path, ["a", "b"])
+
+
+def test_groups_stay_on_one_side_and_no_groups_change_nothing():
+    from hsftrain.data.splits import crossing_groups, units_of
+
+    assert units_of(5, [[3, 1]]) == [[0], [1, 3], [2], [4]]
+    for replace in (False, True):
+        plain = make_split(12, 0.75, replace, seed=5)
+        assert make_split(12, 0.75, replace, seed=5, groups=[]) == plain
+        groups = [[0, 7], [2, 3, 11]]
+        for seed in range(10):
+            split = make_split(12, 0.75, replace, seed=seed, groups=groups)
+            assert crossing_groups(split, groups) == []
+            assert set(split.train) | set(split.val) <= set(range(12)) and split.val
+    assert crossing_groups(Split([0, 1], [2], []), [[1, 2]]) == [[1, 2]]
+    with pytest.raises(ValueError, match="all the same subject"):
+        make_split(3, groups=[[0, 1, 2]])

@@ -80,3 +80,21 @@ def test_export_checkpoint_metadata(tiny_ckpt: Path, tmp_path: Path) -> None:
 def test_fp32_companion_names() -> None:
     assert fp32_companion(Path("a/m.int8.onnx")) == Path("a/m.onnx")
     assert fp32_companion(Path("a/m.onnx")) == Path("a/m.fp32.onnx")
+
+
+class _NaNNet(torch.nn.Module):
+    """A logits network whose output is NaN everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * float("nan")
+
+
+def test_non_finite_outputs_fail_the_verification(tmp_path: Path) -> None:
+    out = tmp_path / "nan.onnx"
+    with pytest.raises(ExportError, match="NaN/Inf"):
+        export_onnx(_NaNNet(), out, example_shape=(1, 1, 8, 8, 8), verify_shapes=[(1, 1, 8, 8, 8)])
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing, not even a temporary

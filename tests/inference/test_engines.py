@@ -138,3 +138,25 @@ def test_unloadable_model_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(RuntimeError, match="broken.onnx"):
         OnnxEngine(bad)
+
+
+def test_engine_contract_metadata_must_match_the_output(tmp_path: Path) -> None:
+    import onnx
+
+    from hsftrain.inference.engines import ModelError
+
+    def with_metadata(name: str, **meta: str) -> Path:
+        path = logits_model(tmp_path / f"{name}.onnx", 3)
+        proto = onnx.load(str(path))
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(path))
+        return path
+
+    ok = OnnxEngine(with_metadata("ok", labels_names='{"1": "DG", "2": "CA1"}'))
+    assert ok.labels_names == ["background", "DG", "CA1"] and ok.output_classes == 3
+    with pytest.raises(ModelError, match="num_classes=8 but the model outputs 3"):
+        OnnxEngine(with_metadata("count", num_classes="8"))
+    with pytest.raises(ModelError, match=r"names values \[5\]"):
+        OnnxEngine(with_metadata("mapping", labels_names='{"1": "DG", "5": "TAIL"}'))

@@ -124,3 +124,16 @@ def test_boxes_follow_a_moved_template(tmp_path: Path) -> None:
         assert (error_mm <= 4.0).all(), (side, centre_vox, box, error_mm)
         assert max(box.shape) <= 80
     assert boxes["left"].lo[0] < boxes["right"].lo[0]  # RAS: left has smaller x
+
+
+def test_registration_problem_thresholds() -> None:
+    from hsftrain.inference.roiloc import Registration, registration_problem
+
+    cfg = compose("segment", []).roiloc
+    assert registration_problem(Registration(None, 0.5, (1.1, 1.0, 0.9)), cfg) == ""
+    assert "roiloc.min_quality" in registration_problem(Registration(None, 0.01, (1, 1, 1)), cfg)
+    assert "scaled by 2.40" in registration_problem(Registration(None, 0.5, (2.4, 1, 1)), cfg)
+    off = {"min_quality": 0, "max_scale": 0}
+    assert registration_problem(Registration(None, 0.0, (3, 1, 1)), off) == ""
+    with pytest.raises(ConfigError, match="roiloc.max_scale"):
+        registration_problem(Registration(None, 0.5, (1, 1, 1)), {"max_scale": 0.5})

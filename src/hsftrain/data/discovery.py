@@ -89,7 +89,8 @@ class Discovery:
 def id_stem(mri: Path, mri_pattern: str) -> str:
     """The subject part of an MRI's name: the name minus the fixed suffix of its pattern
     (``sub-01`` for ``sub-01_img.nii.gz`` and ``*_img.nii.gz``), or minus its extension."""
-    suffix = Path(mri_pattern).name.rsplit("*", 1)[-1] if "*" in mri_pattern else ""
+    name = Path(mri_pattern).name
+    suffix = name.rsplit("*", 1)[-1] if "*" in name else ""
     stem = mri.name[: len(mri.name) - len(suffix)] if suffix else mri.name
     for ext in (".nii.gz", ".nii", ".mgz"):
         if not suffix and stem.endswith(ext):
