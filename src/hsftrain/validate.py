@@ -187,6 +187,12 @@ def _devices(key: str, value: Any) -> Any:
     return value
 
 
+def _budget(key: str, value: Any) -> float:
+    from hsftrain.training.budget import parse_budget
+
+    return parse_budget(value)
+
+
 def _auto_or_bool(key: str, value: Any) -> str | bool:
     return "auto" if str(value) == "auto" else as_bool(key, value)
 
@@ -208,6 +214,7 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
     c("seed", lambda k, v: as_int(k, v))
     c("run_name", lambda k, v: _run_name(k, v), optional=True)
     c("export_onnx", as_bool)
+    c("budget", _budget, optional=True)
     # datasets
     c("datasets.batch_size", lambda k, v: as_int(k, v, 1, " (images per training step)"))
     c("datasets.num_workers", lambda k, v: as_int(k, v, 0))

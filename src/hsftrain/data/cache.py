@@ -64,6 +64,10 @@ class PreparedSubject:
             np.load(self.folder / "label.npy", mmap_mode=mode),
         )
 
+    def meta(self) -> dict[str, Any]:
+        """The entry's ``meta.json`` (shape, spacing, affine, raw intensity statistics)."""
+        return dict(json.loads((self.folder / "meta.json").read_text()))
+
     def foreground(self) -> np.ndarray:
         """``(N, 3)`` sampled foreground voxel coordinates (N may be 0)."""
         return np.load(self.folder / "fg.npy")

@@ -352,6 +352,7 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     Raises:
         ConfigError, DataError, FileNotFoundError: with the key or file to fix.
     """
+    started = time.monotonic()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     # the pretrained model first (fetched and verified): a wrong spec writes no run directory
     pretrained = _read_pretrained(cfg) if finetune else None
@@ -388,11 +389,29 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         )
 
     train_set, val_set = prepare_split(cfg, found, split)
+    plan = None
+    if cfg.get("budget") and resume_ckpt is None:
+        from hsftrain.training.budget import make_plan
+
+        network = None
+        if pretrained is not None:
+            hp = pretrained[2].hparams
+            network = (int(hp.get("f_maps", 64)), int(hp.get("num_levels", 4)))
+        cfg, plan = make_plan(
+            cfg,
+            train_set,
+            val_set,
+            lambda c: build_module(c, found, 1000, pretrained),
+            started,
+            network,
+        )
 
     def write_run_files() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         split.save(split_file, ids, int(cfg.seed))
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if plan is not None:
+            plan.save(run_dir / "plan.yaml")
 
     if resume_ckpt is None and is_rank_zero():  # a resume writes them once restored
         write_run_files()
@@ -441,6 +460,13 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
             warnings.filterwarnings("ignore", message=pattern)
         _fit(trainer, module, data, resume_ckpt, preemption)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if plan is not None and trainer.current_epoch < plan.epochs and is_rank_zero():
+        log.warning(
+            "stopped at the budget after %d of %d planned epochs: the best checkpoint so far "
+            "is kept and exported",
+            trainer.current_epoch,
+            plan.epochs,
+        )
     best = checkpoint.best_model_path or checkpoint.last_model_path
     metrics_out = {"best_checkpoint": best, "global_step": _global_step(trainer, checkpoint)}
     metrics_out.update(metrics)

@@ -1,0 +1,348 @@
+"""``budget=``: the best model that fits the time you have, planned on this machine.
+
+Before training, :func:`make_plan` fingerprints the data (median shape, spacing, intensity),
+times a few training steps of each candidate network on the real prepared data with
+augmentation on (this machine, this device), estimates what validation and export will
+cost, and picks the largest candidate that still gets enough optimiser steps; the number of
+epochs is then set so that training, validation and export end inside the budget, and the
+learning-rate schedule spans exactly those steps. The plan (candidates, measured seconds per
+step, the choice and why) is printed and saved as ``plan.yaml`` in the run directory.
+Lightning's ``max_time`` is set as a safety net: a run about to overrun stops at the budget
+with its best checkpoint, and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hsftrain.config import ConfigError
+from hsftrain.data.augment import BatchAugment
+from hsftrain.data.cache import PreparedSubject
+from hsftrain.data.datamodule import input_multiple, patch_size
+from hsftrain.data.dataset import PatchDataset, VolumeDataset
+
+log = logging.getLogger(__name__)
+
+#: Optimiser steps a candidate must afford to be chosen over a smaller one (at batch 2;
+#: scaled by the batch size). Set from the MSD measurements in docs/benchmarks.md: the
+#: demo-size network (f_maps 8, 3 levels) reaches its plateau after about 1500 steps.
+MIN_SAMPLES = 3000
+#: Share of the training time that validation may take.
+VALIDATION_SHARE = 0.08
+#: Seconds kept for start-up, the last checkpoint and the ONNX export.
+FIXED_RESERVE_S = 25.0
+#: Candidate networks, smallest first: (f_maps, num_levels).
+CPU_CANDIDATES = ((8, 3), (12, 3), (16, 3), (16, 4), (24, 4))
+GPU_CANDIDATES = ((16, 4), (24, 4), (32, 4), (48, 4), (64, 4))
+
+
+def parse_budget(value: Any) -> float:
+    """Seconds from ``30m``, ``2h``, ``1h30m``, ``90s`` or a number of seconds.
+
+    Raises:
+        ConfigError: anything else, or a budget under one minute.
+    """
+    text = str(value).strip().lower()
+    seconds: float | None = None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+        if parts and re.fullmatch(r"(\s*\d+(?:\.\d+)?\s*[hms])+\s*", text):
+            unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
+            seconds = sum(float(n) * unit[u] for n, u in parts)
+    if seconds is None:
+        raise ConfigError(f"budget={value}: give a duration such as 30m, 2h, 1h30m or 900s")
+    if seconds < 60:
+        raise ConfigError(f"budget={value}: at least 1m (the plan itself takes ~30 s)")
+    return seconds
+
+
+def fingerprint(subjects: Sequence[PreparedSubject]) -> dict[str, Any]:
+    """What the data looks like: median shape, spacing (median, min, max per axis), the
+    anisotropy (largest / smallest median spacing) and median raw intensity statistics."""
+    shapes = np.array([s.shape for s in subjects])
+    spacings = np.array([s.spacing for s in subjects])
+    intensity: dict[str, list[float]] = {}
+    for s in subjects:
+        for key, value in s.meta().get("intensity", {}).items():
+            intensity.setdefault(key, []).append(float(value))
+    median_spacing = np.median(spacings, axis=0)
+    return {
+        "subjects": len(subjects),
+        "median_shape": [int(v) for v in np.median(shapes, axis=0)],
+        "min_shape": [int(v) for v in shapes.min(0)],
+        "max_shape": [int(v) for v in shapes.max(0)],
+        "median_spacing_mm": [round(float(v), 4) for v in median_spacing],
+        "min_spacing_mm": [round(float(v), 4) for v in spacings.min(0)],
+        "max_spacing_mm": [round(float(v), 4) for v in spacings.max(0)],
+        "anisotropy": round(float(median_spacing.max() / median_spacing.min()), 3),
+        "intensity": {k: round(float(np.median(v)), 4) for k, v in intensity.items()},
+    }
+
+
+@dataclass
+class Candidate:
+    """One network tried by the planner, and what it measured."""
+
+    f_maps: int
+    num_levels: int
+    batch_size: int
+    patch: list[int]
+    s_per_step: float = float("nan")
+    val_s: float = float("nan")
+    steps: int = 0
+    epochs: int = 0
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"f{self.f_maps}/L{self.num_levels}/b{self.batch_size}"
+
+
+@dataclass
+class Plan:
+    """What ``budget=`` decided, saved as ``plan.yaml``."""
+
+    budget_s: float
+    device: str
+    fingerprint: dict[str, Any]
+    candidates: list[Candidate]
+    chosen: str
+    epochs: int
+    steps: int
+    check_val_every_n_epoch: int
+    train_s: float
+    planning_s: float
+    why: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> None:
+        data = asdict(self)
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
+
+    def table(self) -> str:
+        """The candidates, their measurements and the choice, one line each."""
+        rows = [f"{'candidate':<14}{'patch':>12}{'s/step':>8}{'val s':>7}{'steps':>7}{'epochs':>7}"]
+        for c in self.candidates:
+            mark = "  <- chosen" if c.name == self.chosen else (f"  ({c.note})" if c.note else "")
+            rows.append(
+                f"{c.name:<14}{'x'.join(map(str, c.patch)):>12}{c.s_per_step:>8.2f}"
+                f"{c.val_s:>7.1f}{c.steps:>7d}{c.epochs:>7d}{mark}"
+            )
+        return "\n".join(rows)
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    accelerator = str(cfg.lightning.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _time_steps(
+    module: Any,
+    train: Sequence[PreparedSubject],
+    val: Sequence[PreparedSubject],
+    candidate: Candidate,
+    augmentation: Any,
+    device: torch.device,
+    steps: int,
+) -> tuple[float, float]:
+    """Seconds per training step (data, augmentation, forward, backward, optimiser) and
+    seconds for one validation pass over ``val``."""
+    module = module.to(device)
+    optimizer = module.configure_optimizers()["optimizer"]
+    augment = BatchAugment(augmentation or {}, seed=0)
+    dataset = PatchDataset(train, candidate.patch, 0.33)
+    cuda = device.type == "cuda"
+
+    def step(i: int) -> None:
+        size = candidate.batch_size
+        items = [dataset[(i * size + j) % len(dataset)] for j in range(size)]
+        batch = torch.utils.data.default_collate(items)
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        if augment.enabled:
+            image, label = augment(image, label, batch["spacing"])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss, _ = module._step({"image": image, "label": label, "dataset": batch["dataset"]})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    module.train()
+    step(0)  # warm-up: allocations, kernels
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(1, steps + 1):
+        step(i)
+    if cuda:
+        torch.cuda.synchronize()
+    per_step = (time.perf_counter() - start) / steps
+    # validation: forward passes over a few whole volumes, scaled to the validation set
+    module.eval()
+    volumes = VolumeDataset(val[: min(len(val), 4)], input_multiple(candidate.num_levels))
+    start = time.perf_counter()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        for i in range(len(volumes)):
+            module(volumes[i]["image"][None].to(device))
+    if cuda:
+        torch.cuda.synchronize()
+    per_volume = (time.perf_counter() - start) / max(len(volumes), 1)
+    return per_step, per_volume * len(val)
+
+
+def make_plan(
+    cfg: DictConfig,
+    train: Sequence[PreparedSubject],
+    val: Sequence[PreparedSubject],
+    build: Callable[[DictConfig], Any],
+    started: float,
+    network: tuple[int, int] | None = None,
+) -> tuple[DictConfig, Plan]:
+    """Plan a run that ends within ``cfg.budget``.
+
+    Args:
+        train, val: the prepared subjects of the split.
+        build: makes the LightningModule for a config (the run's own constructor).
+        started: ``time.monotonic()`` when the run started (planning time counts).
+        network: ``(f_maps, num_levels)`` of a fixed network (fine-tuning: the pretrained
+            one); only the number of steps is then planned.
+
+    Returns:
+        The config with the plan applied (``models.hparams``, ``datasets.batch_size`` and
+        ``patch_size``, ``lightning.max_epochs``, ``check_val_every_n_epoch``,
+        ``max_time``) and the plan.
+
+    Raises:
+        ConfigError: a budget too short for even the smallest candidate.
+    """
+    budget = parse_budget(cfg.budget)
+    device = _device(cfg)
+    fp = fingerprint(train)
+    cuda = device.type == "cuda"
+    batch = int(cfg.datasets.batch_size) if network else (8 if cuda else 2)
+    pairs: Sequence[tuple[int, int]] = (
+        (network,) if network else (GPU_CANDIDATES if cuda else CPU_CANDIDATES)
+    )
+    candidates: list[Candidate] = []
+    shapes = [s.shape for s in train]
+    for f_maps, levels in pairs:
+        patch = list(patch_size(cfg.datasets.get("patch_size"), shapes, input_multiple(levels)))
+        if min(p // 2 ** (levels - 1) for p in patch) < 2:
+            continue  # too deep for this data (e.g. 12-slice anisotropic volumes)
+        candidates.append(Candidate(f_maps, levels, batch, patch))
+    if not candidates:
+        raise ConfigError(
+            f"budget={cfg.budget}: the data (median shape {fp['median_shape']}) is too small "
+            "for every candidate network; set models.hparams.num_levels and train without budget"
+        )
+    steps_per_epoch = math.ceil(len(train) / batch)
+    timing_limit = 0.08 * budget
+    for c in candidates:
+        if time.monotonic() - started > timing_limit:
+            c.note = "not timed: planning time used up"
+            continue
+        trial = _with(cfg, c)
+        module = build(trial)
+        steps = 10 if cuda else min(3 + int(budget // 600), 8)  # more steps: less noise
+        c.s_per_step, c.val_s = _time_steps(
+            module, train, val, c, cfg.get("augmentation"), device, steps
+        )
+        del module
+    planning = time.monotonic() - started
+    available = budget - planning - FIXED_RESERVE_S
+    for c in candidates:
+        if not math.isfinite(c.s_per_step):
+            continue
+        # validation every k epochs so that it takes at most VALIDATION_SHARE of the time
+        train_s = available
+        epoch_s = steps_per_epoch * c.s_per_step
+        k = max(1, math.ceil(c.val_s / max(VALIDATION_SHARE * epoch_s, 1e-9)))
+        # epochs e with e * epoch_s + (e / k + 1) * val_s <= available (one more at the end:
+        # the last epoch always validates, with surface metrics)
+        epochs = int((train_s - 2 * c.val_s) / (epoch_s + c.val_s / k))
+        c.epochs = max(epochs, 0)
+        c.steps = c.epochs * steps_per_epoch
+        c.note = c.note or f"val every {k}"
+    timed = [c for c in candidates if c.epochs >= 1]
+    if not timed:
+        fastest = min(candidates, key=lambda c: c.s_per_step)
+        raise ConfigError(
+            f"budget={cfg.budget}: not even one epoch fits ({steps_per_epoch} steps of "
+            f"{fastest.s_per_step:.2f} s plus validation); give a longer budget"
+        )
+    enough = [c for c in timed if c.steps * c.batch_size >= MIN_SAMPLES]
+    if enough:
+        chosen = enough[-1]  # the largest network that still sees enough samples
+        why = (
+            f"largest network with at least {MIN_SAMPLES} training samples "
+            f"({chosen.steps} steps x batch {chosen.batch_size}) in the budget"
+        )
+    else:
+        chosen = max(timed, key=lambda c: c.steps)
+        why = f"no candidate reaches {MIN_SAMPLES} samples: the one with the most steps"
+    epoch_s = steps_per_epoch * chosen.s_per_step
+    val_every = max(1, math.ceil(chosen.val_s / max(VALIDATION_SHARE * epoch_s, 1e-9)))
+    val_every = min(val_every, chosen.epochs)
+    train_s = budget - (time.monotonic() - started) - FIXED_RESERVE_S / 2
+    overrides = {
+        "models.hparams.f_maps": chosen.f_maps,
+        "models.hparams.num_levels": chosen.num_levels,
+        "datasets.batch_size": chosen.batch_size,
+        "datasets.patch_size": chosen.patch,
+        "lightning.max_epochs": chosen.epochs,
+        "lightning.check_val_every_n_epoch": val_every,
+        "lightning.max_time": _duration(train_s),
+    }
+    if network:
+        for key in ("models.hparams.f_maps", "models.hparams.num_levels"):
+            overrides.pop(key)
+    plan = Plan(
+        budget_s=budget,
+        device=str(device),
+        fingerprint=fp,
+        candidates=candidates,
+        chosen=chosen.name,
+        epochs=chosen.epochs,
+        steps=chosen.steps,
+        check_val_every_n_epoch=val_every,
+        train_s=round(train_s, 1),
+        planning_s=round(time.monotonic() - started, 1),
+        why=why,
+        overrides=overrides,
+    )
+    planned = cfg.copy()
+    with open_dict(planned):
+        for key, value in overrides.items():
+            OmegaConf.update(planned, key, value, force_add=True)
+        planned.budget = None  # applied: a resume continues this plan, it does not replan
+    log.info("budget %s: plan\n%s\n%s", cfg.budget, plan.table(), why)
+    return planned, plan
+
+
+def _with(cfg: DictConfig, c: Candidate) -> DictConfig:
+    trial = cfg.copy()
+    with open_dict(trial):
+        trial.models.hparams.f_maps = c.f_maps
+        trial.models.hparams.num_levels = c.num_levels
+        trial.models.compile = False
+    return trial
+
+
+def _duration(seconds: float) -> str:
+    """Lightning's ``max_time`` format ``DD:HH:MM:SS``."""
+    s = max(int(seconds), 1)
+    return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
