@@ -234,6 +234,11 @@ EXAMPLES: dict[str, Example] = {
         "compose", NETWORK
     ),
     # docs/user_guide.md
+    "hsftrain data prepare datasets=msd": Example(),
+    "hsftrain train datasets=msd budget=30m": Example("compose", BENCH),
+    "hsftrain train datasets=msd lightning=ddp": Example(
+        "compose", "needs several GPUs (DDP on CPU: tests/training/test_distributed.py)"
+    ),
     "hsftrain segment files.path=DIR files.pattern=*.nii.gz "
     "segmentation=runs/bag/preset.yaml": Example(slow=True),
     "hsftrain segment files.path=new/ files.pattern=*_img.nii.gz files.output_dir=pred/ "
