@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,9 +148,11 @@ class Preemption(L.Callback):
         self.saved: Path | None = None
 
     def _check(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.state.signum is None:
-            return
-        self._save_and_stop(trainer, pl_module, self.state.signum)
+        stop = self.state.signum is not None
+        if trainer.world_size > 1:  # every process stops at the same batch (one tiny reduce)
+            stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
+        if stop:
+            self._save_and_stop(trainer, pl_module, self.state.signum or signal.SIGTERM)
 
     def _save_and_stop(self, trainer: L.Trainer, pl_module: L.LightningModule, signum: int) -> None:
         epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx
@@ -200,9 +203,14 @@ class Preemption(L.Callback):
 
 
 def save_checkpoint_atomic(trainer: L.Trainer, path: Path) -> Path:
-    """``trainer.save_checkpoint`` through a temporary file renamed onto ``path``."""
-    from hsftrain.files import atomic_path
-
-    with atomic_path(path) as tmp:
-        trainer.save_checkpoint(str(tmp))
+    """``trainer.save_checkpoint`` into a temporary file beside ``path``, renamed onto it
+    by the global rank 0 (every process takes part in the save, only rank 0 writes), so a
+    kill during the save never leaves a half-written ``last.ckpt``."""
+    tmp = path.with_name(f".{path.name}.preempted.hsftrain-tmp.ckpt")
+    if trainer.is_global_zero:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(str(tmp))
+    if trainer.is_global_zero:
+        os.replace(tmp, path)
+    trainer.strategy.barrier("hsftrain-preempted-checkpoint")
     return path
