@@ -58,3 +58,13 @@ def test_copies_and_namesakes_are_grouped(tmp_path: Path, caplog: pytest.LogCapt
     assert "a/p/s1_img.nii.gz = b/p/s1_img.nii.gz (same name 's1')" in warning[0]
     assert "identical image files" in warning[0]
     assert any("both hemispheres" in r.getMessage() for r in caplog.records)
+
+
+def test_same_name_in_two_folders_of_one_dataset(tmp_path: Path) -> None:
+    spec = _spec("d", 0, tmp_path / "d", {"p": "**/*_img.nii.gz"})
+    subjects = [
+        _subject(spec, "p", "a/s1_img.nii.gz", "scan"),
+        _subject(spec, "p", "b/s1_img.nii.gz", "re-saved scan"),  # copied into another folder
+        _subject(spec, "p", "c/s2_img.nii.gz", "other"),
+    ]
+    assert find_duplicates(subjects, [spec]) == [[0, 1]]

@@ -9,10 +9,11 @@ Two subjects are the same when
 
 * their images are byte-identical files (found by size first, then xxh3_64, so only
   files of equal size are read), or
-* they have the same *name* in two different datasets or patterns: the MRI file name
-  minus its pattern's fixed suffix (``sub-01`` for ``sub-01_T2w_hippocampus_R.nii.gz``
-  and ``*_T2w_hippocampus_R.nii.gz``), or, where that name is not unique within its own
-  dataset (``sub-*/anat/T1w.nii.gz``), the path below the dataset folder.
+* they have the same *name*: the MRI file name minus its pattern's fixed suffix
+  (``sub-01`` for ``sub-01_T2w_hippocampus_R.nii.gz`` and ``*_T2w_hippocampus_R.nii.gz``),
+  in two datasets, two patterns, or two folders of one dataset. Where most files of a
+  pattern share their name (``sub-*/anat/T1w.nii.gz``), the name is not an identifier
+  and the path below the dataset folder is used instead.
 
 Grouping only constrains the split; nothing is dropped. Left and right hemispheres of
 one subject given by two patterns are grouped too, which is what a split should do.
@@ -50,12 +51,14 @@ def name_keys(subjects: Sequence[Subject], specs: Sequence[DatasetSpec]) -> list
         pattern = _pattern_of(subject, spec)
         stem = id_stem(subject.image, spec.patterns[pattern][0])
         places.append(((spec.index, pattern), stem, spec))
-    counts: dict[tuple[tuple[int, str], str], int] = defaultdict(int)
+    stems: dict[tuple[int, str], list[str]] = defaultdict(list)
     for where, stem, _ in places:
-        counts[(where, stem)] += 1
+        stems[where].append(stem)
+    # names identify subjects where most files of a pattern have their own
+    named = {where: 2 * len(set(s)) > len(s) for where, s in stems.items()}
     keys = []
     for subject, (where, stem, spec) in zip(subjects, places, strict=True):
-        if counts[(where, stem)] == 1:
+        if named[where]:
             keys.append(stem)
         else:  # not an identifier in its dataset: the folders below the dataset say who
             try:
@@ -111,9 +114,11 @@ def find_duplicates(subjects: Sequence[Subject], specs: Sequence[DatasetSpec]) -
             (subjects[i].dataset, _pattern_of(subjects[i], by_index[subjects[i].dataset]))
             for i in members
         }
-        if len(members) > 1 and len(places) > 1:
+        if len(members) > 1:
             datasets = {subjects[i].dataset for i in members}
-            reasons.append((set(members), f"same name {key!r}", len(datasets) > 1))
+            # two hemispheres (patterns) of one dataset are expected; anything else is not
+            loud = len(datasets) > 1 or len(places) < len(members)
+            reasons.append((set(members), f"same name {key!r}", loud))
             join(members)
     for members in identical_files([s.image for s in subjects]):
         reasons.append((set(members), "identical image files", True))
