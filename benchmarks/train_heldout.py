@@ -1,0 +1,144 @@
+"""Train on MSD, score on MSD cases the run never saw: wall time, CPU time, held-out Dice.
+
+One fixed split of the 208 MSD crops (seed 0): 145 train, 21 validation (checkpoint
+selection), 42 test (never seen in training or tuning). The run trains with the given
+overrides, exports its best checkpoint (lowest validation loss) to ONNX, and that model is
+scored on the 42 test cases with ONNX Runtime: z-normalised crop, padded to a multiple of
+8 with its minimum (as ``segment`` does for hsftrain models), argmax, Dice per label.
+
+Only the public API that every hsftrain version has is used (``compose``, ``train``), so the
+same script measures an older checkout too:
+
+    python benchmarks/train_heldout.py --tag new lightning.max_epochs=10
+    git worktree add /tmp/old ccf639e
+    PYTHONPATH=/tmp/old/src python benchmarks/train_heldout.py --tag old lightning.max_epochs=10
+    python benchmarks/train_heldout.py --tag budget30m budget=30m     # issue 11
+
+Prints a table and writes ``benchmarks/results/train_heldout_<tag>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import onnxruntime as ort
+from rich.console import Console
+from rich.table import Table
+from train_cpu import machine_info  # benchmarks/ is on sys.path when run as a script
+
+import hsftrain
+from hsftrain.config import compose
+from hsftrain.logs import setup_logging
+from hsftrain.training.run import train
+
+ROOT = Path(__file__).resolve().parents[1]
+MSD = Path(os.environ.get("HSFTRAIN_MSD", ROOT.parent / "shared/data/msd_hippocampus"))
+NAMES = {1: "anterior", 2: "posterior"}
+RECIPE = [
+    "datasets=msd",
+    f"datasets.main_path={MSD}",
+    "models.hparams.f_maps=8",
+    "models.hparams.num_levels=3",
+    "models.lr=5e-3",
+    "datasets.batch_size=2",
+    "lightning.enable_progress_bar=false",
+    "logger=csv",
+    "validation.surface_every=-1",
+]
+
+
+def split(n: int = 208, seed: int = 0) -> tuple[list[int], list[int], list[int]]:
+    """Indices into the sorted MSD subjects: 145 train, 21 validation, 42 test."""
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    return sorted(order[63:]), sorted(order[42:63]), sorted(order[:42])
+
+
+def canonical(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)
+
+
+def score(onnx_path: Path, cases: list[Path]) -> dict[str, list[float]]:
+    """Dice per label of the exported model on each test case."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    dice: dict[str, list[float]] = {v: [] for v in NAMES.values()}
+    for image_path in cases:
+        image = canonical(image_path).astype(np.float32)
+        label = canonical(MSD / "labelsTr" / image_path.name).astype(np.int64)
+        std = float(image.std())
+        image = (image - image.mean()) / (std if std > 0 else 1.0)
+        pads = [(0, (-s) % 8) for s in image.shape]
+        padded = np.pad(image, pads, constant_values=float(image.min()))
+        logits = session.run(None, {name: padded[None, None]})[0][0]
+        pred = logits.argmax(0)[tuple(slice(0, s) for s in image.shape)]
+        for value, label_name in NAMES.items():
+            p, r = pred == value, label == value
+            denom = int(p.sum() + r.sum())
+            dice[label_name].append(1.0 if denom == 0 else 2 * float((p & r).sum()) / denom)
+    return dice
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tag", required=True)
+    parser.add_argument("--out", default=None, help="output folder (default: a temp dir)")
+    args, overrides = parser.parse_known_args()
+    setup_logging()
+    images = sorted((MSD / "imagesTr").glob("hippocampus_*.nii.gz"))
+    tr, va, te = split(len(images))
+    out = Path(args.out or tempfile.mkdtemp(prefix="hsftrain-heldout-"))
+    cfg_args = [
+        *RECIPE,
+        f"datasets.train_val_test_idx=[{tr},{va},{te}]",
+        f"datasets.output_path={out}",
+        f"run_name={args.tag}",
+        *overrides,
+    ]
+    load_before = os.getloadavg()[0]
+    start, cpu0 = time.perf_counter(), _cpu()
+    metrics = train(compose("config", cfg_args))
+    wall, cpu = time.perf_counter() - start, _cpu() - cpu0
+    run_dir = Path(str(metrics["run_dir"]))
+    dice = score(run_dir / "model.onnx", [images[i] for i in te])
+    means = {k: round(float(np.mean(v)), 4) for k, v in dice.items()}
+    result = {
+        "what": "train on 145 MSD cases (21 for checkpoint selection), Dice on 42 never seen",
+        "tag": args.tag,
+        "hsftrain": str(Path(hsftrain.__file__).parent),
+        "overrides": [*RECIPE[2:], *overrides],
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "test_dice_mean": means,
+        "test_dice": {k: [round(x, 4) for x in v] for k, v in dice.items()},
+        "val_dice_mean": metrics.get("val/dice_mean"),
+        "plan": (run_dir / "plan.yaml").read_text() if (run_dir / "plan.yaml").is_file() else None,
+        "machine": machine_info(),
+    }
+    table = Table(title=f"train_heldout {args.tag}")
+    for col in ("wall s", "CPU s", *(f"test Dice {k}" for k in means)):
+        table.add_column(col, justify="right")
+    table.add_row(f"{wall:.0f}", f"{cpu:.0f}", *(f"{v:.3f}" for v in means.values()))
+    Console().print(table)
+    path = ROOT / "benchmarks" / "results" / f"train_heldout_{args.tag}.json"
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+if __name__ == "__main__":
+    main()
