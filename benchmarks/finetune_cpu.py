@@ -42,7 +42,7 @@ from hsftrain.data.nifti import load_volume, save_volume
 from hsftrain.evaluation.api import evaluate
 from hsftrain.inference.api import segment
 from hsftrain.logs import setup_logging
-from hsftrain.training.run import finetune, train
+from hsftrain.workflow import finetune, train
 
 ROOT = Path(__file__).resolve().parents[1]
 MSD = Path(os.environ.get("HSFTRAIN_MSD", ROOT.parent / "shared/data/msd_hippocampus"))

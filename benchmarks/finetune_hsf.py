@@ -42,7 +42,7 @@ from hsftrain.hub import fetch
 from hsftrain.logs import setup_logging
 from hsftrain.models import build_model
 from hsftrain.training.checkpoint import read_checkpoint
-from hsftrain.training.run import finetune, train
+from hsftrain.workflow import finetune, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared/data"

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from hsftrain.config import compose
 from hsftrain.logs import setup_logging
-from hsftrain.training.run import train
+from hsftrain.workflow import train
 
 DEMO = [
     "datasets=sample",

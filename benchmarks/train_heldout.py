@@ -37,7 +37,7 @@ from train_cpu import machine_info  # benchmarks/ is on sys.path when run as a s
 import hsftrain
 from hsftrain.config import compose
 from hsftrain.logs import setup_logging
-from hsftrain.training.run import train
+from hsftrain.workflow import train
 
 ROOT = Path(__file__).resolve().parents[1]
 MSD = Path(os.environ.get("HSFTRAIN_MSD", ROOT.parent / "shared/data/msd_hippocampus"))

@@ -51,7 +51,7 @@ def test_models_and_lightning_and_augmentation_instantiate(tmp_path):
 
     from hsftrain.data.transforms import augmentation
     from hsftrain.models import build_model
-    from hsftrain.training.run import _trainer_kwargs
+    from hsftrain.training.trainer import trainer_kwargs
 
     for option in group_options()["models"]:
         cfg = compose(
@@ -60,20 +60,20 @@ def test_models_and_lightning_and_augmentation_instantiate(tmp_path):
         net = build_model(cfg.models.name, {**cfg.models.hparams, "out_channels": 3})
         assert net(torch.zeros(1, 1, 8, 8, 8)).shape[1] == 3
     cfg = compose("config")
-    L.Trainer(default_root_dir=str(tmp_path), logger=False, **_trainer_kwargs(cfg))
+    L.Trainer(default_root_dir=str(tmp_path), logger=False, **trainer_kwargs(cfg))
     assert augmentation(cfg.augmentation) is not None
 
 
 def test_loggers_instantiate(tmp_path):
-    from hsftrain.training.run import _logger
+    from hsftrain.training.trainer import make_logger
 
     for option in ("tensorboard", "csv"):
-        assert _logger(compose("config", [f"logger={option}"]), tmp_path) is not None
+        assert make_logger(compose("config", [f"logger={option}"]), tmp_path) is not None
     try:
         import wandb  # noqa: F401
     except ImportError:
         with pytest.raises(ConfigError, match=r"hsftrain\[wandb\]"):
-            _logger(compose("config", ["logger=wandb"]), tmp_path)
+            make_logger(compose("config", ["logger=wandb"]), tmp_path)
 
 
 def test_unknown_key_and_option_are_clear():

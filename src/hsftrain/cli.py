@@ -173,13 +173,13 @@ _command(
     "train",
     "config",
     "Train a model from scratch on the configured datasets (checkpoints, ONNX export).",
-    "hsftrain.training.run:train",
+    "hsftrain.workflow:train",
 )
 _command(
     "finetune",
     "config",
     "Fine-tune a pretrained model (finetuning.pretrained): new head, gradual unfreezing.",
-    "hsftrain.training.run:finetune",
+    "hsftrain.workflow:finetune",
 )
 _command(
     "export",

@@ -9,15 +9,26 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hsftrain.errors import UserError
+from hsftrain import overrides as ov
+from hsftrain import resume
+from hsftrain.containers import leaves
+from hsftrain.errors import ConfigError
+
+__all__ = [
+    "COLLAPSED",
+    "CONF_DIR",
+    "ConfigError",
+    "compose",
+    "config_keys",
+    "group_options",
+    "require",
+]
 
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).parent / "conf"
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration that cannot be used; the message names the key and the fix."""
+#: Mappings listed as one key (their entries are the user's: datasets, models of a preset).
+COLLAPSED: tuple[str, ...] = ("datasets.datasets", "segmentation.models")
 
 
 def _split_file_groups(overrides: Sequence[str]) -> tuple[list[str], dict[str, Path], list[str]]:
@@ -51,23 +62,22 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictC
     kept: :mod:`hsftrain.overrides`); a key the config does not have is an error (strict
     keys), except in the mappings meant to grow and ``lightning.<Trainer argument>``.
     ``resume=RUN`` (train / finetune) composes the run's own ``config.yaml`` instead of the
-    defaults (:func:`hsftrain.training.resume.compose_resume`).
+    defaults (:func:`hsftrain.resume.resume_config`).
 
     Raises:
         ConfigError: unknown config group option or unknown key (with the valid choices),
             an override that cannot be parsed (names it and the quoting that works).
     """
-    from hsftrain import overrides as ov
-
     overrides = ov.prepare(overrides)
     ov.check_additions(overrides, _command(config_name))
     overrides = _implied(config_name, overrides)
     if config_name == "config" and any(o.partition("=")[0] == "resume" for o in overrides):
-        resume = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "resume"][-1]
-        if resume.strip("'\"") not in ("", "null"):
-            from hsftrain.training.resume import compose_resume
-
-            return compose_resume(overrides)
+        target = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "resume"][-1]
+        target = target.strip("'\"")
+        if target not in ("", "null"):
+            saved = resume.saved_config(target)
+            others = [o for o in overrides if o.partition("=")[0] != "resume"]
+            return resume.resume_config(target, saved, others, compose("config", others))
     plain, files, late = _split_file_groups(overrides)
     cfg = _compose(config_name, plain)
     for group, path in files.items():
@@ -118,10 +128,8 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
             retry = _trainer_argument(key, overrides)
             if retry is not None:
                 return _compose(config_name, retry)
-            from hsftrain.overrides import unknown_key_message
-
             raise ConfigError(
-                unknown_key_message(key, config_keys(config_name), _command(config_name))
+                ov.unknown_key_message(key, config_keys(config_name), _command(config_name))
             ) from err
         command = _command(config_name)
         raise ConfigError(f"{err}\n(see `hsftrain {command} --help` for groups and keys)") from err
@@ -170,10 +178,10 @@ def _trainer_argument(key: str, overrides: Sequence[str]) -> list[str] | None:
 
 
 def config_keys(config_name: str) -> list[str]:
-    """Every dotted key of ``conf/<config_name>.yaml`` with its default groups."""
-    from hsftrain.keydocs import key_docs
-
-    return [k.key for k in key_docs(config_name)]
+    """Every dotted key of ``conf/<config_name>.yaml`` with its default groups (the
+    mappings of :data:`COLLAPSED` as one key each)."""
+    tree = OmegaConf.to_container(_compose(config_name, []), resolve=False, throw_on_missing=False)
+    return [key for key, _ in leaves(tree, "", COLLAPSED)]
 
 
 def group_options() -> dict[str, list[str]]:

@@ -25,6 +25,14 @@ class UserError(Exception):
     exit_code: int = 1
 
 
+class ConfigError(UserError, ValueError):
+    """A configuration that cannot be used; the message names the key and the fix."""
+
+
+class ExportError(UserError, RuntimeError):
+    """An exported or quantized model that does not reproduce its source model."""
+
+
 class NonFiniteError(UserError, RuntimeError):
     """A model, a loss or an output that holds NaN or Inf values."""
 

@@ -10,17 +10,16 @@ describes it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hsftrain.config import CONF_DIR
+from hsftrain.config import COLLAPSED, CONF_DIR, compose
+from hsftrain.containers import leaves
 
-#: Mappings listed as one key (their entries are the user's: datasets, models of a preset).
-COLLAPSED: tuple[str, ...] = ("datasets.datasets", "segmentation.models")
 _KEY = re.compile(
     r"^(?P<indent>\s*)(?:-\s+)?(?P<key>[A-Za-z_][\w./-]*|\"[^\"]+\")\s*:(?P<rest>.*)$"
 )
@@ -111,14 +110,6 @@ def descriptions(config_name: str) -> dict[str, str]:
     return docs
 
 
-def _leaves(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
-    if isinstance(value, Mapping) and value and prefix not in COLLAPSED:
-        for k, v in value.items():
-            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
-    else:
-        yield prefix, value
-
-
 def _show(value: Any) -> str:
     if isinstance(value, Mapping) and value:
         return "{...}"
@@ -134,12 +125,10 @@ def key_docs(config_name: str) -> list[KeyDoc]:
     """
     from omegaconf import OmegaConf
 
-    from hsftrain.config import compose
-
     cfg = compose(config_name, [])
     plain = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
     docs = descriptions(config_name)
     rows = []
-    for key, value in _leaves(plain, ""):
+    for key, value in leaves(plain, "", COLLAPSED):
         rows.append(KeyDoc(key, _show(value), docs.get(key, "")))
     return rows

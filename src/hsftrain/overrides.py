@@ -18,7 +18,7 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 
-from hsftrain.config import ConfigError
+from hsftrain.errors import ConfigError
 
 #: Last components of keys whose values are file paths, folders or globs.
 PATH_KEYS: frozenset[str] = frozenset(

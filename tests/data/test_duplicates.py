@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hsftrain.data.discovery import DatasetSpec, Subject
 from hsftrain.data.duplicates import find_duplicates, identical_files, name_keys
+from hsftrain.data.subjects import DatasetSpec, Subject
 
 
 def _spec(name: str, index: int, root: Path, patterns: dict[str, str]) -> DatasetSpec:

@@ -1,11 +1,14 @@
+import numpy as np
 import torch
 
-from hsftrain.data.transforms import augmentation, fit_shape, postprocess, z_normalize
+from hsftrain.data.intensity import z_normalize
+from hsftrain.data.transforms import augmentation, fit_shape, postprocess
 
 
-def test_z_normalize():
-    out = z_normalize(torch.arange(10.0).reshape(1, 10, 1, 1))
-    assert abs(float(out.mean())) < 1e-6 and abs(float(out.std()) - 1) < 1e-5
+def test_postprocess_z_normalizes_as_the_cache_and_inference_do():
+    image = torch.arange(10.0).reshape(1, 10, 1, 1)
+    out, _ = postprocess(image, torch.zeros(10, 1, 1, dtype=torch.long), [10, 1, 1])
+    np.testing.assert_array_equal(out.numpy(), z_normalize(image.numpy()))
 
 
 def test_fit_shape_pads_evenly_to_multiple_of_8():
@@ -37,4 +40,4 @@ def test_postprocess_noise_is_seeded():
     noise = {"p": 1.0, "std": [0.1, 0.1]}
     a, _ = postprocess(image, label, None, noise, torch.Generator().manual_seed(0))
     b, _ = postprocess(image, label, None, noise, torch.Generator().manual_seed(0))
-    assert torch.equal(a, b) and not torch.equal(a, z_normalize(image))
+    assert torch.equal(a, b) and not torch.equal(a, torch.from_numpy(z_normalize(image.numpy())))

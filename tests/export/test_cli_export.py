@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hsftrain.cli import app
-from hsftrain.export.onnx import read_metadata
+from hsftrain.onnx_metadata import read_metadata
 
 
 def test_cli_export_int8(tiny_ckpt: Path, tmp_path: Path) -> None:

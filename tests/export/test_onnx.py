@@ -10,17 +10,11 @@ import pytest
 import torch
 
 from hsftrain import __version__
+from hsftrain.errors import ExportError
 from hsftrain.export.api import config_hash, export_checkpoint, fp32_companion
-from hsftrain.export.onnx import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    ExportError,
-    SoftmaxModel,
-    export_onnx,
-    read_metadata,
-    verify_onnx,
-)
-from tests.export.conftest import tiny_net
+from hsftrain.export.onnx import SoftmaxModel, export_onnx, verify_onnx
+from hsftrain.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
+from tests.conftest import tiny_net
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,7 @@ def test_fingerprint(prepared) -> None:
 def test_plan_times_candidates_and_fits_the_budget(prepared, tmp_path: Path) -> None:
     import time
 
-    from hsftrain.training.run import build_module
+    from hsftrain.training.build import build_module
 
     found, subjects = prepared
     cfg = compose(

@@ -67,7 +67,7 @@ def test_finetune_new_label_scheme(phantoms, tmp_path):
     from hsftrain.data.discovery import discover
     from hsftrain.data.nifti import load_volume, save_volume
     from hsftrain.training.checkpoint import load_network, read_checkpoint
-    from hsftrain.training.run import finetune, train
+    from hsftrain.workflow import finetune, train
 
     data = ["datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
     pre = train(
@@ -132,25 +132,25 @@ def test_finetune_new_label_scheme(phantoms, tmp_path):
 def test_pretrained_by_url_is_fetched_and_verified(tmp_path):
     from hsftrain.config import ConfigError, compose
     from hsftrain.hub import file_hash
-    from hsftrain.training.run import _pretrained
+    from hsftrain.training.build import pretrained_path
 
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"weights")
     url = ckpt.as_uri()
     spec = f"finetuning.pretrained={{url: '{url}', xxh3_64: {file_hash(ckpt)}}}"
     cache = tmp_path / "cache"
-    got = _pretrained(compose("config", [spec, f"finetuning.cache_dir={cache}"]))
+    got = pretrained_path(compose("config", [spec, f"finetuning.cache_dir={cache}"]))
     assert got.parent == cache and got.read_bytes() == b"weights"
     bad = f"finetuning.pretrained={{url: '{url}', xxh3_64: '0000000000000000'}}"
     with pytest.raises(ValueError, match="0000000000000000"):
-        _pretrained(compose("config", [bad, f"finetuning.cache_dir={cache}/2"]))
+        pretrained_path(compose("config", [bad, f"finetuning.cache_dir={cache}/2"]))
     with pytest.raises(ConfigError, match="finetuning.pretrained"):
-        _pretrained(compose("config", ["finetuning.pretrained=null"]))
+        pretrained_path(compose("config", ["finetuning.pretrained=null"]))
 
 
 def test_bad_pretrained_writes_no_run_directory(phantoms, tmp_path):
     from hsftrain.config import ConfigError, compose
-    from hsftrain.training.run import finetune
+    from hsftrain.workflow import finetune
 
     data = ["datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
     with pytest.raises(ConfigError, match="finetuning.pretrained must be set"):
@@ -195,11 +195,11 @@ def hsf_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @needs_reference
 def test_default_pretrained_is_hsf_4_0_0_from_the_registry(hsf_registry: Path) -> None:
     from hsftrain.config import compose
-    from hsftrain.training.run import _read_pretrained
+    from hsftrain.training.build import read_pretrained
 
     cfg = compose("config")
     assert cfg.finetuning.pretrained == "arunet_4.0.0_single_ckpt"
-    path, state, info = _read_pretrained(cfg)
+    path, state, info = read_pretrained(cfg)
     assert path.parent == hsf_registry  # fetched into the cache and verified
     assert info.name == "HSFResidualUNet3D" and info.class_names == HSF_CLASSES
     assert (info.hparams["f_maps"], info.hparams["num_levels"]) == (8, 4)
@@ -216,7 +216,7 @@ def _found(names: list[str], ca_type: str = "1/2/3") -> Any:
 def test_finetune_classes_keep_the_pretrained_names_when_the_data_fits() -> None:
     from hsftrain.config import ConfigError, compose
     from hsftrain.data.labels import SUBFIELDS
-    from hsftrain.training.run import finetune_classes
+    from hsftrain.training.build import finetune_classes
 
     cfg = compose("config")
     plain = compose("config", ["models.use_forgiving_loss=false"])
@@ -271,8 +271,8 @@ def test_guide_command_finetunes_hsf_4_0_0_exports_and_segments(
 
     from hsftrain.cli import app
     from hsftrain.data.labels import SUBFIELDS
-    from hsftrain.export.onnx import read_metadata
     from hsftrain.inference.writer import read_volumes
+    from hsftrain.onnx_metadata import read_metadata
     from hsftrain.training.checkpoint import read_checkpoint
 
     root = _custom_dataset(phantoms, tmp_path / "data")
@@ -334,10 +334,10 @@ def test_hsf_classes_carried_into_the_finetuned_model(phantoms: Path, tmp_path: 
     are kept, so the exported model merges CA2/CA3 with ca_mode and reports volumes."""
     from hsftrain.config import compose
     from hsftrain.data.nifti import load_volume, save_volume
-    from hsftrain.export.onnx import read_metadata
     from hsftrain.inference.api import segment
     from hsftrain.inference.writer import read_volumes
-    from hsftrain.training.run import finetune
+    from hsftrain.onnx_metadata import read_metadata
+    from hsftrain.workflow import finetune
 
     folder = tmp_path / "folder"
     folder.mkdir()

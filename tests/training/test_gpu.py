@@ -8,7 +8,7 @@ from tests.conftest import TINY
 @pytest.mark.gpu
 def test_bf16_training_on_gpu(phantoms, tmp_path):
     from hsftrain.config import compose
-    from hsftrain.training.run import train
+    from hsftrain.workflow import train
 
     cfg = compose(
         "config",

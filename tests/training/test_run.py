@@ -54,7 +54,7 @@ def test_cli_train_writes_run_and_resumes(phantoms, tmp_path):
 
 def test_bagging_run_writes_bootstrap_split(phantoms, tmp_path):
     from hsftrain.config import compose
-    from hsftrain.training.run import train
+    from hsftrain.workflow import train
 
     cfg = compose(
         "config",
@@ -102,11 +102,11 @@ def test_bad_input_fails_cleanly(override, message, tmp_path):
 def test_batch_size_one_on_cpu_is_flagged(caplog):
     import logging
 
-    from hsftrain.training.run import _trainer_kwargs
+    from hsftrain.training.trainer import trainer_kwargs
 
     with caplog.at_level(logging.WARNING, logger="hsftrain"):
         base = ["datasets=folder", "datasets.path=x", "lightning.accelerator=cpu"]
-        _trainer_kwargs(compose("config", base))
+        trainer_kwargs(compose("config", base))
         assert "batch_size" not in caplog.text
-        _trainer_kwargs(compose("config", [*base, "datasets.batch_size=1"]))
+        trainer_kwargs(compose("config", [*base, "datasets.batch_size=1"]))
     assert "datasets.batch_size=1 on CPU" in caplog.text

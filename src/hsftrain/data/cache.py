@@ -30,9 +30,10 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from hsftrain.data.discovery import DatasetSpec, Discovery, Subject, read_label
+from hsftrain.data.discovery import discover, read_label
 from hsftrain.data.intensity import z_normalize
 from hsftrain.data.nifti import DataError, load_volume
+from hsftrain.data.subjects import DatasetSpec, Discovery, Subject
 from hsftrain.hub.fetch import file_hash
 
 log = logging.getLogger(__name__)
@@ -294,8 +295,6 @@ def prepare_datasets(cfg: Mapping[str, Any]) -> list[PreparedSubject]:
     Raises:
         DataError: a file that cannot be used (named, with the fix).
     """
-    from hsftrain.data.discovery import discover
-
     datasets_cfg = cfg["datasets"]
     found = discover(datasets_cfg)
     root = cache_dir(datasets_cfg)

@@ -32,8 +32,8 @@ from hsftrain.data.cache import (
     prepare,
 )
 from hsftrain.data.dataset import PatchDataset, VolumeDataset, auto_patch_size, pad_collate
-from hsftrain.data.discovery import Discovery
 from hsftrain.data.splits import Split
+from hsftrain.data.subjects import Discovery
 from hsftrain.data.transforms import torchio_transform
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsftrain.data.discovery import DatasetSpec, Subject, id_stem
+from hsftrain.data.subjects import DatasetSpec, Subject, id_stem, parse_subject_id
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ SHOWN = 5
 
 
 def _pattern_of(subject: Subject, spec: DatasetSpec) -> str:
-    for name in spec.patterns:
-        if subject.id.startswith(f"{spec.name}/{name}/"):
-            return name
+    dataset, pattern, _ = parse_subject_id(subject.id)
+    if dataset == spec.name and pattern in spec.patterns:
+        return pattern
     return next(iter(spec.patterns))
 
 

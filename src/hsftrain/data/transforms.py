@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 import torchio as tio
 
+from hsftrain.data.intensity import z_normalize
+
 
 def augmentation(cfg: Mapping[str, Any]) -> tio.Compose | None:
     """Random spatial then intensity transforms, each applied with its probability ``p``.
@@ -120,12 +122,6 @@ def add_noise(
     return image
 
 
-def z_normalize(image: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance over all voxels."""
-    std, mean = torch.std_mean(image)
-    return (image - mean) / std.clamp_min(1e-6)
-
-
 def fit_shape(
     image: torch.Tensor, label: torch.Tensor, patch_size: Sequence[int] | None, multiple: int = 8
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,6 +155,7 @@ def postprocess(
     noise: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Z-normalise, add Gaussian noise with probability ``noise.p``, fit the shape."""
-    image = add_noise(z_normalize(image), noise, generator)
+    """Z-normalise (:func:`hsftrain.data.intensity.z_normalize`), add Gaussian noise with
+    probability ``noise.p``, fit the shape (``image`` ``(1, X, Y, Z)`` on the CPU)."""
+    image = add_noise(torch.from_numpy(z_normalize(image.numpy())), noise, generator)
     return fit_shape(image, label, patch_size)

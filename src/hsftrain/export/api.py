@@ -12,7 +12,8 @@ import xxhash
 from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import ConfigError, require
-from hsftrain.export.onnx import ExportError, export_onnx
+from hsftrain.errors import ExportError
+from hsftrain.export.onnx import export_onnx
 from hsftrain.finite import check_finite_state
 from hsftrain.training.checkpoint import load_network
 
@@ -52,7 +53,7 @@ def export_checkpoint(
         quantize: ``None`` (fp32) or ``"int8"``: static post-training quantization; the
             fp32 model is written too (see :func:`fp32_companion`).
         calibration, quantization: the ``calibration`` and ``quantization`` keys (see
-            :class:`hsftrain.export.quantize.QuantConfig`).
+            :class:`hsftrain.compression.quantize.QuantConfig`).
         verify: ``num_images`` / ``min_agreement`` / ``max_mean_abs_diff`` of the int8 check.
 
     Returns:
@@ -63,7 +64,7 @@ def export_checkpoint(
         NonFiniteError: the checkpoint holds NaN/Inf weights (nothing is written).
         ExportError: the exported model does not match PyTorch (fp32: max abs difference
             above 1e-4) or the fp32 model (int8: see
-            :func:`hsftrain.export.quantize.verify_quantized`).
+            :func:`hsftrain.compression.quantize.verify_quantized`).
     """
     if quantize is not None and str(quantize) not in QUANTIZE:
         raise ConfigError(f"quantize={quantize!r}: use null (fp32) or one of {list(QUANTIZE)}")
@@ -90,14 +91,8 @@ def export_checkpoint(
         log.info("exported %s -> %s", ckpt, path)
         return path
 
-    from hsftrain.export.quantize import (
-        QuantConfig,
-        glob_images,
-        pick,
-        quantize_int8,
-        run_training_images,
-        verify_quantized,
-    )
+    from hsftrain.compression.quantize import QuantConfig, quantize_int8, verify_quantized
+    from hsftrain.export.calibration import glob_images, pick, run_training_images
 
     calib = QuantConfig.from_mappings(quantization, calibration)
     # Find the calibration images before the (slower) export, to fail early.

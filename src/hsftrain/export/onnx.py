@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
@@ -14,18 +13,15 @@ import torch
 from torch import nn
 
 from hsftrain import __version__
-from hsftrain.errors import UserError
+from hsftrain.errors import ExportError
 from hsftrain.files import atomic_path
+from hsftrain.onnx_metadata import INPUT_NAME, OUTPUT_NAME, write_metadata
+
+__all__ = ["DEFAULT_OPSET", "ExportError", "SoftmaxModel", "export_onnx", "verify_onnx"]
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "cropped_hippocampus"
-OUTPUT_NAME = "segmented_hippocampus"
 DEFAULT_OPSET = 17
-
-
-class ExportError(UserError, RuntimeError):
-    """The exported model does not reproduce PyTorch's output."""
 
 
 class SoftmaxModel(nn.Module):
@@ -88,30 +84,6 @@ def export_onnx(
                     "nothing was written"
                 )
     return path
-
-
-def write_metadata(proto: Any, metadata: Mapping[str, Any]) -> None:
-    """Store ``metadata`` in an ONNX ModelProto (values as JSON, strings as they are)."""
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key = str(key)
-        entry.value = value if isinstance(value, str) else json.dumps(value)
-
-
-def read_metadata(path: str | Path) -> dict[str, Any]:
-    """Metadata of an ONNX file, JSON values decoded."""
-    import onnxruntime as ort
-
-    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    props = meta.get_modelmeta().custom_metadata_map
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def verify_onnx(

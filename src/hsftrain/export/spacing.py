@@ -44,8 +44,8 @@ def training_spacing(
 ) -> tuple[float, float, float] | None:
     """The training images' median voxel size for the run of ``ckpt``; None (logged) when
     its training images cannot be found (a checkpoint moved away from its run)."""
-    from hsftrain.config import ConfigError
-    from hsftrain.export.quantize import run_training_images
+    from hsftrain.errors import ConfigError
+    from hsftrain.export.calibration import run_training_images
 
     try:
         images = run_training_images(ckpt, config or {})

@@ -9,18 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from hsftrain.config import ConfigError, compose
-from hsftrain.export.pruning import (
+from hsftrain.compression.callbacks import (
     GradualMagnitudePruning,
     StructuredPruning,
-    apply_sparsity,
     compression_callbacks,
+)
+from hsftrain.compression.sparsity import (
+    apply_sparsity,
     cubic_sparsity,
     make_permanent,
     prunable_modules,
     weight_sparsity,
 )
-from tests.export.conftest import tiny_net
+from hsftrain.config import ConfigError, compose
+from tests.conftest import tiny_net
 
 # s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 with t0 = 0, n dt = 10, dt = 2,
 # s_i = 0.05, s_f = 0.7, worked out by hand:
@@ -150,7 +152,7 @@ def test_tiny_lightning_run_prunes_and_cuts(tmp_path: Path) -> None:
 
     from hsftrain.data.dataset import pad_collate
     from hsftrain.export.api import export_checkpoint
-    from hsftrain.export.onnx import read_metadata
+    from hsftrain.onnx_metadata import read_metadata
     from hsftrain.training.checkpoint import load_network
     from hsftrain.training.module import SegmentationModule
 
@@ -208,9 +210,9 @@ def test_tiny_lightning_run_prunes_and_cuts(tmp_path: Path) -> None:
 def test_train_with_compression_and_resume(tmp_path: Path, phantoms: Path) -> None:
     """``train`` with ``compression=structured`` (+ magnitude pruning), then ``resume``:
     the resumed run rebuilds the cut network from the checkpoint and is not cut again."""
-    from hsftrain.export.onnx import read_metadata
+    from hsftrain.onnx_metadata import read_metadata
     from hsftrain.training.checkpoint import load_network
-    from hsftrain.training.run import train
+    from hsftrain.workflow import train
 
     common = [
         "datasets=synth",

@@ -68,7 +68,7 @@ def test_preset_paths_are_relative_and_survive_a_move(tmp_path):
     import shutil
 
     from hsftrain.config import compose
-    from hsftrain.training.ensemble import write_preset
+    from hsftrain.workflow import write_preset
 
     root = tmp_path / "runs" / "bag"
     files = []

@@ -1,10 +1,10 @@
-"""Pre-processing: z-normalisation and padding to a multiple of 8."""
+"""hsftrain.data.intensity: z-normalisation and padding to a multiple of 8."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from hsftrain.inference.preprocess import pad_to_multiple, unpad, z_normalize
+from hsftrain.data.intensity import pad_to_multiple, unpad, z_normalize
 
 
 def test_z_normalize() -> None:

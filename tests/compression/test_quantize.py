@@ -2,43 +2,41 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from hsftrain.config import ConfigError
-from hsftrain.export.api import export_checkpoint
-from hsftrain.export.onnx import export_onnx, read_metadata
-from hsftrain.export.quantize import (
+from hsftrain.compression.quantize import (
     QuantConfig,
     VolumeCalibrationReader,
     compare_models,
-    glob_images,
-    pick,
     preprocess,
     quantize_int8,
-    run_training_images,
 )
-from tests.export.conftest import tiny_net
+from hsftrain.config import ConfigError
+from hsftrain.export.api import export_checkpoint
+from hsftrain.export.calibration import glob_images
+from hsftrain.export.onnx import export_onnx
+from hsftrain.onnx_metadata import read_metadata
+from tests.conftest import tiny_net
 
 
-def test_preprocess_like_training(phantoms: Path) -> None:
-    import torch
-
-    from hsftrain.data.nifti import load_volume
-    from hsftrain.data.transforms import postprocess
+def test_preprocess_like_training_and_inference(phantoms: Path) -> None:
+    """Calibration inputs are what ``hsftrain segment`` feeds an hsftrain model: the
+    canonical crop, z-normalised, padded with its minimum to a multiple of 8."""
+    from hsftrain.inference.image import load_volume
+    from hsftrain.inference.preprocess import pad_to_multiple, z_normalize
 
     path = sorted(phantoms.glob("*_img.nii.gz"))[0]
     x = preprocess(path)
     assert x.shape == (1, 1, 16, 24, 16)  # 16x20x16 padded to a multiple of 8
     assert x.dtype == np.float32
-    data, _ = load_volume(path, np.float32, canonical=True)
-    image = torch.from_numpy(data)[None]
-    expected, _ = postprocess(image, torch.zeros(data.shape, dtype=torch.long), None)
-    np.testing.assert_array_equal(x[0], expected.numpy())
+    image = z_normalize(load_volume(path).array)
+    expected, crop = pad_to_multiple(image, 8, float(image.min()))
+    np.testing.assert_array_equal(x[0, 0], expected)
+    assert crop[1] == slice(2, 22)  # 4 voxels of padding along Y, split evenly
 
 
 def test_reader_yields_each_image_once_then_rewinds(phantoms: Path) -> None:
@@ -49,27 +47,6 @@ def test_reader_yields_each_image_once_then_rewinds(phantoms: Path) -> None:
     assert all(b["cropped_hippocampus"].shape == (1, 1, 16, 24, 16) for b in batches[:2])
     reader.rewind()
     assert reader.get_next() is not None
-
-
-def test_run_training_images_follow_split(tiny_ckpt: Path) -> None:
-    from hsftrain.training.checkpoint import read_checkpoint
-
-    _, info = read_checkpoint(tiny_ckpt)
-    images = run_training_images(tiny_ckpt, info.config)
-    train_ids = json.loads((tiny_ckpt.parent.parent / "split.json").read_text())["train"]
-    assert len(images) == len(set(train_ids)) > 0
-    assert all(p.is_file() and p.name.endswith("_img.nii.gz") for p in images)
-
-
-def test_run_training_images_without_split(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="calibration.path"):
-        run_training_images(tmp_path / "checkpoints" / "x.ckpt", {})
-
-
-def test_pick_is_even_and_bounded() -> None:
-    items = [Path(str(i)) for i in range(10)]
-    assert pick(items, 3) == [Path("0"), Path("4"), Path("9")]  # linspace 0, 4.5, 9 rounded
-    assert pick(items, 20) == items
 
 
 def test_bad_quantization_keys() -> None:

@@ -1,13 +1,12 @@
-"""int8 static post-training quantization (ONNX Runtime, QDQ), calibrated on training images.
+"""int8 static post-training quantization (ONNX Runtime, QDQ) of an exported fp32 model.
 
 The fp32 ONNX model is pre-processed (``quant_pre_process``: graph optimisation and shape
 inference), then ``quantize_static`` inserts QuantizeLinear/DequantizeLinear pairs around
 the convolutions, with per-channel int8 weights and activation ranges measured by running
-the model on calibration images. Calibration images are the run's training subjects
-(the checkpoint's stored ``datasets`` config + the run's ``split.json``) or any NIfTI images
-given by ``calibration.path`` / ``calibration.pattern``; they are pre-processed as in
-training: canonical (RAS+) orientation, z-normalisation, padding to a multiple of 8, then
-padded to the largest shape of the set (every calibration method needs one shape).
+the model on calibration images (which ones: :mod:`hsftrain.export.calibration`); they are
+pre-processed as in training and inference: canonical (RAS+) orientation,
+z-normalisation, padding to a multiple of 8, then padded to the largest shape of the set
+(every calibration method needs one shape).
 
 Verification compares the int8 model with the fp32 one on calibration images. int8 cannot
 reproduce fp32 to 1e-4, so the check is on what a segmentation uses: the fraction of voxels
@@ -18,8 +17,6 @@ difference is logged.
 
 from __future__ import annotations
 
-import glob
-import json
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -29,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from hsftrain.config import ConfigError
-from hsftrain.export.onnx import INPUT_NAME, OUTPUT_NAME, ExportError, write_metadata
+from hsftrain.data.intensity import pad_to_multiple, z_normalize
+from hsftrain.errors import ConfigError, ExportError
 from hsftrain.files import atomic_path
+from hsftrain.onnx_metadata import INPUT_NAME, OUTPUT_NAME, decode_metadata, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -99,85 +97,20 @@ class QuantConfig:
         return out
 
 
-def run_training_images(ckpt: str | Path, config: Mapping[str, Any]) -> list[Path]:
-    """Images of the training subjects of the run that wrote ``ckpt``.
-
-    The run directory is the checkpoint's ``checkpoints/`` parent; its ``split.json`` lists
-    the training subject ids (``<dataset>/<pattern>/<path in the dataset folder>``) and the
-    checkpoint's stored ``datasets`` config says where each dataset lies.
-
-    Raises:
-        ConfigError: no split.json, no datasets config, or images that no longer exist
-            (the message says to set ``calibration.path``).
-    """
-    ckpt = Path(ckpt)
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    split_file = run_dir / "split.json"
-    hint = "set calibration.path=DIR (and calibration.pattern) to calibrate on other images"
-    if not split_file.is_file():
-        raise ConfigError(f"no {split_file} next to {ckpt}: {hint}")
-    datasets = (config or {}).get("datasets") or {}
-    entries = datasets.get("datasets") or {}
-    if not entries:
-        raise ConfigError(f"{ckpt} stores no datasets config: {hint}")
-    main_path = Path(str(datasets.get("main_path") or ".")).expanduser()
-    roots = {
-        str(name): main_path / str(entry.get("path") or ".") for name, entry in entries.items()
-    }
-    ids = json.loads(split_file.read_text()).get("train", [])
-    images: list[Path] = []
-    for sid in dict.fromkeys(ids):  # bagging may repeat subjects
-        name, _, rest = sid.partition("/")
-        _, _, relpath = rest.partition("/")
-        if name not in roots or not relpath:
-            raise ConfigError(
-                f"{split_file}: subject id {sid!r} matches no dataset of {ckpt}: {hint}"
-            )
-        images.append(roots[name] / relpath)
-    missing = [p for p in images if not p.is_file()]
-    if missing:
-        raise ConfigError(
-            f"{len(missing)} training images of {run_dir} are missing (first: {missing[0]}): {hint}"
-        )
-    return images
-
-
-def glob_images(path: str | Path, pattern: str = "*.nii.gz") -> list[Path]:
-    """Sorted images of a folder (``pattern`` inside it) or of a glob.
-
-    Raises:
-        ConfigError: nothing matches.
-    """
-    path = Path(str(path)).expanduser()
-    spec = str(path / pattern) if path.is_dir() else str(path)
-    found = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-    if not found:
-        raise ConfigError(
-            f"calibration.path={path}, calibration.pattern={pattern!r}: no image matches {spec}"
-        )
-    return found
-
-
-def pick(items: Sequence[Path], n: int) -> list[Path]:
-    """``n`` items evenly spaced over ``items`` (all of them when there are fewer)."""
-    if n >= len(items):
-        return list(items)
-    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
-    return [items[i] for i in dict.fromkeys(idx.tolist())]
-
-
 def preprocess(path: str | Path) -> np.ndarray:
-    """One image as the network sees it in training: ``(1, 1, X, Y, Z)`` float32, RAS+,
-    z-normalised, padded to a multiple of 8 (:mod:`hsftrain.data.transforms`)."""
-    import torch
+    """One image as the network sees it in training and inference: ``(1, 1, X, Y, Z)``
+    float32, RAS+, z-normalised, padded evenly with its minimum to a multiple of 8
+    (:mod:`hsftrain.data.intensity`).
 
+    Raises:
+        DataError: the file is missing, unreadable or not 3D.
+    """
     from hsftrain.data.nifti import load_volume
-    from hsftrain.data.transforms import postprocess
 
     data, _ = load_volume(path, np.float32, canonical=True)
-    image = torch.from_numpy(np.ascontiguousarray(data))[None]
-    image, _ = postprocess(image, torch.zeros(data.shape, dtype=torch.long), None)
-    return image[None].numpy().astype(np.float32)
+    image = z_normalize(data)
+    padded, _ = pad_to_multiple(image, 8, float(image.min()))
+    return padded[None, None]
 
 
 def pad_to_shape(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -270,7 +203,9 @@ def quantize_int8(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[calibration.method]
-    fp32_meta = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    fp32_meta = decode_metadata(
+        {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    )
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         # Symbolic shape inference cannot resolve the padding arithmetic of the dynamic
@@ -298,7 +233,7 @@ def quantize_int8(
             calibrate_method=method,
         )
         proto = onnx.load(str(quantized))
-        meta: dict[str, Any] = {k: _decode(v) for k, v in fp32_meta.items()}
+        meta: dict[str, Any] = dict(fp32_meta)
         meta.update(
             {
                 "quantization": "int8",
@@ -313,13 +248,6 @@ def quantize_int8(
         with atomic_path(out) as final:
             onnx.save(proto, str(final))
     return out
-
-
-def _decode(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
 
 
 @dataclass

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.config import ConfigError
+from hsftrain.containers import leaves, plain
+from hsftrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -75,61 +76,62 @@ def run_dir_of(target: str | Path) -> Path:
     raise FileNotFoundError(f"resume={target}: no such checkpoint file or run directory")
 
 
-def _leaves(cfg: Any, prefix: str) -> Iterator[str]:
-    node = OmegaConf.select(cfg, prefix, throw_on_missing=False) if prefix else cfg
-    if isinstance(node, DictConfig) and len(node) and prefix not in RUN_MAPPINGS:
-        for key in node.keys():
-            yield from _leaves(cfg, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix
-
-
 def _value(cfg: DictConfig, key: str) -> Any:
     try:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
     except Exception:  # an interpolation that does not resolve: compare its text
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+    return plain(value)
 
 
 def _keys_set(item: str, asked: DictConfig) -> list[str]:
     """Leaves of the config that override ``item`` sets."""
     key = item.partition("=")[0].lstrip("+~").split("@")[0]
-    return list(_leaves(asked, key))  # a group (datasets=sample): every key of it
+    node = OmegaConf.select(asked, key, throw_on_missing=False) if key else asked
+    if isinstance(node, DictConfig):  # a group (datasets=sample): every key of it
+        node = OmegaConf.to_container(node, resolve=False, throw_on_missing=False)
+    return [k for k, _ in leaves(node, key, RUN_MAPPINGS)]
 
 
 def _safe(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in RESUME_SAFE)
 
 
-def compose_resume(overrides: Sequence[str]) -> DictConfig:
-    """The configuration of ``resume=RUN`` with the other ``overrides`` checked.
-
-    Args:
-        overrides: prepared overrides (:func:`hsftrain.overrides.prepare`), one of them
-            ``resume=...``.
+def saved_config(target: str) -> DictConfig:
+    """The ``config.yaml`` of the run named by ``resume=target``.
 
     Raises:
-        ConfigError: no ``config.yaml`` in the run, or overrides that change keys outside
-            :data:`RESUME_SAFE` (all of them named, with the run's and the given value).
-        FileNotFoundError: ``resume`` names nothing.
+        ConfigError: no ``config.yaml`` in the run.
+        FileNotFoundError: ``target`` names nothing.
     """
-    from hsftrain.config import compose
-
-    target = [o.partition("=")[2] for o in overrides if o.partition("=")[0] == "resume"][-1]
-    target = target.strip("'\"")
-    run_dir = run_dir_of(target)
-    saved_file = run_dir / "config.yaml"
+    saved_file = run_dir_of(target) / "config.yaml"
     if not saved_file.is_file():
         raise ConfigError(
             f"resume={target}: {saved_file} is missing, so the run's model and data are "
             "unknown; resume a run directory written by hsftrain train / finetune"
         )
-    saved = OmegaConf.load(saved_file)
-    others = [o for o in overrides if o.partition("=")[0] != "resume"]
-    asked = compose("config", others)
+    loaded = OmegaConf.load(saved_file)
+    assert isinstance(loaded, DictConfig)
+    return loaded
+
+
+def resume_config(
+    target: str, saved: DictConfig, others: Sequence[str], asked: DictConfig
+) -> DictConfig:
+    """The configuration of ``resume=target``: the run's ``saved`` config, with what the
+    ``others`` overrides change (``asked``: the config they compose) where that is safe.
+
+    Args:
+        target: the ``resume`` value (run directory or checkpoint).
+        saved: :func:`saved_config` of ``target``.
+        others: the other prepared overrides (:func:`hsftrain.overrides.prepare`).
+        asked: the packaged config composed with ``others``.
+
+    Raises:
+        ConfigError: overrides that change keys outside :data:`RESUME_SAFE` (all of them
+            named, with the run's and the given value).
+    """
+    saved_file = run_dir_of(target) / "config.yaml"
     changed: dict[str, Any] = {}
     refused: list[str] = []
     for item in others:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hsftrain.export.structured import (
+from hsftrain.compression.structured import (
     _hparams_of,
     _indices,
     channel_slots,
@@ -17,7 +17,7 @@ from hsftrain.export.structured import (
 )
 from hsftrain.models import build_model
 from hsftrain.models.norms import SwitchNorm3d
-from tests.export.conftest import TINY_HPARAMS, tiny_net
+from tests.conftest import TINY_HPARAMS, tiny_net
 
 
 def _zero_removed_channels(net: nn.Module, ratio: float) -> None:
@@ -145,8 +145,8 @@ def test_hsf_train_network_is_refused_with_a_config_error() -> None:
     at the callback's setup (before any epoch) as well as in the functions."""
     from types import SimpleNamespace
 
+    from hsftrain.compression.callbacks import StructuredPruning
     from hsftrain.config import ConfigError
-    from hsftrain.export.pruning import StructuredPruning
 
     net = build_model("HSFResidualUNet3D", {"f_maps": 4, "num_levels": 2, "out_channels": 3})
     with pytest.raises(ConfigError, match="compression.structured cannot cut HSFResidualUNet3D"):

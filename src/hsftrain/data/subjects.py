@@ -1,0 +1,111 @@
+"""Datasets and subjects as discovery finds them, and the subject id format.
+
+A subject id is ``<dataset>/<pattern>/<path of the MRI in the dataset folder>``
+(:func:`subject_id`): unique within a run, stable across machines (no absolute path), and
+what ``split.json`` lists. :func:`parse_subject_id` is its inverse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+from hsftrain.data.labels import CA_TYPES
+from hsftrain.data.nifti import DataError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One entry of ``datasets.datasets`` in the config."""
+
+    name: str
+    index: int
+    root: Path
+    ca_type: str
+    patterns: dict[str, tuple[str, str]]
+    labels: dict[int, int] | None
+    labels_names: dict[int, str] | None
+
+    @classmethod
+    def from_config(
+        cls, name: str, index: int, main_path: Path, cfg: Mapping[str, Any]
+    ) -> DatasetSpec:
+        """Build from a config mapping.
+
+        Raises:
+            DataError: missing or malformed keys (named).
+        """
+        key = f"datasets.datasets.{name}"
+        patterns = cfg.get("patterns") or {}
+        if not patterns:
+            raise DataError(f"`{key}.patterns` is empty: give {{name: {{mri: glob, label: glob}}}}")
+        parsed = {}
+        for pname, pattern in patterns.items():
+            if not pattern or "mri" not in pattern or "label" not in pattern:
+                raise DataError(f"`{key}.patterns.{pname}` needs both `mri` and `label` globs")
+            parsed[str(pname)] = (str(pattern["mri"]), str(pattern["label"]))
+        ca_type = str(cfg.get("ca_type") or "1/2/3")
+        if ca_type not in CA_TYPES:
+            raise DataError(f"`{key}.ca_type`={ca_type!r}: use one of {', '.join(CA_TYPES)}")
+        labels = cfg.get("labels")
+        names = cfg.get("labels_names")
+        return cls(
+            name=name,
+            index=index,
+            root=(main_path / str(cfg.get("path") or ".")).expanduser(),
+            ca_type=ca_type,
+            patterns=parsed,
+            labels={int(k): int(v) for k, v in labels.items()} if labels else None,
+            labels_names={int(k): str(v) for k, v in names.items()} if names else None,
+        )
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One training example: an image, its label map and the dataset it belongs to."""
+
+    id: str
+    image: Path
+    label: Path
+    dataset: int
+
+
+@dataclass
+class Discovery:
+    """Everything discovered: datasets, usable subjects, skipped files and class names."""
+
+    datasets: list[DatasetSpec]
+    subjects: list[Subject]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    dataset_classes: dict[int, list[str]] = field(default_factory=dict)
+    #: subject indices to keep on one side of a split (the same subject found twice:
+    #: same name or same image content; see :mod:`hsftrain.data.duplicates`)
+    groups: list[list[int]] = field(default_factory=list)
+
+
+def id_stem(mri: Path, mri_pattern: str) -> str:
+    """The subject part of an MRI's name: the name minus the fixed suffix of its pattern
+    (``sub-01`` for ``sub-01_img.nii.gz`` and ``*_img.nii.gz``), or minus its extension."""
+    name = Path(mri_pattern).name
+    suffix = name.rsplit("*", 1)[-1] if "*" in name else ""
+    stem = mri.name[: len(mri.name) - len(suffix)] if suffix else mri.name
+    for ext in (".nii.gz", ".nii", ".mgz"):
+        if not suffix and stem.endswith(ext):
+            stem = stem[: -len(ext)]
+    return stem
+
+
+def subject_id(dataset: str, pattern: str, relpath: str | PurePath) -> str:
+    """The id of the subject whose MRI is ``relpath`` (relative to the dataset folder),
+    found by the dataset's pattern ``pattern``."""
+    return f"{dataset}/{pattern}/{PurePath(relpath).as_posix()}"
+
+
+def parse_subject_id(sid: str) -> tuple[str, str, str]:
+    """``(dataset, pattern, relpath)`` of a :func:`subject_id` (empty parts when ``sid``
+    has fewer than three)."""
+    dataset, _, rest = sid.partition("/")
+    pattern, _, relpath = rest.partition("/")
+    return dataset, pattern, relpath

@@ -1,0 +1,104 @@
+"""The Lightning ``Trainer`` of a run: its arguments, its logger, and the warnings and
+log lines of Lightning that say nothing actionable to a user of this tool."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+
+from hsftrain.containers import plain
+from hsftrain.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Warnings that say nothing actionable to a user of this tool.
+QUIET = (
+    ".*LeafSpec.*",
+    ".*litlogger.*",
+    ".*maximum displacement is larger than the coarse grid.*",
+    ".*does not have many workers.*",
+    ".*is smaller than the logging interval.*",
+    ".*exists and is not empty.*",  # a resumed run's checkpoints folder
+)
+
+
+class _DropAdverts(logging.Filter):
+    """Lightning's advertisement for its cloud logger is noise in a research tool."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``lightning.Trainer`` arguments from the ``lightning`` group (nulls dropped), with
+    what this machine allows: 16-bit precision only on a GPU, cudnn benchmarking on a GPU
+    when unset."""
+    kwargs = {
+        k: v
+        for k, v in plain(cfg.lightning).items()
+        if v is not None
+    }
+    precision = str(kwargs.get("precision", "32-true"))
+    if ("16" in precision) and not torch.cuda.is_available():
+        log.info("precision %s needs a GPU here: training on CPU in 32-true instead", precision)
+        kwargs["precision"] = "32-true"
+    on_cpu = kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    if not on_cpu and kwargs.get("benchmark") is None:
+        kwargs["benchmark"] = True  # fixed patch shapes: let cudnn pick its fastest kernels
+    if on_cpu and int(cfg.datasets.get("batch_size", 1)) == 1:
+        log.warning(
+            "datasets.batch_size=1 on CPU: PyTorch runs small single-volume batches through "
+            "its slow 3D convolution; datasets.batch_size=2 trains about 3x faster here"
+        )
+    return kwargs
+
+
+def log_version(run_dir: Path) -> str:
+    """``logs`` for a new run; ``logs_resumeN`` when resuming, so earlier logs are kept."""
+    if not (run_dir / "logs").exists():
+        return "logs"
+    k = 1
+    while (run_dir / f"logs_resume{k}").exists():
+        k += 1
+    return f"logs_resume{k}"
+
+
+def make_logger(cfg: DictConfig, run_dir: Path) -> Logger:
+    """The Lightning logger of the ``logger`` group, writing into ``run_dir``.
+
+    Raises:
+        ConfigError: unknown ``logger.name``, or ``wandb`` without its optional extra.
+    """
+    kind = str(cfg.logger.get("name", "tensorboard"))
+    version = log_version(run_dir)
+    if kind == "tensorboard":
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return TensorBoardLogger(str(run_dir), name="", version=version, default_hp_metric=False)
+    if kind == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return CSVLogger(str(run_dir), name="", version=version)
+    if kind == "wandb":
+        try:
+            import wandb  # noqa: F401
+        except ImportError as err:
+            raise ConfigError(
+                "logger=wandb needs the optional extra: pip install 'hsftrain[wandb]'"
+            ) from err
+        from lightning.pytorch.loggers import WandbLogger
+
+        return WandbLogger(
+            project=str(cfg.logger.get("project", "hsftrain")),
+            save_dir=str(run_dir),
+            offline=bool(cfg.logger.get("offline", True)),
+        )
+    raise ConfigError(f"logger.name={kind!r}: use tensorboard, csv or wandb")
