@@ -37,7 +37,11 @@ from train_cpu import machine_info  # benchmarks/ is on sys.path when run as a s
 import hsftrain
 from hsftrain.config import compose
 from hsftrain.logs import setup_logging
-from hsftrain.workflow import train
+
+try:
+    from hsftrain.workflow import train
+except ImportError:  # checkouts before hsftrain.workflow (train -> export) existed
+    from hsftrain.training.run import train  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 MSD = Path(os.environ.get("HSFTRAIN_MSD", ROOT.parent / "shared/data/msd_hippocampus"))
