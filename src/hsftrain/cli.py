@@ -42,6 +42,11 @@ hub_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(hub_app, name="hub")
+volumes_app = typer.Typer(
+    help="Volumes tables of hsftrain segment: merge the tables of a sharded run.",
+    no_args_is_help=True,
+)
+app.add_typer(volumes_app, name="volumes")
 
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Hydra overrides: key=value, group=option.")
@@ -284,6 +289,27 @@ def hub_fetch(
     with _user_errors(verbose):
         for name, path in fetch_ahead(names, cache_dir):
             logging.getLogger("hsftrain").info("%s: %s (verified)", name, path)
+
+
+@volumes_app.command("merge")
+def volumes_merge(
+    folder: Annotated[str, typer.Argument(help="Folder holding volumes.<i>-of-<N>.csv.")],
+    out: Annotated[
+        str | None, typer.Option("--out", help="Merged table (default: DIR/volumes.csv).")
+    ] = None,
+    table: Annotated[
+        str | None,
+        typer.Option("--table", help="Which run's tables when DIR holds several (e.g. volumes)."),
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Merge the shard tables of a sharded segment run (files.shard=i/N, SLURM job
+    arrays) into one volumes.csv, in the order one unsharded run writes it."""
+    setup_logging(verbose)
+    with _user_errors(verbose):
+        from hsftrain.inference.shards import merge_volumes
+
+        merge_volumes(folder, out, table)
 
 
 if __name__ == "__main__":  # pragma: no cover

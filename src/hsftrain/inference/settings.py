@@ -1,0 +1,255 @@
+"""The validated ``segment`` configuration (:class:`Settings`), checked before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from hsftrain.config import ConfigError
+from hsftrain.data.labels import CA_TYPES
+from hsftrain.inference.engines import Provider, model_specs, parse_providers
+from hsftrain.inference.fusion import FUSIONS
+from hsftrain.inference.resample import MODES as RESAMPLE_MODES
+from hsftrain.inference.roiloc import MODES
+from hsftrain.inference.shards import Shard, choose_shard
+
+
+@dataclass
+class Multispectral:
+    """How a subject's T2 is found, registered and fused with its T1 (``files.t2_pattern``
+    and the ``multispectral`` keys)."""
+
+    t2_pattern: str
+    t2_models: list[tuple[str, Any]] | None = None  # None: the T1 models segment the T2 too
+    t2_space: bool = False
+    registration_mm: float = 2.0
+    iterations: int = 100
+    min_quality: float = 0.05
+
+
+@dataclass
+class Settings:
+    """The validated ``segment`` configuration."""
+
+    root: Path
+    pattern: str | None
+    mask_patterns: list[str]
+    output_dir: Path | None
+    overwrite: bool
+    volumes_csv: Path
+    roiloc: dict[str, Any]
+    models: list[tuple[str, Any]]
+    models_path: str | None
+    ca_mode: str
+    fusion: str
+    num_aug: int
+    augmentation: dict[str, Any]
+    providers: list[Provider]
+    batch_size: int
+    intra_op_num_threads: int
+    inter_op_num_threads: int
+    seed: int = 0
+    qc: bool = True
+    save_crops: bool = True
+    largest_component: bool = True
+    resample_mode: str = "auto"
+    resample_tolerance: float = 0.25
+    shard: Shard | None = None
+    jobs: int = 1
+    devices: list[int] | None = None
+    multispectral: Multispectral | None = None
+    description: str = ""
+
+    @property
+    def table(self) -> Path:
+        """The volumes table this run writes: ``volumes.csv``, or its shard's table."""
+        return self.shard.table(self.volumes_csv) if self.shard else self.volumes_csv
+
+
+def get(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    """Value at dotted ``key`` as plain Python; ``???`` and absent keys give ``default``."""
+    if OmegaConf.is_missing(cfg, key.split(".")[0]):
+        return default
+    value = OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _int(key: str, value: Any, low: int) -> int:
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        out = low - 1
+    if isinstance(value, bool) or out < low or (isinstance(value, float) and value != out):
+        raise ConfigError(f"{key}={value!r}: must be an integer >= {low}")
+    return out
+
+
+def _devices(value: Any) -> list[int] | None:
+    """``hardware.devices``: null, one GPU id or a list of them.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    try:
+        ids = [int(v) for v in items]
+    except (TypeError, ValueError):
+        ids = []
+    if not ids or any(i < 0 for i in ids) or any(isinstance(v, bool) for v in items):
+        raise ConfigError(
+            f"hardware.devices={value!r}: give GPU ids, e.g. hardware.devices=[0,1] (workers "
+            "are spread over them), or null"
+        )
+    return ids
+
+
+def _multispectral(cfg: DictConfig) -> Multispectral | None:
+    """The multispectral settings when ``files.t2_pattern`` is set.
+
+    Raises:
+        ConfigError: an absolute ``files.t2_pattern`` or a bad ``multispectral`` value.
+    """
+    pattern = get(cfg, "files.t2_pattern")
+    if not pattern:
+        return None
+    if Path(str(pattern)).is_absolute():
+        raise ConfigError(
+            f"files.t2_pattern={pattern!r}: give a glob relative to each T1's folder, e.g. "
+            "files.t2_pattern='{id}_T2w.nii.gz' ({id}: the T1's name minus the fixed end "
+            "of files.pattern)"
+        )
+    t2_paths = get(cfg, "multispectral.t2_model_paths")
+    registration_mm = get(cfg, "multispectral.registration_mm", 2.0)
+    try:
+        registration_mm = float(registration_mm)
+    except (TypeError, ValueError):
+        registration_mm = -1.0
+    if not registration_mm > 0:
+        raise ConfigError(
+            f"multispectral.registration_mm={get(cfg, 'multispectral.registration_mm')!r}: "
+            "must be a voxel size in mm > 0, e.g. 2"
+        )
+    min_quality = get(cfg, "multispectral.min_quality", 0.05)
+    try:
+        min_quality = float(min_quality)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"multispectral.min_quality={min_quality!r}: must be a number (0 turns the check off)"
+        ) from None
+    return Multispectral(
+        t2_pattern=str(pattern),
+        t2_models=model_specs(t2_paths) if t2_paths else None,
+        t2_space=bool(get(cfg, "multispectral.t2_space", False)),
+        registration_mm=registration_mm,
+        iterations=_int("multispectral.iterations", get(cfg, "multispectral.iterations", 100), 1),
+        min_quality=min_quality,
+    )
+
+
+def settings_from_config(cfg: DictConfig) -> Settings:
+    """Check the ``segment`` config and gather what a run needs.
+
+    Raises:
+        ConfigError: a missing or invalid key (the message names it).
+    """
+    root = get(cfg, "files.path")
+    if not root:
+        raise ConfigError("`files.path` must be set: the folder (or file) of MRIs to segment")
+    root_path = Path(str(root)).expanduser()
+    pattern = get(cfg, "files.pattern")
+    if root_path.is_dir() and not pattern:
+        raise ConfigError(
+            "`files.pattern` must be set: a glob below files.path, e.g. files.pattern='**/*T1w.nii.gz'"
+        )
+    masks = get(cfg, "files.mask_pattern") or []
+    masks = [masks] if isinstance(masks, str) else [str(m) for m in masks]
+    output_dir = get(cfg, "files.output_dir")
+    out = Path(str(output_dir)).expanduser() if output_dir else None
+    base = out if out else (root_path if root_path.is_dir() else root_path.parent)
+    volumes_csv = get(cfg, "files.volumes_csv")
+    volumes = Path(str(volumes_csv)).expanduser() if volumes_csv else base / "volumes.csv"
+    from hsftrain.validate import check_output_dir, check_output_file
+
+    if out is not None:
+        check_output_dir(out, "files.output_dir")
+    if volumes_csv:
+        check_output_file(volumes, "files.volumes_csv", example="volumes.csv")
+    elif not out:  # results go next to the inputs
+        check_output_dir(base, "files.output_dir (unset: results go next to the MRIs)")
+
+    roiloc = get(cfg, "roiloc", {}) or {}
+    mode = str(roiloc.get("mode", "auto"))
+    if mode not in MODES:
+        raise ConfigError(f"roiloc.mode={mode!r}: use one of {', '.join(MODES)}")
+
+    shortcut = get(cfg, "model_paths")
+    models = model_specs(shortcut if shortcut else get(cfg, "segmentation.models"))
+    ca_mode = get(cfg, "segmentation.ca_mode", "")
+    ca_mode = "" if ca_mode is None else str(ca_mode)
+    if ca_mode not in ("", *CA_TYPES):
+        raise ConfigError(
+            f"segmentation.ca_mode={ca_mode!r}: use one of '', {', '.join(map(repr, CA_TYPES))}"
+        )
+    fusion = str(get(cfg, "segmentation.fusion", "vote"))
+    if fusion not in FUSIONS:
+        raise ConfigError(f"segmentation.fusion={fusion!r}: use one of {', '.join(FUSIONS)}")
+    num_aug = get(cfg, "segmentation.test_time_num_aug")
+    if num_aug is None:
+        num_aug = get(cfg, "augmentation.test_time_num_aug", 0)
+    num_aug = int(num_aug or 0) if get(cfg, "segmentation.tta", True) else 0
+    if num_aug < 0:
+        raise ConfigError(f"segmentation.test_time_num_aug={num_aug}: must be >= 0")
+
+    resample_mode = str(get(cfg, "resample.mode", "auto"))
+    if resample_mode not in RESAMPLE_MODES:
+        raise ConfigError(
+            f"resample.mode={resample_mode!r}: use one of {', '.join(RESAMPLE_MODES)}"
+        )
+    tolerance = float(get(cfg, "resample.tolerance", 0.25))
+    if not tolerance >= 0:
+        raise ConfigError(f"resample.tolerance={tolerance}: must be >= 0 (e.g. 0.25)")
+
+    engine = str(get(cfg, "hardware.engine", "onnxruntime"))
+    if engine != "onnxruntime":
+        raise ConfigError(f"hardware.engine={engine!r}: only onnxruntime is supported")
+    engine_settings = get(cfg, "hardware.engine_settings", {}) or {}
+    batch_size = int(engine_settings.get("batch_size", 1) or 1)
+    if batch_size < 1:
+        raise ConfigError("hardware.engine_settings.batch_size must be >= 1")
+    return Settings(
+        root=root_path,
+        pattern=str(pattern) if pattern else None,
+        mask_patterns=masks,
+        output_dir=out,
+        overwrite=bool(get(cfg, "files.overwrite", False)),
+        volumes_csv=volumes,
+        roiloc=roiloc,
+        models=models,
+        models_path=get(cfg, "segmentation.models_path"),
+        ca_mode=ca_mode,
+        fusion=fusion,
+        num_aug=num_aug,
+        augmentation=get(cfg, "augmentation", {}) or {},
+        providers=parse_providers(engine_settings.get("execution_providers")),
+        batch_size=batch_size,
+        intra_op_num_threads=int(engine_settings.get("intra_op_num_threads", 0) or 0),
+        inter_op_num_threads=int(engine_settings.get("inter_op_num_threads", 0) or 0),
+        seed=int(get(cfg, "seed", 0) or 0),
+        qc=bool(get(cfg, "qc", True)),
+        save_crops=bool(get(cfg, "save_crops", True)),
+        largest_component=bool(get(cfg, "segmentation.largest_component", True)),
+        resample_mode=resample_mode,
+        resample_tolerance=tolerance,
+        shard=choose_shard(get(cfg, "files.shard")),
+        jobs=_int("hardware.jobs", get(cfg, "hardware.jobs", 1), 1),
+        devices=_devices(get(cfg, "hardware.devices")),
+        multispectral=_multispectral(cfg),
+        description=str(get(cfg, "segmentation.description", "") or ""),
+    )

@@ -1,0 +1,178 @@
+"""``hardware.jobs=K``: K worker processes segmenting subjects side by side.
+
+Each worker is a fresh (``spawn``) process that loads the models once, with
+``intra_op_num_threads`` divided among the workers (the configured count, or every usable
+core, over K; at least one each), SimpleITK's threads likewise, and, with
+``hardware.devices``, its own GPU (worker k on ``devices[k % len(devices)]``). Subjects
+are handed out one at a time; each is segmented by exactly the code a single process runs
+(:func:`hsftrain.inference.pipeline.run_subject`: the same atomic writes, native
+segmentation last, failures reported per subject), and its result does not depend on the
+worker that took it or on the order subjects finish in.
+
+A worker that dies (killed by the out-of-memory killer, ...) fails the subjects it and the
+pool were running with a line saying so; finished subjects stay finished and a rerun
+segments the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hsftrain.inference.pipeline import SubjectReport, run_subject
+from hsftrain.inference.settings import Settings
+from hsftrain.inference.writer import Outputs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One subject to segment."""
+
+    mri: Path
+    outputs: Outputs
+    subject: str
+    t2_candidates: tuple[Path, ...] = ()
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity: a SLURM allocation's, ...)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_per_worker(settings: Settings, jobs: int) -> int:
+    """ONNX Runtime intra-op threads of each of ``jobs`` workers: the configured count (or
+    every usable core) divided among them, at least one."""
+    total = settings.intra_op_num_threads or usable_cores()
+    return max(1, total // max(1, jobs))
+
+
+#: The state of a worker process: its settings and segmenters (set by :func:`_start`).
+_WORKER: dict[str, Any] = {}
+
+
+def _start(
+    settings: Settings,
+    paths: list[Path],
+    t2_paths: list[Path] | None,
+    threads: int,
+    slots: Any,
+    level: int,
+) -> None:
+    """Worker initializer: logging, threads, device, models. Never raises: an error is
+    kept and reported by every task of this worker (a raising initializer would break the
+    pool with no message)."""
+    try:
+        from hsftrain.logs import setup_logging
+
+        setup_logging(level <= logging.DEBUG)
+        logging.getLogger("hsftrain").setLevel(level)
+        slot = int(slots.get(timeout=60))
+        device = settings.devices[slot % len(settings.devices)] if settings.devices else None
+        import SimpleITK as sitk
+
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        from hsftrain.inference.segmenter import Segmenter, load_engines
+
+        engines = load_engines(settings, paths, threads, device, quiet=True)
+        _WORKER["segmenter"] = Segmenter.from_settings(engines, settings)
+        _WORKER["t2_segmenter"] = None
+        if t2_paths is not None and settings.multispectral is not None:
+            t2 = settings.multispectral.t2_models or []
+            t2_engines = load_engines(settings, t2_paths, threads, device, t2, quiet=True)
+            _WORKER["t2_segmenter"] = Segmenter.from_settings(t2_engines, settings)
+        log.debug("worker %d ready: %d thread(s), device %s", slot, threads, device)
+    except Exception as err:  # the parent checked the models already: rare (a GPU missing)
+        _WORKER["error"] = err
+    _WORKER["settings"] = settings
+
+
+def _run(job: Job) -> SubjectReport:
+    """Worker task: one subject."""
+    if "error" in _WORKER:
+        from hsftrain.inference.pipeline import failure_line
+
+        error = _WORKER["error"]
+        return SubjectReport(job.subject, job.mri, "failed", error=failure_line(job.mri, error))
+    return run_subject(
+        job.mri,
+        job.outputs,
+        job.subject,
+        _WORKER["segmenter"],
+        _WORKER["settings"],
+        None,
+        _WORKER["t2_segmenter"],
+        list(job.t2_candidates),
+    )
+
+
+def run_parallel(
+    jobs: Sequence[Job],
+    settings: Settings,
+    paths: list[Path],
+    t2_paths: list[Path] | None,
+    on_done: Callable[[SubjectReport], None] | None = None,
+) -> list[SubjectReport]:
+    """Segment ``jobs`` in ``settings.jobs`` worker processes (never more than there are
+    subjects); returns their reports in the order they finished.
+
+    Args:
+        paths: the resolved model files (resolved once, by the caller).
+        t2_paths: the resolved T2 model files of a multispectral run (None: the same).
+        on_done: called in this process with each report as it arrives.
+    """
+    workers = max(1, min(settings.jobs, len(jobs)))
+    threads = threads_per_worker(settings, workers)
+    log.info(
+        "%d worker process(es), %d ONNX Runtime thread(s) each%s",
+        workers,
+        threads,
+        f", GPUs {settings.devices}" if settings.devices else "",
+    )
+    context = multiprocessing.get_context("spawn")
+    slots = context.Queue()
+    for slot in range(workers):
+        slots.put(slot)
+    level = logging.getLogger("hsftrain").getEffectiveLevel()
+    pool = ProcessPoolExecutor(
+        workers,
+        mp_context=context,
+        initializer=_start,
+        initargs=(settings, paths, t2_paths, threads, slots, level),
+    )
+    reports: list[SubjectReport] = []
+    try:
+        futures = {pool.submit(_run, job): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                report = future.result()
+            except BrokenProcessPool as err:
+                log.debug("%s: %s", job.mri, err)
+                report = SubjectReport(
+                    job.subject,
+                    job.mri,
+                    "failed",
+                    error=f"{job.mri}: the worker process segmenting it died (killed, e.g. out "
+                    "of memory): rerun with fewer hardware.jobs; finished subjects are kept",
+                )
+                log.error("%s", report.error)
+            reports.append(report)
+            if on_done:
+                on_done(report)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return reports
