@@ -43,6 +43,8 @@ PATH_KEYS: frozenset[str] = frozenset(
         "pretrained",
         "mri",
         "label",
+        "t2_pattern",
+        "t2_model_paths",
     }
 )
 #: Mappings whose keys are the user's to choose: ``+prefix.new_key=value`` is accepted.

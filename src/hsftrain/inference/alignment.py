@@ -1,0 +1,143 @@
+"""Two images of one subject: rigid registration, and arrays mapped between their grids.
+
+Grids are ``(X, Y, Z)`` arrays with a voxel -> RAS mm affine (canonical orientation, as
+:class:`hsftrain.inference.image.Volume` holds them); transforms are 4x4 RAS mm matrices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from hsftrain.inference.image import Volume
+from hsftrain.inference.roiloc import Box
+
+_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def register_rigid(
+    fixed: Volume,
+    moving: Volume,
+    registration_mm: float = 2.0,
+    iterations: int = 100,
+    seed: int = 0,
+) -> tuple[np.ndarray, float]:
+    """Rigid registration of ``moving`` to ``fixed``, started from their scanner coordinates.
+
+    Returns:
+        ``(matrix, quality)``: the 4x4 transform mapping ``fixed`` points to ``moving``
+        points (RAS mm), and minus the final Mattes mutual information (higher is better).
+    """
+    import SimpleITK as sitk
+
+    from hsftrain.inference.roiloc import _block_mean, _to_sitk
+
+    fixed_image = _to_sitk(*_block_mean(fixed.array, fixed.affine, registration_mm))
+    moving_image = _to_sitk(*_block_mean(moving.array, moving.affine, registration_mm))
+    centre = fixed_image.TransformContinuousIndexToPhysicalPoint(
+        [(s - 1) / 2 for s in fixed_image.GetSize()]
+    )
+    start = sitk.Euler3DTransform()
+    start.SetCenter(centre)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.5, seed + 1)  # SimpleITK: seed 0 = wall clock
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0,
+        minStep=1e-4,
+        numberOfIterations=int(iterations),
+        relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-6,
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg.SetInitialTransform(start, inPlace=False)
+    result = reg.Execute(fixed_image, moving_image)
+    inner = result.GetNthTransform(0) if isinstance(result, sitk.CompositeTransform) else result
+    euler = sitk.Euler3DTransform(inner)
+    rotation = np.asarray(euler.GetMatrix(), dtype=np.float64).reshape(3, 3)
+    centre_lps = np.asarray(euler.GetCenter(), dtype=np.float64)
+    lps = np.eye(4)
+    lps[:3, :3] = rotation
+    lps[:3, 3] = np.asarray(euler.GetTranslation()) + centre_lps - rotation @ centre_lps
+    metric = float(reg.GetMetricValue())
+    quality = -metric if np.isfinite(metric) else 0.0
+    return _LPS @ lps @ _LPS, quality
+
+
+def covering_box(side: str, corners_ras: np.ndarray, volume: Volume) -> Box | None:
+    """Voxel box of ``volume`` covering the points ``corners_ras`` (N, 3) grown by one
+    voxel, clipped to the image; None when it is (nearly) outside it."""
+    inv = np.linalg.inv(volume.affine)
+    vox = corners_ras @ inv[:3, :3].T + inv[:3, 3]
+    shape = np.asarray(volume.array.shape)
+    lo = np.clip(np.floor(vox.min(axis=0)).astype(int) - 1, 0, shape)
+    hi = np.clip(np.ceil(vox.max(axis=0)).astype(int) + 2, 0, shape)
+    if (hi - lo < 2).any():
+        return None
+    return Box(side, tuple(int(v) for v in lo), tuple(int(v) for v in hi))  # type: ignore[arg-type]
+
+
+def box_corners(affine: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The 8 outer corners ``(8, 3)`` (RAS mm) of a grid of voxels (their outer faces)."""
+    ranges = [(-0.5, s - 0.5) for s in shape]
+    idx = np.array([[a, b, c] for a in ranges[0] for b in ranges[1] for c in ranges[2]])
+    return idx @ affine[:3, :3].T + affine[:3, 3]
+
+
+def grid_affine(affine: np.ndarray, shape: Sequence[int], new_shape: Sequence[int]) -> np.ndarray:
+    """Affine of the grid :func:`hsftrain.inference.resample.resample` maps a ``shape``
+    array to (same field of view, ``new_shape`` voxels)."""
+    scale = np.asarray(shape, float) / np.asarray(new_shape, float)
+    step = np.eye(4)
+    step[:3, :3] = np.diag(scale)
+    step[:3, 3] = 0.5 * scale - 0.5
+    return affine @ step
+
+
+def map_onto(
+    array: np.ndarray,
+    src_affine: np.ndarray,
+    dst_affine: np.ndarray,
+    dst_shape: Sequence[int],
+    dst_to_src: np.ndarray,
+    order: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample ``array`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``) onto another grid.
+
+    Args:
+        src_affine, dst_affine: voxel -> RAS mm of each grid.
+        dst_to_src: RAS mm transform from the destination's space to the source's.
+
+    Returns:
+        ``(mapped, covered)``: the resampled array (0 outside the source) and the
+        ``(X, Y, Z)`` bool mask of destination voxels inside the source grid.
+    """
+    matrix = np.linalg.inv(src_affine) @ dst_to_src @ dst_affine
+    dst_shape = tuple(int(s) for s in dst_shape)
+    grids = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in dst_shape], indexing="ij")
+    covered = np.ones(dst_shape, dtype=bool)
+    src_shape = array.shape[-3:]
+    for axis in range(3):
+        coord = sum(matrix[axis, k] * grids[k] for k in range(3)) + matrix[axis, 3]
+        covered &= (coord >= -0.5) & (coord <= src_shape[axis] - 0.5)
+
+    def one(channel: np.ndarray) -> np.ndarray:
+        return ndimage.affine_transform(
+            channel,
+            matrix[:3, :3],
+            offset=matrix[:3, 3],
+            output_shape=dst_shape,
+            order=order,
+            mode="nearest",
+        )
+
+    mapped = np.stack([one(c) for c in array]) if array.ndim == 4 else one(array)
+    mapped = np.where(covered, mapped, 0).astype(array.dtype, copy=False)
+    return mapped, covered
