@@ -6,7 +6,6 @@ from hsftrain.data.labels import (
     LabelError,
     class_names,
     group_table,
-    merge_label_map,
     merge_lut,
     merge_probs,
     merged_name,
@@ -18,6 +17,16 @@ def test_remap_hand_written():
     label_map = np.array([[0, 1, 2], [5, 5, 1]])
     out = remap_labels(label_map, {1: 3, 2: 1, 5: 2})
     np.testing.assert_array_equal(out, [[0, 3, 1], [2, 2, 3]])
+
+
+def test_remap_unlisted_values_to_background():
+    """``hsftrain evaluate``'s pred_map / ref_map: values not in the table become 0."""
+    label_map = np.array([[0, 17, 53], [-1, 17, 2]])
+    out = remap_labels(label_map, {17: 1, 53: 2}, unlisted="background")
+    np.testing.assert_array_equal(out, [[0, 1, 2], [0, 1, 0]])
+    assert out.shape == label_map.shape
+    with pytest.raises(ValueError, match="unlisted"):
+        remap_labels(label_map, {}, unlisted="keep")
 
 
 def test_remap_missing_values_names_file_and_fix():
@@ -35,19 +44,17 @@ def test_merged_names():
         merged_name("CA1", "12/3")
 
 
-def test_merge_label_map_1_23_and_123():
+def test_merge_lut_1_23_and_123():
     names = list(SUBFIELDS)  # bg DG CA1 CA2 CA3 SUB HEAD TAIL
     label_map = np.array([0, 1, 2, 3, 4, 5, 6, 7])
-    np.testing.assert_array_equal(
-        merge_label_map(label_map, names, "1/23"), [0, 1, 2, 3, 3, 5, 6, 7]
-    )
-    np.testing.assert_array_equal(
-        merge_label_map(label_map, names, "123"), [0, 1, 2, 2, 2, 5, 6, 7]
-    )
-    np.testing.assert_array_equal(
-        merge_label_map(label_map, names, "whole"), [0, 1, 1, 1, 1, 1, 1, 1]
-    )
-    np.testing.assert_array_equal(merge_label_map(label_map, names, ""), label_map)
+    for ca_type, expected in [
+        ("1/23", [0, 1, 2, 3, 3, 5, 6, 7]),
+        ("123", [0, 1, 2, 2, 2, 5, 6, 7]),
+        ("whole", [0, 1, 1, 1, 1, 1, 1, 1]),
+        ("", label_map),
+    ]:
+        lut, _ = merge_lut(names, ca_type)
+        np.testing.assert_array_equal(lut[label_map], expected)
     _, merged = merge_lut(names, "123")
     assert merged[2] == "CA" and merged[3] == ""
 

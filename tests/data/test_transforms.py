@@ -34,6 +34,21 @@ def test_augmentation_from_config_and_disabled():
     assert augmentation({"flip": {"p": 0}}) is None
 
 
+def test_augmentation_keeps_the_order_and_reads_each_parameter():
+    import torchio as tio
+
+    cfg = {
+        "gamma": {"p": 0.5, "log_gamma": [-0.1, 0.1]},
+        "flip": {"p": 1.0, "axes": None},  # null: the default axes
+        "blur": {"p": 0.25},
+    }
+    transforms = augmentation(cfg).transforms
+    assert [type(t) for t in transforms] == [tio.RandomFlip, tio.RandomBlur, tio.RandomGamma]
+    assert [t.probability for t in transforms] == [1.0, 0.25, 0.5]
+    assert transforms[0].axes == ("LR",)
+    assert transforms[2].log_gamma_range == (-0.1, 0.1)
+
+
 def test_postprocess_noise_is_seeded():
     image = torch.zeros(1, 8, 8, 8) + torch.arange(8.0)
     label = torch.zeros(8, 8, 8, dtype=torch.long)

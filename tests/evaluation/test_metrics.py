@@ -16,7 +16,6 @@ from hsftrain.evaluation.metrics import (
     hd95,
     label_metrics,
     mask_metrics,
-    mean_label_metrics,
     surface_distances,
     surface_voxels,
     volume_mm3,
@@ -161,17 +160,6 @@ def test_label_metrics_per_label_and_surface_switch():
         "pred_volume_mm3": 0.0,
         "ref_volume_mm3": 0.0,
     }
-
-
-def test_mean_label_metrics_ignores_nan():
-    items = [
-        {1: {"dice": 0.5, "hd95_mm": math.nan}},
-        {1: {"dice": 1.0, "hd95_mm": 2.0}},
-        {1: {"dice": 0.0, "hd95_mm": math.nan}, 2: {"dice": 1.0, "hd95_mm": math.nan}},
-    ]
-    mean = mean_label_metrics(items)
-    assert mean[1] == {"dice": pytest.approx(0.5), "hd95_mm": 2.0}
-    assert mean[2]["dice"] == 1.0 and math.isnan(mean[2]["hd95_mm"])
 
 
 def test_invalid_inputs_raise_clearly():

@@ -39,7 +39,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hsftrain.compression.sparsity import (
     PRUNABLE,
@@ -49,7 +49,8 @@ from hsftrain.compression.sparsity import (
     weight_sparsity,
 )
 from hsftrain.compression.structured import fold_masks, like_layout, require_prunable
-from hsftrain.config import ConfigError
+from hsftrain.containers import plain
+from hsftrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -251,11 +252,9 @@ def _rebuild_optimizers(trainer: L.Trainer) -> None:
 
 
 def _section(cfg: Any, key: str) -> dict[str, Any] | None:
-    value = cfg.get(key) if cfg is not None else None
+    value = plain(cfg.get(key)) if cfg is not None else None
     if value is None or value is False:
         return None
-    if isinstance(value, DictConfig):
-        value = OmegaConf.to_container(value, resolve=True)
     if not isinstance(value, Mapping):
         raise ConfigError(f"compression.{key} must be a mapping or null, not {value!r}")
     if value.get("enabled", True) is False:

@@ -57,7 +57,17 @@ def crop_pad(
     return out
 
 
-class PatchDataset(Dataset):
+class _SubjectDataset(Dataset):
+    """Items made from a list of prepared subjects, one per subject."""
+
+    def __init__(self, prepared: Sequence[PreparedSubject]) -> None:
+        self.prepared = list(prepared)
+
+    def __len__(self) -> int:
+        return len(self.prepared)
+
+
+class PatchDataset(_SubjectDataset):
     """Training items: one random ``patch_size`` window of each prepared subject.
 
     With probability ``foreground_ratio`` the window is centred on a random foreground
@@ -76,13 +86,10 @@ class PatchDataset(Dataset):
         foreground_ratio: float = 0.33,
         transform: ItemTransform | None = None,
     ) -> None:
-        self.prepared = list(prepared)
+        super().__init__(prepared)
         self.patch_size = tuple(int(p) for p in patch_size)
         self.foreground_ratio = float(foreground_ratio)
         self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.prepared)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         subject = self.prepared[i]
@@ -114,7 +121,7 @@ class PatchDataset(Dataset):
         }
 
 
-class VolumeDataset(Dataset):
+class VolumeDataset(_SubjectDataset):
     """Validation items: whole volumes padded to a multiple of ``multiple`` (as inference
     does) or centre-cropped/padded to ``shape`` when given."""
 
@@ -124,12 +131,9 @@ class VolumeDataset(Dataset):
         multiple: int = 8,
         shape: Sequence[int] | None = None,
     ) -> None:
-        self.prepared = list(prepared)
+        super().__init__(prepared)
         self.multiple = int(multiple)
         self.shape = shape
-
-    def __len__(self) -> int:
-        return len(self.prepared)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         subject = self.prepared[i]

@@ -9,7 +9,7 @@ Two ideas live here:
   One table, :data:`CA_MERGES`, says which class names fold into which coarser name.
   :func:`group_table` turns it into a (G, C) matrix that sums a model's C class
   probabilities into the G classes a dataset distinguishes (the forgiving loss), and
-  :func:`merge_label_map` applies the same table to a predicted label map (inference
+  :func:`merge_lut` / :func:`merge_probs` apply the same table to a prediction (inference
   ``ca_mode``).
 """
 
@@ -60,31 +60,41 @@ def merged_name(name: str, ca_type: str) -> str:
     return CA_MERGES[ca_type].get(name, name)
 
 
-def remap_labels(label_map: np.ndarray, table: Mapping[int, int], source: str = "") -> np.ndarray:
-    """Map raw label values through ``table`` ({raw value: training value}).
+def remap_labels(
+    label_map: np.ndarray, table: Mapping[int, int], source: str = "", unlisted: str = "error"
+) -> np.ndarray:
+    """Map label values through ``table`` ({value: new value}).
+
+    The one label value map of hsftrain: a dataset's raw values to training values
+    (``datasets.<name>.labels``) and ``hsftrain evaluate``'s ``pred_map`` / ``ref_map``.
 
     Args:
         label_map: integer array of any shape.
-        table: every value present in ``label_map`` must be a key (0 may be omitted: it
-            stays background).
+        table: ``{value: new value}``; 0 stays background unless the table says otherwise.
         source: file name used in the error message.
+        unlisted: values present in ``label_map`` but absent from ``table``: ``"error"``
+            (a :class:`LabelError`) or ``"background"`` (they become 0).
+
+    Returns:
+        int64 array of ``label_map``'s shape.
 
     Raises:
-        LabelError: values present in ``label_map`` but absent from ``table``.
+        LabelError: ``unlisted="error"`` and values missing from ``table``.
+        ValueError: unknown ``unlisted``.
     """
-    values = np.unique(label_map)
+    if unlisted not in ("error", "background"):
+        raise ValueError(f"unlisted={unlisted!r}: use 'error' or 'background'")
+    values, inverse = np.unique(np.asarray(label_map, dtype=np.int64), return_inverse=True)
     full = {0: 0, **{int(k): int(v) for k, v in table.items()}}
     missing = [int(v) for v in values if int(v) not in full]
-    if missing:
+    if missing and unlisted == "error":
         where = f" in {source}" if source else ""
         raise LabelError(
             f"label values {missing}{where} are missing from the mapping "
             f"{dict(sorted(full.items()))}: add them to the dataset's `labels` table"
         )
-    lut = np.zeros(max(max(full), int(values.max(initial=0))) + 1, dtype=np.int64)
-    for src, dst in full.items():
-        lut[src] = dst
-    return lut[label_map.astype(np.int64)]
+    mapped = np.array([full.get(int(v), 0) for v in values], dtype=np.int64)
+    return mapped[inverse].reshape(np.shape(label_map))
 
 
 def class_names(labels_names: Mapping[int, str], num_classes: int | None = None) -> list[str]:
@@ -154,14 +164,6 @@ def merge_lut(model_names: Sequence[str], ca_type: str) -> tuple[np.ndarray, lis
         lut[c] = first[merged]
         names[first[merged]] = merged
     return lut, names
-
-
-def merge_label_map(label_map: np.ndarray, model_names: Sequence[str], ca_type: str) -> np.ndarray:
-    """Merge a predicted label map at granularity ``ca_type`` ("" keeps it unchanged)."""
-    if not ca_type:
-        return label_map
-    lut, _ = merge_lut(model_names, ca_type)
-    return lut[label_map.astype(np.int64)]
 
 
 def merge_probs(probs: np.ndarray, model_names: Sequence[str], ca_type: str) -> np.ndarray:

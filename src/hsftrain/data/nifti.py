@@ -7,6 +7,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel import orientations as ornt
 
 from hsftrain.errors import UserError
 from hsftrain.files import atomic_path
@@ -75,10 +76,45 @@ def read_image(
     return img, data.reshape(shape)
 
 
+def to_canonical(
+    data: np.ndarray, affine: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 3D array in canonical RAS+ voxel order, by flips and axis permutations only (so
+    the way back is exact).
+
+    Args:
+        data: ``(X, Y, Z)`` array on the grid of ``affine``.
+        affine: its 4x4 voxel-to-world matrix.
+
+    Returns:
+        ``(array, ras_affine, to_native)``: the reoriented array (a view), its affine, and
+        the nibabel orientation transform back to ``data``'s axes
+        (``nibabel.orientations.apply_orientation(array, to_native)`` is ``data``).
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    source = ornt.io_orientation(affine)
+    ras = ornt.axcodes2ornt("RAS")
+    to_ras = ornt.ornt_transform(source, ras)
+    array = ornt.apply_orientation(data, to_ras)
+    ras_affine = affine @ ornt.inv_ornt_aff(to_ras, data.shape)
+    return array, ras_affine, ornt.ornt_transform(ras, source)
+
+
+def canonical_zooms(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along the canonical RAS axes of an image with this ``affine``."""
+    affine = np.asarray(affine, dtype=np.float64)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    out = [0.0, 0.0, 0.0]
+    for axis, (target, _) in enumerate(ornt.io_orientation(affine)):
+        out[int(target)] = float(zooms[axis])
+    return out[0], out[1], out[2]
+
+
 def load_volume(
     path: str | Path, dtype: type | None = None, canonical: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Load a 3D volume and its 4x4 affine (reoriented to RAS+ when ``canonical``).
+    """Load a 3D volume and its 4x4 affine (reoriented to RAS+ when ``canonical``, see
+    :func:`to_canonical`).
 
     A trailing singleton 4th dimension is dropped.
 
@@ -86,12 +122,12 @@ def load_volume(
         DataError: the file is missing, unreadable/corrupt, or not 3D.
     """
     img, data = read_image(path)
+    affine = np.asarray(img.affine, dtype=np.float64)
     if canonical:
-        img = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
-        data = np.asanyarray(img.dataobj)
+        data, affine, _ = to_canonical(data, affine)
     if dtype is not None:
         data = data.astype(dtype)
-    return data, np.asarray(img.affine, dtype=np.float64)
+    return data, affine
 
 
 def check_pair(
@@ -133,8 +169,22 @@ def header_info(path: Path) -> tuple[tuple[int, ...], np.ndarray]:
     return shape, np.asarray(img.affine, dtype=np.float64)
 
 
-def save_volume(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """Write a NIfTI file atomically (temporary file in the same folder, then rename)."""
+def save_volume(
+    data: np.ndarray,
+    affine: np.ndarray,
+    path: str | Path,
+    codes: tuple[int, int] | None = None,
+) -> Path:
+    """Write a NIfTI file atomically (temporary file in the same folder, then rename).
+
+    Args:
+        codes: NIfTI ``(qform_code, sform_code)`` with ``affine`` as both qform and sform;
+            ``None``: nibabel's defaults for a new image.
+    """
+    img = nib.Nifti1Image(data, affine)
+    if codes is not None:
+        img.set_qform(affine, code=int(codes[0]))
+        img.set_sform(affine, code=int(codes[1]))
     with atomic_path(path) as tmp:
-        nib.save(nib.Nifti1Image(data, affine), str(tmp))
+        nib.save(img, str(tmp))
     return Path(path)

@@ -20,56 +20,38 @@ import torchio as tio
 
 from hsftrain.data.intensity import z_normalize
 
+#: The torchio transform of each ``augmentation`` key, with its parameters and their
+#: defaults (a key's ``p`` is the probability it is applied; noise: :func:`add_noise`).
+TORCHIO: dict[str, tuple[type[tio.Transform], dict[str, Any]]] = {
+    "flip": (tio.RandomFlip, {"axes": ("LR",), "flip_probability": 1.0}),
+    "affine": (tio.RandomAffine, {"scales": (0.9, 1.1), "degrees": 10, "translation": 0}),
+    "elastic": (tio.RandomElasticDeformation, {"num_control_points": 7, "max_displacement": 3}),
+    "motion": (tio.RandomMotion, {"degrees": 5, "translation": 5, "num_transforms": 2}),
+    "blur": (tio.RandomBlur, {"std": (0, 0.5)}),
+    "gamma": (tio.RandomGamma, {"log_gamma": (-0.3, 0.3)}),
+}
+
 
 def augmentation(cfg: Mapping[str, Any]) -> tio.Compose | None:
-    """Random spatial then intensity transforms, each applied with its probability ``p``.
+    """Random spatial then intensity transforms (:data:`TORCHIO`, in that order), each
+    applied with its probability ``p``.
 
-    Keys of the ``augmentation`` group: flip, affine, elastic, motion, blur, gamma (noise is
-    added after normalisation, see :func:`postprocess`). A missing key or ``p: 0`` disables
-    a transform. Returns None when everything is disabled.
+    A missing key or ``p: 0`` disables a transform; a parameter missing or null takes its
+    default (noise is added after normalisation, see :func:`postprocess`). Returns None
+    when everything is disabled.
     """
-
-    def p(name: str) -> float:
-        return float((cfg.get(name) or {}).get("p", 0.0))
-
     out: list[tio.Transform] = []
-    if p("flip"):
-        axes = tuple(cfg["flip"].get("axes") or ["LR"])
-        out.append(tio.RandomFlip(axes=axes, flip_probability=1.0, p=p("flip")))
-    if p("affine"):
-        a = cfg["affine"]
-        out.append(
-            tio.RandomAffine(
-                scales=tuple(a.get("scales", (0.9, 1.1))),
-                degrees=a.get("degrees", 10),
-                translation=a.get("translation", 0),
-                p=p("affine"),
-            )
-        )
-    if p("elastic"):
-        e = cfg["elastic"]
-        out.append(
-            tio.RandomElasticDeformation(
-                num_control_points=e.get("num_control_points", 7),
-                max_displacement=e.get("max_displacement", 3),
-                p=p("elastic"),
-            )
-        )
-    if p("motion"):
-        m = cfg["motion"]
-        out.append(
-            tio.RandomMotion(
-                degrees=m.get("degrees", 5),
-                translation=m.get("translation", 5),
-                num_transforms=m.get("num_transforms", 2),
-                p=p("motion"),
-            )
-        )
-    if p("blur"):
-        out.append(tio.RandomBlur(std=tuple(cfg["blur"].get("std", (0, 0.5))), p=p("blur")))
-    if p("gamma"):
-        log_gamma = tuple(cfg["gamma"].get("log_gamma", (-0.3, 0.3)))
-        out.append(tio.RandomGamma(log_gamma=log_gamma, p=p("gamma")))
+    for name, (transform, defaults) in TORCHIO.items():
+        section = cfg.get(name) or {}
+        p = float(section.get("p", 0.0))
+        if not p:
+            continue
+        kwargs = {}
+        for key, default in defaults.items():
+            value = section.get(key)
+            value = default if value is None else value
+            kwargs[key] = tuple(value) if isinstance(value, list | tuple) else value
+        out.append(transform(**kwargs, p=p))
     return tio.Compose(out) if out else None
 
 

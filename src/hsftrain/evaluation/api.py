@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.config import ConfigError, require
-from hsftrain.errors import UserError
+from hsftrain.config import require
+from hsftrain.containers import plain
+from hsftrain.data.labels import remap_labels
+from hsftrain.errors import ConfigError, UserError
 from hsftrain.evaluation.metrics import label_metrics, present_labels
 from hsftrain.evaluation.pairing import (
     DEFAULT_ID_REGEX,
@@ -92,7 +94,7 @@ def parse_labels(value: object) -> dict[int, str] | None:
     if value is None:
         return None
     if isinstance(value, DictConfig | Mapping):
-        items = dict(OmegaConf.to_container(value) if isinstance(value, DictConfig) else value)
+        items = dict(plain(value))
     else:
         if isinstance(value, str):
             value = [v for v in value.replace(" ", "").split(",") if v]
@@ -123,23 +125,13 @@ def parse_value_map(value: object, key: str) -> dict[int, int] | None:
     """
     if value is None:
         return None
-    items = OmegaConf.to_container(value) if isinstance(value, DictConfig) else value
+    items = plain(value)
     if not isinstance(items, Mapping) or not items:
         raise ConfigError(f"`{key}` must be a {{value: new value}} mapping, e.g. {key}={{17: 1}}")
     try:
         return {int(k): int(v) for k, v in items.items()}
     except (TypeError, ValueError) as err:
         raise ConfigError(f"`{key}` must map integers to integers, got {items!r}") from err
-
-
-def apply_value_map(label_map: np.ndarray, table: Mapping[int, int] | None) -> np.ndarray:
-    """Relabel through ``table``; values it does not list become background (0)."""
-    if table is None:
-        return label_map
-    out = np.zeros_like(label_map)
-    for src, dst in table.items():
-        out[label_map == src] = dst
-    return out
 
 
 def load_label_map(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
@@ -171,7 +163,8 @@ def evaluate_pair(
     ref_map: Mapping[int, int] | None = None,
 ) -> list[LabelResult]:
     """Metrics of one subject, with the reference's spacing (after ``pred_map`` /
-    ``ref_map`` relabelling, see :func:`apply_value_map`).
+    ``ref_map`` relabelling by :func:`~hsftrain.data.labels.remap_labels`: values they do
+    not list become background).
 
     Raises:
         EvaluationError: unreadable files or shapes that differ.
@@ -193,7 +186,10 @@ def evaluate_pair(
             pred_spacing,
             spacing,
         )
-    pred, ref = apply_value_map(pred, pred_map), apply_value_map(ref, ref_map)
+    if pred_map is not None:
+        pred = remap_labels(pred, pred_map, unlisted="background")
+    if ref_map is not None:
+        ref = remap_labels(ref, ref_map, unlisted="background")
     names = dict(labels) if labels is not None else None
     values = list(names) if names is not None else present_labels(pred, ref)
     per_label = label_metrics(pred, ref, values, spacing=spacing, surface=surface)

@@ -43,7 +43,7 @@ A distance to a mask that does not exist is undefined, hence NaN (not inf), whic
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -318,26 +318,3 @@ def label_metrics(
         value: mask_metrics(pred == value, ref == value, sampling, surface=surface)
         for value in values
     }
-
-
-def mean_label_metrics(
-    per_item: Iterable[Mapping[int, Mapping[str, float]]],
-) -> dict[int, dict[str, float]]:
-    """NaN-ignoring mean of several :func:`label_metrics` results (e.g. a batch).
-
-    A metric that is NaN for every item stays NaN.
-    """
-    collected: dict[int, dict[str, list[float]]] = {}
-    for item in per_item:
-        for label, metrics in item.items():
-            for name, value in metrics.items():
-                collected.setdefault(int(label), {}).setdefault(name, []).append(float(value))
-    return {
-        label: {name: _nanmean(values) for name, values in metrics.items()}
-        for label, metrics in sorted(collected.items())
-    }
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import xxhash
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from hsftrain.config import ConfigError, require
-from hsftrain.errors import ExportError
+from hsftrain.config import require
+from hsftrain.containers import plain
+from hsftrain.errors import ConfigError, ExportError
 from hsftrain.export.onnx import export_onnx
 from hsftrain.finite import check_finite_state
 from hsftrain.training.checkpoint import load_network
@@ -121,11 +122,9 @@ def export_checkpoint(
 
 
 def _mapping(cfg: DictConfig, key: str) -> dict[str, Any]:
-    value = cfg.get(key)
+    value = plain(cfg.get(key))
     if value is None:
         return {}
-    if isinstance(value, DictConfig):
-        return dict(OmegaConf.to_container(value, resolve=True))  # type: ignore[arg-type]
     if isinstance(value, Mapping):
         return dict(value)
     raise ConfigError(f"`{key}` must be a mapping, not {value!r}")

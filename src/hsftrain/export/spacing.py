@@ -18,20 +18,11 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def canonical_zooms(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (mm) along the canonical RAS axes of an image with this ``affine``."""
-    from nibabel.orientations import io_orientation
-
-    zooms = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    out = np.zeros(3)
-    for axis, (target, _) in enumerate(io_orientation(affine)):
-        out[int(target)] = zooms[axis]
-    return tuple(float(z) for z in out)  # type: ignore[return-value]
-
-
 def median_spacing(images: Sequence[str | Path]) -> tuple[float, float, float] | None:
     """Per-axis median canonical voxel size of ``images`` (headers only), or None."""
     import nibabel as nib
+
+    from hsftrain.data.nifti import canonical_zooms
 
     zooms = [canonical_zooms(nib.load(str(p)).affine) for p in images]
     if not zooms:

@@ -28,9 +28,10 @@ from typing import Any, BinaryIO
 import xxhash
 
 from hsftrain import __version__
-from hsftrain.config import ConfigError
-from hsftrain.errors import UserError
+from hsftrain.containers import plain
+from hsftrain.errors import ConfigError, UserError
 from hsftrain.files import atomic_path
+from hsftrain.hub.registry import HASH_RE, load_registry
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ URL_SCHEMES = ("http", "https", "file")
 SPEC_KEYS = frozenset({"url", "path", "xxh3_64"})
 # Descriptive keys a registry entry may carry; fetch() ignores them.
 METADATA_KEYS = frozenset({"name", "version", "kind", "description", "source"})
-_HASH_RE = re.compile(r"^[0-9a-f]{16}$")
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
 Spec = str | os.PathLike[str] | Mapping[str, Any]
@@ -193,8 +193,6 @@ def _as_spec(spec: Any) -> dict[str, Any]:
     if isinstance(spec, str):
         if Path(spec).expanduser().exists():
             return {"path": spec}
-        from hsftrain.hub.registry import load_registry
-
         registry = load_registry()
         if spec in registry:
             return _as_spec(registry[spec])
@@ -202,7 +200,7 @@ def _as_spec(spec: Any) -> dict[str, Any]:
             f"model file not found: {Path(spec).expanduser().resolve()} ({spec!r} is neither "
             f"an existing path nor a registry name; registry names: {', '.join(registry)})"
         )
-    spec = _to_container(spec)
+    spec = plain(spec)
     if not isinstance(spec, Mapping):
         raise ConfigError(
             f"a model spec must be a path, a registry name or a mapping with `url` or "
@@ -220,7 +218,7 @@ def _as_spec(spec: Any) -> dict[str, Any]:
     digest = spec.get("xxh3_64")
     if digest is not None:
         digest = str(digest).strip().lower()
-        if not _HASH_RE.match(digest):
+        if not HASH_RE.match(digest):
             raise ConfigError(
                 f"`xxh3_64` must be 16 hex characters, got {spec.get('xxh3_64')!r} "
                 f"in model spec {dict(spec)!r}"
@@ -267,15 +265,6 @@ def remove_stale_downloads(folder: Path, older_than_s: float = STALE_AFTER_S) ->
             "removed %d temporary file(s) of interrupted downloads from %s", len(removed), folder
         )
     return removed
-
-
-def _to_container(spec: Any) -> Any:
-    """Plain Python containers from an OmegaConf node (others returned as they are)."""
-    if type(spec).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(spec, resolve=True)
-    return spec
 
 
 def _download(url: str, expected: str, target: Path, timeout: float, progress: bool | None) -> None:

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hsftrain.config import ConfigError
+from hsftrain.containers import plain
+from hsftrain.errors import ConfigError
 
 REGISTRY_PATH = Path(__file__).parent / "presets" / "models.yaml"
 REQUIRED_KEYS = ("url", "xxh3_64")
-_HASH_RE = re.compile(r"^[0-9a-f]{16}$")
+#: An xxh3_64 digest as registries and specs write it: 16 lowercase hex characters.
+HASH_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 def load_registry(path: str | os.PathLike[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -43,7 +45,7 @@ def _load(path: Path) -> dict[str, dict[str, Any]]:
         missing = [key for key in REQUIRED_KEYS if not entry.get(key)]
         if missing:
             raise ConfigError(f"{path}: entry `{name}` lacks {', '.join(missing)}")
-        if not _HASH_RE.match(str(entry["xxh3_64"])):
+        if not HASH_RE.match(str(entry["xxh3_64"])):
             raise ConfigError(
                 f"{path}: `{name}.xxh3_64` must be 16 lowercase hex characters, "
                 f"got {entry['xxh3_64']!r}"
@@ -64,10 +66,7 @@ def resolve(name_or_spec: Any) -> Any:
             if name_or_spec in registry:
                 return dict(registry[name_or_spec])
         return name_or_spec
-    if type(name_or_spec).__module__.startswith("omegaconf"):
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(name_or_spec, resolve=True)
+    name_or_spec = plain(name_or_spec)
     if isinstance(name_or_spec, Mapping):
         return dict(name_or_spec)
     return name_or_spec

@@ -15,7 +15,6 @@ under the wrong names). A prediction with NaN or Inf values is refused too.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from hsftrain.config import ConfigError
-from hsftrain.data.labels import HSF_MODEL_CLASSES, SUBFIELDS
-from hsftrain.errors import NonFiniteError, UserError
+from hsftrain.containers import plain
+from hsftrain.data.labels import HSF_MODEL_CLASSES, SUBFIELDS, class_names
+from hsftrain.errors import ConfigError, NonFiniteError, UserError
+from hsftrain.onnx_metadata import decode_metadata
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +39,6 @@ class ModelError(UserError, RuntimeError):
     """A model file that cannot be used for segmentation; names the file and why."""
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> plain Python (leaves plain values alone)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, DictConfig | ListConfig):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return value
-
-
 def model_specs(models: Any) -> list[tuple[str, Any]]:
     """Normalise ``segmentation.models`` (or the ``models`` shortcut) to ``[(name, spec)]``.
 
@@ -61,7 +49,7 @@ def model_specs(models: Any) -> list[tuple[str, Any]]:
     Raises:
         ConfigError: no model, or an entry that is none of the above.
     """
-    models = _plain(models)
+    models = plain(models)
     if isinstance(models, str):
         models = [models]
     if isinstance(models, Mapping):
@@ -118,7 +106,7 @@ class Provider:
 def parse_providers(providers: Any) -> list[Provider]:
     """``["CUDAExecutionProvider", ["CPUExecutionProvider", {...}], {name: opts}]`` -> list."""
     out = []
-    for entry in _plain(providers) or DEFAULT_PROVIDERS:
+    for entry in plain(providers) or DEFAULT_PROVIDERS:
         if isinstance(entry, str):
             out.append(Provider(entry, {}))
         elif isinstance(entry, Sequence) and entry and isinstance(entry[0], str):
@@ -149,13 +137,6 @@ def available_providers(requested: Sequence[Provider]) -> list[Provider]:
         log.info("no requested execution provider is available: using CPUExecutionProvider")
         kept = [Provider("CPUExecutionProvider", {})]
     return kept
-
-
-def _decode(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
 
 
 class OnnxEngine:
@@ -208,7 +189,7 @@ class OnnxEngine:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata: dict[str, Any] = {k: _decode(v) for k, v in meta.items()}
+        self.metadata: dict[str, Any] = decode_metadata(meta)
         self.output_classes = self.check_contract()
         self.labels_names = self._labels_names()
         self.outputs_logits: bool | None = None  # decided on the first prediction
@@ -280,16 +261,13 @@ class OnnxEngine:
             )
         names = self.metadata.get("labels_names")
         if isinstance(names, Mapping):  # {value: name}
-            table = ["background"] + [f"label_{i}" for i in range(1, n)]
             too_big = sorted(int(k) for k in names if int(k) >= n)
             if too_big:
                 raise ModelError(
                     f"{self.path}: its labels_names metadata names values {too_big} but the "
                     f"model outputs {n} classes (0..{n - 1}); {fix}"
                 )
-            for k, v in names.items():
-                table[int(k)] = str(v)
-            return table
+            return class_names({int(k): str(v) for k, v in names.items()}, n)
         if isinstance(names, Sequence) and not isinstance(names, str) and names:
             if len(names) != n:
                 raise ModelError(
@@ -299,7 +277,7 @@ class OnnxEngine:
             return [str(name) for name in names]
         if n in (len(HSF_MODEL_CLASSES), len(SUBFIELDS)):
             return list(SUBFIELDS[:n])
-        return ["background"] + [f"label_{i}" for i in range(1, n)]
+        return class_names({}, n)
 
     @property
     def num_classes(self) -> int:

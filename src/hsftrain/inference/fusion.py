@@ -12,8 +12,6 @@ identical predictions give 0 everywhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from hsftrain.errors import UserError
@@ -100,21 +98,6 @@ class Fusion:
     def uncertainty(self) -> np.ndarray:
         """Normalised entropy of the vote fractions ``(X, Y, Z)``, in [0, 1]."""
         return normalized_entropy(self.vote_fractions())
-
-
-def fuse_probs(probs: Sequence[np.ndarray], method: str = "vote") -> np.ndarray:
-    """Fuse a list of ``(C, X, Y, Z)`` probabilities into one ``(X, Y, Z)`` label map."""
-    fusion = Fusion(method)
-    for p in probs:
-        fusion.add(p)
-    return fusion.label_map()
-
-
-def vote(label_maps: Sequence[np.ndarray], num_classes: int) -> np.ndarray:
-    """Plurality vote of integer label maps (ties: the smaller label value)."""
-    stacked = np.stack([np.asarray(m, dtype=np.int64) for m in label_maps])
-    counts = np.stack([(stacked == c).sum(axis=0) for c in range(num_classes)])
-    return counts.argmax(axis=0).astype(np.uint8)
 
 
 def keep_largest_component(label_map: np.ndarray) -> np.ndarray:

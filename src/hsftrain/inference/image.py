@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
-from hsftrain.data.nifti import DataError, read_image
+from hsftrain.data.nifti import DataError, read_image, save_volume, to_canonical
 from hsftrain.files import EXTENSIONS, atomic_path
 
 __all__ = ["EXTENSIONS", "InputError", "Volume", "atomic_path", "load_volume", "save_nifti"]
@@ -95,17 +95,14 @@ def load_volume(path: str | Path) -> Volume:
     nonfinite = int(finite.size - np.count_nonzero(finite))
     if nonfinite:
         data = np.where(finite, data, np.float32(0.0))
-    source = ornt.io_orientation(affine)
-    to_ras = ornt.ornt_transform(source, ornt.axcodes2ornt("RAS"))
-    array = ornt.apply_orientation(data, to_ras)
-    ras_affine = affine @ ornt.inv_ornt_aff(to_ras, data.shape)
+    array, ras_affine, to_native = to_canonical(data, affine)
     return Volume(
         array=np.ascontiguousarray(array, dtype=np.float32),
         affine=ras_affine,
         path=path,
         native_affine=affine,
         native_shape=tuple(int(s) for s in data.shape),  # type: ignore[arg-type]
-        to_native=ornt.ornt_transform(ornt.axcodes2ornt("RAS"), source),
+        to_native=to_native,
         codes=codes,
         nonfinite_voxels=nonfinite,
     )
@@ -115,13 +112,7 @@ def save_nifti(
     array: np.ndarray, affine: np.ndarray, path: str | Path, codes: tuple[int, int] = (1, 1)
 ) -> Path:
     """Write ``array`` with ``affine`` as qform and sform (with ``codes``), atomically."""
-    path = Path(path)
-    img = nib.Nifti1Image(array, affine)
-    img.set_qform(affine, code=int(codes[0]))
-    img.set_sform(affine, code=int(codes[1]))
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
-    return path
+    return save_volume(array, affine, path, codes)
 
 
 def save_text(text: str, path: str | Path) -> Path:

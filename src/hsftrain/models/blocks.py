@@ -11,6 +11,13 @@ from torch import nn
 
 from hsftrain.models.norms import SwitchNorm3d
 
+
+def feature_sizes(f_maps: int | list[int], num_levels: int) -> list[int]:
+    """Channels per level: ``f_maps * 2**k`` for an int, the list itself otherwise."""
+    if isinstance(f_maps, int):
+        return [f_maps * 2**k for k in range(num_levels)]
+    return [int(f) for f in f_maps]
+
 ACTIVATIONS = {"r": nn.ReLU, "l": lambda: nn.LeakyReLU(0.1), "e": nn.ELU, "g": nn.GELU}
 NORMS = {"b": nn.BatchNorm3d, "i": lambda n: nn.InstanceNorm3d(n, affine=True), "s": SwitchNorm3d}
 LAYER_LETTERS = "c" + "".join(ACTIVATIONS) + "".join(NORMS)

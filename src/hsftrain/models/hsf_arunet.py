@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hsftrain.models.blocks import feature_sizes
 from hsftrain.models.norms import SwitchNorm3d
 
 log = logging.getLogger(__name__)
@@ -195,13 +196,6 @@ class HSFDecoder(nn.Module):
         return self.basic_module(skip + x)
 
 
-def level_sizes(f_maps: int | list[int], num_levels: int) -> list[int]:
-    """Channels per level: ``f_maps * 2**k`` for an int, the list itself otherwise."""
-    if isinstance(f_maps, int):
-        return [f_maps * 2**k for k in range(num_levels)]
-    return [int(f) for f in f_maps]
-
-
 class HSFResidualUNet3D(nn.Module):
     """hsf_train's ``ResidualUNet3D`` (the network of HSF's published models).
 
@@ -235,7 +229,7 @@ class HSFResidualUNet3D(nn.Module):
                 f"models.hparams.conv_kernel_size={conv_kernel_size}: {NAME} (hsf_train's "
                 "network) only works with 3"
             )
-        sizes = level_sizes(f_maps, num_levels)
+        sizes = feature_sizes(f_maps, num_levels)
         if not sizes:
             raise ValueError("models.hparams.num_levels must be at least 1")
         self.encoders = nn.ModuleList(

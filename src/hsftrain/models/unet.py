@@ -9,16 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hsftrain.models.blocks import AttentionGate, DoubleConv, ResBlock, single_conv
+from hsftrain.models.blocks import AttentionGate, DoubleConv, ResBlock, feature_sizes, single_conv
 from hsftrain.models.hsf_arunet import NAME as HSF_NAME
 from hsftrain.models.hsf_arunet import HSFResidualUNet3D
-
-
-def feature_sizes(f_maps: int | list[int], num_levels: int) -> list[int]:
-    """Channels per level: ``f_maps * 2**k`` for an int, the list itself otherwise."""
-    if isinstance(f_maps, int):
-        return [f_maps * 2**k for k in range(num_levels)]
-    return [int(f) for f in f_maps]
 
 
 class UNet3D(nn.Module):

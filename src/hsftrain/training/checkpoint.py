@@ -19,6 +19,7 @@ import torch
 from hsftrain.data.labels import HSF_MODEL_CLASSES, class_names
 from hsftrain.models import Network, build_model
 from hsftrain.models import hsf_arunet as hsf
+from hsftrain.models.blocks import feature_sizes
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,10 @@ def published_hparams() -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from hsftrain.config import CONF_DIR
+    from hsftrain.containers import plain_dict
 
     cfg = OmegaConf.load(CONF_DIR / "models" / "hsf_arunet.yaml")
-    return dict(OmegaConf.to_container(cfg.hparams, resolve=True))  # type: ignore[arg-type]
+    return plain_dict(cfg.hparams)
 
 
 def hsf_train_hparams(
@@ -139,7 +141,7 @@ def hsf_train_hparams(
             have = configured.get(key)
             if key == "f_maps" and have is not None:
                 levels = int(shapes["num_levels"])
-                same = hsf.level_sizes(have, levels) == hsf.level_sizes(value, levels)
+                same = feature_sizes(have, levels) == feature_sizes(value, levels)
             else:
                 same = have is None or have == value
             if not same:

@@ -66,12 +66,7 @@ class FiniteGuard(L.Callback):
             self._stop(trainer, f"the training loss is {float(loss.detach().float().sum())}")
 
     def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
         bad = nonfinite_tensors(
             [*pl_module.named_parameters(), *pl_module.named_buffers()]  # type: ignore[list-item]
@@ -171,23 +166,12 @@ class Preemption(L.Callback):
         )
 
     def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
         self._check(trainer, pl_module)
 
     def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
         self._check(trainer, pl_module)
 

@@ -126,17 +126,24 @@ class SegmentationModule(L.LightningModule):
         probs = torch.softmax(logits.float(), dim=1)
         return self.loss(probs, batch["label"].long(), batch["dataset"]), probs
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss, _ = self._step(batch)
+    def _log_loss(
+        self, name: str, loss: torch.Tensor, batch: dict[str, Any], on_step: bool
+    ) -> None:
+        """Log a batch loss under ``name``: its epoch mean (weighted by batch size, reduced
+        across processes) in the progress bar, and each step's value when ``on_step``."""
         self.log(
-            "train/loss",
+            name,
             loss,
-            on_step=True,
+            on_step=on_step,
             on_epoch=True,
             prog_bar=True,
             batch_size=batch["image"].shape[0],
             sync_dist=True,
         )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, _ = self._step(batch)
+        self._log_loss("train/loss", loss, batch, on_step=True)
         self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
@@ -149,14 +156,7 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, probs = self._step(batch)
-        self.log(
-            "val/epoch/loss",
-            loss,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch["image"].shape[0],
-            sync_dist=True,
-        )
+        self._log_loss("val/epoch/loss", loss, batch, on_step=False)
         dataset = batch["dataset"].to(self.device).long()
         pred = self.loss.grouped(probs, dataset).argmax(1)
         self._accumulate_dice(pred, batch["label"].long(), dataset)
