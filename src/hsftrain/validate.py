@@ -182,5 +182,3 @@ def _check_writable(folder: Path, key: str) -> None:
         raise ConfigError(
             f"`{key}`={folder}: {probe} is not writable; choose a folder you can write to"
         )
-
-
