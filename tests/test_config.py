@@ -1,5 +1,7 @@
 """Every packaged config composes; the training groups also instantiate."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -49,7 +51,7 @@ def test_datasets_instantiate():
 def test_models_and_lightning_and_augmentation_instantiate(tmp_path):
     import lightning as L
 
-    from hsftrain.data.transforms import augmentation
+    from hsftrain.data.transforms import TORCHIO, augmentation
     from hsftrain.models import build_model
     from hsftrain.training.trainer import trainer_kwargs
 
@@ -60,15 +62,22 @@ def test_models_and_lightning_and_augmentation_instantiate(tmp_path):
         net = build_model(cfg.models.name, {**cfg.models.hparams, "out_channels": 3})
         assert net(torch.zeros(1, 1, 8, 8, 8)).shape[1] == 3
     cfg = compose("config")
-    L.Trainer(default_root_dir=str(tmp_path), logger=False, **trainer_kwargs(cfg))
-    assert augmentation(cfg.augmentation) is not None
+    trainer = L.Trainer(default_root_dir=str(tmp_path), logger=False, **trainer_kwargs(cfg))
+    assert trainer.max_epochs == cfg.lightning.max_epochs
+    enabled = [k for k in TORCHIO if float((cfg.augmentation.get(k) or {}).get("p", 0))]
+    transforms = augmentation(cfg.augmentation).transforms
+    assert enabled and [type(t) for t in transforms] == [TORCHIO[k][0] for k in enabled]
 
 
 def test_loggers_instantiate(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
     from hsftrain.training.trainer import make_logger
 
-    for option in ("tensorboard", "csv"):
-        assert make_logger(compose("config", [f"logger={option}"]), tmp_path) is not None
+    for option, kind in (("tensorboard", TensorBoardLogger), ("csv", CSVLogger)):
+        logger = make_logger(compose("config", [f"logger={option}"]), tmp_path)
+        assert isinstance(logger, kind)
+        assert Path(logger.log_dir) == tmp_path / "logs"  # a new run logs into <run>/logs
     try:
         import wandb  # noqa: F401
     except ImportError:
