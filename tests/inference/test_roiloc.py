@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -63,9 +64,13 @@ def test_box_slices() -> None:
     assert np.zeros((10, 10, 10))[box.slices].shape == box.shape == (3, 4, 5)
 
 
-def test_template_is_found_in_the_nilearn_wheel(tmp_path: Path) -> None:
+def test_the_packaged_template_and_its_licence(tmp_path: Path) -> None:
     path = template_path()
     assert path.name == "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz" and path.is_file()
+    image = nib.load(str(path))
+    assert image.shape == (197, 233, 189) and np.allclose(image.header.get_zooms(), 1.0)
+    notice = (path.parent / "README.md").read_text()
+    assert "Copyright (C) 1993-2009 Louis Collins" in notice and "Licence" in notice
     with pytest.raises(ConfigError, match="roiloc.template"):
         template_path(str(tmp_path / "absent.nii.gz"))
 
@@ -98,8 +103,6 @@ def test_boxes_follow_a_moved_template(tmp_path: Path) -> None:
     """The real MNI template given a rotated, scaled and shifted header (offline, no shared
     data): registration must recover the move, so each box covers the voxels where the
     template's hippocampus centre lies."""
-    import nibabel as nib
-
     template = nib.load(str(template_path()))
     theta = np.deg2rad(12.0)
     move = np.eye(4)

@@ -1,7 +1,7 @@
 """Locating the hippocampi in a whole-head MRI (the ``roiloc`` config group).
 
-A brain template in MNI space (by default the MNI152 2009a symmetric T1 shipped inside the
-nilearn wheel, found from nilearn's package folder without importing nilearn) is registered
+A brain template in MNI space (by default the MNI152 2009a symmetric T1 shipped with
+hsftrain, ``hsftrain/assets/mni``, with its licence in the folder's README) is registered
 to the subject with SimpleITK: a rigid then affine transform, Mattes mutual information,
 at low resolution (``registration_mm``, 4 mm by default), so that it takes a few seconds.
 The metric is restricted to the template's brain (it is skull-stripped), which keeps it
@@ -27,7 +27,6 @@ intensity ramp scaled 2.4 times.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,13 @@ from hsftrain.inference.image import Volume
 
 log = logging.getLogger(__name__)
 
-NILEARN_TEMPLATE = "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+#: The MNI152 2009a symmetric T1 (skull-stripped, 1 mm) shipped with hsftrain.
+MNI_TEMPLATE = (
+    Path(__file__).resolve().parents[1]
+    / "assets"
+    / "mni"
+    / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+)
 MODES: tuple[str, ...] = ("auto", "crop", "wholehead")
 SIDES: tuple[str, ...] = ("left", "right")
 _LPS = np.diag([-1.0, -1.0, 1.0])
@@ -85,27 +90,16 @@ def is_crop(volume: Volume, mode: str = "auto", max_fov_mm: float = 80.0) -> boo
 
 
 def template_path(template: str | None = None) -> Path:
-    """The registration template: ``template`` if given, else nilearn's MNI152 2009a T1.
+    """The registration template: ``template`` if given, else the packaged MNI152 2009a T1
+    (:data:`MNI_TEMPLATE`).
 
     Raises:
-        ConfigError: the file (or nilearn) cannot be found.
+        ConfigError: the file cannot be found.
     """
-    if template:
-        path = Path(template).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"roiloc.template: {path} does not exist")
-        return path
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            "roiloc.template is not set and nilearn is not installed: install nilearn (its "
-            "wheel ships the MNI152 template) or give roiloc.template=/path/to/mni_t1.nii.gz"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / NILEARN_TEMPLATE
+    path = Path(template).expanduser() if template else MNI_TEMPLATE
     if not path.is_file():
-        raise ConfigError(
-            f"the MNI152 template is missing from nilearn ({path}): set roiloc.template"
-        )
+        key = "roiloc.template" if template else "roiloc.template (default: the packaged MNI152)"
+        raise ConfigError(f"{key}: {path} does not exist; give roiloc.template=/path/to/t1.nii.gz")
     return path
 
 
