@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _project(tmp_path: Path) -> Path:
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    shutil.copy(ROOT / "scripts" / "constraints-cpu.txt", tmp_path / "scripts")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     python = tmp_path / ".venv" / "bin" / "python"
     python.parent.mkdir(parents=True)
@@ -40,7 +41,7 @@ def test_install_shows_stages_and_pip_progress(tmp_path: Path) -> None:
     assert "[setup 2/3] installing" in result.stdout and "[setup 3/3] done" in result.stdout
     (call,) = (root / "pip_calls.txt").read_text().splitlines()
     assert call.startswith("-m pip install") and "--quiet" not in call and "-q " not in call
-    assert "-e .[dev]" in call
+    assert "-c scripts/constraints-cpu.txt -e .[dev]" in call
     assert (root / ".venv" / ".hsftrain-installed").is_file()
 
 
@@ -56,6 +57,20 @@ def test_noop_when_installed(tmp_path: Path) -> None:
 
 
 def test_torch_pin_stays_in_the_one_pip_command() -> None:
-    assert '"torch==2.13.0"' in (ROOT / "pyproject.toml").read_text()
+    """The library asks for a lower bound; the CPU pin is the set-up's constraint."""
+    assert '"torch>=2.4"' in (ROOT / "pyproject.toml").read_text()
+    pins = (ROOT / "scripts" / "constraints-cpu.txt").read_text().splitlines()
+    assert "torch==2.13.0" in pins
     script = (ROOT / "scripts" / "setup.sh").read_text()
     assert script.count("pip install") == 1
+
+
+def test_a_changed_constraints_file_reinstalls(tmp_path: Path) -> None:
+    root = _project(tmp_path)
+    stamp = root / ".venv" / ".hsftrain-installed"
+    stamp.touch()
+    os.utime(root / "pyproject.toml", (0, 0))
+    later = time.time() + 5
+    os.utime(root / "scripts" / "constraints-cpu.txt", (later, later))
+    assert _run(root).returncode == 0
+    assert (root / "pip_calls.txt").is_file()
