@@ -10,14 +10,12 @@ overrides), then prints a table and writes ``benchmarks/results/train_cpu.json``
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from machine import machine_info  # benchmarks/ is on sys.path when run as a script
 from rich.console import Console
 from rich.table import Table
 
@@ -33,17 +31,6 @@ DEMO = [
     "lightning.max_epochs=12",
     "lightning.enable_progress_bar=false",
 ]
-
-
-def machine_info() -> dict:
-    """What a training timing depends on: cores, threads, CPU, versions."""
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 def main(overrides: list[str]) -> dict:

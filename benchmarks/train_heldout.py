@@ -30,9 +30,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import onnxruntime as ort
+from machine import machine_info  # benchmarks/ is on sys.path when run as a script
 from rich.console import Console
 from rich.table import Table
-from train_cpu import machine_info  # benchmarks/ is on sys.path when run as a script
 
 import hsftrain
 from hsftrain.config import compose

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_info  # benchmarks/ is on sys.path when run as a script
 from rich.console import Console
 from rich.table import Table
-from train_cpu import machine_info  # benchmarks/ is on sys.path when run as a script
 
 from hsftrain.config import compose
 from hsftrain.data.augment import BatchAugment
