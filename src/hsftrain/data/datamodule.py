@@ -114,7 +114,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.train_set = PatchDataset(train, patch_size, ratio, item_transform)
         self.val_set = VolumeDataset(val, multiple)
 
-    def _loader(self, dataset: Any, shuffle: bool, collate: Any) -> DataLoader:
+    def _loader(
+        self, dataset: Any, shuffle: bool, collate: Any, drop_last: bool = False
+    ) -> DataLoader[dict[str, Any]]:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -123,13 +125,15 @@ class SegmentationDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
-            drop_last=False,
+            drop_last=drop_last,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, True, self.collate)
+    def train_dataloader(self) -> DataLoader[dict[str, Any]]:
+        # every batch full: one shape for the whole run (no recompilation, cudnn tuned once)
+        drop_last = len(self.train_set) > self.batch_size
+        return self._loader(self.train_set, True, self.collate, drop_last)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader[dict[str, Any]]:
         return self._loader(self.val_set, False, pad_collate)
 
     def setup(self, stage: str) -> None:

@@ -163,6 +163,7 @@ def _time_steps(
     """Seconds per training step (data, augmentation, forward, backward, optimiser) and
     seconds for one validation pass over ``val``."""
     module = module.to(device)
+    torch.set_flush_denormal(True)  # as in training (SegmentationModule.on_fit_start)
     optimizer = module.configure_optimizers()["optimizer"]
     augment = BatchAugment(augmentation or {}, seed=0)
     dataset = PatchDataset(train, candidate.patch, 0.33)
@@ -249,7 +250,7 @@ def make_plan(
             f"budget={cfg.budget}: the data (median shape {fp['median_shape']}) is too small "
             "for every candidate network; set models.hparams.num_levels and train without budget"
         )
-    steps_per_epoch = math.ceil(len(train) / batch)
+    steps_per_epoch = max(len(train) // batch, 1)  # full batches only (drop_last)
     timing_limit = 0.08 * budget
     for c in candidates:
         if time.monotonic() - started > timing_limit:

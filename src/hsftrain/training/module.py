@@ -17,7 +17,7 @@ import torch
 
 from hsftrain.data.labels import group_table
 from hsftrain.losses import FocalTverskyLoss, ForgivingLoss
-from hsftrain.models import build_model
+from hsftrain.models import Network, build_model, channels_last
 from hsftrain.optim import AdamP, warmup_cosine
 
 SURFACE_KEYS = ("hd95_mm", "assd_mm")
@@ -66,6 +66,11 @@ class SegmentationModule(L.LightningModule):
             those of the plain network).
     """
 
+    #: validation Dice accumulators (buffers, see :meth:`set_datasets`)
+    dice_slot: torch.Tensor
+    dice_sum: torch.Tensor
+    dice_count: torch.Tensor
+
     def __init__(
         self,
         model_name: str,
@@ -83,7 +88,7 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         # channels-last: 3D convolution backward is several times faster in this layout on CPU
-        self.net = build_model(model_name, model_hparams).to(memory_format=torch.channels_last_3d)
+        self.net: Network = channels_last(build_model(model_name, model_hparams))
         self.class_names = class_names
         self.optim_cfg = optim
         self.total_steps = max(int(total_steps), 1)
@@ -116,10 +121,17 @@ class SegmentationModule(L.LightningModule):
         self.register_buffer("dice_sum", torch.zeros(len(self.dice_names)), persistent=False)
         self.register_buffer("dice_count", torch.zeros(len(self.dice_names)), persistent=False)
 
+    def on_fit_start(self) -> None:
+        # Late in training, tiny weights and activations become denormal floats, which x86
+        # CPUs process about twice as slowly (measured: 0.56 -> 0.31 s/step on the demo
+        # network); flushing them to zero changes nothing measurable (no effect on GPU).
+        torch.set_flush_denormal(True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, X, Y, Z)`` for images ``(B, 1, X, Y, Z)``."""
         net = self._compiled[0] if self._compiled and self.training else self.net
-        return net(x.contiguous(memory_format=torch.channels_last_3d))
+        logits: torch.Tensor = net(x.contiguous(memory_format=torch.channels_last_3d))
+        return logits
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["image"])
@@ -144,7 +156,9 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, _ = self._step(batch)
         self._log_loss("train/loss", loss, batch, on_step=True)
-        self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # one optimizer (configure_optimizers)
+        self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
     def _surface_now(self) -> bool:
@@ -204,8 +218,8 @@ class SegmentationModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         sums, counts = self.dice_sum, self.dice_count
         if self._trainer is not None and self.trainer.world_size > 1:
-            sums = self.all_gather(sums).reshape(-1, len(self.dice_names)).sum(0)
-            counts = self.all_gather(counts).reshape(-1, len(self.dice_names)).sum(0)
+            sums = _gathered(self.all_gather(sums)).reshape(-1, len(self.dice_names)).sum(0)
+            counts = _gathered(self.all_gather(counts)).reshape(-1, len(self.dice_names)).sum(0)
         values = (sums / counts.clamp_min(1)).tolist()  # the one host read of the epoch
         seen = (counts > 0).tolist()
         dice = {n: v for n, v, ok in zip(self.dice_names, values, seen, strict=True) if ok}
@@ -232,7 +246,7 @@ class SegmentationModule(L.LightningModule):
         if self._trainer is None or self.trainer.world_size <= 1:
             return
         checksum = torch.stack([p.detach().double().sum() for p in self.net.parameters()])
-        gathered = self.all_gather(checksum)
+        gathered = _gathered(self.all_gather(checksum))
         spread = float((gathered - gathered[0]).abs().max())
         self.log("ddp/weight_spread", spread, rank_zero_only=True)
         if spread > 1e-3:
@@ -274,3 +288,9 @@ class SegmentationModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def _gathered(value: object) -> torch.Tensor:
+    """``LightningModule.all_gather`` of a tensor: a tensor (typed as any collection)."""
+    assert isinstance(value, torch.Tensor)
+    return value

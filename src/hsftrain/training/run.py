@@ -68,7 +68,8 @@ def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
 
 
 def _total_steps(n_train: int, cfg: DictConfig) -> int:
-    batches = math.ceil(n_train / int(cfg.datasets.batch_size))
+    batch = int(cfg.datasets.batch_size)
+    batches = n_train // batch if n_train > batch else 1  # full batches only (drop_last)
     limit = cfg.lightning.get("limit_train_batches")
     if isinstance(limit, int) and limit > 1:
         batches = min(batches, limit)
