@@ -155,3 +155,9 @@ def test_inference_never_loads_torch_or_lightning() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SRC.parent
     )
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_the_package_ships_its_type_information() -> None:
+    """PEP 561: ``py.typed`` in the package and in its package data."""
+    assert (PACKAGE / "py.typed").is_file()
+    assert '"py.typed"' in (SRC.parent / "pyproject.toml").read_text()

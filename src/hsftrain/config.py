@@ -43,7 +43,8 @@ def _split_file_groups(overrides: Sequence[str]) -> tuple[list[str], dict[str, P
             if not path.is_file():
                 raise ConfigError(f"{key}={value}: no such config file")
             files[key] = path
-    plain, late = [], []
+    plain: list[str] = []
+    late: list[str] = []
     for item in overrides:
         key = item.partition("=")[0]
         if key in files:
@@ -84,6 +85,8 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictC
         if group not in cfg:
             raise ConfigError(f"{group}={path}: `{group}` is not a config group of {config_name}")
         data = OmegaConf.load(path)
+        if not isinstance(data, DictConfig):
+            raise ConfigError(f"{group}={path}: the file must hold a mapping of keys")
         if group == "segmentation":
             _anchor_model_paths(data, path.parent)
         with open_dict(cfg):

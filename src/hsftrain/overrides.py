@@ -17,6 +17,7 @@ import difflib
 import os
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from hsftrain.errors import ConfigError
 
@@ -55,7 +56,7 @@ _LIST_OR_DICT = re.compile(r"^\s*(\[.*\]|\{.*\})\s*$", re.S)
 _SIMPLE_LIST = re.compile(r"^\[([^\[\]{}'\"]*)\]$", re.S)
 
 
-def _parser():  # noqa: ANN202 - hydra's parser type
+def _parser() -> Any:  # hydra's OverridesParser (hydra is imported lazily)
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create()

@@ -161,4 +161,5 @@ def resume_config(
         log.info("resume: %s = %r (the run had %r)", key, value, _value(saved, key))
     OmegaConf.update(cfg, "resume", str(target), force_add=True)
     OmegaConf.set_struct(cfg, True)
+    assert isinstance(cfg, DictConfig)  # merged from two DictConfigs
     return cfg

@@ -40,6 +40,8 @@ from typing import Any
 import lightning as L
 import torch
 from omegaconf import DictConfig
+from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from hsftrain.compression.sparsity import (
     PRUNABLE,
@@ -122,7 +124,7 @@ class GradualMagnitudePruning(L.Callback):
         if target <= self.current + 1e-12:
             return None
         self.current = target
-        return apply_sparsity(pl_module.net, target, self.scope, self.layers)
+        return apply_sparsity(trained_net(pl_module), target, self.scope, self.layers)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -137,7 +139,7 @@ class GradualMagnitudePruning(L.Callback):
                 restart_best(trainer, f"final sparsity {self.final_sparsity:.0%} reached")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.log("compression/sparsity", weight_sparsity(pl_module.net, self.layers))
+        pl_module.log("compression/sparsity", weight_sparsity(trained_net(pl_module), self.layers))
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -145,11 +147,11 @@ class GradualMagnitudePruning(L.Callback):
         checkpoint["state_dict"] = fold_masks(checkpoint["state_dict"])
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        removed = make_permanent(pl_module.net)
+        removed = make_permanent(trained_net(pl_module))
         if removed:
             log.info(
                 "pruning made permanent: %.1f%% of the conv weights are zero",
-                100 * weight_sparsity(pl_module.net, self.layers),
+                100 * weight_sparsity(trained_net(pl_module), self.layers),
             )
 
     def state_dict(self) -> dict[str, Any]:
@@ -182,13 +184,14 @@ class StructuredPruning(L.Callback):
         from hsftrain.compression.structured import structured_prune
 
         hparams = dict(pl_module.hparams["model_hparams"])
-        new, params, _ = structured_prune(pl_module.net, self.ratio, hparams, self.min_channels)
+        unet = require_prunable(trained_net(pl_module))
+        new, params, _ = structured_prune(unet, self.ratio, hparams, self.min_channels)
         pl_module.net = new
         pl_module.hparams["model_hparams"] = params
         self.applied = True
         if trainer is None:
             return
-        for callback in trainer.callbacks:
+        for callback in getattr(trainer, "callbacks", []):
             if isinstance(callback, GradualMagnitudePruning):
                 callback.current = 0.0  # masks are re-applied to the new network
         if trainer.optimizers:
@@ -196,7 +199,7 @@ class StructuredPruning(L.Callback):
         restart_best(trainer, f"channels cut to f_maps {params['f_maps']}")
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        require_prunable(pl_module.net)  # before any epoch, not at the cut
+        require_prunable(trained_net(pl_module))  # before any epoch, not at the cut
         pl_module._register_load_state_dict_pre_hook(_match_net_to_state, with_module=True)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -209,6 +212,18 @@ class StructuredPruning(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # On resume the module is rebuilt from the checkpoint's (already cut) hparams.
         self.applied = bool(state_dict.get("applied", False))
+
+
+def trained_net(module: L.LightningModule) -> nn.Module:
+    """The network a LightningModule trains (its ``net``).
+
+    Raises:
+        TypeError: the module has no ``net`` network.
+    """
+    net = getattr(module, "net", None)
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"{type(module).__name__} has no `net` network to compress")
+    return net
 
 
 def _state_f_maps(state: Mapping[str, torch.Tensor], prefix: str, num_levels: int) -> list[int]:
@@ -231,11 +246,12 @@ def _match_net_to_state(
     from hsftrain.models import build_model
 
     hparams = dict(module.hparams["model_hparams"])
-    sizes = _state_f_maps(state, prefix + "net.", len(module.net.encoders))
-    current = _state_f_maps(module.net.state_dict(), "", len(module.net.encoders))
+    net = require_prunable(trained_net(module))
+    sizes = _state_f_maps(state, prefix + "net.", len(net.encoders))
+    current = _state_f_maps(net.state_dict(), "", len(net.encoders))
     if sizes and sizes != current:
         hparams["f_maps"] = sizes
-        module.net = like_layout(build_model(module.hparams["model_name"], hparams), module.net)
+        module.net = like_layout(build_model(module.hparams["model_name"], hparams), net)
         module.hparams["model_hparams"] = hparams
         log.info("resuming a channel-pruned run: network rebuilt with f_maps %s", sizes)
 
@@ -247,8 +263,11 @@ def _rebuild_optimizers(trainer: L.Trainer) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if isinstance(scheduler, ReduceLROnPlateau):  # needs the metric: not replayable
+                continue
             for _ in range(step):
-                config.scheduler.step()
+                scheduler.step()
 
 
 def _section(cfg: Any, key: str) -> dict[str, Any] | None:
@@ -263,13 +282,13 @@ def _section(cfg: Any, key: str) -> dict[str, Any] | None:
 
 
 def _check_fraction(key: str, value: Any, upper_open: bool = True) -> float:
-    value = float(value)
-    ok = 0 <= value < 1 if upper_open else 0 <= value <= 1
+    fraction = float(value)
+    ok = 0 <= fraction < 1 if upper_open else 0 <= fraction <= 1
     if not ok:
         raise ConfigError(
-            f"compression.{key}={value}: must be in [0, 1{')' if upper_open else ']'}"
+            f"compression.{key}={fraction}: must be in [0, 1{')' if upper_open else ']'}"
         )
-    return value
+    return fraction
 
 
 def compression_callbacks(cfg: DictConfig | Mapping[str, Any]) -> list[L.Callback]:

@@ -14,9 +14,11 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 from torch.nn.utils import prune
 
-PRUNABLE = {"Conv3d": nn.Conv3d, "ConvTranspose3d": nn.ConvTranspose3d}
+#: The layer types whose weights are pruned, by ``compression.pruning.layers`` name.
+PRUNABLE: dict[str, type[_ConvNd]] = {"Conv3d": nn.Conv3d, "ConvTranspose3d": nn.ConvTranspose3d}
 
 
 def cubic_sparsity(
@@ -46,18 +48,18 @@ def cubic_sparsity(
 
 def prunable_modules(
     net: nn.Module, layers: Iterable[str] = PRUNABLE
-) -> list[tuple[str, nn.Module]]:
+) -> list[tuple[str, _ConvNd]]:
     """Named modules whose ``weight`` is pruned (Conv3d and ConvTranspose3d by default)."""
     types = tuple(PRUNABLE[t] for t in layers)
-    return [(n, m) for n, m in net.named_modules() if isinstance(m, types)]
+    return [(n, m) for n, m in net.named_modules() if isinstance(m, _ConvNd) and isinstance(m, types)]
 
 
-def _mask_zeros(module: nn.Module) -> int:
+def _mask_zeros(module: _ConvNd) -> int:
     mask = getattr(module, "weight_mask", None)
     return 0 if mask is None else int((mask == 0).sum())
 
 
-def _l1_masks(modules: list[nn.Module], count: int) -> list[torch.Tensor]:
+def _l1_masks(modules: list[_ConvNd], count: int) -> list[torch.Tensor]:
     """Masks zeroing the ``count`` smallest-magnitude weights of ``modules`` together,
     weights already masked first (so masks only grow).
 
@@ -123,7 +125,7 @@ def weight_sparsity(net: nn.Module, layers: Iterable[str] = PRUNABLE) -> float:
     """Fraction of exactly-zero weights in the prunable layers (masks applied)."""
     modules = prunable_modules(net, layers)
     total = sum(m.weight.numel() for _, m in modules)
-    zeros = sum(int((m.weight == 0).sum()) for _, m in modules)
+    zeros = sum(int(torch.count_nonzero(m.weight == 0)) for _, m in modules)
     return zeros / total if total else 0.0
 
 

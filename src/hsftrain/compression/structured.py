@@ -26,7 +26,7 @@ from torch import nn
 from hsftrain.config import ConfigError
 from hsftrain.models.blocks import AttentionGate
 from hsftrain.models.norms import SwitchNorm3d
-from hsftrain.models.unet import MODELS, DecoderLevel, UNet3D
+from hsftrain.models.unet import MODELS, DecoderLevel, UNet3D, channels_last
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,12 @@ def like_layout(new: nn.Module, reference: nn.Module) -> nn.Module:
     first = next(p for p in reference.parameters() if p.ndim == 5)
     new.to(first.device)
     if first.is_contiguous(memory_format=torch.channels_last_3d) and not first.is_contiguous():
-        new.to(memory_format=torch.channels_last_3d)
+        channels_last(new)
     return new
 
 
-def require_prunable(net: nn.Module) -> None:
-    """Check that structured pruning knows ``net``'s layout (hsftrain's U-Nets).
+def require_prunable(net: nn.Module) -> UNet3D:
+    """``net``, checked to be a layout structured pruning knows (hsftrain's U-Nets).
 
     Raises:
         ConfigError: another network, e.g. hsf_train's ARUnet (HSFResidualUNet3D), whose
@@ -92,6 +92,7 @@ def require_prunable(net: nn.Module) -> None:
             "knows hsftrain's ResidualUNet3D / UNet3D only): use compression.pruning "
             "(unstructured) or compression=none"
         )
+    return net
 
 
 def _block_slots(

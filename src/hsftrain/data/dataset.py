@@ -57,7 +57,7 @@ def crop_pad(
     return out
 
 
-class _SubjectDataset(Dataset):
+class _SubjectDataset(Dataset[dict[str, Any]]):
     """Items made from a list of prepared subjects, one per subject."""
 
     def __init__(self, prepared: Sequence[PreparedSubject]) -> None:
@@ -153,7 +153,7 @@ class VolumeDataset(_SubjectDataset):
         }
 
 
-def pad_collate(items: list[dict]) -> dict[str, torch.Tensor | list[str]]:
+def pad_collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor | list[str]]:
     """Stack items, padding each volume to the largest shape of the batch."""
     shape = [max(it["image"].shape[d] for it in items) for d in range(1, 4)]
 

@@ -127,17 +127,18 @@ def find_duplicates(subjects: Sequence[Subject], specs: Sequence[DatasetSpec]) -
     for i in range(len(subjects)):
         grouped[root(i)].append(i)
     groups = sorted((sorted(g) for g in grouped.values() if len(g) > 1), key=lambda g: g[0])
-    loud, quiet = [], []
+    warned: list[str] = []
+    quiet: list[str] = []
     for g in groups:
         why = sorted({r for m, r, _ in reasons if m & set(g)})
         line = f"{' = '.join(subjects[i].id for i in g)} ({'; '.join(why)})"
-        (loud if any(w for m, _, w in reasons if m & set(g)) else quiet).append(line)
-    if loud:
-        more = f"; and {len(loud) - SHOWN} more" if len(loud) > SHOWN else ""
+        (warned if any(w for m, _, w in reasons if m & set(g)) else quiet).append(line)
+    if warned:
+        more = f"; and {len(warned) - SHOWN} more" if len(warned) > SHOWN else ""
         log.warning(
             "%d subject(s) found more than once, kept on the same side of the split: %s%s",
-            len(loud),
-            "; ".join(loud[:SHOWN]),
+            len(warned),
+            "; ".join(warned[:SHOWN]),
             more,
         )
     if quiet:

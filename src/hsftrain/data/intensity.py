@@ -40,4 +40,4 @@ def pad_to_multiple(
 
 def unpad(array: np.ndarray, crop: tuple[slice, ...]) -> np.ndarray:
     """Undo :func:`pad_to_multiple` on an array whose last three axes are spatial."""
-    return array[(..., *crop)]
+    return array[(Ellipsis, *crop)]  # type: ignore[arg-type]  # numpy's stubs: no Ellipsis

@@ -104,7 +104,7 @@ def parse_labels(value: object) -> dict[int, str] | None:
             raise ConfigError(
                 f"`labels` must be a list of values or a {{value: name}} mapping, got {value!r}"
             )
-        items = {v: None for v in value}
+        items = {v: None for v in plain(value)}
     try:
         table = {int(k): (str(v) if v is not None else f"label_{int(k)}") for k, v in items.items()}
     except (TypeError, ValueError) as err:

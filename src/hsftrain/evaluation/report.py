@@ -170,12 +170,12 @@ def summary_table(stats: Sequence[MetricStats], title: str = "Evaluation") -> ob
         n = max(s.n for s in row.values())
         cells = []
         for metric in metrics:
-            s = row.get(metric)
-            if s is None or math.isnan(s.mean):
+            found = row.get(metric)
+            if found is None or math.isnan(found.mean):
                 cells.append("-")
-            elif math.isnan(s.std):
-                cells.append(f"{s.mean:.3f}")
+            elif math.isnan(found.std):
+                cells.append(f"{found.mean:.3f}")
             else:
-                cells.append(f"{s.mean:.3f} ± {s.std:.3f}")
+                cells.append(f"{found.mean:.3f} ± {found.std:.3f}")
         table.add_row(str(label), name, str(n), *cells)
     return table

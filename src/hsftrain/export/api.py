@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 QUANTIZE = ("int8",)
 
 
-def config_hash(config: dict) -> str:
+def config_hash(config: Mapping[str, Any]) -> str:
     """xxh3_64 of the training config (sorted JSON), stored in exported models."""
     return xxhash.xxh3_64_hexdigest(json.dumps(config, sort_keys=True, default=str).encode())
 

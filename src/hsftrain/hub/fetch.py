@@ -31,7 +31,7 @@ from hsftrain import __version__
 from hsftrain.containers import plain
 from hsftrain.errors import ConfigError, UserError
 from hsftrain.files import atomic_path
-from hsftrain.hub.registry import HASH_RE, load_registry
+from hsftrain.hub.registry import HASH_RE, fetch_spec, load_registry
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def _as_spec(spec: Any) -> dict[str, Any]:
             return {"path": spec}
         registry = load_registry()
         if spec in registry:
-            return _as_spec(registry[spec])
+            return _as_spec(fetch_spec(registry[spec]))
         raise FileNotFoundError(
             f"model file not found: {Path(spec).expanduser().resolve()} ({spec!r} is neither "
             f"an existing path nor a registry name; registry names: {', '.join(registry)})"
@@ -249,7 +249,7 @@ def remove_stale_downloads(folder: Path, older_than_s: float = STALE_AFTER_S) ->
     download in progress in another process keeps its file fresh). Returns them."""
     import time
 
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     now = time.time()

@@ -110,7 +110,8 @@ def parse_providers(providers: Any) -> list[Provider]:
         if isinstance(entry, str):
             out.append(Provider(entry, {}))
         elif isinstance(entry, Sequence) and entry and isinstance(entry[0], str):
-            out.append(Provider(entry[0], dict(entry[1]) if len(entry) > 1 else {}))
+            options = entry[1] if len(entry) > 1 else {}
+            out.append(Provider(entry[0], dict(options) if isinstance(options, Mapping) else {}))
         elif isinstance(entry, Mapping) and len(entry) == 1:
             ((name, opts),) = entry.items()
             out.append(Provider(str(name), dict(opts or {})))

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
-from hsftrain.data.nifti import DataError, read_image, save_volume, to_canonical
+from hsftrain.data.nifti import DataError, canonical_zooms, read_image, save_volume, to_canonical
 from hsftrain.files import EXTENSIONS, atomic_path
 
 __all__ = ["EXTENSIONS", "InputError", "Volume", "atomic_path", "load_volume", "save_nifti"]
@@ -57,14 +57,14 @@ class Volume:
     nonfinite_voxels: int = 0
 
     @property
-    def zooms(self) -> np.ndarray:
+    def zooms(self) -> tuple[float, float, float]:
         """Voxel size (mm) along the canonical axes."""
-        return np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        return canonical_zooms(self.affine)
 
     @property
     def fov_mm(self) -> np.ndarray:
         """Field of view (mm) along the canonical axes."""
-        return self.zooms * np.asarray(self.array.shape)
+        return np.asarray(self.zooms) * np.asarray(self.array.shape)
 
     def native(self, array: np.ndarray) -> np.ndarray:
         """Map a canonical ``(X, Y, Z)`` array back to the input's voxel order (exact)."""

@@ -11,8 +11,9 @@ The two grids share their field of view, so the way back lands exactly on the cr
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -65,7 +66,9 @@ def resample(array: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
     )
 
 
-def model_spacing(metadata: Sequence[dict]) -> tuple[float, float, float] | None:
+def model_spacing(
+    metadata: Sequence[Mapping[str, Any]],
+) -> tuple[float, float, float] | None:
     """The ``spacing_mm`` of the first model that has it (a warning when models differ)."""
     found = [tuple(float(v) for v in m["spacing_mm"]) for m in metadata if m.get("spacing_mm")]
     if not found:

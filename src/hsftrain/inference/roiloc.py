@@ -358,9 +358,8 @@ def localize(volume: Volume, cfg: Mapping[str, Any], seed: int = 0) -> Localizat
     for side in cfg.get("sides", SIDES):
         if side not in SIDES:
             raise ConfigError(f"roiloc.sides: {side!r} is not one of {', '.join(SIDES)}")
-        center = np.add(
-            _vec(cfg, "centers_mm", side, (0, 0, 0)), _vec(cfg, "offsets_mm", side, (0, 0, 0))
-        )
+        offsets = zip(_vec(cfg, "centers_mm", side, (0, 0, 0)), _vec(cfg, "offsets_mm", side, (0, 0, 0)), strict=True)
+        center = [c + o for c, o in offsets]
         corners = template_box_corners(center, box_mm)
         mapped = np.array(
             [_LPS @ reg.transform.TransformPoint([float(v) for v in _LPS @ c]) for c in corners]

@@ -232,7 +232,9 @@ def sample_augmentation(
             scales = rng.uniform(*_pair(affine.get("scales", 0.0), 1.0), size=3)
             degrees = rng.uniform(*_pair(affine.get("degrees", 0.0), 0.0), size=3)
             translation = rng.uniform(*_pair(affine.get("translation", 0.0), 0.0), size=3)
-            matrix = affine_matrix(shape, zooms, scales, degrees, translation)
+            matrix = affine_matrix(
+                shape, zooms, scales.tolist(), degrees.tolist(), translation.tolist()
+            )
         displacement = None
         if rng.random() < float(elastic.get("p", 0.0)):
             displacement = elastic_displacement(

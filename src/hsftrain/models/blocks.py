@@ -6,6 +6,8 @@ Letters: ``c`` Conv3d, ``r`` ReLU, ``l`` LeakyReLU, ``e`` ELU, ``g`` GELU,
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -18,8 +20,18 @@ def feature_sizes(f_maps: int | list[int], num_levels: int) -> list[int]:
         return [f_maps * 2**k for k in range(num_levels)]
     return [int(f) for f in f_maps]
 
-ACTIVATIONS = {"r": nn.ReLU, "l": lambda: nn.LeakyReLU(0.1), "e": nn.ELU, "g": nn.GELU}
-NORMS = {"b": nn.BatchNorm3d, "i": lambda n: nn.InstanceNorm3d(n, affine=True), "s": SwitchNorm3d}
+#: Layer-order letters of the activations and norms, and how each layer is made.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "r": nn.ReLU,
+    "l": lambda: nn.LeakyReLU(0.1),
+    "e": nn.ELU,
+    "g": nn.GELU,
+}
+NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "b": nn.BatchNorm3d,
+    "i": lambda n: nn.InstanceNorm3d(n, affine=True),
+    "s": SwitchNorm3d,
+}
 LAYER_LETTERS = "c" + "".join(ACTIVATIONS) + "".join(NORMS)
 
 

@@ -34,6 +34,8 @@ class SwitchNorm3d(nn.Module):
         n_stats = 3 if batch_stats else 2
         self.mean_weight = nn.Parameter(torch.ones(n_stats))
         self.var_weight = nn.Parameter(torch.ones(n_stats))
+        self.running_mean: torch.Tensor
+        self.running_var: torch.Tensor
         if batch_stats:
             self.register_buffer("running_mean", torch.zeros(1, num_features, 1, 1, 1))
             self.register_buffer("running_var", torch.zeros(1, num_features, 1, 1, 1))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,8 @@ from torch import nn
 from hsftrain.models.blocks import AttentionGate, DoubleConv, ResBlock, feature_sizes, single_conv
 from hsftrain.models.hsf_arunet import NAME as HSF_NAME
 from hsftrain.models.hsf_arunet import HSFResidualUNet3D
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 
 class UNet3D(nn.Module):
@@ -146,6 +148,13 @@ MODELS: dict[str, type[Network]] = {
     "UNet3D": UNet3D,
     HSF_NAME: HSFResidualUNet3D,
 }
+
+
+def channels_last(net: ModuleT) -> ModuleT:
+    """``net`` with its 5D weights in the channels-last 3D memory format (in place): 3D
+    convolutions run several times faster in this layout on CPU, forward and backward."""
+    # torch's stubs omit the memory_format keyword that Module.to accepts
+    return net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
 
 
 def build_model(name: str, hparams: Mapping[str, Any]) -> Network:

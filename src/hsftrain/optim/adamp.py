@@ -4,7 +4,8 @@ gradient centralisation and AdaNorm, as used to train the HSF models."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -93,7 +94,7 @@ class AdamP(Optimizer):
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor] | Iterable[dict],
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
@@ -132,7 +133,7 @@ class AdamP(Optimizer):
         super().__init__(params, defaults)
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -143,14 +144,14 @@ class AdamP(Optimizer):
                 self._update(group, params)
         return loss
 
-    def _update(self, group: dict, params: list[torch.Tensor]) -> None:
+    def _update(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         """One step for the parameters of ``group`` that have a gradient.
 
         Moments are updated with ``torch._foreach`` ops; per-parameter work (AGC, AdaNorm,
         the AdamP projection) uses tensor ops only: no ``.item()`` or host branching on
         tensor values, so a CUDA step never waits for the device.
         """
-        grads = [p.grad.clone() for p in params]
+        grads = [p.grad.clone() for p in params if p.grad is not None]
         for p in params:
             state = self.state[p]
             if not state:
@@ -179,7 +180,7 @@ class AdamP(Optimizer):
             self._moments(group, step, [params[i] for i in index], [grads[i] for i in index])
 
     def _moments(
-        self, group: dict, step: int, params: list[torch.Tensor], grads: list[torch.Tensor]
+        self, group: dict[str, Any], step: int, params: list[torch.Tensor], grads: list[torch.Tensor]
     ) -> None:
         """Adam moments, bias correction, projection and decoupled weight decay for
         parameters that all have taken ``step`` steps."""
@@ -198,6 +199,7 @@ class AdamP(Optimizer):
         denoms = torch._foreach_sqrt(exp_avg_sqs)
         torch._foreach_div_(denoms, math.sqrt(bias2))
         torch._foreach_add_(denoms, group["eps"])
+        numerators: list[torch.Tensor] | tuple[torch.Tensor, ...]
         if group["nesterov"]:
             numerators = torch._foreach_mul(exp_avgs, beta1)
             torch._foreach_add_(numerators, grads, alpha=1 - beta1)

@@ -17,6 +17,7 @@ from hsftrain.data.subjects import Discovery
 from hsftrain.errors import ConfigError
 from hsftrain.finite import check_finite_state
 from hsftrain.hub.fetch import fetch
+from hsftrain.models import channels_last
 from hsftrain.training.checkpoint import ModelInfo, read_checkpoint
 from hsftrain.training.distributed import compile_enabled
 from hsftrain.training.module import SegmentationModule
@@ -155,7 +156,7 @@ def build_module(
             len(names),
         )
         module.net.replace_head(len(names))
-        module.net.to(memory_format=torch.channels_last_3d)
+        channels_last(module.net)
         module.hparams["model_hparams"]["out_channels"] = len(names)
     log.info("fine-tuning from %s (%s)", path, info.name)
     return module

@@ -179,7 +179,7 @@ class StepProgress(L.Callback):
         finite = isinstance(batches, int)
         parts.append(f"batch {batch_idx + 1}" + (f"/{batches}" if finite else ""))
         parts.append(f"{per_step:.2f} s/step")
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        loss: Any = outputs.get("loss") if isinstance(outputs, dict) else outputs
         try:
             parts.append(f"loss {float(loss):.4f}")
         except (TypeError, ValueError):

@@ -20,7 +20,7 @@ import logging
 import lightning as L
 from torch import nn
 
-from hsftrain.models import Network
+from hsftrain.models import HSFResidualUNet3D, Network, UNet3D
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ class GradualUnfreezing(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         net = pl_module.net
+        if not isinstance(net, UNet3D | HSFResidualUNet3D):
+            raise TypeError(f"{type(net).__name__}: gradual unfreezing needs an hsftrain U-Net")
         path = unfreeze_path(net, self.mode)
         n = trainable_levels(trainer.current_epoch, self.frequency, self.depth, len(path))
         names = apply_freeze(net, self.mode, n)

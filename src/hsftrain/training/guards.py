@@ -69,7 +69,7 @@ class FiniteGuard(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
         bad = nonfinite_tensors(
-            [*pl_module.named_parameters(), *pl_module.named_buffers()]  # type: ignore[list-item]
+            [*pl_module.named_parameters(), *pl_module.named_buffers()]
         )
         if bad:
             self._stop(trainer, f"weights became NaN/Inf after the update ({', '.join(bad[:3])})")
