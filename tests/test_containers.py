@@ -25,5 +25,10 @@ def test_plain_dict() -> None:
 def test_leaves_with_collapsed_and_empty_mappings() -> None:
     tree = {"a": {"b": 1, "c": {"d": 2}}, "e": {}, "f": {"g": {"h": 3}}}
     assert list(leaves(tree)) == [("a.b", 1), ("a.c.d", 2), ("e", {}), ("f.g.h", 3)]
-    assert list(leaves(tree, "", ("f.g",))) == [("a.b", 1), ("a.c.d", 2), ("e", {}), ("f.g", {"h": 3})]
+    assert list(leaves(tree, "", ("f.g",))) == [
+        ("a.b", 1),
+        ("a.c.d", 2),
+        ("e", {}),
+        ("f.g", {"h": 3}),
+    ]
     assert list(leaves(tree["a"], "a")) == [("a.b", 1), ("a.c.d", 2)]

@@ -255,7 +255,7 @@ def _synth_options(out: str, n: int, shape: str) -> tuple[int, int, int]:
             f"--shape {shape!r}: give three sizes of at least 8 voxels as XxYxZ, e.g. 32x40x32"
         )
     check_output_dir(out, "--out")
-    return dims  # type: ignore[return-value]
+    return dims
 
 
 CacheDir = Annotated[

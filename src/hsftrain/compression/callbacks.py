@@ -56,6 +56,7 @@ from hsftrain.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+
 def restart_best(trainer: L.Trainer, reason: str) -> None:
     """Forget the ``ModelCheckpoint`` ranking so far (and delete those best files).
 

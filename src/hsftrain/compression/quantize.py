@@ -203,9 +203,7 @@ def quantize_int8(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[calibration.method]
-    fp32_meta = decode_metadata(
-        {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
-    )
+    fp32_meta = decode_metadata({p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props})
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         # Symbolic shape inference cannot resolve the padding arithmetic of the dynamic

@@ -46,12 +46,12 @@ def cubic_sparsity(
     return float(final_sparsity + (init_sparsity - final_sparsity) * (1.0 - progress) ** 3)
 
 
-def prunable_modules(
-    net: nn.Module, layers: Iterable[str] = PRUNABLE
-) -> list[tuple[str, _ConvNd]]:
+def prunable_modules(net: nn.Module, layers: Iterable[str] = PRUNABLE) -> list[tuple[str, _ConvNd]]:
     """Named modules whose ``weight`` is pruned (Conv3d and ConvTranspose3d by default)."""
     types = tuple(PRUNABLE[t] for t in layers)
-    return [(n, m) for n, m in net.named_modules() if isinstance(m, _ConvNd) and isinstance(m, types)]
+    return [
+        (n, m) for n, m in net.named_modules() if isinstance(m, _ConvNd) and isinstance(m, types)
+    ]
 
 
 def _mask_zeros(module: _ConvNd) -> int:

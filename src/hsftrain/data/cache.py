@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xxhash
@@ -59,7 +59,7 @@ class PreparedSubject:
 
     def arrays(self, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``(image (X, Y, Z) float, label (X, Y, Z) uint8)``, memory-mapped by default."""
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         return (
             np.load(self.folder / "image.npy", mmap_mode=mode),
             np.load(self.folder / "label.npy", mmap_mode=mode),
@@ -253,8 +253,8 @@ def prepare(
                     id=subject.id,
                     dataset=subject.dataset,
                     folder=folder,
-                    shape=tuple(meta["shape"]),  # type: ignore[arg-type]
-                    spacing=tuple(meta["spacing"]),  # type: ignore[arg-type]
+                    shape=tuple(meta["shape"]),
+                    spacing=tuple(meta["spacing"]),
                     minimum=float(meta["minimum"]),
                 )
             )

@@ -76,9 +76,7 @@ def read_image(
     return img, data.reshape(shape)
 
 
-def to_canonical(
-    data: np.ndarray, affine: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A 3D array in canonical RAS+ voxel order, by flips and axis permutations only (so
     the way back is exact).
 

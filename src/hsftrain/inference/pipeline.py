@@ -143,7 +143,7 @@ def locate(volume: Volume, settings: Settings) -> tuple[list[Box], str]:
     and why the whole-head localisation looks wrong ("" when it looks fine)."""
     roiloc = settings.roiloc
     if is_crop(volume, str(roiloc.get("mode", "auto")), float(roiloc.get("crop_max_fov_mm", 80))):
-        return [Box("crop", (0, 0, 0), volume.array.shape)], ""  # type: ignore[arg-type]
+        return [Box("crop", (0, 0, 0), volume.array.shape)], ""
     found = localize(volume, roiloc, seed=settings.seed)
     return found.boxes, found.problem
 
@@ -262,7 +262,7 @@ def segment_subject(
         )
         rows += side_rows
         report.sides.append(box.side)
-        report.volumes_mm3[box.side] = float(sum(float(r["volume_mm3"]) for r in side_rows))  # type: ignore[arg-type]
+        report.volumes_mm3[box.side] = float(sum(float(r["volume_mm3"]) for r in side_rows))  # type: ignore[arg-type,misc]
         region = canonical[box.slices]
         free = (labels > 0) & (region == 0)  # overlapping boxes: the first side keeps its labels
         region[free] = labels[free]

@@ -358,7 +358,11 @@ def localize(volume: Volume, cfg: Mapping[str, Any], seed: int = 0) -> Localizat
     for side in cfg.get("sides", SIDES):
         if side not in SIDES:
             raise ConfigError(f"roiloc.sides: {side!r} is not one of {', '.join(SIDES)}")
-        offsets = zip(_vec(cfg, "centers_mm", side, (0, 0, 0)), _vec(cfg, "offsets_mm", side, (0, 0, 0)), strict=True)
+        offsets = zip(
+            _vec(cfg, "centers_mm", side, (0, 0, 0)),
+            _vec(cfg, "offsets_mm", side, (0, 0, 0)),
+            strict=True,
+        )
         center = [c + o for c, o in offsets]
         corners = template_box_corners(center, box_mm)
         mapped = np.array(

@@ -20,6 +20,7 @@ def feature_sizes(f_maps: int | list[int], num_levels: int) -> list[int]:
         return [f_maps * 2**k for k in range(num_levels)]
     return [int(f) for f in f_maps]
 
+
 #: Layer-order letters of the activations and norms, and how each layer is made.
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "r": nn.ReLU,

@@ -180,7 +180,11 @@ class AdamP(Optimizer):
             self._moments(group, step, [params[i] for i in index], [grads[i] for i in index])
 
     def _moments(
-        self, group: dict[str, Any], step: int, params: list[torch.Tensor], grads: list[torch.Tensor]
+        self,
+        group: dict[str, Any],
+        step: int,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
     ) -> None:
         """Adam moments, bias correction, projection and decoupled weight decay for
         parameters that all have taken ``step`` steps."""

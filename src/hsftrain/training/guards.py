@@ -68,9 +68,7 @@ class FiniteGuard(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
     ) -> None:
-        bad = nonfinite_tensors(
-            [*pl_module.named_parameters(), *pl_module.named_buffers()]
-        )
+        bad = nonfinite_tensors([*pl_module.named_parameters(), *pl_module.named_buffers()])
         if bad:
             self._stop(trainer, f"weights became NaN/Inf after the update ({', '.join(bad[:3])})")
 

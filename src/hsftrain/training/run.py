@@ -127,11 +127,7 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     pretrained = read_pretrained(cfg) if finetune else None
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     found = discover(cfg.datasets)
-    hparams = (
-        pretrained[2].hparams
-        if pretrained
-        else plain(cfg.models.hparams)
-    )
+    hparams = pretrained[2].hparams if pretrained else plain(cfg.models.hparams)
     check_network_fits(hparams, [s.image for s in found.subjects], cfg.datasets.get("patch_size"))
     ids = [s.id for s in found.subjects]
     split_file = run_dir / "split.json"

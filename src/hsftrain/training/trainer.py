@@ -41,11 +41,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """``lightning.Trainer`` arguments from the ``lightning`` group (nulls dropped), with
     what this machine allows: 16-bit precision only on a GPU, cudnn benchmarking on a GPU
     when unset."""
-    kwargs = {
-        k: v
-        for k, v in plain(cfg.lightning).items()
-        if v is not None
-    }
+    kwargs = {k: v for k, v in plain(cfg.lightning).items() if v is not None}
     precision = str(kwargs.get("precision", "32-true"))
     if ("16" in precision) and not torch.cuda.is_available():
         log.info("precision %s needs a GPU here: training on CPU in 32-true instead", precision)

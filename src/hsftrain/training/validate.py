@@ -177,7 +177,10 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
         c("finetuning.out_channels", lambda k, v: as_int(k, v, 2), optional=True)
         c("finetuning.mode", choice(("encoder", "decoder")))
         c("finetuning.depth", lambda k, v: as_int(k, v, -1, " (-1: every level)"))
-        c("finetuning.unfreeze_frequency", lambda k, v: as_int(k, v, 0, " (epochs; 0: all at once)"))
+        c(
+            "finetuning.unfreeze_frequency",
+            lambda k, v: as_int(k, v, 0, " (epochs; 0: all at once)"),
+        )
     for key in ("split_file",):
         value = get_value(cfg, key)
         if value not in (ABSENT, None) and not Path(str(value)).expanduser().is_file():
@@ -191,7 +194,9 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
 def _run_name(key: str, value: Any) -> str:
     name = str(value)
     if not name.strip() or Path(name).is_absolute() or ".." in Path(name).parts:
-        raise invalid(key, value, "a folder name under datasets.output_path (no '..', not absolute)")
+        raise invalid(
+            key, value, "a folder name under datasets.output_path (no '..', not absolute)"
+        )
     return name
 
 
