@@ -86,3 +86,21 @@ def test_group_table_unreachable_dataset_class():
 def test_class_names_fill_gaps():
     assert class_names({2: "b"}) == ["background", "label_1", "b"]
     assert class_names({1: "a"}, num_classes=3) == ["background", "a", "label_2"]
+
+
+def test_anterior_posterior_scheme_of_the_msd_set():
+    """ca_type "ap" (MSD): head -> anterior, what lies behind it -> posterior, the rest
+    (e.g. ASHS's extra cortex label) background; a worked (G, C) table."""
+    model = ["background", "BODY", "HEAD", "TAIL", "SUB", "ASHS_9"]
+    table = group_table(model, ["background", "anterior", "posterior"], "ap")
+    np.testing.assert_array_equal(
+        table,
+        [[1, 0, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0], [0, 1, 0, 1, 1, 0]],
+    )
+    probs = np.array([0.1, 0.2, 0.3, 0.1, 0.25, 0.05])[:, None]
+    np.testing.assert_allclose(table @ probs, [[0.15], [0.3], [0.55]])
+    lut, names = merge_lut(model, "ap")
+    assert lut.tolist() == [0, 1, 2, 1, 1, 5]
+    assert names[1] == "posterior" and names[2] == "anterior" and names[5] == "ASHS_9"
+    subfields = group_table(list(SUBFIELDS), ["background", "anterior", "posterior"], "ap")
+    assert subfields[2, 1:6].tolist() == [1, 1, 1, 1, 1] and subfields[1, 6] == 1

@@ -87,3 +87,27 @@ def test_per_item_focal_tversky_equals_loss_of_each_item_alone():
     per_item = loss.per_item(probs, target, torch.ones(3, 4, dtype=torch.bool))
     alone = torch.stack([loss(probs[b : b + 1], target[b : b + 1]) for b in range(3)])
     assert torch.allclose(per_item, alone, atol=1e-6)
+
+
+def test_mixed_batch_with_fewer_classes_has_finite_gradients():
+    """A batch mixing a 6-class dataset and a 3-class one (padded rows, TI = 1 there):
+    the focal exponent must not turn the padding into NaN gradients."""
+    from hsftrain.data.labels import group_table
+
+    model = ["background", "BODY", "HEAD", "TAIL", "SUB", "ASHS_9"]
+    tables = {
+        0: torch.eye(6),
+        1: torch.as_tensor(group_table(model, ["background", "anterior", "posterior"], "ap")),
+    }
+    loss = ForgivingLoss(tables)
+    logits = torch.randn(2, 6, 4, 4, 4, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 4, 4, 4))
+    value = loss(torch.softmax(logits, 1), labels, torch.tensor([0, 1]))
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+    only_small = loss(torch.softmax(logits, 1)[1:], labels[1:], torch.tensor([1]))
+    manual = FocalTverskyLoss()(
+        loss.grouped(torch.softmax(logits, 1)[1:], torch.tensor([1]))[:, :3],
+        one_hot(labels[1:], 3),
+    )
+    assert only_small.item() == pytest.approx(manual.item(), rel=1e-5)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import xxhash
 
+from hsftrain.data.crop import crop_to_labels
 from hsftrain.data.discovery import discover, read_label
 from hsftrain.data.intensity import z_normalize
 from hsftrain.data.nifti import DataError, load_volume
@@ -118,6 +119,8 @@ def entry_key(subject: Subject, spec: DatasetSpec, settings: PrepareSettings) ->
         "dtype": settings.dtype,
         "nonfinite": settings.nonfinite,
     }
+    if spec.crop_margin_mm is not None:  # only then: other entries keep their keys
+        recipe["crop_margin_mm"] = float(spec.crop_margin_mm)
     return xxhash.xxh3_64(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
 
 
@@ -169,6 +172,13 @@ def _write_entry(
             f"{subject.label}: label value {int(label.max())} after remapping; training "
             f"values must be < 256: remap them in datasets.datasets.{spec.name}.labels"
         )
+    if spec.crop_margin_mm is not None:
+        try:
+            image, label, affine = crop_to_labels(image, label, affine, spec.crop_margin_mm)
+        except DataError as err:
+            raise DataError(
+                f"{subject.label}: {err} (datasets.datasets.{spec.name}.crop_margin_mm)"
+            ) from err
     image = _finite(image, subject.image, settings.nonfinite)
     low, high = np.percentile(image, [0.5, 99.5])
     intensity = {

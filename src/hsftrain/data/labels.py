@@ -33,11 +33,18 @@ HSF_MODEL_CLASSES: tuple[str, ...] = SUBFIELDS[:6]
 
 #: CA granularities, from finest to coarsest. Each maps a class name to the coarser name it
 #: is merged into; names not listed are kept as they are. "whole" merges every foreground
-#: class into one hippocampus label.
+#: class into one hippocampus label. "ap" is the long-axis scheme of the MSD hippocampus
+#: set: the head is "anterior", everything labelled behind it "posterior" (in the HSF and
+#: ASHS protocols the subfields and the subiculum are labelled in the body only, so they
+#: all lie behind the head); other classes (e.g. cortex) are not hippocampus there.
 CA_MERGES: dict[str, dict[str, str]] = {
     "1/2/3": {},
     "1/23": {"CA2": "CA2/3", "CA3": "CA2/3"},
     "123": {"CA1": "CA", "CA2": "CA", "CA3": "CA"},
+    "ap": {
+        "HEAD": "anterior",
+        **dict.fromkeys(("BODY", "TAIL", "DG", "CA1", "CA2", "CA3", "SUB"), "posterior"),
+    },
 }
 WHOLE = "whole"
 CA_TYPES: tuple[str, ...] = (*CA_MERGES, WHOLE)

@@ -27,6 +27,8 @@ class DatasetSpec:
     patterns: dict[str, tuple[str, str]]
     labels: dict[int, int] | None
     labels_names: dict[int, str] | None
+    #: crop each subject to its labels grown by this many mm (None: whole images)
+    crop_margin_mm: float | None = None
 
     @classmethod
     def from_config(
@@ -51,6 +53,17 @@ class DatasetSpec:
             raise DataError(f"`{key}.ca_type`={ca_type!r}: use one of {', '.join(CA_TYPES)}")
         labels = cfg.get("labels")
         names = cfg.get("labels_names")
+        margin = cfg.get("crop_margin_mm")
+        if margin is not None:
+            try:
+                margin = float(margin)
+            except (TypeError, ValueError):
+                margin = -1.0
+            if isinstance(cfg.get("crop_margin_mm"), bool) or not margin >= 0:
+                raise DataError(
+                    f"`{key}.crop_margin_mm`={cfg.get('crop_margin_mm')!r}: give the mm kept "
+                    "around each subject's labels (e.g. 10), or null for whole images"
+                )
         return cls(
             name=name,
             index=index,
@@ -59,6 +72,7 @@ class DatasetSpec:
             patterns=parsed,
             labels={int(k): int(v) for k, v in labels.items()} if labels else None,
             labels_names={int(k): str(v) for k, v in names.items()} if names else None,
+            crop_margin_mm=margin,
         )
 
 

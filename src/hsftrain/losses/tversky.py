@@ -78,7 +78,10 @@ class FocalTverskyLoss(nn.Module):
         mask = valid.to(ti.dtype)
         if not self.include_background:
             mask = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, 1:]], dim=1)
-        terms = (1 - ti).clamp_min(0) ** self.gamma * mask
+        # invalid (padding) classes have TI = 1: (1 - TI) ** gamma there would send an
+        # infinite gradient (gamma < 1) through the zero mask, i.e. NaN; count 1 instead
+        gap = torch.where(mask > 0, (1 - ti).clamp_min(0), torch.ones_like(ti))
+        terms = gap**self.gamma * mask
         return terms.sum(1) / mask.sum(1).clamp_min(1)
 
 
