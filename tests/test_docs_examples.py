@@ -233,6 +233,29 @@ EXAMPLES: dict[str, Example] = {
     "hsftrain hub fetch arunet_4.0.0_single --cache-dir /shared/hsftrain-models": Example(
         "compose", NETWORK
     ),
+    # docs/cluster.md
+    "hsftrain segment files.path=~/data files.pattern=**/*T1w.nii.gz segmentation=demo "
+    "hardware.jobs=2": Example(),
+    "hsftrain segment files.path=/data/cohort files.pattern=**/*T1w.nii.gz "
+    "segmentation=bagging_accurate hardware.jobs=4 hardware.devices=[0,1,2,3] "
+    "hardware.engine_settings.batch_size=8": Example("compose", NETWORK),
+    "hsftrain segment files.path=/data/adni files.pattern=sub-*/ses-*/anat/*_T1w.nii.gz "
+    "files.output_dir=/scratch/adni_hsf segmentation=bagging_fast hardware=cpu "
+    "hardware.jobs=4": Example("compose", NETWORK),
+    "hsftrain volumes merge /scratch/adni_hsf": Example(replace={"/scratch/adni_hsf": "shards"}),
+    # docs/segmentation.md, multispectral
+    "hsftrain segment files.path=~/data files.pattern=**/*T1w.nii.gz "
+    "files.t2_pattern={id}_T2w.nii.gz segmentation=demo multispectral.t2_space=true": Example(
+        extra=("files.overwrite=true",)
+    ),
+    # docs/user_guide.md, ASHS (sandbox: ASHS-like phantoms in HSFTRAIN_ASHS)
+    "hsftrain data prepare datasets=ashs_test": Example(),
+    "hsftrain train datasets=ashs_test models.hparams.f_maps=8 models.hparams.num_levels=3 "
+    "run_name=ashs": Example(tiny="train"),
+    "hsftrain finetune datasets=ashs_test finetuning.pretrained=runs/x/checkpoints/last.ckpt "
+    "finetuning.out_channels=6 run_name=ashs_ft": Example(tiny="epochs"),
+    "hsftrain train datasets=ashs_msd datasets.patch_size=[32,16,32] "
+    "models.hparams.num_levels=3 run_name=ashs_msd": Example(tiny="train"),
     # docs/user_guide.md
     "hsftrain data prepare datasets=msd": Example(),
     "hsftrain train datasets=msd budget=30m": Example("compose", BENCH),
@@ -330,6 +353,27 @@ def _phantoms(folder: Path, n: int = 4, **names: str) -> None:
             path.rename(path.with_name(path.name.replace(old, new)))
 
 
+def _ashs(folder: Path, subjects: int = 4) -> None:
+    """An ASHS-like set: ``images/subNN_tse.nii.gz`` (a 40 x 8 x 36 slab of 1.5 x 4 x 1.5
+    mm voxels holding two blobs) with left and right label maps (ASHS values 1 5 6 8 9)."""
+    images = folder / "images"
+    images.mkdir(parents=True)
+    affine = np.diag([1.5, 4.0, 1.5, 1.0])
+    rng = np.random.default_rng(0)
+    for n in range(1, subjects + 1):
+        tse = rng.normal(100, 5, (40, 8, 36)).astype(np.float32)
+        for side, x in (("L", 6), ("R", 24)):
+            label = np.zeros(tse.shape, np.uint8)
+            label[x : x + 10, 1:7, 12:24] = 1
+            label[x : x + 10, 5:7, 12:24] = 5  # head
+            label[x : x + 10, 1:2, 12:24] = 6  # tail
+            label[x : x + 3, 2:5, 12:16] = 8
+            label[x : x + 3, 2:5, 9:12] = 9
+            tse[label > 0] += 40 + 10 * label[label > 0]
+            nib.save(nib.Nifti1Image(label, affine), str(images / f"sub{n:02d}_seg_{side}.nii.gz"))
+        nib.save(nib.Nifti1Image(tse, affine), str(images / f"sub{n:02d}_tse.nii.gz"))
+
+
 def _msd(folder: Path, cases: int = 6) -> None:
     """A tiny MSD-like tree (imagesTr, labelsTr) of real cases."""
     for sub in ("imagesTr", "labelsTr"):
@@ -352,10 +396,13 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("docs")
     home, work = root / "home", root / "work"
     work.mkdir()
-    old = {k: os.environ.get(k) for k in ("HOME", "HSFTRAIN_MSD", "HSFTRAIN_DATA")}
+    env = ("HOME", "HSFTRAIN_MSD", "HSFTRAIN_DATA", "HSFTRAIN_ASHS", "HSFTRAIN_SHARED_DATA")
+    old = {k: os.environ.get(k) for k in env}
     os.environ["HOME"] = str(home)
     os.environ["HSFTRAIN_MSD"] = str(root / "msd")
     os.environ["HSFTRAIN_DATA"] = str(root / "custom")
+    os.environ["HSFTRAIN_ASHS"] = str(root / "ashs")
+    os.environ["HSFTRAIN_SHARED_DATA"] = str(root / "shared_data")
     cwd = Path.cwd()
     os.chdir(work)
     try:
@@ -378,6 +425,16 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             anat = home / "data" / sub / "anat"
             anat.mkdir(parents=True)
             shutil.copy(sorted(SAMPLE.glob("*_img.nii.gz"))[0], anat / f"{sub}_{modality}.nii.gz")
+        sub01_t2 = home / "data" / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
+        shutil.copy(sorted(SAMPLE.glob("*_img.nii.gz"))[1], sub01_t2)  # its T2 (multispectral)
+        _ashs(root / "ashs")
+        _ashs(root / "shared_data" / "ashs_atlas_test")
+        _msd(root / "shared_data" / "msd_hippocampus")
+        header = "subject,side,label,name,volume_mm3,voxel_count,flag\n"
+        (work / "shards").mkdir()
+        for i in (1, 2):  # the tables of a sharded segment run
+            row = f"s{i},crop,1,anterior,{i}.0,{i},\n"
+            (work / "shards" / f"volumes.{i}-of-2.csv").write_text(header + row)
         t2 = work / "data" / "t2_crops" / "sub-01"
         t2.mkdir(parents=True)
         for i, img in enumerate(sorted(SAMPLE.glob("*_img.nii.gz"))[:3]):
