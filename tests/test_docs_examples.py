@@ -207,6 +207,8 @@ EXAMPLES: dict[str, Example] = {
     "finetuning.depth=2 finetuning.unfreeze_frequency=4 lightning.max_epochs=12": Example(
         tiny="epochs"
     ),
+    "hsftrain finetune datasets=folder datasets.path=my_labels/ "
+    "finetuning.pretrained=hsftrain_msd_1.0_ckpt": Example(tiny="epochs"),
     # docs/segmentation.md
     "hsftrain segment files.path=~/data files.pattern=**/*T2w.nii.gz "
     "segmentation=bagging_accurate": Example("compose", NETWORK),
@@ -217,6 +219,7 @@ EXAMPLES: dict[str, Example] = {
     "hsftrain segment files.path=~/crops files.pattern=hippocampus_2[0-9]*.nii.gz "
     "segmentation=demo": Example(),
     "hsftrain segment files.path=~/crops files.pattern=*.nii.gz segmentation=demo": Example(),
+    "hsftrain segment files.path=~/crops files.pattern=*.nii.gz segmentation=msd": Example(),
     "hsftrain segment segmentation=single_fast --cfg job": Example("help"),
     "hsftrain segment ... model_paths=[/x/a.onnx,/x/b.onnx]": Example(
         replace={"...": "files.path=~/data files.pattern=**/*T1w.nii.gz"}

@@ -37,6 +37,7 @@ from hsftrain.hub import (
     resolve,
 )
 from hsftrain.hub import registry as registry_module
+from hsftrain.hub.registry import ASSETS_DIR
 
 # `hsftrain.hub.fetch` is the function; the module is reached through importlib.
 fetch_module = importlib.import_module("hsftrain.hub.fetch")
@@ -374,12 +375,25 @@ def test_registry_entries_are_well_formed() -> None:
     for name, entry in registry.items():
         assert re.fullmatch(r"[A-Za-z0-9._-]+", name), name
         assert re.fullmatch(r"[0-9a-f]{16}", entry["xxh3_64"]), name
-        assert urllib.parse.urlparse(entry["url"]).scheme == "https", name
+        if "asset" in entry:  # bundled with hsftrain: the file is there, with that hash
+            assert "url" not in entry, name
+            assert file_hash(ASSETS_DIR / entry["asset"]) == entry["xxh3_64"], name
+        else:
+            assert urllib.parse.urlparse(entry["url"]).scheme == "https", name
         assert entry["kind"] in {"onnx", "checkpoint"}, name
         assert entry["version"] and entry["source"], name
-    urls = [e["url"] for e in registry.values()]
+    urls = [e.get("url") or e["asset"] for e in registry.values()]
     hashes = [e["xxh3_64"] for e in registry.values()]
     assert len(set(urls)) == len(urls) and len(set(hashes)) == len(hashes)
+
+
+def test_bundled_registry_entries_resolve_to_verified_paths() -> None:
+    spec = resolve("hsftrain_msd_1.0_ckpt")
+    assert spec == {
+        "path": str(ASSETS_DIR / "models/msd_hippocampus.ckpt"),
+        "xxh3_64": "059b7072c4fc0088",
+    }
+    assert fetch("hsftrain_msd_1.0") == ASSETS_DIR / "models/msd_hippocampus.onnx"
 
 
 def test_load_registry_returns_a_copy() -> None:

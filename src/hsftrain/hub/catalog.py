@@ -16,7 +16,7 @@ from typing import Any
 
 from hsftrain.config import CONF_DIR, ConfigError
 from hsftrain.hub.fetch import cache_path, fetch
-from hsftrain.hub.registry import load_registry
+from hsftrain.hub.registry import ASSETS_DIR, load_registry
 
 PRESETS_DIR = CONF_DIR / "segmentation"
 
@@ -45,7 +45,10 @@ def models(cache_dir: str | os.PathLike[str] | None = None) -> list[ModelEntry]:
     """Registry models, with the cached file when one is there (not re-hashed here)."""
     out = []
     for name, entry in load_registry().items():
-        path = cache_path(str(entry["url"]), str(entry["xxh3_64"]), cache_dir)
+        if entry.get("asset"):  # bundled with hsftrain: always there
+            path = ASSETS_DIR / str(entry["asset"])
+        else:
+            path = cache_path(str(entry["url"]), str(entry["xxh3_64"]), cache_dir)
         out.append(
             ModelEntry(
                 name,

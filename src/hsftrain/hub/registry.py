@@ -1,4 +1,8 @@
-"""Named published models: ``presets/models.yaml`` (name -> ``{url, xxh3_64, ...}``)."""
+"""Named models: ``presets/models.yaml`` (name -> ``{url, xxh3_64, ...}``).
+
+An entry names a published file by ``url``, or a file bundled with hsftrain by ``asset``
+(a path under the package's ``assets/`` folder); either way its ``xxh3_64`` is checked.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,9 @@ from hsftrain.containers import plain
 from hsftrain.errors import ConfigError
 
 REGISTRY_PATH = Path(__file__).parent / "presets" / "models.yaml"
-REQUIRED_KEYS = ("url", "xxh3_64")
+REQUIRED_KEYS = ("xxh3_64",)
+#: Where ``asset:`` entries point: files shipped inside the package.
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 #: An xxh3_64 digest as registries and specs write it: 16 lowercase hex characters.
 HASH_RE = re.compile(r"^[0-9a-f]{16}$")
 
@@ -43,6 +49,8 @@ def _load(path: Path) -> dict[str, dict[str, Any]]:
         if not isinstance(entry, dict):
             raise ConfigError(f"{path}: entry `{name}` must be a mapping with url and xxh3_64")
         missing = [key for key in REQUIRED_KEYS if not entry.get(key)]
+        if not entry.get("url") and not entry.get("asset"):
+            missing.insert(0, "url (or asset)")
         if missing:
             raise ConfigError(f"{path}: entry `{name}` lacks {', '.join(missing)}")
         if not HASH_RE.match(str(entry["xxh3_64"])):
@@ -64,9 +72,17 @@ def resolve(name_or_spec: Any) -> Any:
         if not Path(name_or_spec).expanduser().exists():
             registry = _load(REGISTRY_PATH)
             if name_or_spec in registry:
-                return dict(registry[name_or_spec])
+                return fetch_spec(registry[name_or_spec])
         return name_or_spec
     name_or_spec = plain(name_or_spec)
     if isinstance(name_or_spec, Mapping):
         return dict(name_or_spec)
     return name_or_spec
+
+
+def fetch_spec(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The fetch spec of a registry entry: ``{url, xxh3_64}``, or ``{path, xxh3_64}`` for a
+    bundled ``asset``."""
+    if entry.get("asset"):
+        return {"path": str(ASSETS_DIR / str(entry["asset"])), "xxh3_64": entry["xxh3_64"]}
+    return dict(entry)
