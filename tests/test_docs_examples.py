@@ -90,6 +90,7 @@ EXAMPLES: dict[str, Example] = {
     "hsftrain train datasets=sample models.hparams.f_maps=16 lightning.max_epochs=5 "
     "models.lr=1e-2": Example(tiny="train"),
     "hsftrain train datasets=msd": Example(tiny="train"),
+    "hsftrain segment files.path=DIR files.pattern=*.nii.gz segmentation=msd": Example(),
     "hsftrain train resume=runs/<run> lightning.max_epochs=30": Example(
         replace={"lightning.max_epochs=30": "lightning.max_epochs=2"}  # runs/x is tiny
     ),
