@@ -45,6 +45,7 @@ from hsftrain.data.discovery import discover, read_label
 from hsftrain.data.nifti import load_volume
 from hsftrain.data.transforms import augmentation, postprocess
 from hsftrain.logs import setup_logging
+from hsftrain.training.budget import train_step
 from hsftrain.training.module import SegmentationModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,15 +178,8 @@ def main() -> dict:
         module.train()
         for i in range(count):
             b = on_device[i % len(on_device)]
-            image, label = b["image"], b["label"]
-            if with_aug:
-                image, label = augment(image, label, b["spacing"])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = module._step({"image": image, "label": label, "dataset": b["dataset"]})
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            n += image.shape[0]
+            train_step(module, optimizer, b, augment if with_aug else None, bf16)
+            n += b["image"].shape[0]
         sync()
         return n
 

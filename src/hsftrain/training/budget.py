@@ -151,6 +151,36 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def train_step(
+    module: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: dict[str, Any],
+    augment: BatchAugment | None = None,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """One optimiser step outside Lightning, as training takes it: augmentation (when
+    given), forward in bf16 autocast (when asked), forgiving loss, backward, step.
+
+    Args:
+        batch: ``image (B, 1, X, Y, Z)``, ``label (B, X, Y, Z)``, ``dataset (B,)`` and
+            ``spacing (B, 3)``, on the module's device.
+
+    Returns:
+        The loss (not synchronised to the host).
+    """
+    image, label = batch["image"], batch["label"]
+    if augment is not None:
+        image, label = augment(image, label, batch["spacing"])
+    device_type = image.device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        loss: torch.Tensor
+        loss, _ = module._step({"image": image, "label": label, "dataset": batch["dataset"]})
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def _time_steps(
     module: Any,
     train: Sequence[PreparedSubject],
@@ -173,14 +203,8 @@ def _time_steps(
         size = candidate.batch_size
         items = [dataset[(i * size + j) % len(dataset)] for j in range(size)]
         batch = torch.utils.data.default_collate(items)
-        image, label = batch["image"].to(device), batch["label"].to(device)
-        if augment.enabled:
-            image, label = augment(image, label, batch["spacing"])
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            loss, _ = module._step({"image": image, "label": label, "dataset": batch["dataset"]})
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        train_step(module, optimizer, batch, augment if augment.enabled else None, cuda)
 
     module.train()
     step(0)  # warm-up: allocations, kernels
