@@ -76,13 +76,20 @@ def common(args: argparse.Namespace, out: Path, name: str) -> list[str]:
 
 
 def train(overrides: list[str], finetune: bool = False) -> Path:
-    """Train (or fine-tune) and export the last epoch's model; returns the ONNX file."""
+    """Train (or fine-tune) and export the last epoch's model; returns the ONNX file. A
+    run already finished in the work folder (``--out``) is reused, an unfinished one redone."""
+    import shutil
+
     from hsftrain.config import compose
     from hsftrain.export.api import export_checkpoint
     from hsftrain.workflow import finetune as finetune_run
     from hsftrain.workflow import train as train_run
 
     cfg = compose("config", overrides)
+    run_dir = Path(str(cfg.datasets.output_path)) / str(cfg.run_name)
+    if (run_dir / "last.onnx").is_file():
+        return run_dir / "last.onnx"
+    shutil.rmtree(run_dir, ignore_errors=True)
     out = (finetune_run if finetune else train_run)(cfg)
     run_dir = Path(str(out["run_dir"]))
     return export_checkpoint(run_dir / "checkpoints" / "last.ckpt", run_dir / "last.onnx")
@@ -354,10 +361,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     modes = [m for m in args.modes.split(",") if m]
     load = os.getloadavg()
+    path = RESULTS / ("ashs_cv_quick.json" if args.quick else "ashs_cv.json")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    aligned = registrations()
+    results: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="ashs_cv_") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
-        results = [run_mode(mode, args, out) for mode in modes]
-    aligned = registrations()
+        for mode in modes:
+            results.append(run_mode(mode, args, out))
+            write_report(path, args, load, results, aligned)  # each mode as soon as it is done
+    print_table(results, aligned, load, path)
+    return 0
+
+
+def write_report(
+    path: Path,
+    args: argparse.Namespace,
+    load: tuple[float, float, float],
+    results: list[dict[str, object]],
+    aligned: list[dict[str, float]],
+) -> None:
     report = {
         "what": "leave-fold-out Dice per label of last-epoch models on held-out ASHS TSE crops",
         "machine": {
@@ -370,9 +393,15 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "t2_to_t1_registration": aligned,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("ashs_cv_quick.json" if args.quick else "ashs_cv.json")
     path.write_text(json.dumps(report, indent=1))
+
+
+def print_table(
+    results: list[dict[str, object]],
+    aligned: list[dict[str, float]],
+    load: tuple[float, float, float],
+    path: Path,
+) -> None:
     labels = list(results[0]["dice"]) if results else []
     print(f"{'mode':10s} " + " ".join(f"{n:>12s}" for n in labels) + f" {'seconds':>8s}")
     for r in results:
@@ -389,7 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     qualities = [a["quality"] for a in aligned]
     print(f"TSE -> MPRAGE registration quality {min(qualities):.3f} to {max(qualities):.3f}")
     print(f"load average before {load}, after {os.getloadavg()}; wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -83,3 +83,24 @@ def test_cuda_provider_options_follow_the_worker_device() -> None:
     assert with_device(providers, None) == providers
     moved = with_device(providers, 3)
     assert moved[0].options == {"arena": 1, "device_id": 3} and moved[1] == providers[1]
+
+
+@pytest.mark.slow
+def test_multispectral_subjects_in_workers(tmp_path: Path, tiny_model: Path) -> None:
+    """T1 + T2 in worker processes (with their own T2 models): the outputs of one process."""
+    import numpy as np
+
+    from .test_multispectral import overrides as t1_t2
+    from .test_multispectral import write_pair
+
+    one = tmp_path / "one"
+    for name in ("a", "b", "c"):
+        write_pair(one / name, name, np.eye(4))
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    extra = ("multispectral.t2_space=true", f"multispectral.t2_model_paths=[{tiny_model}]")
+    segment(compose("segment", t1_t2(one, tiny_model, *extra)))
+    segment(compose("segment", t1_t2(two, tiny_model, *extra, "hardware.jobs=2")))
+    produced = outputs(two)
+    assert any("_T2w_hippocampus_seg" in name for name in produced)
+    assert produced == outputs(one)

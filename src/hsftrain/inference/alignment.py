@@ -15,6 +15,14 @@ from hsftrain.inference.image import Volume
 from hsftrain.inference.roiloc import Box
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Threads of a registration: fixed, because ITK sums per-thread partial results; the
+#: images are small (block-averaged).
+REGISTRATION_THREADS = 1
+#: Decimals a registration is rounded to (RAS mm and rotation entries): ITK's result still
+#: varies in its last bits (1e-16 run to run, 1e-13 with other thread settings), which would
+#: change interpolated outputs by as much and make them depend on the process and
+#: ``hardware.jobs``; 1e-6 mm is far below any voxel.
+DECIMALS = 6
 
 
 def register_rigid(
@@ -42,6 +50,7 @@ def register_rigid(
     start = sitk.Euler3DTransform()
     start.SetCenter(centre)
     reg = sitk.ImageRegistrationMethod()
+    reg.SetNumberOfThreads(REGISTRATION_THREADS)
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(0.5, seed + 1)  # SimpleITK: seed 0 = wall clock
@@ -68,7 +77,7 @@ def register_rigid(
     lps[:3, 3] = np.asarray(euler.GetTranslation()) + centre_lps - rotation @ centre_lps
     metric = float(reg.GetMetricValue())
     quality = -metric if np.isfinite(metric) else 0.0
-    return _LPS @ lps @ _LPS, quality
+    return np.round(_LPS @ lps @ _LPS, DECIMALS) + 0.0, quality  # + 0.0: no -0.0
 
 
 def covering_box(side: str, corners_ras: np.ndarray, volume: Volume) -> Box | None:

@@ -2,7 +2,7 @@
 
 Each worker is a fresh (``spawn``) process that loads the models once, with
 ``intra_op_num_threads`` divided among the workers (the configured count, or every usable
-core, over K; at least one each), SimpleITK's threads likewise, and, with
+core, over K; at least one each), and, with
 ``hardware.devices``, its own GPU (worker k on ``devices[k % len(devices)]``). Subjects
 are handed out one at a time; each is segmented by exactly the code a single process runs
 (:func:`hsftrain.inference.pipeline.run_subject`: the same atomic writes, native
@@ -80,9 +80,6 @@ def _start(
         logging.getLogger("hsftrain").setLevel(level)
         slot = int(slots.get(timeout=60))
         device = settings.devices[slot % len(settings.devices)] if settings.devices else None
-        import SimpleITK as sitk
-
-        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
         from hsftrain.inference.segmenter import Segmenter, load_engines
 
         engines = load_engines(settings, paths, threads, device, quiet=True)
