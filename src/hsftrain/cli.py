@@ -303,8 +303,7 @@ def volumes_merge(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Merge the shard tables of a sharded segment run (files.shard=i/N, SLURM job
-    arrays) into one volumes.csv, in the order one unsharded run writes it."""
+    """Merge the tables of a sharded segment run (files.shard=i/N) into volumes.csv."""
     setup_logging(verbose)
     with _user_errors(verbose):
         from hsftrain.inference.shards import merge_volumes
