@@ -33,11 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
 MAX_LINES = 400
 #: Cycles known and being removed (each names its issue); any other cycle fails, and so
 #: does a listed one that is gone (empty this list then).
-KNOWN_CYCLES: list[list[str]] = [
-    # issue 16: pipeline.run_subject dispatches to multispectral, which reuses pipeline's
-    # helpers; the dispatch or the helpers belong in a module of their own
-    ["hsftrain.inference.multispectral", "hsftrain.inference.pipeline"],
-]
+KNOWN_CYCLES: list[list[str]] = []
 
 
 def _modules() -> dict[str, Path]:

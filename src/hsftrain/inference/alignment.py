@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage
 
 from hsftrain.inference.image import Volume
-from hsftrain.inference.roiloc import Box
+from hsftrain.inference.roiloc import Box, rigid_registration
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 #: Threads of a registration: fixed, because ITK sums per-thread partial results; the
@@ -49,23 +49,8 @@ def register_rigid(
     )
     start = sitk.Euler3DTransform()
     start.SetCenter(centre)
-    reg = sitk.ImageRegistrationMethod()
+    reg = rigid_registration(0.5, seed, iterations)
     reg.SetNumberOfThreads(REGISTRATION_THREADS)
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.5, seed + 1)  # SimpleITK: seed 0 = wall clock
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0,
-        minStep=1e-4,
-        numberOfIterations=int(iterations),
-        relaxationFactor=0.6,
-        gradientMagnitudeTolerance=1e-6,
-    )
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([2, 1])
-    reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
-    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     reg.SetInitialTransform(start, inPlace=False)
     result = reg.Execute(fixed_image, moving_image)
     inner = result.GetNthTransform(0) if isinstance(result, sitk.CompositeTransform) else result

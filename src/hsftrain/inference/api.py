@@ -26,7 +26,6 @@ from hsftrain.inference.pipeline import (
     SubjectReport,
     image_problem,
     locate,
-    run_subject,
     segment_subject,
 )
 from hsftrain.inference.reporting import SegmentError, raise_failures, rebuild_volumes, summary
@@ -39,6 +38,7 @@ from hsftrain.inference.segmenter import (
 )
 from hsftrain.inference.settings import Settings, settings_from_config
 from hsftrain.inference.shards import merge_if_complete
+from hsftrain.inference.subject import run_subject
 from hsftrain.inference.workers import Job, run_parallel
 from hsftrain.inference.writer import outputs_for
 

@@ -150,6 +150,32 @@ class Registration:
     scales: tuple[float, float, float]
 
 
+def rigid_registration(sampling: float, seed: int, iterations: int) -> Any:
+    """A SimpleITK registration method as every hsftrain registration uses it: Mattes mutual
+    information on a seeded random ``sampling`` share of voxels, linear interpolation,
+    regular-step gradient descent with physical-shift scales, two levels (shrink 2, 1).
+    The caller sets the initial transform (and a mask or thread count if needed)."""
+    import SimpleITK as sitk
+
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(sampling, seed + 1)  # SimpleITK: seed 0 = wall clock
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=1.0,
+        minStep=1e-4,
+        numberOfIterations=int(iterations),
+        relaxationFactor=0.6,
+        gradientMagnitudeTolerance=1e-6,
+    )
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    return reg
+
+
 def register_template(
     volume: Volume,
     template: str | None = None,
@@ -186,23 +212,8 @@ def register_template(
     final: list[float] = []
 
     def run(start: Any, scales_from: str) -> Any:
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(0.25, seed + 1)  # SimpleITK: seed 0 = wall clock
+        reg = rigid_registration(0.25, seed, iterations)
         reg.SetMetricFixedMask(mask)
-        reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=1.0,
-            minStep=1e-4,
-            numberOfIterations=int(iterations),
-            relaxationFactor=0.6,
-            gradientMagnitudeTolerance=1e-6,
-        )
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([2, 1])
-        reg.SetSmoothingSigmasPerLevel([1.0, 0.0])
-        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
         reg.SetInitialTransform(start, inPlace=False)
         result = reg.Execute(fixed, moving)
         log.debug(

@@ -5,7 +5,7 @@ Each worker is a fresh (``spawn``) process that loads the models once, with
 core, over K; at least one each), and, with
 ``hardware.devices``, its own GPU (worker k on ``devices[k % len(devices)]``). Subjects
 are handed out one at a time; each is segmented by exactly the code a single process runs
-(:func:`hsftrain.inference.pipeline.run_subject`: the same atomic writes, native
+(:func:`hsftrain.inference.subject.run_subject`: the same atomic writes, native
 segmentation last, failures reported per subject), and its result does not depend on the
 worker that took it or on the order subjects finish in.
 
@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsftrain.inference.pipeline import SubjectReport, run_subject
+from hsftrain.inference.pipeline import SubjectReport
 from hsftrain.inference.settings import Settings
+from hsftrain.inference.subject import run_subject
 from hsftrain.inference.writer import Outputs
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def _start(
 def _run(job: Job) -> SubjectReport:
     """Worker task: one subject."""
     if "error" in _WORKER:
-        from hsftrain.inference.pipeline import failure_line
+        from hsftrain.inference.subject import failure_line
 
         error = _WORKER["error"]
         return SubjectReport(job.subject, job.mri, "failed", error=failure_line(job.mri, error))

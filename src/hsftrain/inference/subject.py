@@ -1,0 +1,68 @@
+"""One subject, whatever the mode: :func:`run_subject` picks the crop method (the T1's own
+crops, or a multispectral T1+T2 run), calls :func:`hsftrain.inference.pipeline.segment_subject`
+and turns any failure into a ``failed`` report with a one-line reason, so that a cohort run
+goes on with the other subjects. Used by one process and by the worker processes alike."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hsftrain.errors import UserError
+from hsftrain.inference.multispectral import T1T2Crops
+from hsftrain.inference.pipeline import CropMethod, SubjectReport, segment_subject
+from hsftrain.inference.segmenter import ProgressHook, Segmenter
+from hsftrain.inference.settings import Settings
+from hsftrain.inference.writer import Outputs
+
+log = logging.getLogger(__name__)
+
+
+def failure_line(mri: Path, err: Exception) -> str:
+    """One line saying why ``mri`` failed: the error's own message (naming the file) for
+    a user error; for anything else its type too, and what to try for out-of-memory."""
+    from hsftrain.errors import is_out_of_memory
+
+    text = " ".join(str(err).split())
+    if not isinstance(err, UserError | OSError):
+        hint = (
+            ": out of memory, try hardware.engine_settings.batch_size=1, fewer "
+            "hardware.jobs or fewer models/views"
+            if is_out_of_memory(err)
+            else " (internal error: a bug, please report it with the traceback)"
+        )
+        text = f"{type(err).__name__}: {text}{hint}"
+    return text if str(mri) in text else f"{mri}: {text}"
+
+
+def run_subject(
+    mri: Path,
+    outputs: Outputs,
+    subject: str,
+    segmenter: Segmenter,
+    settings: Settings,
+    bar: ProgressHook | None = None,
+    t2_segmenter: Segmenter | None = None,
+    t2_candidates: list[Path] | None = None,
+) -> SubjectReport:
+    """:func:`segment_subject` (multispectral when ``settings.multispectral``), with any
+    failure turned into a ``failed`` report (logged; internal errors with their
+    traceback) so that the run goes on with the other subjects."""
+    try:
+        method: CropMethod | None = None
+        if settings.multispectral is not None:
+            method = T1T2Crops.for_subject(
+                mri,
+                outputs,
+                subject,
+                segmenter,
+                t2_segmenter or segmenter,
+                settings,
+                t2_candidates or [],
+            )
+        return segment_subject(mri, outputs, subject, segmenter, settings, bar, method)
+    except Exception as err:  # keep going: report every failure at the end
+        report = SubjectReport(subject, mri, "failed", error=failure_line(mri, err))
+        internal = not isinstance(err, UserError | OSError)
+        log.error("%s", report.error, exc_info=internal)
+        return report
