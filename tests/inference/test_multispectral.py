@@ -126,6 +126,28 @@ def test_coverage_fusion_matches_fusion_when_everything_is_covered() -> None:
     np.testing.assert_array_equal(fusion.uncertainty()[2:], 0.0)
 
 
+def test_a_weighted_t2_prediction_outvotes_the_t1() -> None:
+    """multispectral.t2_weight=3: one T2 vote counts as three T1 votes (worked by hand)."""
+    t1 = np.zeros((3, 2, 1, 1), np.float32)
+    t1[1] = 0.9  # class 1, confidently
+    t1[0] = 0.1
+    t2 = np.zeros((3, 2, 1, 1), np.float32)
+    t2[2] = 0.6  # class 2
+    t2[0] = 0.4
+    for weight, winner in ((1.0, 1), (3.0, 2)):
+        fusion = CoverageFusion("vote")
+        fusion.add(t1)
+        fusion.add(t2, weight=weight)
+        assert (fusion.score().argmax(0) == winner).all()
+    # weighted vote fractions 1/4 and 3/4 over 3 classes
+    expected = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75)) / np.log(3)
+    np.testing.assert_allclose(fusion.uncertainty(), expected, rtol=1e-6)
+    mean = CoverageFusion("mean")
+    mean.add(t1)
+    mean.add(t2, weight=3.0)  # (0.9 + 3 x 0) / 4 < (0 + 3 x 0.6) / 4
+    assert (mean.score().argmax(0) == 2).all()
+
+
 def test_rigid_registration_recovers_a_known_transform(tmp_path: Path) -> None:
     truth = rigid(6.0, (2.0, -1.5, 1.0))
     t1, t2 = write_pair(tmp_path, "sub-01", truth)
@@ -207,6 +229,7 @@ def test_multispectral_settings_are_checked(tmp_path: Path, tiny_model: Path) ->
     assert settings.multispectral is not None
     assert settings.multispectral.t2_pattern == "{id}_T2w.nii.gz"
     assert settings.multispectral.t2_models is None
+    assert settings.multispectral.t2_weight == 1.0
     paths = settings_from_config(
         compose("segment", [*good, f"multispectral.t2_model_paths=[{tiny_model}]"])
     )
@@ -215,6 +238,7 @@ def test_multispectral_settings_are_checked(tmp_path: Path, tiny_model: Path) ->
         ("multispectral.registration_mm=0", "registration_mm"),
         ("multispectral.iterations=0", "iterations"),
         ("files.t2_pattern=/abs/*.nii.gz", "t2_pattern"),
+        ("multispectral.t2_weight=0", "t2_weight"),
     ):
         with pytest.raises(ConfigError, match=key):
             settings_from_config(compose("segment", [*good, bad]))

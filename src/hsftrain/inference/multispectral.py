@@ -14,7 +14,8 @@ With ``files.t2_pattern``, each T1 (``files.pattern``) is paired with the T2 nex
 4. every T2 prediction is mapped onto the T1 working grid (trilinear, through the rigid
    transform) and fused with the T1 predictions, voxel by voxel, by ``segmentation.fusion``
    (vote or mean), counting at each voxel only the predictions that cover it (a T2 slab
-   covers part of a T1 crop); the uncertainty is the normalised entropy of those votes;
+   covers part of a T1 crop), each T2 prediction with ``multispectral.t2_weight`` (T1
+   predictions: 1); the uncertainty is the normalised entropy of those votes;
 5. the consensus is written in the T1 space (the usual outputs of the T1), and with
    ``multispectral.t2_space`` also on the T2's own grid (``<T2 stem>_hippocampus_seg`` and
    ``_uncertainty``), mapped there from the consensus scores.
@@ -78,9 +79,10 @@ class CoverageFusion:
     """Fusion of predictions that each cover part of the grid (``segmentation.fusion``).
 
     Like :class:`hsftrain.inference.fusion.Fusion`, but every voxel counts only the
-    predictions covering it: ``vote`` takes the plurality of their arg-max (ties: the
-    higher mean probability), ``mean`` the arg-max of their mean probability; the
-    uncertainty is the normalised entropy of their vote fractions.
+    predictions covering it, each with its weight: ``vote`` takes the (weighted) plurality
+    of their arg-max (ties: the higher weighted mean probability), ``mean`` the arg-max of
+    their weighted mean probability; the uncertainty is the normalised entropy of their
+    weighted vote fractions. With weights 1 and full coverage it is ``Fusion``.
     """
 
     def __init__(self, method: str = "vote") -> None:
@@ -90,25 +92,28 @@ class CoverageFusion:
         self.votes: np.ndarray | None = None
         self.prob_sum: np.ndarray | None = None
 
-    def add(self, probs: np.ndarray, covered: np.ndarray | None = None) -> None:
-        """Add one prediction ``(C, X, Y, Z)``, valid where ``covered`` (default: all)."""
+    def add(
+        self, probs: np.ndarray, covered: np.ndarray | None = None, weight: float = 1.0
+    ) -> None:
+        """Add one prediction ``(C, X, Y, Z)`` with ``weight``, valid where ``covered``
+        (default: everywhere)."""
         if self.votes is None:
-            self.count = np.zeros(probs.shape[1:], dtype=np.int32)
-            self.votes = np.zeros(probs.shape, dtype=np.int32)
+            self.count = np.zeros(probs.shape[1:], dtype=np.float64)
+            self.votes = np.zeros(probs.shape, dtype=np.float64)
             self.prob_sum = np.zeros(probs.shape, dtype=np.float64)
         assert self.count is not None and self.prob_sum is not None
         mask = np.ones(probs.shape[1:], dtype=bool) if covered is None else covered
         label_map = probs.argmax(axis=0)
         onehot = label_map[None] == np.arange(probs.shape[0])[:, None, None, None]
-        self.votes += onehot & mask
-        self.prob_sum += np.where(mask, probs, 0.0)
-        self.count += mask
+        self.votes += weight * (onehot & mask)
+        self.prob_sum += weight * np.where(mask, probs, 0.0)
+        self.count += weight * mask
         self.predictions += 1
 
     def score(self) -> np.ndarray:
         """``(C, X, Y, Z)`` float32 whose arg-max is the fused label map."""
         assert self.votes is not None and self.prob_sum is not None and self.count is not None
-        n = np.maximum(self.count, 1)[None]
+        n = np.where(self.count > 0, self.count, 1.0)[None]
         mean = self.prob_sum / n
         if self.method == "mean":
             return mean.astype(np.float32)
@@ -117,7 +122,7 @@ class CoverageFusion:
     def uncertainty(self) -> np.ndarray:
         """Normalised entropy of the vote fractions ``(X, Y, Z)``, in [0, 1]."""
         assert self.votes is not None and self.count is not None
-        return normalized_entropy(self.votes / np.maximum(self.count, 1)[None])
+        return normalized_entropy(self.votes / np.where(self.count > 0, self.count, 1.0)[None])
 
 
 @dataclass
@@ -256,7 +261,7 @@ class T1T2Crops:
                 mapped, covered = map_onto(
                     probs, t2_affine, work_affine, work_image.shape, t1_to_t2
                 )
-                fusion.add(mapped, covered)
+                fusion.add(mapped, covered, self.options.t2_weight)
         score = fusion.score()
         label_map = self.t1_segmenter.finish(score.argmax(axis=0).astype(np.uint8))
         uncertainty = fusion.uncertainty() if fusion.predictions > 1 else None

@@ -28,6 +28,7 @@ class Multispectral:
     registration_mm: float = 2.0
     iterations: int = 100
     min_quality: float = 0.05
+    t2_weight: float = 1.0
 
 
 @dataclass
@@ -110,6 +111,24 @@ def _devices(value: Any) -> list[int] | None:
     return ids
 
 
+def _weight(value: Any) -> float:
+    """``multispectral.t2_weight``: a number > 0.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = -1.0
+    if isinstance(value, bool) or not 0 < weight < float("inf"):
+        raise ConfigError(
+            f"multispectral.t2_weight={value!r}: must be a number > 0 (1: a T2 prediction "
+            "counts as much as a T1 one; 3: three times as much)"
+        )
+    return weight
+
+
 def _multispectral(cfg: DictConfig) -> Multispectral | None:
     """The multispectral settings when ``files.t2_pattern`` is set.
 
@@ -150,6 +169,7 @@ def _multispectral(cfg: DictConfig) -> Multispectral | None:
         registration_mm=registration_mm,
         iterations=_int("multispectral.iterations", get(cfg, "multispectral.iterations", 100), 1),
         min_quality=min_quality,
+        t2_weight=_weight(get(cfg, "multispectral.t2_weight", 1.0)),
     )
 
 
