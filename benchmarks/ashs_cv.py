@@ -43,6 +43,8 @@ ASHS = SHARED / "ashs_atlas_test"
 RESULTS = ROOT / "benchmarks" / "results"
 SUBJECTS = 12
 MODES = ("scratch", "combined", "finetune")
+#: Runs found finished in the work folder and reused (their training time is not counted).
+REUSED: list[str] = []
 
 
 def folds_of(n_folds: int) -> list[list[int]]:
@@ -88,6 +90,7 @@ def train(overrides: list[str], finetune: bool = False) -> Path:
     cfg = compose("config", overrides)
     run_dir = Path(str(cfg.datasets.output_path)) / str(cfg.run_name)
     if (run_dir / "last.onnx").is_file():
+        REUSED.append(str(cfg.run_name))
         return run_dir / "last.onnx"
     shutil.rmtree(run_dir, ignore_errors=True)
     out = (finetune_run if finetune else train_run)(cfg)
@@ -180,7 +183,7 @@ def tse_labels(subject: int) -> np.ndarray:
 
 
 def multispectral_dice(
-    model: Path, subjects: list[int], out: Path
+    model: Path, subjects: list[int], out: Path, t2_weight: float
 ) -> tuple[dict[str, list[float]], float]:
     """``hsftrain segment`` of the subjects' MPRAGE with their TSE (``files.t2_pattern``,
     ``multispectral.t2_space``): Dice per label of the consensus on the TSE grid, and the
@@ -209,6 +212,7 @@ def multispectral_dice(
                 f"files.output_dir={out / 'seg'}",
                 f"model_paths=[{model}]",
                 "multispectral.t2_space=true",
+                f"multispectral.t2_weight={t2_weight}",
                 "resample.mode=off",
                 "hardware=cpu",
                 "qc=false",
@@ -268,7 +272,7 @@ def summarise(scores: dict[str, list[float]]) -> dict[str, dict[str, object]]:
 def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict[str, object]:
     folds = folds_of(args.folds)
     scores: dict[str, list[float]] = {}
-    fused: dict[str, list[float]] = {}
+    fused: dict[float, dict[str, list[float]]] = {}
     fused_seconds: list[float] = []
     start = time.perf_counter()
     pretrained = None
@@ -312,21 +316,25 @@ def run_mode(mode: str, args: argparse.Namespace, out: Path) -> dict[str, object
         for label, values in dice_per_label(model, crops, out / "preds" / name).items():
             scores.setdefault(label, []).extend(values)
         if mode == "combined" and args.multispectral:
-            both, seconds = multispectral_dice(model, held_out, out / "multispectral" / name)
-            fused_seconds.append(seconds)
-            for label, values in both.items():
-                fused.setdefault(label, []).extend(values)
+            for weight in args.t2_weights:
+                where = out / "multispectral" / f"{name}_w{weight:g}"
+                both, seconds = multispectral_dice(model, held_out, where, weight)
+                fused_seconds.append(seconds)
+                for label, values in both.items():
+                    fused.setdefault(weight, {}).setdefault(label, []).extend(values)
     result: dict[str, object] = {
         "mode": mode,
         "folds": folds,
         "held_out_crops": sum(len(v) for v in list(scores.values())[:1]),
         "dice": summarise(scores),
         "seconds": round(time.perf_counter() - start, 1),
+        "reused_runs": [r for r in REUSED if r.startswith(mode) or r == "msd_pretrain"],
     }
     if fused:
         result["multispectral_tse_space"] = {
-            "what": "MPRAGE + TSE fused, consensus on the TSE grid vs both sides' labels",
-            "dice": summarise(fused),
+            "what": "MPRAGE + TSE fused (one model for both), consensus on the TSE grid vs "
+            "both sides' labels, by multispectral.t2_weight",
+            "dice_by_t2_weight": {f"{w:g}": summarise(d) for w, d in fused.items()},
             "seconds_per_subject": round(float(np.mean(fused_seconds)), 2),
         }
     return result
@@ -350,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
         dest="multispectral",
         action="store_false",
         help="combined: skip the MPRAGE + TSE runs of the held-out subjects",
+    )
+    parser.add_argument(
+        "--t2-weights",
+        type=lambda text: [float(w) for w in text.split(",")],
+        default=[1.0, 3.0, 1000.0],
+        help="combined: multispectral.t2_weight values (1000: the T2 decides where it covers)",
     )
     parser.add_argument("--quick", action="store_true", help="2 folds x 2 epochs (a check)")
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
@@ -409,12 +423,12 @@ def print_table(
         cells = " ".join(f"{dice[n]['mean']:.2f}+-{dice[n]['sd']:.2f}".rjust(12) for n in labels)
         print(f"{r['mode']:10s} {cells} {r['seconds']:8.0f}")
     for r in results:
-        if "multispectral_tse_space" in r:
-            dice = r["multispectral_tse_space"]["dice"]  # type: ignore[index]
+        by_weight = r.get("multispectral_tse_space", {}).get("dice_by_t2_weight", {})  # type: ignore[attr-defined]
+        for weight, dice in by_weight.items():
             cells = " ".join(
                 f"{dice[n]['mean']:.2f}+-{dice[n]['sd']:.2f}".rjust(12) for n in labels
             )
-            print(f"{'T1+T2':10s} {cells}")
+            print(f"{'T1+T2 w' + weight:10s} {cells}")
     qualities = [a["quality"] for a in aligned]
     print(f"TSE -> MPRAGE registration quality {min(qualities):.3f} to {max(qualities):.3f}")
     print(f"load average before {load}, after {os.getloadavg()}; wrote {path}")

@@ -11,8 +11,11 @@ With ``files.t2_pattern``, each T1 (``files.pattern``) is paired with the T2 nex
 3. the T2 region covering that crop is cut from the T2 (its own voxels: nothing is
    resampled before the models see it) and segmented by the T2 models (the same models
    unless ``multispectral.t2_model_paths``) on its own working grid;
-4. every T2 prediction is mapped onto the T1 working grid (trilinear, through the rigid
-   transform) and fused with the T1 predictions, voxel by voxel, by ``segmentation.fusion``
+4. the predictions are fused on the crop's *fusion grid*: the crop's field of view at
+   the finer of the two working voxel sizes along each (RAS) axis, so that a fine T2 is
+   not coarsened to a coarse T1's voxels; T1 predictions are resampled onto it, every T2
+   prediction is mapped onto it (trilinear, through the rigid transform), and they are
+   fused voxel by voxel by ``segmentation.fusion``
    (vote or mean), counting at each voxel only the predictions that cover it (a T2 slab
    covers part of a T1 crop), each T2 prediction with ``multispectral.t2_weight`` (T1
    predictions: 1); the uncertainty is the normalised entropy of those votes;
@@ -52,7 +55,7 @@ from hsftrain.inference.pipeline import (
     side_rng,
     working_grid,
 )
-from hsftrain.inference.resample import resample
+from hsftrain.inference.resample import plan, resample
 from hsftrain.inference.roiloc import Box
 from hsftrain.inference.segmenter import CropResult, ProgressHook, Segmenter
 from hsftrain.inference.settings import Multispectral, Settings
@@ -220,8 +223,9 @@ class T1T2Crops:
         return self.t2_to_t1
 
     def segment_box(self, volume: Volume, box: Box, bar: ProgressHook | None) -> CropResult:
-        """T1 and T2 predictions of one crop, fused on the T1 working grid, mapped back
-        onto the crop's grid."""
+        """T1 and T2 predictions of one crop, fused on the crop's fusion grid (the T1
+        working grid, refined along the axes where the T2 is finer), mapped back onto the
+        crop's grid."""
         if self.t2 is None:
             return self.plain.segment_box(volume, box, bar)
         t2_to_t1 = self._register(volume)
@@ -230,7 +234,7 @@ class T1T2Crops:
         crop_affine = box.affine(volume.affine)
         grid = working_grid(image, volume.zooms, self.t1_segmenter, self.settings, where)
         work_image = resample(image, grid.shape, 1) if grid else image
-        work_affine = grid_affine(crop_affine, image.shape, work_image.shape)
+        work_zooms = tuple(float(z) for z in (grid.zooms if grid else volume.zooms))
         t2_box = covering_box(box.side, box_corners(crop_affine, image.shape), self._t2_seen())
         t2_image = self.t2.array[t2_box.slices] if t2_box else None
         if t2_image is not None and image_problem(t2_image):
@@ -243,30 +247,36 @@ class T1T2Crops:
         if bar:
             bar.start(where, total)
         advance = bar.advance if bar else None
-        fusion = CoverageFusion(self.t1_segmenter.fusion)
-        zooms = grid.zooms if grid else volume.zooms
-        rng = side_rng(self.settings.seed, box.side)
-        for probs in self.t1_segmenter.predictions(work_image, zooms, rng, advance):
-            fusion.add(probs)
-        if t2_image is not None and t2_box is not None:
+        t2_grid = None
+        if t2_image is not None:
             t2_grid = working_grid(
                 t2_image, self.t2.zooms, self.t2_segmenter, self.settings, f"{where} T2"
             )
+            t2_zooms = tuple(float(z) for z in (t2_grid.zooms if t2_grid else self.t2.zooms))
+            finest = [min(a, b) for a, b in zip(work_zooms, t2_zooms, strict=True)]
+            fusion_shape = plan(image.shape, volume.zooms, finest).shape
+        else:
+            fusion_shape = work_image.shape
+        fusion_affine = grid_affine(crop_affine, image.shape, fusion_shape)
+        fusion = CoverageFusion(self.t1_segmenter.fusion)
+        rng = side_rng(self.settings.seed, box.side)
+        for probs in self.t1_segmenter.predictions(work_image, work_zooms, rng, advance):
+            if fusion_shape != work_image.shape:
+                probs = np.stack([resample(channel, fusion_shape, 1) for channel in probs])
+            fusion.add(probs)
+        if t2_image is not None and t2_box is not None:
             t2_work = resample(t2_image, t2_grid.shape, 1) if t2_grid else t2_image
             t2_affine = grid_affine(t2_box.affine(self.t2.affine), t2_image.shape, t2_work.shape)
-            t2_zooms = t2_grid.zooms if t2_grid else self.t2.zooms
             t1_to_t2 = np.linalg.inv(t2_to_t1)
             t2_rng = side_rng(self.settings.seed, f"{box.side}/t2")
             for probs in self.t2_segmenter.predictions(t2_work, t2_zooms, t2_rng, advance):
-                mapped, covered = map_onto(
-                    probs, t2_affine, work_affine, work_image.shape, t1_to_t2
-                )
+                mapped, covered = map_onto(probs, t2_affine, fusion_affine, fusion_shape, t1_to_t2)
                 fusion.add(mapped, covered, self.options.t2_weight)
         score = fusion.score()
         label_map = self.t1_segmenter.finish(score.argmax(axis=0).astype(np.uint8))
         uncertainty = fusion.uncertainty() if fusion.predictions > 1 else None
-        self.sides.append(SideConsensus(box.side, score, uncertainty, work_affine))
-        if grid:
+        self.sides.append(SideConsensus(box.side, score, uncertainty, fusion_affine))
+        if fusion_shape != image.shape:
             label_map = resample(label_map, image.shape, 0)
             if uncertainty is not None:
                 uncertainty = resample(uncertainty, image.shape, 1)
