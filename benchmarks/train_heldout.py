@@ -69,8 +69,9 @@ def canonical(path: Path) -> np.ndarray:
     return np.asanyarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)
 
 
-def score(onnx_path: Path, cases: list[Path]) -> dict[str, list[float]]:
-    """Dice per label of the exported model on each test case."""
+def score(onnx_path: Path, cases: list[Path], flip: bool = False) -> dict[str, list[float]]:
+    """Dice per label of the exported model on each case; ``flip``: the mean of the
+    softmax of the image and of its left-right mirror (test-time flip, axis 0 in RAS+)."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     dice: dict[str, list[float]] = {v: [] for v in NAMES.values()}
@@ -80,14 +81,25 @@ def score(onnx_path: Path, cases: list[Path]) -> dict[str, list[float]]:
         std = float(image.std())
         image = (image - image.mean()) / (std if std > 0 else 1.0)
         pads = [(0, (-s) % 8) for s in image.shape]
-        padded = np.pad(image, pads, constant_values=float(image.min()))
-        logits = session.run(None, {name: padded[None, None]})[0][0]
-        pred = logits.argmax(0)[tuple(slice(0, s) for s in image.shape)]
+        crop = tuple(slice(0, s) for s in image.shape)
+        views = [image, image[::-1]] if flip else [image]
+        probs = 0.0
+        for k, view in enumerate(views):
+            padded = np.pad(np.ascontiguousarray(view), pads, constant_values=float(view.min()))
+            logits = session.run(None, {name: padded[None, None]})[0][0][(slice(None), *crop)]
+            e = np.exp(logits - logits.max(0, keepdims=True))
+            p = e / e.sum(0, keepdims=True)
+            probs = probs + (p[:, ::-1] if k == 1 else p)
+        pred = np.asarray(probs).argmax(0)
         for value, label_name in NAMES.items():
             p, r = pred == value, label == value
             denom = int(p.sum() + r.sum())
             dice[label_name].append(1.0 if denom == 0 else 2 * float((p & r).sum()) / denom)
     return dice
+
+
+def _means(dice: dict[str, list[float]]) -> dict[str, float]:
+    return {k: round(float(np.mean(v)), 4) for k, v in dice.items()}
 
 
 def main() -> dict:
@@ -112,7 +124,12 @@ def main() -> dict:
     wall, cpu = time.perf_counter() - start, _cpu() - cpu0
     run_dir = Path(str(metrics["run_dir"]))
     dice = score(run_dir / "model.onnx", [images[i] for i in te])
-    means = {k: round(float(np.mean(v)), 4) for k, v in dice.items()}
+    means = _means(dice)
+    tuning = {  # the 21 validation cases: what recipes are compared on (never the 42)
+        "plain": _means(score(run_dir / "model.onnx", [images[i] for i in va])),
+        "flip": _means(score(run_dir / "model.onnx", [images[i] for i in va], flip=True)),
+    }
+    test_flip = score(run_dir / "model.onnx", [images[i] for i in te], flip=True)
     result = {
         "what": "train on 145 MSD cases (21 for checkpoint selection), Dice on 42 never seen",
         "tag": args.tag,
@@ -123,14 +140,18 @@ def main() -> dict:
         "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "test_dice_mean": means,
         "test_dice": {k: [round(x, 4) for x in v] for k, v in dice.items()},
+        "test_dice_mean_flip": _means(test_flip),
+        "tuning_dice_mean": tuning,
         "val_dice_mean": metrics.get("val/dice_mean"),
         "plan": (run_dir / "plan.yaml").read_text() if (run_dir / "plan.yaml").is_file() else None,
         "machine": machine_info(),
     }
     table = Table(title=f"train_heldout {args.tag}")
-    for col in ("wall s", "CPU s", *(f"test Dice {k}" for k in means)):
+    cols = [f"{part} {k}" for part in ("tuning", "tuning+flip", "test") for k in means]
+    for col in ("wall s", "CPU s", *cols):
         table.add_column(col, justify="right")
-    table.add_row(f"{wall:.0f}", f"{cpu:.0f}", *(f"{v:.3f}" for v in means.values()))
+    values = [*tuning["plain"].values(), *tuning["flip"].values(), *means.values()]
+    table.add_row(f"{wall:.0f}", f"{cpu:.0f}", *(f"{v:.3f}" for v in values))
     Console().print(table)
     path = ROOT / "benchmarks" / "results" / f"train_heldout_{args.tag}.json"
     path.write_text(json.dumps(result, indent=1))

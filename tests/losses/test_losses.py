@@ -47,6 +47,23 @@ def test_forgiving_loss_does_not_penalise_finer_prediction():
     assert float(strict(probs, label_map, torch.tensor([0]))) > 0.2
 
 
+def test_cross_entropy_term_by_hand_and_forgiving():
+    # model classes: background, CA2, CA3; dataset "1/23": background, CA2/3
+    table = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+    probs = torch.tensor([[0.2, 0.4, 0.4], [0.5, 0.25, 0.25]]).T.reshape(1, 3, 2, 1, 1)
+    label_map = torch.tensor([1, 0]).reshape(1, 2, 1, 1)
+    base = FocalTverskyLoss(gamma=1.0)
+    without = float(ForgivingLoss({0: table}, base)(probs, label_map, torch.tensor([0])))
+    with_ce = float(ForgivingLoss({0: table}, base, 0.5)(probs, label_map, torch.tensor([0])))
+    # grouped: voxel 0 p(CA2/3) = 0.8 (labelled CA2/3), voxel 1 p(background) = 0.5
+    ce = -(torch.tensor(0.8).log() + torch.tensor(0.5).log()) / 2
+    assert with_ce - without == pytest.approx(0.5 * float(ce), rel=1e-5)
+    # a prediction split between CA2 and CA3 where the label is CA2/3 costs nothing
+    sure = torch.tensor([[0.0, 0.5, 0.5], [1.0, 0.0, 0.0]]).T.reshape(1, 3, 2, 1, 1)
+    loss = ForgivingLoss({0: table}, base, 1.0)(sure, label_map, torch.tensor([0]))
+    assert float(loss) == pytest.approx(0.0, abs=1e-5)
+
+
 def test_forgiving_loss_per_dataset_tables():
     probs = torch.softmax(torch.randn(2, 3, 4, 4, 4), 1)
     label_map = torch.zeros(2, 4, 4, 4, dtype=torch.long)

@@ -110,3 +110,15 @@ def test_batch_size_one_on_cpu_is_flagged(caplog):
         assert "batch_size" not in caplog.text
         trainer_kwargs(compose("config", [*base, "datasets.batch_size=1"]))
     assert "datasets.batch_size=1 on CPU" in caplog.text
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_precision_bf16_only_where_native(monkeypatch, native):
+    from hsftrain.training import trainer
+
+    monkeypatch.setattr(trainer, "cpu_bf16", lambda: native)
+    base = ["datasets=folder", "datasets.path=x", "lightning.accelerator=cpu"]
+    bf16 = trainer.trainer_kwargs(compose("config", [*base, "lightning.precision=bf16-mixed"]))
+    assert bf16["precision"] == ("bf16-mixed" if native else "32-true")
+    fp16 = trainer.trainer_kwargs(compose("config", [*base, "lightning.precision=16-mixed"]))
+    assert fp16["precision"] == "32-true"  # float16 autocast is a GPU feature

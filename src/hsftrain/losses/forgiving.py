@@ -35,6 +35,9 @@ class ForgivingLoss(nn.Module):
         tables: ``{dataset index: (G, C) table}``; a batch item of dataset ``d`` uses
             ``tables[d]``.
         base: the loss applied to ``(probs, onehot)`` of each item.
+        ce_weight: weight of a cross-entropy term added to ``base`` (0: none), computed on
+            the same grouped probabilities (so it forgives the same way): the mean over
+            voxels of ``-log p(labelled group)``.
 
     Attributes:
         tables: ``(D, G_max, C)`` stacked tables (buffer), indexed by dataset index.
@@ -45,10 +48,14 @@ class ForgivingLoss(nn.Module):
     valid: torch.Tensor
 
     def __init__(
-        self, tables: dict[int, torch.Tensor], base: FocalTverskyLoss | None = None
+        self,
+        tables: dict[int, torch.Tensor],
+        base: FocalTverskyLoss | None = None,
+        ce_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.base = base or FocalTverskyLoss()
+        self.ce_weight = float(ce_weight)
         shapes = {tuple(torch.as_tensor(t).shape[1:]) for t in tables.values()}
         if len(shapes) != 1:
             raise ValueError(f"group tables disagree on the number of model classes: {shapes}")
@@ -87,7 +94,12 @@ class ForgivingLoss(nn.Module):
         dataset = dataset.to(self.tables.device).long()
         grouped = self.grouped(probs, dataset)
         onehot = one_hot(label_map, self.tables.shape[1])
-        return self.base.per_item(grouped, onehot, self.valid[dataset]).mean()
+        loss = self.base.per_item(grouped, onehot, self.valid[dataset]).mean()
+        if self.ce_weight > 0:
+            # the labelled group's probability; padding rows never carry a label
+            picked = (grouped * onehot).sum(1)
+            loss = loss - self.ce_weight * picked.clamp_min(1e-6).log().mean()
+        return loss
 
 
 def one_hot(label_map: torch.Tensor, num_classes: int) -> torch.Tensor:

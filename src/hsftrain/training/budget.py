@@ -31,6 +31,7 @@ from hsftrain.data.augment import BatchAugment
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple, patch_size
 from hsftrain.data.dataset import PatchDataset, VolumeDataset
+from hsftrain.training.trainer import trainer_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -189,9 +190,11 @@ def _time_steps(
     augmentation: Any,
     device: torch.device,
     steps: int,
+    bf16: bool = False,
 ) -> tuple[float, float]:
     """Seconds per training step (data, augmentation, forward, backward, optimiser) and
-    seconds for one validation pass over ``val``."""
+    seconds for one validation pass over ``val``, in bf16 autocast when ``bf16`` (as the
+    run will train)."""
     module = module.to(device)
     torch.set_flush_denormal(True)  # as in training (SegmentationModule.on_fit_start)
     optimizer = module.configure_optimizers()["optimizer"]
@@ -204,7 +207,7 @@ def _time_steps(
         items = [dataset[(i * size + j) % len(dataset)] for j in range(size)]
         batch = torch.utils.data.default_collate(items)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        train_step(module, optimizer, batch, augment if augment.enabled else None, cuda)
+        train_step(module, optimizer, batch, augment if augment.enabled else None, bf16)
 
     module.train()
     step(0)  # warm-up: allocations, kernels
@@ -220,7 +223,7 @@ def _time_steps(
     module.eval()
     volumes = VolumeDataset(val[: min(len(val), 4)], input_multiple(candidate.num_levels))
     start = time.perf_counter()
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for i in range(len(volumes)):
             module(volumes[i]["image"][None].to(device))
     if cuda:
@@ -258,6 +261,7 @@ def make_plan(
     device = _device(cfg)
     fp = fingerprint(train)
     cuda = device.type == "cuda"
+    bf16 = str(trainer_kwargs(cfg).get("precision", "32-true")).startswith("bf16")
     batch = int(cfg.datasets.batch_size) if network else (8 if cuda else 2)
     pairs: Sequence[tuple[int, int]] = (
         (network,) if network else (GPU_CANDIDATES if cuda else CPU_CANDIDATES)
@@ -284,7 +288,7 @@ def make_plan(
         module = build(trial)
         steps = 10 if cuda else min(3 + int(budget // 600), 8)  # more steps: less noise
         c.s_per_step, c.val_s = _time_steps(
-            module, train, val, c, cfg.get("augmentation"), device, steps
+            module, train, val, c, cfg.get("augmentation"), device, steps, bf16
         )
         del module
     planning = time.monotonic() - started

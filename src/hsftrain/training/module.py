@@ -105,8 +105,11 @@ class SegmentationModule(L.LightningModule):
         forgiving = bool(self.optim_cfg.get("use_forgiving_loss", True))
         tables = dataset_tables(self.class_names, dataset_classes, dataset_ca, forgiving)
         loss_cfg = dict(self.optim_cfg.get("loss") or {})
+        ce_weight = float(loss_cfg.pop("ce_weight", 0.0) or 0.0)
         self.loss = ForgivingLoss(
-            {d: torch.from_numpy(t) for d, t in tables.items()}, FocalTverskyLoss(**loss_cfg)
+            {d: torch.from_numpy(t) for d, t in tables.items()},
+            FocalTverskyLoss(**loss_cfg),
+            ce_weight,
         )
         self.dataset_classes = dataset_classes
         # validation Dice accumulators: one slot per class name (background excluded)

@@ -39,14 +39,14 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdvert
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """``lightning.Trainer`` arguments from the ``lightning`` group (nulls dropped), with
-    what this machine allows: 16-bit precision only on a GPU, cudnn benchmarking on a GPU
-    when unset."""
+    what this machine allows: 16-bit precision on a GPU, or bf16 on a CPU that computes it
+    natively (AMX / AVX-512 BF16), cudnn benchmarking on a GPU when unset."""
     kwargs = {k: v for k, v in plain(cfg.lightning).items() if v is not None}
     precision = str(kwargs.get("precision", "32-true"))
-    if ("16" in precision) and not torch.cuda.is_available():
+    on_cpu = kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()
+    if "16" in precision and on_cpu and not (precision.startswith("bf16") and cpu_bf16()):
         log.info("precision %s needs a GPU here: training on CPU in 32-true instead", precision)
         kwargs["precision"] = "32-true"
-    on_cpu = kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()
     if not on_cpu and kwargs.get("benchmark") is None:
         kwargs["benchmark"] = True  # fixed patch shapes: let cudnn pick its fastest kernels
     if on_cpu and int(cfg.datasets.get("batch_size", 1)) == 1:
@@ -55,6 +55,14 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
             "its slow 3D convolution; datasets.batch_size=2 trains about 3x faster here"
         )
     return kwargs
+
+
+def cpu_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AMX or AVX-512 BF16): there, bf16
+    autocast makes 3D convolutions faster; elsewhere it is emulated and slower."""
+    check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool((check is not None and check()) or (amx is not None and amx()))
 
 
 def log_version(run_dir: Path) -> str:
