@@ -13,6 +13,7 @@ same script measures an older checkout too:
     git worktree add /tmp/old ccf639e
     PYTHONPATH=/tmp/old/src python benchmarks/train_heldout.py --tag old lightning.max_epochs=10
     python benchmarks/train_heldout.py --tag budget30m budget=30m     # issue 11
+    python benchmarks/train_heldout.py --summary 'scr_*'              # the recipe table
 
 Prints a table and writes ``benchmarks/results/train_heldout_<tag>.json``.
 """
@@ -102,14 +103,50 @@ def _means(dice: dict[str, list[float]]) -> dict[str, float]:
     return {k: round(float(np.mean(v)), 4) for k, v in dice.items()}
 
 
+def summary(pattern: str) -> None:
+    """One table of earlier results (``benchmarks/results/train_heldout_<pattern>.json``):
+    the recipe comparison, on the 21 tuning cases."""
+    table = Table(title=f"train_heldout {pattern}: Dice on the 21 tuning cases")
+    for col in ("tag", "overrides", "wall s", "CPU s", "ant", "post", "ant+flip", "post+flip"):
+        table.add_column(col, justify="left" if col in ("tag", "overrides") else "right")
+    for path in sorted((ROOT / "benchmarks" / "results").glob(f"train_heldout_{pattern}.json")):
+        r = json.loads(path.read_text())
+        tuning = r.get("tuning_dice_mean")
+        if not tuning:
+            continue
+        shown = [o for o in r["overrides"] if o not in RECIPE]
+        table.add_row(
+            r["tag"],
+            " ".join(shown),
+            f"{r['wall_s']:.0f}",
+            f"{r['cpu_s']:.0f}",
+            *(f"{v:.3f}" for v in (*tuning["plain"].values(), *tuning["flip"].values())),
+        )
+    Console().print(table)
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tag", required=True)
+    parser.add_argument("--tag")
+    parser.add_argument("--summary", metavar="GLOB", help="print earlier results and stop")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="train on all 208 cases (the 21 tuning cases, also trained on, select the "
+        "checkpoint): the model to ship; nothing is left to score it on",
+    )
     parser.add_argument("--out", default=None, help="output folder (default: a temp dir)")
     args, overrides = parser.parse_known_args()
+    if args.summary:
+        summary(args.summary)
+        return {}
+    if not args.tag:
+        parser.error("--tag is required")
     setup_logging()
     images = sorted((MSD / "imagesTr").glob("hippocampus_*.nii.gz"))
     tr, va, te = split(len(images))
+    if args.all:
+        tr, te = list(range(len(images))), []
     out = Path(args.out or tempfile.mkdtemp(prefix="hsftrain-heldout-"))
     cfg_args = [
         *RECIPE,
@@ -123,6 +160,9 @@ def main() -> dict:
     metrics = train(compose("config", cfg_args))
     wall, cpu = time.perf_counter() - start, _cpu() - cpu0
     run_dir = Path(str(metrics["run_dir"]))
+    if args.all:
+        print(f"trained on all {len(images)} cases in {wall:.0f} s: {run_dir / 'model.onnx'}")
+        return {"run_dir": str(run_dir), "wall_s": wall, "cpu_s": cpu}
     dice = score(run_dir / "model.onnx", [images[i] for i in te])
     means = _means(dice)
     tuning = {  # the 21 validation cases: what recipes are compared on (never the 42)

@@ -295,6 +295,7 @@ def test_settings_validation_names_the_key(crops: Path, tiny_model: Path) -> Non
         "roiloc.mode=sometimes": "roiloc.mode",
         "hardware.engine=deepsparse": "hardware.engine",
         "segmentation.test_time_num_aug=-1": "test_time_num_aug",
+        "segmentation.tta=maybe": "segmentation.tta",
         "files.pattern=null": "files.pattern",
     }
     for override, key in bad.items():
@@ -302,6 +303,9 @@ def test_settings_validation_names_the_key(crops: Path, tiny_model: Path) -> Non
             settings_from_config(compose("segment", [*good, override]))
     with pytest.raises(ValueError, match=r"files\.path"):
         settings_from_config(compose("segment", ["segmentation=single_fast"]))
+    # tta=flip: one deterministic mirror along the training flip axes, nothing random
+    flip = settings_from_config(compose("segment", [*good, "segmentation.tta=flip"]))
+    assert flip.num_aug == 1 and dict(flip.augmentation) == {"flip": {"p": 1.0, "axes": ["LR"]}}
     assert (
         settings_from_config(compose("segment", [*good, "segmentation.ca_mode=123"])).ca_mode
         == "123"

@@ -68,3 +68,13 @@ def test_plan_times_candidates_and_fits_the_budget(prepared, tmp_path: Path) -> 
     plan.save(tmp_path / "plan.yaml")
     assert "chosen" in (tmp_path / "plan.yaml").read_text()
     assert plan.chosen in plan.table()
+
+
+def test_recipe_only_replaces_defaults() -> None:
+    from hsftrain.training.budget import RECIPE, recipe
+
+    assert recipe(compose("config", ["budget=30m"])) == RECIPE
+    key, value = next(iter(RECIPE.items()))
+    mine = compose("config", ["budget=30m", f"{key}={value * 3}"])
+    assert key not in recipe(mine)  # a value the user gave is kept
+    assert recipe(compose("config", ["budget=30m", "models=unet"])) == {}  # another network

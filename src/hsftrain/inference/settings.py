@@ -223,7 +223,17 @@ def settings_from_config(cfg: DictConfig) -> Settings:
     num_aug = get(cfg, "segmentation.test_time_num_aug")
     if num_aug is None:
         num_aug = get(cfg, "augmentation.test_time_num_aug", 0)
-    num_aug = int(num_aug or 0) if get(cfg, "segmentation.tta", True) else 0
+    tta = get(cfg, "segmentation.tta", True)
+    augmentation = get(cfg, "augmentation", {}) or {}
+    if str(tta).lower() == "flip":
+        # deterministic: the plain view and its mirror along the training flip axes (all
+        # flipped at once), fused with the rest; no random draw
+        axes = list((augmentation.get("flip") or {}).get("axes") or ["LR"])
+        augmentation, num_aug = {"flip": {"p": 1.0, "axes": axes}}, 1
+    elif isinstance(tta, bool) or tta is None:
+        num_aug = int(num_aug or 0) if tta else 0
+    else:
+        raise ConfigError(f"segmentation.tta={tta!r}: use true, false or flip")
     if num_aug < 0:
         raise ConfigError(f"segmentation.test_time_num_aug={num_aug}: must be >= 0")
 
@@ -256,7 +266,7 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         ca_mode=ca_mode,
         fusion=fusion,
         num_aug=num_aug,
-        augmentation=get(cfg, "augmentation", {}) or {},
+        augmentation=augmentation,
         providers=parse_providers(engine_settings.get("execution_providers")),
         batch_size=batch_size,
         intra_op_num_threads=int(engine_settings.get("intra_op_num_threads", 0) or 0),

@@ -43,6 +43,10 @@ MIN_SAMPLES = 3000
 VALIDATION_SHARE = 0.08
 #: Seconds kept for start-up, the last checkpoint and the ONNX export.
 FIXED_RESERVE_S = 25.0
+#: What ``budget=`` sets on top of the plan when training from scratch, for each key left at
+#: its default (a value you give yourself is kept): the recipe measured on MSD
+#: (docs/benchmarks.md, "A stronger recipe").
+RECIPE: dict[str, Any] = {"models.lr": 5e-3}
 #: Candidate networks, smallest first: (f_maps, num_levels).
 CPU_CANDIDATES = ((8, 3), (12, 3), (16, 3), (16, 4), (24, 4))
 GPU_CANDIDATES = ((16, 4), (24, 4), (32, 4), (48, 4), (64, 4))
@@ -258,6 +262,18 @@ def make_plan(
         ConfigError: a budget too short for even the smallest candidate.
     """
     budget = parse_budget(cfg.budget)
+    extra = recipe(cfg) if network is None else {}
+    if extra:
+        cfg = cfg.copy()
+        with open_dict(cfg):
+            for key, value in extra.items():
+                log.info(
+                    "budget: %s %s (default) -> %s (budget recipe; set it to keep yours)",
+                    key,
+                    OmegaConf.select(cfg, key),
+                    value,
+                )
+                OmegaConf.update(cfg, key, value, force_add=True)
     device = _device(cfg)
     fp = fingerprint(train)
     cuda = device.type == "cuda"
@@ -353,6 +369,7 @@ def make_plan(
         why=why,
         overrides=overrides,
     )
+    overrides.update(extra)
     planned = cfg.copy()
     with open_dict(planned):
         for key, value in overrides.items():
@@ -360,6 +377,21 @@ def make_plan(
         planned.budget = None  # applied: a resume continues this plan, it does not replan
     log.info("budget %s: plan\n%s\n%s", cfg.budget, plan.table(), why)
     return planned, plan
+
+
+def recipe(cfg: DictConfig) -> dict[str, Any]:
+    """The :data:`RECIPE` values for the keys of ``cfg`` still at their default (the value
+    of the same key composed without overrides, models group of the same network)."""
+    from hsftrain.config import compose
+
+    defaults = compose("config")
+    if OmegaConf.select(defaults, "models.name") != OmegaConf.select(cfg, "models.name"):
+        return {}
+    return {
+        key: value
+        for key, value in RECIPE.items()
+        if OmegaConf.select(cfg, key) == OmegaConf.select(defaults, key)
+    }
 
 
 def _with(cfg: DictConfig, c: Candidate) -> DictConfig:
