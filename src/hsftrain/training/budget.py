@@ -27,10 +27,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hsftrain.config import ConfigError
-from hsftrain.data.augment import BatchAugment
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple, patch_size
-from hsftrain.data.dataset import PatchDataset, VolumeDataset
+from hsftrain.training.timing import time_steps
 from hsftrain.training.trainer import trainer_kwargs
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,12 @@ FIXED_RESERVE_S = 25.0
 #: What ``budget=`` sets on top of the plan when training from scratch, for each key left at
 #: its default (a value you give yourself is kept): the recipe measured on MSD
 #: (docs/benchmarks.md, "A stronger recipe").
-RECIPE: dict[str, Any] = {"models.lr": 5e-3}
+RECIPE: dict[str, Any] = {
+    "models.lr": 5e-3,
+    # Dice-balanced Tversky (hsf_train's 0.3 / 0.7 favours recall)
+    "models.loss.alpha": 0.5,
+    "models.loss.beta": 0.5,
+}
 #: Candidate networks, smallest first: (f_maps, num_levels).
 CPU_CANDIDATES = ((8, 3), (12, 3), (16, 3), (16, 4), (24, 4))
 GPU_CANDIDATES = ((16, 4), (24, 4), (32, 4), (48, 4), (64, 4))
@@ -156,86 +160,6 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def train_step(
-    module: Any,
-    optimizer: torch.optim.Optimizer,
-    batch: dict[str, Any],
-    augment: BatchAugment | None = None,
-    bf16: bool = False,
-) -> torch.Tensor:
-    """One optimiser step outside Lightning, as training takes it: augmentation (when
-    given), forward in bf16 autocast (when asked), forgiving loss, backward, step.
-
-    Args:
-        batch: ``image (B, 1, X, Y, Z)``, ``label (B, X, Y, Z)``, ``dataset (B,)`` and
-            ``spacing (B, 3)``, on the module's device.
-
-    Returns:
-        The loss (not synchronised to the host).
-    """
-    image, label = batch["image"], batch["label"]
-    if augment is not None:
-        image, label = augment(image, label, batch["spacing"])
-    device_type = image.device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        loss: torch.Tensor
-        loss, _ = module._step({"image": image, "label": label, "dataset": batch["dataset"]})
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss
-
-
-def _time_steps(
-    module: Any,
-    train: Sequence[PreparedSubject],
-    val: Sequence[PreparedSubject],
-    candidate: Candidate,
-    augmentation: Any,
-    device: torch.device,
-    steps: int,
-    bf16: bool = False,
-) -> tuple[float, float]:
-    """Seconds per training step (data, augmentation, forward, backward, optimiser) and
-    seconds for one validation pass over ``val``, in bf16 autocast when ``bf16`` (as the
-    run will train)."""
-    module = module.to(device)
-    torch.set_flush_denormal(True)  # as in training (SegmentationModule.on_fit_start)
-    optimizer = module.configure_optimizers()["optimizer"]
-    augment = BatchAugment(augmentation or {}, seed=0)
-    dataset = PatchDataset(train, candidate.patch, 0.33)
-    cuda = device.type == "cuda"
-
-    def step(i: int) -> None:
-        size = candidate.batch_size
-        items = [dataset[(i * size + j) % len(dataset)] for j in range(size)]
-        batch = torch.utils.data.default_collate(items)
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        train_step(module, optimizer, batch, augment if augment.enabled else None, bf16)
-
-    module.train()
-    step(0)  # warm-up: allocations, kernels
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(1, steps + 1):
-        step(i)
-    if cuda:
-        torch.cuda.synchronize()
-    per_step = (time.perf_counter() - start) / steps
-    # validation: forward passes over a few whole volumes, scaled to the validation set
-    module.eval()
-    volumes = VolumeDataset(val[: min(len(val), 4)], input_multiple(candidate.num_levels))
-    start = time.perf_counter()
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for i in range(len(volumes)):
-            module(volumes[i]["image"][None].to(device))
-    if cuda:
-        torch.cuda.synchronize()
-    per_volume = (time.perf_counter() - start) / max(len(volumes), 1)
-    return per_step, per_volume * len(val)
-
-
 def make_plan(
     cfg: DictConfig,
     train: Sequence[PreparedSubject],
@@ -303,8 +227,17 @@ def make_plan(
         trial = _with(cfg, c)
         module = build(trial)
         steps = 10 if cuda else min(3 + int(budget // 600), 8)  # more steps: less noise
-        c.s_per_step, c.val_s = _time_steps(
-            module, train, val, c, cfg.get("augmentation"), device, steps, bf16
+        c.s_per_step, c.val_s = time_steps(
+            module,
+            train,
+            val,
+            c.patch,
+            c.batch_size,
+            c.num_levels,
+            cfg.get("augmentation"),
+            device,
+            steps,
+            bf16,
         )
         del module
     planning = time.monotonic() - started
