@@ -165,6 +165,8 @@ EXAMPLES: dict[str, Example] = {
     # docs/export.md
     "hsftrain export ckpt=runs/x/checkpoints/last.ckpt": Example(),
     "hsftrain export ckpt=runs/x/checkpoints/last.ckpt out=models/arunet.onnx": Example(),
+    "hsftrain export ckpt=runs/x/checkpoints/last.ckpt out=models/arunet.onnx "
+    "weights=float16": Example(),
     "hsftrain export ckpt=runs/x/checkpoints/last.ckpt out=models/arunet.int8.onnx "
     "quantize=int8": Example(extra=("verify.min_agreement=0.5",)),
     "hsftrain export ckpt=runs/x/checkpoints/last.ckpt quantize=int8 "

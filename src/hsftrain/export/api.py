@@ -44,6 +44,7 @@ def export_checkpoint(
     calibration: Mapping[str, Any] | None = None,
     verify: Mapping[str, Any] | None = None,
     quantization: Mapping[str, Any] | None = None,
+    weights: str = "float32",
 ) -> Path:
     """Export an hsftrain checkpoint to ONNX, verified; optionally int8-quantized.
 
@@ -56,6 +57,8 @@ def export_checkpoint(
         calibration, quantization: the ``calibration`` and ``quantization`` keys (see
             :class:`hsftrain.compression.quantize.QuantConfig`).
         verify: ``num_images`` / ``min_agreement`` / ``max_mean_abs_diff`` of the int8 check.
+        weights: ``float32`` or ``float16`` (weights stored in half precision, half the file,
+            computed in float32; not with ``quantize``).
 
     Returns:
         The path of the requested model (the int8 one when quantizing).
@@ -69,6 +72,12 @@ def export_checkpoint(
     """
     if quantize is not None and str(quantize) not in QUANTIZE:
         raise ConfigError(f"quantize={quantize!r}: use null (fp32) or one of {list(QUANTIZE)}")
+    if weights not in ("float32", "float16"):
+        raise ConfigError(f"weights={weights!r}: use float32 or float16")
+    if weights == "float16" and quantize:
+        raise ConfigError(
+            "weights=float16 with quantize=int8: int8 stores its own weights; drop one"
+        )
     ckpt = Path(ckpt)
     default_suffix = ".int8.onnx" if quantize else ".onnx"
     out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(ckpt.suffix) + default_suffix)
@@ -88,7 +97,7 @@ def export_checkpoint(
     if spacing is not None:
         metadata["spacing_mm"] = list(spacing)
     if not quantize:
-        path = export_onnx(net, out, metadata)
+        path = export_onnx(net, out, metadata, half_weights=weights == "float16")
         log.info("exported %s -> %s", ckpt, path)
         return path
 
@@ -163,4 +172,5 @@ def export(cfg: DictConfig) -> Path:
         calibration=_mapping(cfg, "calibration"),
         verify=_mapping(cfg, "verify"),
         quantization=_mapping(cfg, "quantization"),
+        weights=str(cfg.get("weights") or "float32"),
     )

@@ -226,7 +226,7 @@ def make_plan(
             continue
         trial = _with(cfg, c)
         module = build(trial)
-        steps = 10 if cuda else min(3 + int(budget // 600), 8)  # more steps: less noise
+        steps = 10 if cuda else min(4 + int(budget // 300), 10)  # more steps: less noise
         c.s_per_step, c.val_s = time_steps(
             module,
             train,

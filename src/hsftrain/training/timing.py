@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from hsftrain.data.augment import BatchAugment
@@ -76,15 +77,23 @@ def time_steps(
         train_step(module, optimizer, batch, augment if augment.enabled else None, bf16)
 
     module.train()
-    step(0)  # warm-up: allocations, kernels
-    if cuda:
+    for i in range(2):  # warm-up: allocations, kernels, optimiser state
+        step(-1 - i)
+    if cuda:  # one synchronised span: per-step synchronisation would slow the GPU down
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    for i in range(1, steps + 1):
-        step(i)
-    if cuda:
+        start = time.perf_counter()
+        for i in range(steps):
+            step(i)
         torch.cuda.synchronize()
-    per_step = (time.perf_counter() - start) / steps
+        per_step = (time.perf_counter() - start) / steps
+    else:  # the median step: one slow step (a rare costly augmentation, the OS) is not
+        # the typical one (the mean of 6 steps overestimated a 30-minute run by 9%)
+        times = []
+        for i in range(steps):
+            start = time.perf_counter()
+            step(i)
+            times.append(time.perf_counter() - start)
+        per_step = float(np.median(times))
     # validation: forward passes over a few whole volumes, scaled to the validation set
     module.eval()
     volumes = VolumeDataset(val[: min(len(val), 4)], input_multiple(num_levels))
