@@ -84,6 +84,7 @@ def test_cli_export_half_weights(tiny_ckpt: Path, tmp_path: Path) -> None:
             app, ["export", f"ckpt={tiny_ckpt}", f"out={out}", f"weights={weights}"]
         )
         assert result.exit_code == 0, result.output
+
     def weight_bytes(path: Path) -> int:
         return sum(len(i.raw_data) for i in onnx.load(str(path)).graph.initializer)
 
