@@ -388,12 +388,12 @@ def test_registry_entries_are_well_formed() -> None:
 
 
 def test_bundled_registry_entries_resolve_to_verified_paths() -> None:
-    spec = resolve("hsftrain_msd_1.0_ckpt")
+    spec = resolve("hsftrain_msd_1.1_ckpt")
     assert spec == {
         "path": str(ASSETS_DIR / "models/msd_hippocampus.ckpt"),
         "xxh3_64": "059b7072c4fc0088",
     }
-    assert fetch("hsftrain_msd_1.0") == ASSETS_DIR / "models/msd_hippocampus.onnx"
+    assert fetch("hsftrain_msd_1.1") == ASSETS_DIR / "models/msd_hippocampus.onnx"
 
 
 def test_load_registry_returns_a_copy() -> None:
