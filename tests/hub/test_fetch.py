@@ -391,7 +391,7 @@ def test_bundled_registry_entries_resolve_to_verified_paths() -> None:
     spec = resolve("hsftrain_msd_1.1_ckpt")
     assert spec == {
         "path": str(ASSETS_DIR / "models/msd_hippocampus.ckpt"),
-        "xxh3_64": "059b7072c4fc0088",
+        "xxh3_64": "71547a2c33898413",
     }
     assert fetch("hsftrain_msd_1.1") == ASSETS_DIR / "models/msd_hippocampus.onnx"
 
