@@ -30,7 +30,7 @@ from hsftrain.config import ConfigError
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple, patch_size
 from hsftrain.training.timing import time_steps
-from hsftrain.training.trainer import trainer_kwargs
+from hsftrain.training.trainer import run_precision
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def make_plan(
     device = _device(cfg)
     fp = fingerprint(train)
     cuda = device.type == "cuda"
-    bf16 = str(trainer_kwargs(cfg).get("precision", "32-true")).startswith("bf16")
+    bf16 = run_precision(cfg).startswith("bf16")
     batch = int(cfg.datasets.batch_size) if network else (8 if cuda else 2)
     pairs: Sequence[tuple[int, int]] = (
         (network,) if network else (GPU_CANDIDATES if cuda else CPU_CANDIDATES)
@@ -288,6 +288,7 @@ def make_plan(
     if network:
         for key in ("models.hparams.f_maps", "models.hparams.num_levels"):
             overrides.pop(key)
+    overrides.update(extra)  # recorded in plan.yaml with the plan's own choices
     plan = Plan(
         budget_s=budget,
         device=str(device),
@@ -302,7 +303,6 @@ def make_plan(
         why=why,
         overrides=overrides,
     )
-    overrides.update(extra)
     planned = cfg.copy()
     with open_dict(planned):
         for key, value in overrides.items():

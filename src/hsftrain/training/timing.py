@@ -70,8 +70,7 @@ def time_steps(
     cuda = device.type == "cuda"
 
     def step(i: int) -> None:
-        size = batch_size
-        items = [dataset[(i * size + j) % len(dataset)] for j in range(size)]
+        items = [dataset[(i * batch_size + j) % len(dataset)] for j in range(batch_size)]
         batch = torch.utils.data.default_collate(items)
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
         train_step(module, optimizer, batch, augment if augment.enabled else None, bf16)

@@ -42,11 +42,11 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     what this machine allows: 16-bit precision on a GPU, or bf16 on a CPU that computes it
     natively (AMX / AVX-512 BF16), cudnn benchmarking on a GPU when unset."""
     kwargs = {k: v for k, v in plain(cfg.lightning).items() if v is not None}
-    precision = str(kwargs.get("precision", "32-true"))
-    on_cpu = kwargs.get("accelerator") == "cpu" or not torch.cuda.is_available()
-    if "16" in precision and on_cpu and not (precision.startswith("bf16") and cpu_bf16()):
-        log.info("precision %s needs a GPU here: training on CPU in 32-true instead", precision)
-        kwargs["precision"] = "32-true"
+    asked = str(kwargs.get("precision", "32-true"))
+    kwargs["precision"] = run_precision(cfg)
+    if kwargs["precision"] != asked:
+        log.info("precision %s needs a GPU here: training on CPU in 32-true instead", asked)
+    on_cpu = _on_cpu(cfg)
     if not on_cpu and kwargs.get("benchmark") is None:
         kwargs["benchmark"] = True  # fixed patch shapes: let cudnn pick its fastest kernels
     if on_cpu and int(cfg.datasets.get("batch_size", 1)) == 1:
@@ -55,6 +55,19 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
             "its slow 3D convolution; datasets.batch_size=2 trains about 3x faster here"
         )
     return kwargs
+
+
+def _on_cpu(cfg: DictConfig) -> bool:
+    return cfg.lightning.get("accelerator") == "cpu" or not torch.cuda.is_available()
+
+
+def run_precision(cfg: DictConfig) -> str:
+    """The precision training runs in: ``lightning.precision``, except 16-bit on a CPU,
+    which becomes ``32-true`` unless it is bf16 and the CPU computes bf16 natively."""
+    precision = str(cfg.lightning.get("precision") or "32-true")
+    if "16" in precision and _on_cpu(cfg) and not (precision.startswith("bf16") and cpu_bf16()):
+        return "32-true"
+    return precision
 
 
 def cpu_bf16() -> bool:
