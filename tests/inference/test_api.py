@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 from pathlib import Path
 
 import nibabel as nib
@@ -284,7 +285,9 @@ def test_ca_mode_merges_subfields(subfield_model: Path, ca_mode: str) -> None:
         assert values <= {0, 1} and names[1] == "hippocampus"
 
 
-def test_settings_validation_names_the_key(crops: Path, tiny_model: Path) -> None:
+def test_settings_validation_names_the_key(
+    crops: Path, tiny_model: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     good = base(crops, [tiny_model])
     settings = settings_from_config(compose("segment", good))
     assert settings.num_aug == 4  # custom preset: augmentation.test_time_num_aug
@@ -306,6 +309,16 @@ def test_settings_validation_names_the_key(crops: Path, tiny_model: Path) -> Non
     # tta=flip: one deterministic mirror along the training flip axes, nothing random
     flip = settings_from_config(compose("segment", [*good, "segmentation.tta=flip"]))
     assert flip.num_aug == 1 and dict(flip.augmentation) == {"flip": {"p": 1.0, "axes": ["LR"]}}
+    with caplog.at_level(logging.WARNING):  # two views of one model: a vote would tie
+        settings_from_config(
+            compose("segment", [*good, "segmentation.tta=flip", "segmentation.fusion=vote"])
+        )
+        assert "fusion=mean" in caplog.text
+        caplog.clear()
+        settings_from_config(
+            compose("segment", [*good, "segmentation.tta=flip", "segmentation.fusion=mean"])
+        )
+        assert "fusion=mean" not in caplog.text
     assert (
         settings_from_config(compose("segment", [*good, "segmentation.ca_mode=123"])).ca_mode
         == "123"

@@ -1,15 +1,16 @@
-"""budget=: duration parsing, data fingerprint, and a plan made on real timings."""
+"""budget=: duration parsing, and a plan made on real timings."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import torch
 
 from hsftrain.config import ConfigError, compose
 from hsftrain.data.cache import prepare
 from hsftrain.data.discovery import discover
-from hsftrain.training.budget import Plan, fingerprint, make_plan, parse_budget
+from hsftrain.training.budget import Plan, make_plan, parse_budget
 
 
 @pytest.mark.parametrize(
@@ -31,14 +32,6 @@ def prepared(phantoms: Path, tmp_path_factory: pytest.TempPathFactory):
     cfg = compose("config", ["datasets=synth", f"datasets.main_path={phantoms}"])
     found = discover(cfg.datasets)
     return found, prepare(found, tmp_path_factory.mktemp("cache"), progress=False)
-
-
-def test_fingerprint(prepared) -> None:
-    _, subjects = prepared
-    fp = fingerprint(subjects)
-    assert fp["subjects"] == 8 and fp["median_shape"] == [16, 20, 16]
-    assert fp["anisotropy"] >= 1.0 and len(fp["median_spacing_mm"]) == 3
-    assert {"mean", "std", "p0.5", "p99.5"} <= set(fp["intensity"])
 
 
 @pytest.mark.slow
@@ -78,3 +71,68 @@ def test_recipe_only_replaces_defaults() -> None:
     mine = compose("config", ["budget=30m", f"{key}={value * 3}"])
     assert key not in recipe(mine)  # a value the user gave is kept
     assert recipe(compose("config", ["budget=30m", "models=unet"])) == {}  # another network
+
+
+@pytest.mark.parametrize("compiled_s_per_step", [0.3, 0.49])
+def test_cpu_plan_compiles_when_it_pays(
+    prepared, monkeypatch: pytest.MonkeyPatch, compiled_s_per_step: float
+) -> None:
+    """On a CPU with a long budget the chosen network is also timed compiled; compiling is
+    chosen only when its faster steps outweigh the compilation (timings stubbed: the
+    decision, not this machine, is under test)."""
+    import time
+
+    from hsftrain.training import budget
+    from hsftrain.training.build import build_module
+
+    found, subjects = prepared
+    monkeypatch.setattr(budget, "time_steps", lambda *a, **k: (0.5, 1.0))
+
+    def trial(cfg, chosen, *args):
+        c = budget.Candidate(chosen.f_maps, chosen.num_levels, chosen.batch_size, chosen.patch)
+        c.compiled, c.val_s, c.compile_s, c.s_per_step = True, 1.0, 60.0, compiled_s_per_step
+        return c
+
+    monkeypatch.setattr(budget, "_compile_trial", trial)
+    cfg = compose("config", ["datasets=synth", "budget=30m", "lightning.accelerator=cpu"])
+    planned, plan = make_plan(
+        cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100), time.monotonic()
+    )
+    eager = next(c for c in plan.candidates if c.name == "f24/L4/b2")
+    compiled = next(c for c in plan.candidates if c.compiled)
+    assert compiled.name == "f24/L4/b2+compile" and compiled.name in plan.table()
+    if compiled_s_per_step == 0.3:  # 1.7x faster: worth a minute of compiling
+        assert plan.chosen == compiled.name and planned.models.compile is True
+        assert compiled.steps > eager.steps and "compiled" in plan.why
+    else:  # 2% faster does not pay for the compilation
+        assert plan.chosen == eager.name and compiled.note == "not worth its compilation"
+        assert planned.models.compile is False
+
+
+def test_compile_mode() -> None:
+    from hsftrain.training.budget import _compile_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = compose("config", ["datasets=synth"])
+    assert _compile_mode(auto, cpu, 1800.0) == "if_faster"
+    assert _compile_mode(auto, cpu, 600.0) == "never"  # too short to pay for compiling
+    forced = compose("config", ["datasets=synth", "models.compile=true"])
+    assert _compile_mode(forced, cpu, 600.0) == "always"  # the run compiles: time it so
+    off = compose("config", ["datasets=synth", "models.compile=false"])
+    assert _compile_mode(off, cpu, 1800.0) == _compile_mode(off, cuda, 1800.0) == "never"
+
+
+def test_compile_trial_that_fails_leaves_eager(prepared) -> None:
+    from hsftrain.training import budget
+
+    _, subjects = prepared
+
+    def broken(cfg):
+        raise RuntimeError("no C++ compiler")
+
+    chosen = budget.Candidate(8, 3, 2, [16, 24, 16], s_per_step=0.5, val_s=1.0)
+    cfg = compose("config", ["datasets=synth"])
+    c = budget._compile_trial(
+        cfg, chosen, subjects[:6], subjects[6:], broken, torch.device("cpu"), False
+    )
+    assert c.compiled and c.s_per_step != c.s_per_step and c.note == "compile failed"

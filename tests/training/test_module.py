@@ -12,14 +12,14 @@ COARSE = ["background", "DG", "CA1", "CA2/3", "SUB"]
 OPTIM = {"lr": 1e-3, "use_forgiving_loss": True, "loss": {}, "optimizer": {}, "scheduler": {}}
 
 
-def _module() -> SegmentationModule:
+def _module(**optim: float) -> SegmentationModule:
     return SegmentationModule(
         "ResidualUNet3D",
         {"in_channels": 1, "out_channels": 6, "f_maps": 4, "num_levels": 2},
         NAMES,
         {0: NAMES, 1: COARSE},
         {0: "1/2/3", 1: "1/23"},
-        OPTIM,
+        {**OPTIM, **optim},
         total_steps=10,
     )
 
@@ -86,3 +86,68 @@ def test_schedule_spans_the_given_steps_without_a_trainer() -> None:
     assert module._stepping_batches() == 10
     opt = module.configure_optimizers()
     assert opt["optimizer"].defaults["total_steps"] == 10
+
+
+def _set_weights(module: SegmentationModule, value: float) -> None:
+    with torch.no_grad():
+        for t in module._weights().values():
+            if t.is_floating_point():
+                t.fill_(value)
+
+
+def _first(module: SegmentationModule) -> float:
+    return float(next(iter(module.net.parameters())).detach().flatten()[0])
+
+
+def test_ema_follows_training_with_a_short_memory_at_first() -> None:
+    module = _module(ema_decay=0.9)
+    _set_weights(module, 1.0)
+    module.on_train_batch_end(None, None, 0)  # first step: the average starts as the weights
+    _set_weights(module, 2.0)
+    module.on_train_batch_end(None, None, 1)  # decay min(0.9, 2/11)
+    first = 1.0 + (1 - 2 / 11) * (2.0 - 1.0)
+    _set_weights(module, 0.0)
+    module.on_train_batch_end(None, None, 2)  # decay min(0.9, 3/12)
+    expected = first * 3 / 12
+    assert float(module._ema[0].flatten()[0]) == pytest.approx(expected)
+    assert _first(module) == 0.0  # training weights untouched
+    module.on_validation_epoch_start()  # validation runs on the average ...
+    assert _first(module) == pytest.approx(expected)
+    module.log = lambda *a, **k: None  # type: ignore[method-assign]
+    module.on_validation_epoch_end()  # ... and training goes on from its own weights
+    assert _first(module) == 0.0 and float(module._ema[0].flatten()[0]) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("during_validation", [False, True])
+def test_checkpoint_holds_the_average_and_resumes_the_trained_weights(
+    during_validation: bool,
+) -> None:
+    module = _module(ema_decay=0.5)
+    _set_weights(module, 1.0)
+    module.on_train_batch_end(None, None, 0)
+    _set_weights(module, 3.0)
+    module.on_train_batch_end(None, None, 1)  # average 1 + (1 - 2/11) * 2
+    average = 1.0 + (1 - 2 / 11) * 2.0
+    if during_validation:  # e.g. a signal that saves while validation runs on the average
+        module.on_validation_epoch_start()
+    checkpoint = {"state_dict": {k: v.clone() for k, v in module.state_dict().items()}}
+    module.on_save_checkpoint(checkpoint)
+    key = next(k for k in checkpoint["state_dict"] if k.startswith("net.") and "weight" in k)
+    assert float(checkpoint["state_dict"][key].flatten()[0]) == pytest.approx(average)
+    assert float(checkpoint["ema_raw"][key].flatten()[0]) == pytest.approx(3.0)
+    assert checkpoint["ema_updates"] == 2
+
+    resumed = _module(ema_decay=0.5)
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.load_state_dict(checkpoint["state_dict"])
+    assert _first(resumed) == pytest.approx(3.0)  # the trained weights
+    assert float(resumed._ema[0].flatten()[0]) == pytest.approx(average)
+    assert resumed._ema_updates == 2
+
+
+def test_no_ema_by_default() -> None:
+    module = _module()
+    module.on_train_batch_end(None, None, 0)
+    checkpoint: dict = {"state_dict": dict(module.state_dict())}
+    module.on_save_checkpoint(checkpoint)
+    assert module._ema == [] and "ema_raw" not in checkpoint

@@ -122,3 +122,25 @@ def test_cpu_precision_bf16_only_where_native(monkeypatch, native):
     assert bf16["precision"] == ("bf16-mixed" if native else "32-true")
     fp16 = trainer.trainer_kwargs(compose("config", [*base, "lightning.precision=16-mixed"]))
     assert fp16["precision"] == "32-true"  # float16 autocast is a GPU feature
+
+
+def test_cli_train_with_a_weight_average_resumes_it(phantoms, tmp_path):
+    """models.ema_decay: checkpoints hold the average as the network (what export reads) and
+    the trained weights beside it; a resume goes on with both."""
+    base = [
+        *TINY,
+        "datasets=synth",
+        f"datasets.main_path={phantoms}",
+        f"datasets.output_path={tmp_path}",
+        "models.ema_decay=0.9",
+    ]
+    _train([*base, "run_name=ema"])
+    run = tmp_path / "ema"
+    _train([*base, f"resume={run}", "lightning.max_epochs=2"])
+    ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["ema_updates"] == ckpt["global_step"] == 2 * 3
+    raw = ckpt["ema_raw"]
+    assert set(raw) == {k for k in ckpt["state_dict"] if k.startswith("net.")}
+    weights = [k for k in raw if raw[k].is_floating_point()]
+    assert any(not torch.equal(raw[k], ckpt["state_dict"][k]) for k in weights)
+    assert all(torch.isfinite(raw[k]).all() for k in weights)

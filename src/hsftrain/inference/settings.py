@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from hsftrain.inference.fusion import FUSIONS
 from hsftrain.inference.resample import MODES as RESAMPLE_MODES
 from hsftrain.inference.roiloc import MODES
 from hsftrain.inference.shards import Shard, choose_shard
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -230,6 +233,11 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         # flipped at once), fused with the rest; no random draw
         axes = list((augmentation.get("flip") or {}).get("axes") or ["LR"])
         augmentation, num_aug = {"flip": {"p": 1.0, "axes": axes}}, 1
+        if fusion == "vote" and len(models) == 1:
+            log.warning(
+                "segmentation.tta=flip with segmentation.fusion=vote: one model gives two "
+                "views, whose disagreements tie; segmentation.fusion=mean averages them"
+            )
     elif isinstance(tta, bool) or tta is None:
         num_aug = int(num_aug or 0) if tta else 0
     else:

@@ -22,13 +22,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hsftrain.config import ConfigError
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple, patch_size
+from hsftrain.data.fingerprint import fingerprint
+from hsftrain.training.distributed import compile_enabled
 from hsftrain.training.timing import time_steps
 from hsftrain.training.trainer import run_precision
 
@@ -42,6 +43,9 @@ MIN_SAMPLES = 3000
 VALIDATION_SHARE = 0.08
 #: Seconds kept for start-up, the last checkpoint and the ONNX export.
 FIXED_RESERVE_S = 25.0
+#: A training epoch under Lightning (logging, callbacks, checkpoints, loader start) over the
+#: timed steps and validation: 36 s against 32.8 s planned in a 30-minute MSD run.
+LIGHTNING_OVERHEAD = 1.1
 #: What ``budget=`` sets on top of the plan when training from scratch, for each key left at
 #: its default (a value you give yourself is kept): the recipe measured on MSD
 #: (docs/benchmarks.md, "A stronger recipe").
@@ -51,6 +55,12 @@ RECIPE: dict[str, Any] = {
     "models.loss.alpha": 0.5,
     "models.loss.beta": 0.5,
 }
+#: Budgets from which ``budget=`` on a CPU also times the chosen network through
+#: ``torch.compile`` (compiling takes about a minute on a 2-core CPU, once in the plan and once
+#: in the run; it made an f_maps 24 / 4-level step 1.4x faster, docs/benchmarks.md).
+COMPILE_MIN_BUDGET_S = 1200.0
+#: Compiled training is chosen when it gets at least this many more steps than eager.
+COMPILE_GAIN = 1.1
 #: Candidate networks, smallest first: (f_maps, num_levels).
 CPU_CANDIDATES = ((8, 3), (12, 3), (16, 3), (16, 4), (24, 4))
 GPU_CANDIDATES = ((16, 4), (24, 4), (32, 4), (48, 4), (64, 4))
@@ -78,29 +88,6 @@ def parse_budget(value: Any) -> float:
     return seconds
 
 
-def fingerprint(subjects: Sequence[PreparedSubject]) -> dict[str, Any]:
-    """What the data looks like: median shape, spacing (median, min, max per axis), the
-    anisotropy (largest / smallest median spacing) and median raw intensity statistics."""
-    shapes = np.array([s.shape for s in subjects])
-    spacings = np.array([s.spacing for s in subjects])
-    intensity: dict[str, list[float]] = {}
-    for s in subjects:
-        for key, value in s.meta().get("intensity", {}).items():
-            intensity.setdefault(key, []).append(float(value))
-    median_spacing = np.median(spacings, axis=0)
-    return {
-        "subjects": len(subjects),
-        "median_shape": [int(v) for v in np.median(shapes, axis=0)],
-        "min_shape": [int(v) for v in shapes.min(0)],
-        "max_shape": [int(v) for v in shapes.max(0)],
-        "median_spacing_mm": [round(float(v), 4) for v in median_spacing],
-        "min_spacing_mm": [round(float(v), 4) for v in spacings.min(0)],
-        "max_spacing_mm": [round(float(v), 4) for v in spacings.max(0)],
-        "anisotropy": round(float(median_spacing.max() / median_spacing.min()), 3),
-        "intensity": {k: round(float(np.median(v)), 4) for k, v in intensity.items()},
-    }
-
-
 @dataclass
 class Candidate:
     """One network tried by the planner, and what it measured."""
@@ -114,10 +101,27 @@ class Candidate:
     steps: int = 0
     epochs: int = 0
     note: str = ""
+    val_every: int = 1
+    compiled: bool = False
+    compile_s: float = 0.0
 
     @property
     def name(self) -> str:
-        return f"f{self.f_maps}/L{self.num_levels}/b{self.batch_size}"
+        tail = "+compile" if self.compiled else ""
+        return f"f{self.f_maps}/L{self.num_levels}/b{self.batch_size}{tail}"
+
+    def fit(self, available_s: float, steps_per_epoch: int) -> None:
+        """Set ``epochs`` and ``steps`` to what fits in ``available_s`` seconds, with
+        validation every k epochs so that it takes at most :data:`VALIDATION_SHARE` of the
+        time (and once more at the end, with surface metrics); a compiled candidate pays
+        its compilation first."""
+        epoch_s = steps_per_epoch * self.s_per_step
+        k = max(1, math.ceil(self.val_s / max(VALIDATION_SHARE * epoch_s, 1e-9)))
+        train_s = available_s - self.compile_s - 2 * self.val_s
+        self.epochs = max(int(train_s / ((epoch_s + self.val_s / k) * LIGHTNING_OVERHEAD)), 0)
+        self.steps = self.epochs * steps_per_epoch
+        self.val_every = max(min(k, self.epochs), 1)
+        self.note = self.note or f"val every {k}"
 
 
 @dataclass
@@ -143,11 +147,11 @@ class Plan:
 
     def table(self) -> str:
         """The candidates, their measurements and the choice, one line each."""
-        rows = [f"{'candidate':<14}{'patch':>12}{'s/step':>8}{'val s':>7}{'steps':>7}{'epochs':>7}"]
+        rows = [f"{'candidate':<18}{'patch':>12}{'s/step':>8}{'val s':>7}{'steps':>7}{'epochs':>7}"]
         for c in self.candidates:
             mark = "  <- chosen" if c.name == self.chosen else (f"  ({c.note})" if c.note else "")
             rows.append(
-                f"{c.name:<14}{'x'.join(map(str, c.patch)):>12}{c.s_per_step:>8.2f}"
+                f"{c.name:<18}{'x'.join(map(str, c.patch)):>12}{c.s_per_step:>8.2f}"
                 f"{c.val_s:>7.1f}{c.steps:>7d}{c.epochs:>7d}{mark}"
             )
         return "\n".join(rows)
@@ -193,10 +197,8 @@ def make_plan(
             for key, value in extra.items():
                 log.info(
                     "budget: %s %s (default) -> %s (budget recipe; set it to keep yours)",
-                    key,
-                    OmegaConf.select(cfg, key),
-                    value,
-                )
+                    key, OmegaConf.select(cfg, key), value,
+                )  # fmt: skip
                 OmegaConf.update(cfg, key, value, force_add=True)
     device = _device(cfg)
     fp = fingerprint(train)
@@ -228,33 +230,15 @@ def make_plan(
         module = build(trial)
         steps = 10 if cuda else min(4 + int(budget // 300), 10)  # more steps: less noise
         c.s_per_step, c.val_s = time_steps(
-            module,
-            train,
-            val,
-            c.patch,
-            c.batch_size,
-            c.num_levels,
-            cfg.get("augmentation"),
-            device,
-            steps,
-            bf16,
-        )
+            module, train, val, c.patch, c.batch_size, c.num_levels,
+            cfg.get("augmentation"), device, steps, bf16,
+        )  # fmt: skip
         del module
     planning = time.monotonic() - started
     available = budget - planning - FIXED_RESERVE_S
     for c in candidates:
-        if not math.isfinite(c.s_per_step):
-            continue
-        # validation every k epochs so that it takes at most VALIDATION_SHARE of the time
-        train_s = available
-        epoch_s = steps_per_epoch * c.s_per_step
-        k = max(1, math.ceil(c.val_s / max(VALIDATION_SHARE * epoch_s, 1e-9)))
-        # epochs e with e * epoch_s + (e / k + 1) * val_s <= available (one more at the end:
-        # the last epoch always validates, with surface metrics)
-        epochs = int((train_s - 2 * c.val_s) / (epoch_s + c.val_s / k))
-        c.epochs = max(epochs, 0)
-        c.steps = c.epochs * steps_per_epoch
-        c.note = c.note or f"val every {k}"
+        if math.isfinite(c.s_per_step):
+            c.fit(available, steps_per_epoch)
     timed = [c for c in candidates if c.epochs >= 1]
     if not timed:
         fastest = min(candidates, key=lambda c: c.s_per_step)
@@ -272,9 +256,22 @@ def make_plan(
     else:
         chosen = max(timed, key=lambda c: c.steps)
         why = f"no candidate reaches {MIN_SAMPLES} samples: the one with the most steps"
-    epoch_s = steps_per_epoch * chosen.s_per_step
-    val_every = max(1, math.ceil(chosen.val_s / max(VALIDATION_SHARE * epoch_s, 1e-9)))
-    val_every = min(val_every, chosen.epochs)
+    mode = _compile_mode(cfg, device, budget)
+    if network is None and mode != "never":
+        compiled = _compile_trial(cfg, chosen, train, val, build, device, bf16)
+        candidates.append(compiled)
+        if math.isfinite(compiled.s_per_step):
+            compiled.fit(budget - (time.monotonic() - started) - FIXED_RESERVE_S, steps_per_epoch)
+            if mode == "always" or compiled.steps >= COMPILE_GAIN * chosen.steps:
+                why += (
+                    f"; compiled: {compiled.s_per_step:.2f} s/step instead of "
+                    f"{chosen.s_per_step:.2f}, {compiled.steps} steps after ~"
+                    f"{compiled.compile_s:.0f} s of compilation"
+                )
+                chosen = compiled
+            else:
+                compiled.note = "not worth its compilation"
+    val_every = chosen.val_every
     train_s = budget - (time.monotonic() - started) - FIXED_RESERVE_S / 2
     overrides = {
         "models.hparams.f_maps": chosen.f_maps,
@@ -285,6 +282,8 @@ def make_plan(
         "lightning.check_val_every_n_epoch": val_every,
         "lightning.max_time": _duration(train_s),
     }
+    if mode != "never":
+        overrides["models.compile"] = chosen.compiled
     if network:
         for key in ("models.hparams.f_maps", "models.hparams.num_levels"):
             overrides.pop(key)
@@ -325,6 +324,51 @@ def recipe(cfg: DictConfig) -> dict[str, Any]:
         for key, value in RECIPE.items()
         if OmegaConf.select(cfg, key) == OmegaConf.select(defaults, key)
     }
+
+
+def _compile_mode(cfg: DictConfig, device: torch.device, budget: float) -> str:
+    """``always``: the run compiles anyway (``models.compile: true``, or ``auto`` on a GPU),
+    so the plan times the chosen network compiled; ``if_faster``: a CPU with ``auto`` and a
+    budget long enough to pay for compiling, which the plan adopts only when it gets more
+    steps; ``never``: otherwise."""
+    setting = cfg.models.get("compile", "auto")
+    if compile_enabled(setting, device.type):
+        return "always"
+    cpu_auto = device.type == "cpu" and str(setting).lower() == "auto"
+    return "if_faster" if cpu_auto and budget >= COMPILE_MIN_BUDGET_S else "never"
+
+
+def _compile_trial(
+    cfg: DictConfig,
+    chosen: Candidate,
+    train: Sequence[PreparedSubject],
+    val: Sequence[PreparedSubject],
+    build: Callable[[DictConfig], Any],
+    device: torch.device,
+    bf16: bool,
+) -> Candidate:
+    """The chosen network timed through ``torch.compile``; ``compile_s`` is what the trial
+    took beyond its timed steps (the compilation, which the run pays again). A compiler
+    that fails (no C++ toolchain, an unsupported platform) leaves the step time unmeasured
+    (NaN), logged, and the run trains eagerly."""
+    trial = _with(cfg, chosen)
+    trial.models.compile = True
+    c = Candidate(chosen.f_maps, chosen.num_levels, chosen.batch_size, chosen.patch)
+    c.compiled, c.val_s = True, chosen.val_s
+    steps = 10
+    start = time.monotonic()
+    try:
+        module = build(trial)
+        c.s_per_step, _ = time_steps(
+            module, train, val[:1], c.patch, c.batch_size, c.num_levels,
+            cfg.get("augmentation"), device, steps, bf16,
+        )  # fmt: skip
+    except Exception as error:  # noqa: BLE001 - any compiler failure means: train eagerly
+        log.warning("budget: torch.compile failed on this machine, training eagerly (%s)", error)
+        c.note = "compile failed"
+        return c
+    c.compile_s = time.monotonic() - start - steps * c.s_per_step
+    return c
 
 
 def _with(cfg: DictConfig, c: Candidate) -> DictConfig:

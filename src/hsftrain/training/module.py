@@ -64,6 +64,11 @@ class SegmentationModule(L.LightningModule):
             at the last epoch; -1 = never.
         compile: run the network through ``torch.compile`` (the weights and checkpoints are
             those of the plain network).
+
+    With ``optim["ema_decay"]`` > 0 an exponential moving average of the weights (and
+    buffers) follows training; validation runs on it and checkpoints hold it as the network's
+    weights (what export and fine-tuning read), the trained weights under ``ema_raw`` (what a
+    resume continues from).
     """
 
     #: validation Dice accumulators (buffers, see :meth:`set_datasets`)
@@ -97,6 +102,10 @@ class SegmentationModule(L.LightningModule):
         self._surface: dict[str, list[float]] = defaultdict(list)
         # a compiled view of the network, kept out of the module tree (state_dict unchanged)
         self._compiled: list[Any] = [torch.compile(self.net)] if compile else []
+        self.ema_decay = float(optim.get("ema_decay", 0.0) or 0.0)
+        self._ema: list[torch.Tensor] = []  # also kept out of the module tree
+        self._ema_updates = 0
+        self._ema_in_net = False  # True while validation runs on the average
 
     def set_datasets(
         self, dataset_classes: dict[int, list[str]], dataset_ca: dict[int, str]
@@ -163,6 +172,65 @@ class SegmentationModule(L.LightningModule):
         assert not isinstance(optimizer, list)  # one optimizer (configure_optimizers)
         self.log("lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """The network's checkpointed tensors (parameters and persistent buffers), in place."""
+        return self.net.state_dict(keep_vars=True)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema_decay <= 0:
+            return
+        current = [t.detach() for t in self._weights().values()]
+        with torch.no_grad():
+            if not self._ema or self._ema[0].device != current[0].device:
+                self._ema = [(e if self._ema else t).to(t.device, copy=True)
+                             for e, t in zip(self._ema or current, current, strict=True)]  # fmt: skip
+            if self._ema_updates:  # a shorter memory at first: the start does not dominate
+                n = self._ema_updates
+                weight = 1.0 - min(self.ema_decay, (1 + n) / (10 + n))
+                pairs = [(e, t) for e, t in zip(self._ema, current, strict=True)]
+                floats = [(e, t) for e, t in pairs if e.is_floating_point()]
+                torch._foreach_lerp_([e for e, _ in floats], [t for _, t in floats], weight)
+                for e, t in pairs:
+                    if not e.is_floating_point():  # counters: the current value
+                        e.copy_(t)
+        self._ema_updates += 1
+
+    def _swap_ema(self) -> None:
+        """Exchange the network's weights and the average (validation runs on the average)."""
+        with torch.no_grad():
+            for e, t in zip(self._ema, self._weights().values(), strict=True):
+                kept = t.detach().clone()
+                t.detach().copy_(e)
+                e.copy_(kept)
+        self._ema_in_net = not self._ema_in_net
+
+    def on_validation_epoch_start(self) -> None:
+        if self._ema and not self._ema_in_net:
+            self._swap_ema()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not self._ema:
+            return
+        state = checkpoint["state_dict"]
+        names = [f"net.{k}" for k in self._weights()]
+        kept = {k: e.detach().clone() for k, e in zip(names, self._ema, strict=True)}
+        # the network holds the trained weights, except when saved during validation
+        average, trained = (state, kept) if self._ema_in_net else (kept, state)
+        checkpoint["ema_raw"] = {k: trained[k] for k in names}
+        state.update({k: average[k] for k in names})
+        checkpoint["ema_updates"] = self._ema_updates
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        raw = checkpoint.get("ema_raw")
+        if not raw:
+            return
+        state = checkpoint["state_dict"]
+        names = [f"net.{k}" for k in self._weights()]
+        self._ema = [state[k].detach().clone() for k in names]
+        state.update(raw)  # the trained weights: training goes on from them
+        self._ema_updates = int(checkpoint.get("ema_updates", 0))
+        self._ema_in_net = False
 
     def _surface_now(self) -> bool:
         if self.surface_every < 0 or self._trainer is None:
@@ -242,6 +310,8 @@ class SegmentationModule(L.LightningModule):
         self._surface.clear()
         self.dice_sum.zero_()
         self.dice_count.zero_()
+        if self._ema_in_net:
+            self._swap_ema()  # back to the trained weights (checkpoints store the average)
 
     def on_train_epoch_end(self) -> None:
         """Under DDP, check that every process holds the same weights (logged as

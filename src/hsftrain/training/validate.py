@@ -145,6 +145,7 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
     c("models.name", choice(sorted(MODELS)))
     c("models.lr", lambda k, v: as_float(k, v, 0, low_open=True, what=" (learning rate)"))
     c("models.use_forgiving_loss", as_bool)
+    c("models.ema_decay", lambda k, v: as_float(k, v, 0, 1, high_open=True), optional=True)
     c("models.compile", _auto_or_bool, optional=True)
     c("models.hparams.in_channels", _in_channels, optional=True)
     c("models.hparams.out_channels", lambda k, v: as_int(k, v, 2), optional=True)
