@@ -136,6 +136,13 @@ def main() -> dict:
         "checkpoint): the model to ship; nothing is left to score it on",
     )
     parser.add_argument("--out", default=None, help="output folder (default: a temp dir)")
+    parser.add_argument(
+        "--cpu-candidates",
+        metavar="FxL",
+        nargs="+",
+        help="budget= on a CPU: the networks the plan chooses among instead of "
+        "CPU_CANDIDATES, e.g. 24x4 32x4 (what a change of the planner's list would do)",
+    )
     args, overrides = parser.parse_known_args()
     if args.summary:
         summary(args.summary)
@@ -143,6 +150,11 @@ def main() -> dict:
     if not args.tag:
         parser.error("--tag is required")
     setup_logging()
+    if args.cpu_candidates:
+        from hsftrain.training import budget
+
+        pairs = [tuple(int(v) for v in c.lower().split("x")) for c in args.cpu_candidates]
+        budget.CPU_CANDIDATES = tuple(pairs)  # type: ignore[assignment]
     images = sorted((MSD / "imagesTr").glob("hippocampus_*.nii.gz"))
     tr, va, te = split(len(images))
     if args.all:
@@ -183,6 +195,7 @@ def main() -> dict:
         "tag": args.tag,
         "hsftrain": str(Path(hsftrain.__file__).parent),
         "overrides": [*RECIPE[2:], *overrides],
+        "cpu_candidates": args.cpu_candidates,
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
         "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],

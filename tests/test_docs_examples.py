@@ -211,7 +211,7 @@ EXAMPLES: dict[str, Example] = {
         tiny="epochs"
     ),
     "hsftrain finetune datasets=folder datasets.path=my_labels/ "
-    "finetuning.pretrained=hsftrain_msd_1.1_ckpt": Example(tiny="epochs"),
+    "finetuning.pretrained=hsftrain_msd_1.2_ckpt": Example(tiny="epochs"),
     # docs/segmentation.md
     "hsftrain segment files.path=~/data files.pattern=**/*T2w.nii.gz "
     "segmentation=bagging_accurate": Example("compose", NETWORK),

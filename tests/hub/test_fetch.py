@@ -388,12 +388,12 @@ def test_registry_entries_are_well_formed() -> None:
 
 
 def test_bundled_registry_entries_resolve_to_verified_paths() -> None:
-    spec = resolve("hsftrain_msd_1.1_ckpt")
+    spec = resolve("hsftrain_msd_1.2_ckpt")
     assert spec == {
         "path": str(ASSETS_DIR / "models/msd_hippocampus.ckpt"),
-        "xxh3_64": "71547a2c33898413",
+        "xxh3_64": "c21a293deaf0d755",
     }
-    assert fetch("hsftrain_msd_1.1") == ASSETS_DIR / "models/msd_hippocampus.onnx"
+    assert fetch("hsftrain_msd_1.2") == ASSETS_DIR / "models/msd_hippocampus.onnx"
 
 
 def test_load_registry_returns_a_copy() -> None:
