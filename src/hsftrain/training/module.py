@@ -106,6 +106,7 @@ class SegmentationModule(L.LightningModule):
         self._ema: list[torch.Tensor] = []  # also kept out of the module tree
         self._ema_updates = 0
         self._ema_in_net = False  # True while validation runs on the average
+        self._ema_step = -1  # the optimiser step the average last followed
 
     def set_datasets(
         self, dataset_classes: dict[int, list[str]], dataset_ca: dict[int, str]
@@ -180,6 +181,10 @@ class SegmentationModule(L.LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema_decay <= 0:
             return
+        if self._trainer is not None:  # once per optimiser step (gradient accumulation)
+            if self.trainer.global_step == self._ema_step:
+                return
+            self._ema_step = self.trainer.global_step
         current = [t.detach() for t in self._weights().values()]
         with torch.no_grad():
             if not self._ema or self._ema[0].device != current[0].device:
