@@ -81,14 +81,19 @@ def test_cpu_plan_compiles_when_it_pays(
     chosen only when its faster steps outweigh the compilation (timings stubbed: the
     decision, not this machine, is under test)."""
     import time
+    import types
 
     from hsftrain.training import budget
     from hsftrain.training.build import build_module
 
     found, subjects = prepared
     monkeypatch.setattr(budget, "time_steps", lambda *a, **k: (0.5, 1.0))
+    spent = [0.0]  # a clock on which the compile trial takes 10 minutes
+    clock = types.SimpleNamespace(monotonic=lambda: time.monotonic() + spent[0])
+    monkeypatch.setattr(budget, "time", clock)
 
     def trial(cfg, chosen, *args):
+        spent[0] += 600.0
         c = budget.Candidate(chosen.f_maps, chosen.num_levels, chosen.batch_size, chosen.patch)
         c.compiled, c.val_s, c.compile_s, c.s_per_step = True, 1.0, 60.0, compiled_s_per_step
         return c
@@ -101,6 +106,9 @@ def test_cpu_plan_compiles_when_it_pays(
     eager = next(c for c in plan.candidates if c.name == "f24/L4/b2")
     compiled = next(c for c in plan.candidates if c.compiled)
     assert compiled.name == "f24/L4/b2+compile" and compiled.name in plan.table()
+    # both plans fit in what the trial left, whichever is chosen
+    for c in (eager, compiled):
+        assert c.steps * c.s_per_step * budget.LIGHTNING_OVERHEAD + c.compile_s < 1800 - 600
     if compiled_s_per_step == 0.3:  # 1.7x faster: worth a minute of compiling
         assert plan.chosen == compiled.name and planned.models.compile is True
         assert compiled.steps > eager.steps and "compiled" in plan.why

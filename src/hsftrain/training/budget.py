@@ -260,8 +260,12 @@ def make_plan(
     if network is None and mode != "never":
         compiled = _compile_trial(cfg, chosen, train, val, build, device, bf16)
         candidates.append(compiled)
+        # the trial's own time is spent whichever way the choice goes: both plans fit the rest
+        left = budget - (time.monotonic() - started) - FIXED_RESERVE_S
+        chosen.fit(left, steps_per_epoch)
+        why += f" ({chosen.steps} steps after the compile trial)"
         if math.isfinite(compiled.s_per_step):
-            compiled.fit(budget - (time.monotonic() - started) - FIXED_RESERVE_S, steps_per_epoch)
+            compiled.fit(left, steps_per_epoch)
             if mode == "always" or compiled.steps >= COMPILE_GAIN * chosen.steps:
                 why += (
                     f"; compiled: {compiled.s_per_step:.2f} s/step instead of "
