@@ -187,13 +187,14 @@ class SegmentationModule(L.LightningModule):
             self._ema_step = self.trainer.global_step
         current = [t.detach() for t in self._weights().values()]
         with torch.no_grad():
-            if not self._ema or self._ema[0].device != current[0].device:
-                self._ema = [(e if self._ema else t).to(t.device, copy=True)
-                             for e, t in zip(self._ema or current, current, strict=True)]  # fmt: skip
+            if not self._ema:  # the average starts as the weights
+                self._ema = [t.clone() for t in current]
+            elif self._ema[0].device != current[0].device:  # restored on another device
+                self._ema = [e.to(current[0].device) for e in self._ema]
             if self._ema_updates:  # a shorter memory at first: the start does not dominate
                 n = self._ema_updates
                 weight = 1.0 - min(self.ema_decay, (1 + n) / (10 + n))
-                pairs = [(e, t) for e, t in zip(self._ema, current, strict=True)]
+                pairs = list(zip(self._ema, current, strict=True))
                 floats = [(e, t) for e, t in pairs if e.is_floating_point()]
                 torch._foreach_lerp_([e for e, _ in floats], [t for _, t in floats], weight)
                 for e, t in pairs:
