@@ -7,6 +7,7 @@ name) and reduced across processes once per epoch.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,9 @@ from hsftrain.data.labels import group_table
 from hsftrain.losses import FocalTverskyLoss, ForgivingLoss
 from hsftrain.models import Network, build_model, channels_last
 from hsftrain.optim import AdamP, warmup_cosine
+from hsftrain.training.denormals import flush_denormals
+
+log = logging.getLogger(__name__)
 
 SURFACE_KEYS = ("hd95_mm", "assd_mm")
 
@@ -138,7 +142,15 @@ class SegmentationModule(L.LightningModule):
         # Late in training, tiny weights and activations become denormal floats, which x86
         # CPUs process about twice as slowly (measured: 0.56 -> 0.31 s/step on the demo
         # network); flushing them to zero changes nothing measurable (no effect on GPU).
-        torch.set_flush_denormal(True)
+        # run() sets the flag before torch starts its threads; here a caller of the API that
+        # ran torch code first learns that its other threads keep denormals.
+        if self.device.type == "cpu" and not flush_denormals():
+            log.warning(
+                "denormal floats are flushed on the main CPU thread only: torch's other "
+                "threads started before hsftrain set the flag, so late-training steps may "
+                "slow down; call hsftrain.training.denormals.flush_denormals() before any "
+                "torch operation"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, X, Y, Z)`` for images ``(B, 1, X, Y, Z)``."""

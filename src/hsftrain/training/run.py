@@ -31,6 +31,7 @@ from hsftrain.errors import ConfigError, Interrupted
 from hsftrain.logs import run_log
 from hsftrain.training.build import build_module, read_pretrained
 from hsftrain.training.callbacks import EpochTable, OnTrainStart, StepProgress
+from hsftrain.training.denormals import flush_denormals
 from hsftrain.training.distributed import is_rank_zero, publish_run_name, shared_run_name
 from hsftrain.training.finetuning import GradualUnfreezing
 from hsftrain.training.guards import FiniteGuard, Preemption, SignalState, catch_signals
@@ -90,6 +91,7 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         ConfigError, DataError, FileNotFoundError: with the key or file to fix.
     """
     validate_training(cfg, finetune)  # before anything is read or written
+    flush_denormals()  # before torch starts its threads, which copy the flag (all of them)
     if not cfg.get("resume") and not cfg.get("run_name"):  # one name for the whole run
         cfg = cfg.copy()
         with open_dict(cfg):

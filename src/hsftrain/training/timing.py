@@ -15,6 +15,7 @@ from hsftrain.data.augment import BatchAugment
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple
 from hsftrain.data.dataset import PatchDataset, VolumeDataset
+from hsftrain.training.denormals import flush_denormals
 
 
 def train_step(
@@ -63,7 +64,7 @@ def time_steps(
     seconds for one validation pass over ``val``, in bf16 autocast when ``bf16`` (as the
     run will train)."""
     module = module.to(device)
-    torch.set_flush_denormal(True)  # as in training (SegmentationModule.on_fit_start)
+    flush_denormals()  # as in training (run, SegmentationModule.on_fit_start)
     optimizer = module.configure_optimizers()["optimizer"]
     augment = BatchAugment(augmentation or {}, seed=0)
     dataset = PatchDataset(train, patch, 0.33)
