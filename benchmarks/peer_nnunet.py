@@ -65,7 +65,7 @@ from rich.console import Console
 from rich.table import Table
 from train_heldout import MSD, split
 
-from hsftrain.training.budget import parse_budget
+from hsftrain.training.validate import parse_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = ROOT / "benchmarks" / "peer_nnunet"

@@ -54,3 +54,25 @@ def test_switchnorm_train_and_eval():
 def test_unknown_model():
     with pytest.raises(ValueError, match="models.name"):
         build_model("VNet", {})
+
+
+def test_deep_supervision_heads_and_outputs():
+    """With deep supervision a 4-level net gets heads on decoder levels 1 and 2 (half and
+    quarter resolution), whose outputs come upsampled to the input size; inference
+    (``forward``) is unchanged: the same weights give the same logits as the head's output."""
+    torch.manual_seed(0)
+    net = ResidualUNet3D(out_channels=3, f_maps=4, num_levels=4, deep_supervision=True).eval()
+    assert [h.in_channels for h in net.aux_heads] == [8, 16]
+    x = torch.randn(2, 1, 17, 23, 9)
+    outputs = net.forward_deep(x)
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 17, 23, 9)] * 3
+    assert torch.equal(outputs[0], net(x))
+    # an auxiliary output is its level's head, upsampled: smooth, not the main logits
+    assert not torch.allclose(outputs[1], outputs[0])
+    plain = ResidualUNet3D(out_channels=3, f_maps=4, num_levels=4)
+    assert len(plain.aux_heads) == 0 and len(plain.forward_deep(x)) == 1
+    assert len(ResidualUNet3D(f_maps=4, num_levels=3, deep_supervision=True).aux_heads) == 1
+    with pytest.raises(ValueError, match="deep_supervision"):
+        ResidualUNet3D(f_maps=4, num_levels=2, deep_supervision=True)
+    net.replace_head(5)
+    assert [h.out_channels for h in net.aux_heads] == [5, 5] and net.out_channels == 5

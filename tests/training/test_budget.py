@@ -10,7 +10,8 @@ import torch
 from hsftrain.config import ConfigError, compose
 from hsftrain.data.cache import prepare
 from hsftrain.data.discovery import discover
-from hsftrain.training.budget import Plan, make_plan, parse_budget
+from hsftrain.training.budget import Plan, make_plan
+from hsftrain.training.validate import parse_budget
 
 
 @pytest.mark.parametrize(
@@ -144,3 +145,47 @@ def test_compile_trial_that_fails_leaves_eager(prepared) -> None:
         cfg, chosen, subjects[:6], subjects[6:], broken, torch.device("cpu"), False
     )
     assert c.compiled and c.s_per_step != c.s_per_step and c.note == "compile failed"
+
+
+def test_finetune_plan_counts_faster_frozen_steps(
+    prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fine-tuning thaws one level every few epochs; its frozen steps are faster, so the
+    plan adds epochs up stage by stage instead of counting each at the all-trainable time
+    (which ended a 2-minute fine-tuning after 43 s). Timings stubbed: 0.1 s per step plus
+    0.4 s times the trainable share of the weights."""
+    import time
+
+    from hsftrain.training import budget, finetuning
+    from hsftrain.training.build import build_module
+
+    found, subjects = prepared
+
+    def fake(module, *args, **kwargs):
+        params = list(module.net.parameters())
+        share = sum(p.numel() for p in params if p.requires_grad) / sum(p.numel() for p in params)
+        return 0.1 + 0.4 * share, 1.0
+
+    monkeypatch.setattr(budget, "time_steps", fake)
+    overrides = ["datasets=synth", "budget=10m", "finetuning.unfreeze_frequency=10"]
+    overrides += ["models.hparams.f_maps=4", "models.hparams.num_levels=3"]  # the network
+    cfg = compose("config", overrides)
+    plans = {}
+    for stages in (True, False):
+        if not stages:  # the old plan: every epoch at the all-trainable step time
+            monkeypatch.setattr(budget, "thawing_step_s", lambda *a: None)
+        _, plans[stages] = make_plan(
+            cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100),
+            time.monotonic(), network=(4, 3),
+        )  # fmt: skip
+    staged, flat = plans[True], plans[False]
+    assert staged.epochs > flat.epochs >= 1
+    # the staged plan still fits: each epoch's 3 steps at its stage's time, and validation
+    step_s = finetuning.thawing_step_s(
+        build_module(cfg, found, 100), cfg.finetuning, 0.5, time.monotonic() + 60,
+        lambda m: fake(m)[0],
+    )  # fmt: skip
+    k = staged.check_val_every_n_epoch
+    spent = sum(3 * step_s(e) + 1.0 / k for e in range(staged.epochs)) * budget.LIGHTNING_OVERHEAD
+    assert 0.9 * 600 < spent <= 600 - budget.FIXED_RESERVE_S
+    assert step_s(0) < step_s(10) < step_s(50) == 0.5

@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from hsftrain.models import ResidualUNet3D
-from hsftrain.training.finetuning import apply_freeze, trainable_levels, unfreeze_path
+from hsftrain.training.finetuning import (
+    apply_freeze,
+    thawing_step_s,
+    trainable_levels,
+    unfreeze_path,
+)
 from tests.conftest import TINY
 
 
@@ -36,6 +41,33 @@ def test_apply_freeze():
     assert all(p.requires_grad for p in net.head.parameters())
     assert all(p.requires_grad for p in net.decoders[0].parameters())
     assert not any(p.requires_grad for p in net.encoders.parameters())
+
+
+def _trainable_share(module: Any) -> float:
+    """A stand-in step time: the share of trainable parameters (more thawed: slower)."""
+    params = list(module.net.parameters())
+    return sum(p.numel() for p in params if p.requires_grad) / sum(p.numel() for p in params)
+
+
+def test_thawing_step_s_times_each_stage_of_the_schedule():
+    import time
+    import types
+
+    module = types.SimpleNamespace(net=ResidualUNet3D(f_maps=4, num_levels=2, out_channels=2))
+    schedule = types.SimpleNamespace(mode="decoder", depth=-1, unfreeze_frequency=2)
+    step_s = thawing_step_s(module, schedule, 1.0, time.monotonic() + 60, _trainable_share)
+    # path of 3 levels, a new one every 2 epochs: stages 0 0 1 1 2 2 3 3 3
+    times = [step_s(e) for e in range(9)]
+    assert times[0] == times[1] < times[2] == times[3] < times[4] == times[5] < times[6]
+    assert times[6:] == [1.0, 1.0, 1.0]  # every level trainable: the step time given
+    # depth 1: never further than one level, which is timed
+    schedule.depth = 1
+    step_s = thawing_step_s(module, schedule, 1.0, time.monotonic() + 60, _trainable_share)
+    assert step_s(50) == step_s(2) < 1.0
+    # no planning time left: every stage counts as the all-trainable time (ends early, not late)
+    schedule.depth = -1
+    step_s = thawing_step_s(module, schedule, 1.0, time.monotonic() - 1, _trainable_share)
+    assert [step_s(e) for e in range(9)] == [1.0] * 9
 
 
 def _val_dice(net, run_dir, found, cache):

@@ -151,3 +151,36 @@ def test_no_ema_by_default() -> None:
     checkpoint: dict = {"state_dict": dict(module.state_dict())}
     module.on_save_checkpoint(checkpoint)
     assert module._ema == [] and "ema_raw" not in checkpoint
+
+
+def test_deep_supervision_loss_weights_every_output() -> None:
+    """In training the loss is the head's plus the auxiliary heads', weights halving per
+    level and summing to 1; validation scores the head alone; the auxiliary heads train."""
+    module = SegmentationModule(
+        "ResidualUNet3D",
+        {"out_channels": 6, "f_maps": 4, "num_levels": 4, "deep_supervision": True},
+        NAMES, {0: NAMES}, {0: "1/2/3"}, dict(OPTIM), total_steps=10,
+    )  # fmt: skip
+    assert module.output_weights == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    torch.manual_seed(0)
+    batch = {
+        "image": torch.randn(2, 1, 16, 16, 16),
+        "label": torch.randint(0, 6, (2, 16, 16, 16)),
+        "dataset": torch.tensor([0, 0]),
+    }
+    loss, probs = module._step(batch)
+    net = module.net
+    outputs = [torch.softmax(o, 1) for o in net.forward_deep(batch["image"])]
+    parts = [module.loss(p, batch["label"], batch["dataset"]) for p in outputs]
+    expected = sum(w * part for w, part in zip(module.output_weights, parts, strict=True))
+    assert torch.allclose(loss, expected) and not torch.allclose(loss, parts[0])
+    assert torch.allclose(probs, outputs[0])
+    loss.backward()
+    assert all(p.grad is not None for p in net.aux_heads.parameters())
+    module.eval()
+    with torch.no_grad():
+        val_loss, _ = module._step(batch)
+    assert torch.allclose(
+        val_loss,
+        module.loss(torch.softmax(net(batch["image"]), 1), batch["label"], batch["dataset"]),
+    )

@@ -144,3 +144,35 @@ def test_cli_train_with_a_weight_average_resumes_it(phantoms, tmp_path):
     weights = [k for k in raw if raw[k].is_floating_point()]
     assert any(not torch.equal(raw[k], ckpt["state_dict"][k]) for k in weights)
     assert all(torch.isfinite(raw[k]).all() for k in weights)
+
+
+def test_cli_train_with_deep_supervision_exports_the_head_only(phantoms, tmp_path):
+    """``models.hparams.deep_supervision=true`` from the CLI: a 3-level run trains with the
+    auxiliary head, and the exported model has one output, equal to the checkpoint's head;
+    with 2 levels the key is refused in one line."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from hsftrain.training.checkpoint import load_network
+
+    base = [
+        *TINY,
+        "datasets=synth",
+        f"datasets.main_path={phantoms}",
+        f"datasets.output_path={tmp_path}",
+        "models.hparams.deep_supervision=true",
+    ]
+    refused = CliRunner().invoke(app, ["train", *base, "run_name=two"])
+    message = " ".join(refused.output.split())  # one line, wrapped by the console
+    assert refused.exit_code != 0 and "deep_supervision=true needs at least 3 levels" in message
+    assert not (tmp_path / "two").exists()
+    _train([*base, "models.hparams.num_levels=3", "export_onnx=true", "run_name=ds"])
+    run = tmp_path / "ds"
+    net, _ = load_network(run / "checkpoints" / "last.ckpt")
+    assert len(net.aux_heads) == 1
+    session = ort.InferenceSession(str(run / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert len(session.get_outputs()) == 1
+    x = torch.randn(1, 1, 16, 20, 16)
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        assert np.allclose(onnx_out, torch.softmax(net.eval()(x), 1).numpy(), atol=1e-4)

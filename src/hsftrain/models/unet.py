@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,10 @@ class UNet3D(nn.Module):
         encoders: one module per level, shallow to deep.
         decoders: one module per level above the bottom, deep to shallow.
         head: the final 1x1 convolution (replaced when fine-tuning to a new class count).
+        aux_heads: with ``deep_supervision``, 1x1 convolutions on the outputs of the decoder
+            levels between the bottom and the last (half resolution first; nnU-Net's
+            choice), for :meth:`forward_deep`; :meth:`forward` (inference, export) ignores
+            them.
     """
 
     residual = False
@@ -41,6 +45,7 @@ class UNet3D(nn.Module):
         conv_kernel_size: int = 3,
         use_attention: bool = True,
         skip: str = "sum",
+        deep_supervision: bool = False,
         **_: Any,
     ) -> None:
         super().__init__()
@@ -75,30 +80,56 @@ class UNet3D(nn.Module):
                 )
             )
         self.head = nn.Conv3d(sizes[0], out_channels, 1)
+        if deep_supervision and len(sizes) < 3:
+            raise ValueError("models.hparams.deep_supervision needs at least 3 levels")
+        self.aux_heads = nn.ModuleList(
+            nn.Conv3d(sizes[level], out_channels, 1)
+            for level in range(1, len(sizes) - 1 if deep_supervision else 1)
+        )
 
     @property
     def multiple(self) -> int:
         return 2 ** (self.num_levels - 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[2:]
+    def _decode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the decoder levels on the padded input, deepest first."""
         m = self.multiple
         pads: list[int] = []
-        for s in reversed(size):
+        for s in reversed(x.shape[2:]):
             pads += [0, (m - s % m) % m]
         x = F.pad(x, pads)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
             skips.append(x)
+        levels = [x]
         for decoder, skip in zip(self.decoders, reversed(skips[:-1]), strict=True):
-            x = decoder(x, skip)
-        logits = self.head(x)
+            levels.append(decoder(levels[-1], skip))
+        return levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[2:]
+        logits = self.head(self._decode(x)[-1])
         return logits[:, :, : size[0], : size[1], : size[2]]
 
+    def forward_deep(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of the head, then of each auxiliary head (trilinearly upsampled from its
+        level), all ``(B, out_channels, X, Y, Z)``: what deep supervision trains on."""
+        size = x.shape[2:]
+        levels = self._decode(x)
+        outputs = [self.head(levels[-1])]
+        for i, head in enumerate(self.aux_heads, start=2):
+            up = F.interpolate(
+                head(levels[-i]), size=levels[-1].shape[2:], mode="trilinear", align_corners=False
+            )
+            outputs.append(up)
+        return [o[:, :, : size[0], : size[1], : size[2]] for o in outputs]
+
     def replace_head(self, out_channels: int) -> None:
-        """Swap the output layer for one with ``out_channels`` classes (fresh weights)."""
+        """Swap the output layer(s) for ones with ``out_channels`` classes (fresh weights)."""
         self.head = nn.Conv3d(self.head.in_channels, out_channels, 1)
+        sizes = [cast(nn.Conv3d, h).in_channels for h in self.aux_heads]
+        self.aux_heads = nn.ModuleList(nn.Conv3d(c, out_channels, 1) for c in sizes)
 
     @property
     def out_channels(self) -> int:

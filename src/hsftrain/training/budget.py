@@ -13,9 +13,9 @@ with its best checkpoint, and says so.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,8 +30,10 @@ from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple, patch_size
 from hsftrain.data.fingerprint import fingerprint
 from hsftrain.training.distributed import compile_enabled
+from hsftrain.training.finetuning import thawing_step_s
 from hsftrain.training.timing import time_steps
 from hsftrain.training.trainer import run_precision
+from hsftrain.training.validate import parse_budget
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +68,6 @@ CPU_CANDIDATES = ((8, 3), (12, 3), (16, 3), (16, 4), (24, 4))
 GPU_CANDIDATES = ((16, 4), (24, 4), (32, 4), (48, 4), (64, 4))
 
 
-def parse_budget(value: Any) -> float:
-    """Seconds from ``30m``, ``2h``, ``1h30m``, ``90s`` or a number of seconds.
-
-    Raises:
-        ConfigError: anything else, or a budget under one minute.
-    """
-    text = str(value).strip().lower()
-    seconds: float | None = None
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        seconds = float(text)
-    else:
-        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
-        if parts and re.fullmatch(r"(\s*\d+(?:\.\d+)?\s*[hms])+\s*", text):
-            unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
-            seconds = sum(float(n) * unit[u] for n, u in parts)
-    if seconds is None:
-        raise ConfigError(f"budget={value}: give a duration such as 30m, 2h, 1h30m or 900s")
-    if seconds < 60:
-        raise ConfigError(f"budget={value}: at least 1m (the plan itself takes ~30 s)")
-    return seconds
-
-
 @dataclass
 class Candidate:
     """One network tried by the planner, and what it measured."""
@@ -110,15 +90,30 @@ class Candidate:
         tail = "+compile" if self.compiled else ""
         return f"f{self.f_maps}/L{self.num_levels}/b{self.batch_size}{tail}"
 
-    def fit(self, available_s: float, steps_per_epoch: int) -> None:
+    def fit(
+        self,
+        available_s: float,
+        steps_per_epoch: int,
+        step_s: Callable[[int], float] | None = None,
+    ) -> None:
         """Set ``epochs`` and ``steps`` to what fits in ``available_s`` seconds, with
         validation every k epochs so that it takes at most :data:`VALIDATION_SHARE` of the
         time (and once more at the end, with surface metrics); a compiled candidate pays
-        its compilation first."""
+        its compilation first. ``step_s(epoch)``: seconds per step of that epoch where
+        they vary (fine-tuning thaws levels one by one), else ``s_per_step``."""
         epoch_s = steps_per_epoch * self.s_per_step
         k = max(1, math.ceil(self.val_s / max(VALIDATION_SHARE * epoch_s, 1e-9)))
         train_s = available_s - self.compile_s - 2 * self.val_s
-        self.epochs = max(int(train_s / ((epoch_s + self.val_s / k) * LIGHTNING_OVERHEAD)), 0)
+        if step_s is None:
+            self.epochs = max(int(train_s / ((epoch_s + self.val_s / k) * LIGHTNING_OVERHEAD)), 0)
+        else:  # epoch by epoch, up to 100000
+            costs = (
+                (steps_per_epoch * step_s(e) + self.val_s / k) * LIGHTNING_OVERHEAD
+                for e in range(100_000)
+            )
+            self.epochs = sum(
+                1 for _ in itertools.takewhile(lambda t: t <= train_s, itertools.accumulate(costs))
+            )
         self.steps = self.epochs * steps_per_epoch
         self.val_every = max(min(k, self.epochs), 1)
         self.note = self.note or f"val every {k}"
@@ -234,11 +229,19 @@ def make_plan(
             cfg.get("augmentation"), device, steps, bf16,
         )  # fmt: skip
         del module
+    thawing = None
+    if network is not None and math.isfinite(candidates[0].s_per_step):
+        net = candidates[0]
+        thawing = thawing_step_s(
+            build(_with(cfg, net)), cfg.finetuning, net.s_per_step, started + timing_limit,
+            lambda m: time_steps(m, train, val[:1], net.patch, net.batch_size, net.num_levels,
+                                 cfg.get("augmentation"), device, 4, bf16)[0],
+        )  # fmt: skip
     planning = time.monotonic() - started
     available = budget - planning - FIXED_RESERVE_S
     for c in candidates:
         if math.isfinite(c.s_per_step):
-            c.fit(available, steps_per_epoch)
+            c.fit(available, steps_per_epoch, thawing)
     timed = [c for c in candidates if c.epochs >= 1]
     if not timed:
         fastest = min(candidates, key=lambda c: c.s_per_step)

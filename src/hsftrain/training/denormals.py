@@ -11,7 +11,11 @@ computing with denormals: on a 2-core CPU, half of every step.
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
 
 #: The bits of a float32 denormal (about 1e-39; the smallest normal float32 is about 1.18e-38),
 #: written as an integer: converting 1e-39 to float32 on a flushing thread would give 0.
@@ -21,16 +25,24 @@ _DENORMAL_BITS = 0x000AE398
 _PER_THREAD = 65536
 
 
-def flush_denormals() -> bool:
+def flush_denormals(warn: bool = False) -> bool:
     """Turn on flush-to-zero for this thread (and the intra-op threads not yet started).
+
+    Args:
+        warn: log a warning when some threads keep denormals.
 
     Returns:
         True when every intra-op thread now flushes denormals; False on a CPU without the
         flag or when torch's threads were started before it was set (those keep it off).
     """
-    if not torch.set_flush_denormal(True):
-        return False
-    return all_threads_flush()
+    done = torch.set_flush_denormal(True) and all_threads_flush()
+    if not done and warn:
+        log.warning(
+            "denormal floats are not flushed on every CPU thread (torch's threads started "
+            "before hsftrain set the flag, or the CPU lacks it): late-training steps may slow "
+            "down; call hsftrain.training.denormals.flush_denormals() before any torch operation"
+        )
+    return done
 
 
 def all_threads_flush() -> bool:

@@ -16,6 +16,9 @@ path are trainable (``depth = -1``: the whole path). Train for
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 from torch import nn
@@ -68,6 +71,50 @@ def apply_freeze(net: Network, mode: str, n_levels: int) -> list[str]:
             p.requires_grad_(True)
         names.append(name)
     return names
+
+
+def thawing_step_s(
+    module: Any,
+    finetuning: Any,
+    all_trainable_s: float,
+    deadline: float,
+    time_step: Callable[[Any], float],
+) -> Callable[[int], float]:
+    """Seconds per training step by epoch under the ``finetuning`` schedule, for
+    ``budget=``: a step with frozen levels is faster (no gradients for them).
+
+    Args:
+        module: a throwaway LightningModule of the run's network (its weights get trained).
+        all_trainable_s: the step time with every level trainable (already measured).
+        deadline: ``time.monotonic()`` after which no further stage is timed; a stage not
+            timed counts as ``all_trainable_s`` (the plan then ends early, never late).
+        time_step: seconds per step of ``module`` as it is frozen.
+    """
+    mode, depth, frequency = (
+        str(finetuning.mode),
+        int(finetuning.depth),
+        int(finetuning.unfreeze_frequency),
+    )
+    length = len(unfreeze_path(module.net, mode))
+    limit = length if depth < 0 else min(depth, length)
+    stages = [limit] if frequency <= 0 else list(range(limit + 1))
+    seconds: dict[int, float] = {}
+    for n in stages:
+        if n == length:  # every level trainable: measured already
+            seconds[n] = all_trainable_s
+        elif time.monotonic() < deadline:
+            apply_freeze(module.net, mode, n)
+            seconds[n] = time_step(module)
+    timed = ", ".join(f"{n}: {t:.2f}" for n, t in seconds.items())
+    log.info(
+        "budget: s/step by number of thawed levels (finetuning.mode=%s): %s; otherwise %.2f",
+        mode, timed or "none timed", all_trainable_s,
+    )  # fmt: skip
+
+    def step_s(epoch: int) -> float:
+        return seconds.get(trainable_levels(epoch, frequency, depth, length), all_trainable_s)
+
+    return step_s
 
 
 class GradualUnfreezing(L.Callback):

@@ -7,7 +7,6 @@ name) and reduced across processes once per epoch.
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
@@ -18,11 +17,9 @@ import torch
 
 from hsftrain.data.labels import group_table
 from hsftrain.losses import FocalTverskyLoss, ForgivingLoss
-from hsftrain.models import Network, build_model, channels_last
+from hsftrain.models import Network, UNet3D, build_model, channels_last
 from hsftrain.optim import AdamP, warmup_cosine
 from hsftrain.training.denormals import flush_denormals
-
-log = logging.getLogger(__name__)
 
 SURFACE_KEYS = ("hd95_mm", "assd_mm")
 
@@ -105,7 +102,11 @@ class SegmentationModule(L.LightningModule):
         self.surface_every = int(surface_every)
         self._surface: dict[str, list[float]] = defaultdict(list)
         # a compiled view of the network, kept out of the module tree (state_dict unchanged)
-        self._compiled: list[Any] = [torch.compile(self.net)] if compile else []
+        deep = len(self.net.aux_heads) if isinstance(self.net, UNet3D) else 0
+        #: loss weight of each output in training (the head first): half per level deeper
+        self.output_weights = [0.5**i / (2 - 0.5**deep) for i in range(deep + 1)]
+        train_forward = self.net.forward_deep if isinstance(self.net, UNet3D) and deep else self.net
+        self._compiled: list[Any] = [torch.compile(train_forward)] if compile else []
         self.ema_decay = float(optim.get("ema_decay", 0.0) or 0.0)
         self._ema: list[torch.Tensor] = []  # also kept out of the module tree
         self._ema_updates = 0
@@ -142,26 +143,32 @@ class SegmentationModule(L.LightningModule):
         # Late in training, tiny weights and activations become denormal floats, which x86
         # CPUs process about twice as slowly (measured: 0.56 -> 0.31 s/step on the demo
         # network); flushing them to zero changes nothing measurable (no effect on GPU).
-        # run() sets the flag before torch starts its threads; here a caller of the API that
-        # ran torch code first learns that its other threads keep denormals.
-        if self.device.type == "cpu" and not flush_denormals():
-            log.warning(
-                "denormal floats are flushed on the main CPU thread only: torch's other "
-                "threads started before hsftrain set the flag, so late-training steps may "
-                "slow down; call hsftrain.training.denormals.flush_denormals() before any "
-                "torch operation"
-            )
+        if self.device.type == "cpu":
+            flush_denormals(warn=True)  # run() already did, before torch's threads started
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, C, X, Y, Z)`` for images ``(B, 1, X, Y, Z)``."""
-        net = self._compiled[0] if self._compiled and self.training else self.net
+        deep = len(self.output_weights) > 1  # then the compiled view is forward_deep
+        net = self._compiled[0] if self._compiled and self.training and not deep else self.net
         logits: torch.Tensor = net(x.contiguous(memory_format=torch.channels_last_3d))
         return logits
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["image"])
-        probs = torch.softmax(logits.float(), dim=1)
-        return self.loss(probs, batch["label"].long(), batch["dataset"]), probs
+        """Loss and the head's probabilities; in training with deep supervision, the loss is
+        the weighted sum over the head and the auxiliary heads (``output_weights``)."""
+        label, dataset = batch["label"].long(), batch["dataset"]
+        if not (self.training and len(self.output_weights) > 1):
+            probs = torch.softmax(self(batch["image"]).float(), dim=1)
+            return self.loss(probs, label, dataset), probs
+        x = batch["image"].contiguous(memory_format=torch.channels_last_3d)
+        assert isinstance(self.net, UNet3D)  # the only network with deep supervision
+        net = self._compiled[0] if self._compiled else self.net.forward_deep
+        outputs = [torch.softmax(o.float(), dim=1) for o in net(x)]
+        losses = [
+            w * self.loss(p, label, dataset)
+            for w, p in zip(self.output_weights, outputs, strict=True)
+        ]
+        return torch.stack(losses).sum(), outputs[0]
 
     def _log_loss(
         self, name: str, loss: torch.Tensor, batch: dict[str, Any], on_step: bool

@@ -10,6 +10,7 @@ for the volumes (a 1-voxel deepest level has no normalisation statistics: NaN).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from hsftrain.data.nifti import header_info
 from hsftrain.errors import ConfigError
 from hsftrain.models import MODELS
 from hsftrain.models.blocks import LAYER_LETTERS
-from hsftrain.training.budget import parse_budget
 from hsftrain.validate import (
     ABSENT,
     Checker,
@@ -39,6 +39,28 @@ PRECISIONS = frozenset(
 )
 ACCELERATORS = frozenset({"auto", "cpu", "gpu", "cuda", "mps", "tpu"})
 LOGGERS = ("tensorboard", "csv", "wandb")
+
+
+def parse_budget(value: Any) -> float:
+    """Seconds from ``30m``, ``2h``, ``1h30m``, ``90s`` or a number of seconds.
+
+    Raises:
+        ConfigError: anything else, or a budget under one minute.
+    """
+    text = str(value).strip().lower()
+    seconds: float | None = None
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        seconds = float(text)
+    else:
+        parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
+        if parts and re.fullmatch(r"(\s*\d+(?:\.\d+)?\s*[hms])+\s*", text):
+            unit = {"h": 3600.0, "m": 60.0, "s": 1.0}
+            seconds = sum(float(n) * unit[u] for n, u in parts)
+    if seconds is None:
+        raise ConfigError(f"budget={value}: give a duration such as 30m, 2h, 1h30m or 900s")
+    if seconds < 60:
+        raise ConfigError(f"budget={value}: at least 1m (the plan itself takes ~30 s)")
+    return seconds
 
 
 def _shape3(key: str, value: Any) -> list[int]:
@@ -155,6 +177,16 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
     c("models.hparams.conv_kernel_size", _kernel)
     c("models.hparams.use_attention", as_bool)
     c("models.hparams.skip", choice(("sum", "concat")))
+    if c("models.hparams.deep_supervision", as_bool, optional=True) and not cfg.get("budget"):
+        f_maps, levels = (
+            get_value(cfg, "models.hparams.f_maps"),
+            get_value(cfg, "models.hparams.num_levels"),
+        )
+        if (len(f_maps) if isinstance(f_maps, list | tuple) else levels) < 3:
+            raise ConfigError(
+                "models.hparams.deep_supervision=true needs at least 3 levels "
+                "(models.hparams.num_levels): set 3 or more, or deep_supervision=false"
+            )
     for name in ("alpha", "beta"):
         c(f"models.loss.{name}", lambda k, v: as_float(k, v, 0))
     c("models.loss.gamma", lambda k, v: as_float(k, v, 0, low_open=True))
