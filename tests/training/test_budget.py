@@ -71,6 +71,8 @@ def test_recipe_only_replaces_defaults() -> None:
     key, value = next(iter(RECIPE.items()))
     mine = compose("config", ["budget=30m", f"{key}={value * 3}"])
     assert key not in recipe(mine)  # a value the user gave is kept
+    off = compose("config", ["budget=30m", "models.hparams.deep_supervision=false"])
+    assert "models.hparams.deep_supervision" not in recipe(off)  # unset (null) is the default
     assert recipe(compose("config", ["budget=30m", "models=unet"])) == {}  # another network
 
 

@@ -45,7 +45,7 @@ class UNet3D(nn.Module):
         conv_kernel_size: int = 3,
         use_attention: bool = True,
         skip: str = "sum",
-        deep_supervision: bool = False,
+        deep_supervision: bool | None = False,
         **_: Any,
     ) -> None:
         super().__init__()

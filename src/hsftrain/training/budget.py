@@ -56,6 +56,8 @@ RECIPE: dict[str, Any] = {
     # Dice-balanced Tversky (hsf_train's 0.3 / 0.7 favours recall)
     "models.loss.alpha": 0.5,
     "models.loss.beta": 0.5,
+    # +0.004 mean Dice on the tuning cases in a 30-minute run, for ~9% fewer steps
+    "models.hparams.deep_supervision": True,
 }
 #: Budgets from which ``budget=`` on a CPU also times the chosen network through
 #: ``torch.compile`` (compiling takes about a minute on a 2-core CPU, once in the plan and once
