@@ -43,6 +43,15 @@ def test_apply_freeze():
     assert not any(p.requires_grad for p in net.encoders.parameters())
 
 
+def test_apply_freeze_keeps_the_auxiliary_heads_trainable():
+    """A deep-supervision network's auxiliary heads are replaced with the head when the
+    classes change, so they train with it (frozen fresh heads would feed noise back)."""
+    net = ResidualUNet3D(f_maps=4, num_levels=3, out_channels=2, deep_supervision=True)
+    apply_freeze(net, "decoder", 0)
+    assert all(p.requires_grad for p in net.aux_heads.parameters())
+    assert not any(p.requires_grad for p in net.decoders.parameters())
+
+
 def _trainable_share(module: Any) -> float:
     """A stand-in step time: the share of trainable parameters (more thawed: slower)."""
     params = list(module.net.parameters())

@@ -56,14 +56,16 @@ def trainable_levels(epoch: int, frequency: int, depth: int, path_length: int) -
 
 
 def apply_freeze(net: Network, mode: str, n_levels: int) -> list[str]:
-    """Freeze all but the head and the first ``n_levels`` levels of the path.
+    """Freeze all but the head (with deep supervision's auxiliary heads) and the first
+    ``n_levels`` levels of the path.
 
     Returns the names of the trainable parts.
     """
     path = unfreeze_path(net, mode)
     for p in net.parameters():
         p.requires_grad_(False)
-    for p in net.head.parameters():
+    heads = [net.head, *getattr(net, "aux_heads", [])]  # deep supervision's train too
+    for p in (p for head in heads for p in head.parameters()):
         p.requires_grad_(True)
     names = ["head"]
     for name, module in path[:n_levels]:
