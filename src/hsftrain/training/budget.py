@@ -106,16 +106,14 @@ class Candidate:
         epoch_s = steps_per_epoch * self.s_per_step
         k = max(1, math.ceil(self.val_s / max(VALIDATION_SHARE * epoch_s, 1e-9)))
         train_s = available_s - self.compile_s - 2 * self.val_s
-        if step_s is None:
-            self.epochs = max(int(train_s / ((epoch_s + self.val_s / k) * LIGHTNING_OVERHEAD)), 0)
-        else:  # epoch by epoch, up to 100000
-            costs = (
-                (steps_per_epoch * step_s(e) + self.val_s / k) * LIGHTNING_OVERHEAD
-                for e in range(100_000)
-            )
-            self.epochs = sum(
-                1 for _ in itertools.takewhile(lambda t: t <= train_s, itertools.accumulate(costs))
-            )
+        per_step = step_s or (lambda _: self.s_per_step)
+        costs = (  # epoch by epoch, up to 100000
+            (steps_per_epoch * per_step(e) + self.val_s / k) * LIGHTNING_OVERHEAD
+            for e in range(100_000)
+        )
+        self.epochs = sum(
+            1 for _ in itertools.takewhile(lambda t: t <= train_s, itertools.accumulate(costs))
+        )
         self.steps = self.epochs * steps_per_epoch
         self.val_every = max(min(k, self.epochs), 1)
         self.note = self.note or f"val every {k}"
@@ -219,26 +217,32 @@ def make_plan(
         )
     steps_per_epoch = max(len(train) // batch, 1)  # full batches only (drop_last)
     timing_limit = 0.08 * budget
+
+    def time_candidate(
+        module: Any, c: Candidate, subjects: Sequence[PreparedSubject], steps: int
+    ) -> tuple[float, float]:
+        return time_steps(
+            module, train, subjects, c.patch, c.batch_size, c.num_levels,
+            cfg.get("augmentation"), device, steps, bf16,
+        )  # fmt: skip
+
+    module = None
     for c in candidates:
         if time.monotonic() - started > timing_limit:
             c.note = "not timed: planning time used up"
             continue
-        trial = _with(cfg, c)
-        module = build(trial)
+        module = None  # the previous candidate's, freed before the next is built
+        module = build(_with(cfg, c))
         steps = 10 if cuda else min(4 + int(budget // 300), 10)  # more steps: less noise
-        c.s_per_step, c.val_s = time_steps(
-            module, train, val, c.patch, c.batch_size, c.num_levels,
-            cfg.get("augmentation"), device, steps, bf16,
-        )  # fmt: skip
-        del module
+        c.s_per_step, c.val_s = time_candidate(module, c, val, steps)
     thawing = None
-    if network is not None and math.isfinite(candidates[0].s_per_step):
+    if network is not None and module is not None:  # fine-tuning: the one network, timed
         net = candidates[0]
         thawing = thawing_step_s(
-            build(_with(cfg, net)), cfg.finetuning, net.s_per_step, started + timing_limit,
-            lambda m: time_steps(m, train, val[:1], net.patch, net.batch_size, net.num_levels,
-                                 cfg.get("augmentation"), device, 4, bf16)[0],
+            module, cfg.finetuning, net.s_per_step, started + timing_limit,
+            lambda m: time_candidate(m, net, val[:1], 4)[0],
         )  # fmt: skip
+    del module
     planning = time.monotonic() - started
     available = budget - planning - FIXED_RESERVE_S
     for c in candidates:

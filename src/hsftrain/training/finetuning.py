@@ -64,9 +64,9 @@ def apply_freeze(net: Network, mode: str, n_levels: int) -> list[str]:
     path = unfreeze_path(net, mode)
     for p in net.parameters():
         p.requires_grad_(False)
-    heads = [net.head, *getattr(net, "aux_heads", [])]  # deep supervision's train too
-    for p in (p for head in heads for p in head.parameters()):
-        p.requires_grad_(True)
+    for head in (net.head, *getattr(net, "aux_heads", [])):  # deep supervision's train too
+        for p in head.parameters():
+            p.requires_grad_(True)
     names = ["head"]
     for name, module in path[:n_levels]:
         for p in module.parameters():

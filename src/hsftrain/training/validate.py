@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from hsftrain.data.nifti import header_info
 from hsftrain.errors import ConfigError
 from hsftrain.models import MODELS
-from hsftrain.models.blocks import LAYER_LETTERS
+from hsftrain.models.blocks import LAYER_LETTERS, feature_sizes
 from hsftrain.validate import (
     ABSENT,
     Checker,
@@ -178,11 +178,8 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
     c("models.hparams.use_attention", as_bool)
     c("models.hparams.skip", choice(("sum", "concat")))
     if c("models.hparams.deep_supervision", as_bool, optional=True) and not cfg.get("budget"):
-        f_maps, levels = (
-            get_value(cfg, "models.hparams.f_maps"),
-            get_value(cfg, "models.hparams.num_levels"),
-        )
-        if (len(f_maps) if isinstance(f_maps, list | tuple) else levels) < 3:
+        f_maps = get_value(cfg, "models.hparams.f_maps")
+        if len(feature_sizes(f_maps, int(get_value(cfg, "models.hparams.num_levels")))) < 3:
             raise ConfigError(
                 "models.hparams.deep_supervision=true needs at least 3 levels "
                 "(models.hparams.num_levels): set 3 or more, or deep_supervision=false"
