@@ -11,6 +11,7 @@ from hsftrain.config import ConfigError, compose
 from hsftrain.data.cache import prepare
 from hsftrain.data.discovery import discover
 from hsftrain.training.budget import Plan, make_plan
+from hsftrain.training.plan import LIGHTNING_OVERHEAD
 from hsftrain.training.validate import parse_budget
 
 
@@ -56,6 +57,7 @@ def test_plan_times_candidates_and_fits_the_budget(prepared, tmp_path: Path) -> 
     assert planned.lightning.max_epochs == plan.epochs
     assert planned.models.hparams.f_maps == int(plan.chosen.split("/")[0][1:])
     assert planned.budget is None and planned.lightning.max_time.count(":") == 3
+    assert 0 < plan.epochs_end_s < 120  # when the epochs must end: BudgetPace's deadline
     # what training, validation and export are expected to take fits in the budget
     chosen = next(c for c in plan.candidates if c.name == plan.chosen)
     assert plan.epochs * 3 * chosen.s_per_step + plan.planning_s < 120
@@ -111,7 +113,7 @@ def test_cpu_plan_compiles_when_it_pays(
     assert compiled.name == "f24/L4/b2+compile" and compiled.name in plan.table()
     # both plans fit in what the trial left, whichever is chosen
     for c in (eager, compiled):
-        assert c.steps * c.s_per_step * budget.LIGHTNING_OVERHEAD + c.compile_s < 1800 - 600
+        assert c.steps * c.s_per_step * LIGHTNING_OVERHEAD + c.compile_s < 1800 - 600
     if compiled_s_per_step == 0.3:  # 1.7x faster: worth a minute of compiling
         assert plan.chosen == compiled.name and planned.models.compile is True
         assert compiled.steps > eager.steps and "compiled" in plan.why
@@ -188,6 +190,6 @@ def test_finetune_plan_counts_faster_frozen_steps(
         lambda m: fake(m)[0],
     )  # fmt: skip
     k = staged.check_val_every_n_epoch
-    spent = sum(3 * step_s(e) + 1.0 / k for e in range(staged.epochs)) * budget.LIGHTNING_OVERHEAD
+    spent = sum(3 * step_s(e) + 1.0 / k for e in range(staged.epochs)) * LIGHTNING_OVERHEAD
     assert 0.9 * 600 < spent <= 600 - budget.FIXED_RESERVE_S
     assert step_s(0) < step_s(10) < step_s(50) == 0.5

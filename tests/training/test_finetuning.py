@@ -425,3 +425,23 @@ def test_hsf_classes_carried_into_the_finetuned_model(phantoms: Path, tmp_path: 
     segment(cfg)
     names = {r["name"] for r in read_volumes(images / "volumes.csv")}
     assert names and names <= {"DG", "CA1", "CA2/3", "SUB"}, names
+
+
+def test_hparams_given_for_a_finetuning_are_reported_as_not_used() -> None:
+    """Fine-tuning keeps the pretrained network: a models.hparams value you gave that it
+    does not have is named (the run warns), defaults and matching values are not."""
+    from hsftrain.config import compose
+    from hsftrain.training.build import ignored_hparams
+    from hsftrain.training.checkpoint import ModelInfo
+
+    info = ModelInfo("ResidualUNet3D", {"f_maps": 24, "num_levels": 4}, ["background"], "1/2/3", {})
+    given = compose(
+        "config",
+        ["models.hparams.f_maps=16", "models.hparams.num_levels=4", "models.lr=1e-3"]
+        + ["models.hparams.deep_supervision=true"],
+    )
+    assert ignored_hparams(given, info) == [
+        "models.hparams.f_maps=16 (pretrained: 24)",
+        "models.hparams.deep_supervision=True (pretrained: None)",
+    ]
+    assert ignored_hparams(compose("config"), info) == []

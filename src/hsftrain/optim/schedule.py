@@ -20,10 +20,22 @@ def warmup_cosine_factor(
     return min_factor + (1 - min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class WarmupCosine:
+    """:func:`warmup_cosine_factor` as a callable object: ``LambdaLR`` saves its attributes
+    in the scheduler's state, so ``total_steps`` may be changed during a run (``budget=``
+    stretches or shortens the run to its measured pace) and survives a resume."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, min_factor: float = 0.0) -> None:
+        self.warmup_steps = warmup_steps
+        self.total_steps = total_steps
+        self.min_factor = min_factor
+
+    def __call__(self, step: int) -> float:
+        return warmup_cosine_factor(step, self.warmup_steps, self.total_steps, self.min_factor)
+
+
 def warmup_cosine(
     optimizer: Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.0
 ) -> LambdaLR:
-    """A ``LambdaLR`` applying :func:`warmup_cosine_factor`."""
-    return LambdaLR(
-        optimizer, lambda s: warmup_cosine_factor(s, warmup_steps, total_steps, min_factor)
-    )
+    """A ``LambdaLR`` applying :func:`warmup_cosine_factor` (through :class:`WarmupCosine`)."""
+    return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_factor))

@@ -7,19 +7,17 @@ cost, and picks the largest candidate that still gets enough optimiser steps; th
 epochs is then set so that training, validation and export end inside the budget, and the
 learning-rate schedule spans exactly those steps. The plan (candidates, measured seconds per
 step, the choice and why) is printed and saved as ``plan.yaml`` in the run directory.
-Lightning's ``max_time`` is set as a safety net: a run about to overrun stops at the budget
-with its best checkpoint, and says so.
+After its second epoch the run re-fits its epochs to its own measured pace
+(:class:`~hsftrain.training.plan.BudgetPace`). Lightning's ``max_time`` is set as a safety
+net: a run about to overrun stops at the budget with its best checkpoint, and says so.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +29,7 @@ from hsftrain.data.datamodule import input_multiple, patch_size
 from hsftrain.data.fingerprint import fingerprint
 from hsftrain.training.distributed import compile_enabled
 from hsftrain.training.finetuning import thawing_step_s
+from hsftrain.training.plan import Candidate, Plan
 from hsftrain.training.timing import time_steps
 from hsftrain.training.trainer import run_precision
 from hsftrain.training.validate import parse_budget
@@ -41,13 +40,9 @@ log = logging.getLogger(__name__)
 #: scaled by the batch size). Set from the MSD measurements in docs/benchmarks.md: the
 #: demo-size network (f_maps 8, 3 levels) reaches its plateau after about 1500 steps.
 MIN_SAMPLES = 3000
-#: Share of the training time that validation may take.
-VALIDATION_SHARE = 0.08
-#: Seconds kept for start-up, the last checkpoint and the ONNX export.
+#: Seconds kept for start-up, the last checkpoint and the ONNX export (at most; a short budget
+#: keeps 5 s plus 5% of it: a 2-minute run's network exports in about 2 s).
 FIXED_RESERVE_S = 25.0
-#: A training epoch under Lightning (logging, callbacks, checkpoints, loader start) over the
-#: timed steps and validation: 36 s against 32.8 s planned in a 30-minute MSD run.
-LIGHTNING_OVERHEAD = 1.1
 #: What ``budget=`` sets on top of the plan when training from scratch, for each key left at
 #: its default (a value you give yourself is kept): the recipe measured on MSD
 #: (docs/benchmarks.md, "A stronger recipe").
@@ -68,88 +63,6 @@ COMPILE_GAIN = 1.1
 #: Candidate networks, smallest first: (f_maps, num_levels).
 CPU_CANDIDATES = ((8, 3), (12, 3), (16, 3), (16, 4), (24, 4))
 GPU_CANDIDATES = ((16, 4), (24, 4), (32, 4), (48, 4), (64, 4))
-
-
-@dataclass
-class Candidate:
-    """One network tried by the planner, and what it measured."""
-
-    f_maps: int
-    num_levels: int
-    batch_size: int
-    patch: list[int]
-    s_per_step: float = float("nan")
-    val_s: float = float("nan")
-    steps: int = 0
-    epochs: int = 0
-    note: str = ""
-    val_every: int = 1
-    compiled: bool = False
-    compile_s: float = 0.0
-
-    @property
-    def name(self) -> str:
-        tail = "+compile" if self.compiled else ""
-        return f"f{self.f_maps}/L{self.num_levels}/b{self.batch_size}{tail}"
-
-    def fit(
-        self,
-        available_s: float,
-        steps_per_epoch: int,
-        step_s: Callable[[int], float] | None = None,
-    ) -> None:
-        """Set ``epochs`` and ``steps`` to what fits in ``available_s`` seconds, with
-        validation every k epochs so that it takes at most :data:`VALIDATION_SHARE` of the
-        time (and once more at the end, with surface metrics); a compiled candidate pays
-        its compilation first. ``step_s(epoch)``: seconds per step of that epoch where
-        they vary (fine-tuning thaws levels one by one), else ``s_per_step``."""
-        epoch_s = steps_per_epoch * self.s_per_step
-        k = max(1, math.ceil(self.val_s / max(VALIDATION_SHARE * epoch_s, 1e-9)))
-        train_s = available_s - self.compile_s - 2 * self.val_s
-        per_step = step_s or (lambda _: self.s_per_step)
-        costs = (  # epoch by epoch, up to 100000
-            (steps_per_epoch * per_step(e) + self.val_s / k) * LIGHTNING_OVERHEAD
-            for e in range(100_000)
-        )
-        self.epochs = sum(
-            1 for _ in itertools.takewhile(lambda t: t <= train_s, itertools.accumulate(costs))
-        )
-        self.steps = self.epochs * steps_per_epoch
-        self.val_every = max(min(k, self.epochs), 1)
-        self.note = self.note or f"val every {k}"
-
-
-@dataclass
-class Plan:
-    """What ``budget=`` decided, saved as ``plan.yaml``."""
-
-    budget_s: float
-    device: str
-    fingerprint: dict[str, Any]
-    candidates: list[Candidate]
-    chosen: str
-    epochs: int
-    steps: int
-    check_val_every_n_epoch: int
-    train_s: float
-    planning_s: float
-    why: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: Path) -> None:
-        data = asdict(self)
-        path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
-
-    def table(self) -> str:
-        """The candidates, their measurements and the choice, one line each."""
-        rows = [f"{'candidate':<18}{'patch':>12}{'s/step':>8}{'val s':>7}{'steps':>7}{'epochs':>7}"]
-        for c in self.candidates:
-            mark = "  <- chosen" if c.name == self.chosen else (f"  ({c.note})" if c.note else "")
-            rows.append(
-                f"{c.name:<18}{'x'.join(map(str, c.patch)):>12}{c.s_per_step:>8.2f}"
-                f"{c.val_s:>7.1f}{c.steps:>7d}{c.epochs:>7d}{mark}"
-            )
-        return "\n".join(rows)
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -185,6 +98,7 @@ def make_plan(
         ConfigError: a budget too short for even the smallest candidate.
     """
     budget = parse_budget(cfg.budget)
+    reserve = min(FIXED_RESERVE_S, 5.0 + 0.05 * budget)
     extra = recipe(cfg) if network is None else {}
     if extra:
         cfg = cfg.copy()
@@ -244,7 +158,7 @@ def make_plan(
         )  # fmt: skip
     del module
     planning = time.monotonic() - started
-    available = budget - planning - FIXED_RESERVE_S
+    available = budget - planning - reserve
     for c in candidates:
         if math.isfinite(c.s_per_step):
             c.fit(available, steps_per_epoch, thawing)
@@ -270,7 +184,7 @@ def make_plan(
         compiled = _compile_trial(cfg, chosen, train, val, build, device, bf16)
         candidates.append(compiled)
         # the trial's own time is spent whichever way the choice goes: both plans fit the rest
-        left = budget - (time.monotonic() - started) - FIXED_RESERVE_S
+        left = budget - (time.monotonic() - started) - reserve
         chosen.fit(left, steps_per_epoch)
         why += f" ({chosen.steps} steps after the compile trial)"
         if math.isfinite(compiled.s_per_step):
@@ -285,7 +199,7 @@ def make_plan(
             else:
                 compiled.note = "not worth its compilation"
     val_every = chosen.val_every
-    train_s = budget - (time.monotonic() - started) - FIXED_RESERVE_S / 2
+    train_s = budget - (time.monotonic() - started) - reserve / 2
     overrides = {
         "models.hparams.f_maps": chosen.f_maps,
         "models.hparams.num_levels": chosen.num_levels,
@@ -314,6 +228,7 @@ def make_plan(
         planning_s=round(time.monotonic() - started, 1),
         why=why,
         overrides=overrides,
+        epochs_end_s=round(budget - reserve - 2 * chosen.val_s, 1),
     )
     planned = cfg.copy()
     with open_dict(planned):

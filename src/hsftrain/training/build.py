@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.containers import plain
 from hsftrain.data.labels import LabelError, group_table
@@ -113,6 +113,23 @@ def finetune_classes(
     if out_channels is None and len(names) == len(pretrained):
         return list(pretrained)
     return names
+
+
+def ignored_hparams(cfg: DictConfig, info: ModelInfo) -> list[str]:
+    """``models.hparams`` values given for a fine-tuning (changed from the default of the
+    same models group) that the pretrained network does not have: fine-tuning keeps the
+    pretrained network, so they are not used (``key=given (pretrained: value)``)."""
+    from hsftrain.config import compose
+
+    defaults = compose("config")
+    if OmegaConf.select(defaults, "models.name") != OmegaConf.select(cfg, "models.name"):
+        return []
+    given, default = plain(cfg.models.hparams), plain(defaults.models.hparams)
+    return [
+        f"models.hparams.{key}={value} (pretrained: {info.hparams.get(key)})"
+        for key, value in given.items()
+        if value != default.get(key) and value != info.hparams.get(key)
+    ]
 
 
 def build_module(

@@ -29,7 +29,7 @@ from hsftrain.data.discovery import discover
 from hsftrain.data.splits import Split, crossing_groups, make_split
 from hsftrain.errors import ConfigError, Interrupted
 from hsftrain.logs import run_log
-from hsftrain.training.build import build_module, read_pretrained
+from hsftrain.training.build import build_module, ignored_hparams, read_pretrained
 from hsftrain.training.callbacks import EpochTable, OnTrainStart, StepProgress
 from hsftrain.training.denormals import flush_denormals
 from hsftrain.training.distributed import is_rank_zero, publish_run_name, shared_run_name
@@ -127,6 +127,12 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     # the pretrained model first (fetched and verified): a wrong spec writes no run directory
     pretrained = read_pretrained(cfg) if finetune else None
+    if pretrained is not None and (ignored := ignored_hparams(cfg, pretrained[2])):
+        log.warning(
+            "fine-tuning keeps the pretrained network: %s not used (the number of classes "
+            "is finetuning.out_channels)",
+            ", ".join(ignored),
+        )
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     found = discover(cfg.datasets)
     hparams = pretrained[2].hparams if pretrained else plain(cfg.models.hparams)
@@ -208,6 +214,15 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     if finetune:
         f = cfg.finetuning
         callbacks.append(GradualUnfreezing(str(f.mode), int(f.depth), int(f.unfreeze_frequency)))
+    if plan is not None:
+        from hsftrain.training.plan import BudgetPace
+
+        def paced(epochs: int) -> None:
+            OmegaConf.update(cfg, "lightning.max_epochs", epochs)
+            if is_rank_zero():
+                write_run_files()
+
+        callbacks.append(BudgetPace(plan, started, paced))
     signals = SignalState()
     preemption = Preemption(signals, resume_command(run_dir, finetune))
     callbacks += [FiniteGuard(), preemption]

@@ -1,0 +1,219 @@
+"""What a ``budget=`` plan is: the candidate networks and their cost model, the plan saved as
+``plan.yaml``, and :class:`BudgetPace`, which keeps a run to its budget at its own pace.
+
+The planner times a few steps of each candidate; a whole epoch under Lightning on a machine
+whose speed drifts (a shared CPU, a GPU warming up) can run 10% faster or slower than that.
+After its second epoch (the first pays for compilation and warm-up), a run measures its own
+pace and re-fits the number of epochs to the time left, stretching or shortening the
+learning-rate schedule so that the cosine still ends with the run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import OmegaConf
+
+from hsftrain.optim import WarmupCosine
+
+log = logging.getLogger(__name__)
+
+#: Share of the training time that validation may take.
+VALIDATION_SHARE = 0.08
+#: A training epoch under Lightning (logging, callbacks, checkpoints, loader start) over the
+#: timed steps and validation: 36 s against 32.8 s planned in a 30-minute MSD run.
+LIGHTNING_OVERHEAD = 1.1
+#: The epoch (0-based) whose duration sets the run's pace: the first pays for compilation.
+PACE_EPOCH = 1
+#: How far a measured pace may move the plan (one stalled epoch must not cut the run short).
+PACE_LIMITS = (0.5, 2.0)
+
+
+@dataclass
+class Candidate:
+    """One network tried by the planner, and what it measured."""
+
+    f_maps: int
+    num_levels: int
+    batch_size: int
+    patch: list[int]
+    s_per_step: float = float("nan")
+    val_s: float = float("nan")
+    steps: int = 0
+    epochs: int = 0
+    note: str = ""
+    val_every: int = 1
+    compiled: bool = False
+    compile_s: float = 0.0
+    #: planned seconds of each epoch in turn, for up to twice the planned time (not saved)
+    epoch_s: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def name(self) -> str:
+        tail = "+compile" if self.compiled else ""
+        return f"f{self.f_maps}/L{self.num_levels}/b{self.batch_size}{tail}"
+
+    def fit(
+        self,
+        available_s: float,
+        steps_per_epoch: int,
+        step_s: Callable[[int], float] | None = None,
+    ) -> None:
+        """Set ``epochs`` and ``steps`` to what fits in ``available_s`` seconds, with
+        validation every k epochs so that it takes at most :data:`VALIDATION_SHARE` of the
+        time (and once more at the end, with surface metrics); a compiled candidate pays
+        its compilation first. ``step_s(epoch)``: seconds per step of that epoch where
+        they vary (fine-tuning thaws levels one by one), else ``s_per_step``."""
+        epoch_s = steps_per_epoch * self.s_per_step
+        k = max(1, math.ceil(self.val_s / max(VALIDATION_SHARE * epoch_s, 1e-9)))
+        train_s = available_s - self.compile_s - 2 * self.val_s
+        self.epoch_s, total = [], 0.0
+        for cost in _costs(steps_per_epoch, step_s or (lambda _: self.s_per_step), self.val_s / k):
+            total += cost
+            if total > 2 * train_s or len(self.epoch_s) >= 100_000:
+                break
+            self.epoch_s.append(cost)
+        self.epochs = _epochs_within(self.epoch_s, train_s)
+        self.steps = self.epochs * steps_per_epoch
+        self.val_every = max(min(k, self.epochs), 1)
+        self.note = self.note or f"val every {k}"
+
+
+def _costs(steps: int, step_s: Callable[[int], float], val_s: float) -> Iterator[float]:
+    """Planned seconds of epoch 0, 1, ...: its steps, its share of validation, Lightning."""
+    return ((steps * step_s(e) + val_s) * LIGHTNING_OVERHEAD for e in itertools.count())
+
+
+def _epochs_within(costs: list[float], seconds: float) -> int:
+    """How many of these epochs, in order, end within ``seconds``."""
+    return sum(1 for t in itertools.accumulate(costs) if t <= seconds)
+
+
+@dataclass
+class Plan:
+    """What ``budget=`` decided, saved as ``plan.yaml``."""
+
+    budget_s: float
+    device: str
+    fingerprint: dict[str, Any]
+    candidates: list[Candidate]
+    chosen: str
+    epochs: int
+    steps: int
+    check_val_every_n_epoch: int
+    train_s: float
+    planning_s: float
+    why: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    #: seconds after the run started by which the epochs end (then validation and export)
+    epochs_end_s: float = 0.0
+    #: what the run's measured pace changed (:class:`BudgetPace`)
+    paced: str = ""
+
+    def save(self, path: Path) -> None:
+        data = asdict(self)
+        for c in data["candidates"]:
+            c.pop("epoch_s")
+        path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
+
+    def table(self) -> str:
+        """The candidates, their measurements and the choice, one line each."""
+        rows = [f"{'candidate':<18}{'patch':>12}{'s/step':>8}{'val s':>7}{'steps':>7}{'epochs':>7}"]
+        for c in self.candidates:
+            mark = "  <- chosen" if c.name == self.chosen else (f"  ({c.note})" if c.note else "")
+            rows.append(
+                f"{c.name:<18}{'x'.join(map(str, c.patch)):>12}{c.s_per_step:>8.2f}"
+                f"{c.val_s:>7.1f}{c.steps:>7d}{c.epochs:>7d}{mark}"
+            )
+        return "\n".join(rows)
+
+    def chosen_candidate(self) -> Candidate:
+        return next(c for c in self.candidates if c.name == self.chosen)
+
+    def paced_epochs(self, measured_s: float, validated: bool, elapsed_s: float) -> int:
+        """Epochs that end by :attr:`epochs_end_s` when epoch :data:`PACE_EPOCH` took
+        ``measured_s`` (``validated``: its validation ran in it) and ``elapsed_s`` seconds
+        of the run have passed: the plan's later epochs scaled by the measured pace."""
+        c = self.chosen_candidate()
+        if len(c.epoch_s) <= PACE_EPOCH + 1:
+            return self.epochs
+        planned = c.epoch_s[PACE_EPOCH]
+        if not validated:
+            planned -= c.val_s / c.val_every * LIGHTNING_OVERHEAD
+        pace = min(max(measured_s / max(planned, 1e-9), PACE_LIMITS[0]), PACE_LIMITS[1])
+        left = self.epochs_end_s - elapsed_s - 2 * c.val_s * (pace - 1)
+        later = [cost * pace for cost in c.epoch_s[PACE_EPOCH + 1 :]]
+        return PACE_EPOCH + 1 + max(_epochs_within(later, left), 1)
+
+
+class BudgetPace(L.Callback):
+    """Re-fits a planned run's epochs to its own pace once, when epoch :data:`PACE_EPOCH`
+    has ended (every process takes rank 0's answer), and stretches the learning-rate
+    schedule (and Demon's momentum decay) to the new number of steps. ``on_change(epochs)``
+    records the new plan (``plan.yaml``, ``config.yaml``)."""
+
+    def __init__(
+        self, plan: Plan, started: float, on_change: Callable[[int], None] | None = None
+    ) -> None:
+        self.plan, self.started, self.on_change = plan, started, on_change
+        self._mark: float | None = None
+        self._validated = False
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        now = time.monotonic()
+        if trainer.current_epoch == PACE_EPOCH:
+            self._mark = now
+        elif trainer.current_epoch == PACE_EPOCH + 1 and self._mark is not None:
+            measured = now - self._mark
+            epochs = self.plan.paced_epochs(measured, self._validated, now - self.started)
+            epochs = int(trainer.strategy.broadcast(epochs, src=0))
+            self._mark = None
+            self._apply(trainer, pl_module, epochs, measured)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = trainer.current_epoch == PACE_EPOCH
+
+    def _apply(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, epochs: int, measured: float
+    ) -> None:
+        old = int(trainer.fit_loop.max_epochs or self.plan.epochs)
+        if epochs == old:
+            log.info("budget: on pace (epoch %d took %.1f s)", PACE_EPOCH + 1, measured)
+            return
+        trainer.fit_loop.max_epochs = epochs
+        total = stretch_schedule(trainer, pl_module, old, epochs)
+        self.plan.paced = (
+            f"epoch {PACE_EPOCH + 1} took {measured:.1f} s: {epochs} epochs instead of {old} "
+            f"end within the budget ({total} steps)"
+        )
+        self.plan.steps = self.plan.steps * epochs // max(self.plan.epochs, 1)
+        self.plan.epochs = epochs
+        log.info("budget: %s", self.plan.paced)
+        if self.on_change is not None:
+            self.on_change(epochs)
+
+
+def stretch_schedule(trainer: L.Trainer, module: L.LightningModule, old: int, new: int) -> int:
+    """Make the run's schedule span ``new`` epochs instead of ``old``: the module's
+    ``total_steps``, the warm-up/cosine learning rate and AdamP's Demon decay. Returns the
+    new number of optimiser steps."""
+    total = max(1, round(int(getattr(module, "total_steps", 1)) * new / max(old, 1)))
+    if hasattr(module, "total_steps"):
+        setattr(module, "total_steps", total)  # noqa: B010 (a plain int on a Module)
+    for config in trainer.lr_scheduler_configs:
+        for fn in getattr(config.scheduler, "lr_lambdas", []):
+            if isinstance(fn, WarmupCosine):
+                fn.total_steps = total
+    for optimizer in trainer.optimizers:
+        for group in optimizer.param_groups:
+            if group.get("total_steps"):
+                group["total_steps"] = total
+    return total
