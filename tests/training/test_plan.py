@@ -47,7 +47,7 @@ def test_paced_epochs_follow_the_measured_pace(pace: float, expect: int) -> None
     p = _plan()
     epoch = p.chosen_candidate().epoch_s[PACE_EPOCH]
     elapsed = 2 * epoch * pace
-    assert p.paced_epochs(epoch * pace, True, elapsed) == expect
+    assert p.paced_epochs(PACE_EPOCH + 1, epoch * pace, 1, elapsed) == expect
 
 
 def test_paced_epochs_without_validation_in_the_measured_epoch() -> None:
@@ -58,8 +58,11 @@ def test_paced_epochs_without_validation_in_the_measured_epoch() -> None:
     assert c.val_every > 1
     train_only = c.epoch_s[PACE_EPOCH] - c.val_s / c.val_every * LIGHTNING_OVERHEAD
     elapsed = 2 * c.epoch_s[0]
-    assert p.paced_epochs(train_only, False, elapsed) == c.epochs
-    assert p.paced_epochs(train_only, True, elapsed) > c.epochs
+    assert p.paced_epochs(PACE_EPOCH + 1, train_only, 0, elapsed) == c.epochs
+    assert p.paced_epochs(PACE_EPOCH + 1, train_only, 1, elapsed) > c.epochs
+    # over epochs 1-8 (one validation among them, every 8th), at the planned pace: on plan
+    eight = sum(c.epoch_s[1:9])
+    assert c.val_every == 8 and p.paced_epochs(9, eight, 1, c.epoch_s[0] + eight) == c.epochs
 
 
 def _trainer(max_epochs: int, total_steps: int) -> tuple[types.SimpleNamespace, torch.nn.Module]:
@@ -77,6 +80,14 @@ def _trainer(max_epochs: int, total_steps: int) -> tuple[types.SimpleNamespace, 
     return trainer, module
 
 
+def _epochs(pace: BudgetPace, trainer, module, now: list[float], times: dict[int, float]) -> None:
+    """Start epochs 0, 1, ... at the given times (validating in each before the next)."""
+    for e, seconds in sorted(times.items()):
+        trainer.current_epoch, now[0] = e, seconds
+        pace.on_train_epoch_start(trainer, module)
+        pace.on_validation_end(trainer, module)
+
+
 def test_budget_pace_stretches_the_run_and_its_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
     p = _plan()
     epoch = p.chosen_candidate().epoch_s[PACE_EPOCH]
@@ -84,12 +95,10 @@ def test_budget_pace_stretches_the_run_and_its_schedule(monkeypatch: pytest.Monk
     monkeypatch.setattr(plan_module.time, "monotonic", lambda: now[0])
     changed: list[int] = []
     pace = BudgetPace(p, started=0.0, on_change=changed.append)
+    assert pace.checks == [2, 22, 43, 64]  # epoch 2, then a quarter, half, three quarters
     trainer, module = _trainer(p.epochs, p.steps)
-    for e, seconds in ((0, 0.0), (1, epoch * 0.9), (2, epoch * 1.8)):  # 10% faster
-        trainer.current_epoch, now[0] = e, seconds
-        if e == PACE_EPOCH:
-            pace.on_validation_end(trainer, module)  # type: ignore[arg-type]
-        pace.on_train_epoch_start(trainer, module)  # type: ignore[arg-type]
+    trainer.sanity_checking = False
+    _epochs(pace, trainer, module, now, {e: e * epoch * 0.9 for e in range(3)})  # 10% faster
     new = trainer.fit_loop.max_epochs
     assert new == 96 and changed == [new] and p.epochs == new and p.steps == new * STEPS
     assert module.total_steps == new * STEPS and f"{new} epochs instead of 86" in p.paced
@@ -97,10 +106,15 @@ def test_budget_pace_stretches_the_run_and_its_schedule(monkeypatch: pytest.Monk
     assert isinstance(schedule, WarmupCosine) and schedule.total_steps == new * STEPS
     assert schedule(new * STEPS) == warmup_cosine_factor(new * STEPS, 5, new * STEPS) == 0.0
     assert trainer.optimizers[0].param_groups[0]["total_steps"] == new * STEPS
-    # once only: a later epoch changes nothing
-    trainer.current_epoch, now[0] = 3, epoch * 10
-    pace.on_train_epoch_start(trainer, module)  # type: ignore[arg-type]
+    # between the checks nothing changes; at a quarter, still 10% faster: on pace
+    _epochs(pace, trainer, module, now, {e: e * epoch * 0.9 for e in range(3, 23)})
     assert trainer.fit_loop.max_epochs == new and changed == [new]
+    # by half of the plan the machine slowed down: the mean pace since epoch 1 is the
+    # plan's, so fewer epochs (86 again) and a schedule shortened to match
+    slow = {e: 22 * epoch * 0.9 + (e - 22) * epoch * 1.12 for e in range(23, 44)}
+    _epochs(pace, trainer, module, now, slow)
+    assert changed == [96, trainer.fit_loop.max_epochs] and 84 <= changed[-1] <= 88
+    assert schedule.total_steps == changed[-1] * STEPS and p.paced.count("instead of") == 2
 
 
 def test_budget_pace_on_pace_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -111,11 +125,8 @@ def test_budget_pace_on_pace_changes_nothing(monkeypatch: pytest.MonkeyPatch) ->
     changed: list[int] = []
     pace = BudgetPace(p, started=0.0, on_change=changed.append)
     trainer, module = _trainer(p.epochs, p.steps)
-    for e in range(3):
-        trainer.current_epoch, now[0] = e, e * epoch
-        if e == PACE_EPOCH:
-            pace.on_validation_end(trainer, module)  # type: ignore[arg-type]
-        pace.on_train_epoch_start(trainer, module)  # type: ignore[arg-type]
+    trainer.sanity_checking = False
+    _epochs(pace, trainer, module, now, {e: e * epoch for e in range(80)})
     assert trainer.fit_loop.max_epochs == 86 and not changed and not p.paced
 
 

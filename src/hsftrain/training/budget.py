@@ -7,9 +7,10 @@ cost, and picks the largest candidate that still gets enough optimiser steps; th
 epochs is then set so that training, validation and export end inside the budget, and the
 learning-rate schedule spans exactly those steps. The plan (candidates, measured seconds per
 step, the choice and why) is printed and saved as ``plan.yaml`` in the run directory.
-After its second epoch the run re-fits its epochs to its own measured pace
-(:class:`~hsftrain.training.plan.BudgetPace`). Lightning's ``max_time`` is set as a safety
-net: a run about to overrun stops at the budget with its best checkpoint, and says so.
+After its second epoch (and at 25/50/75% of the plan) the run re-fits its epochs to its
+own measured pace (:class:`~hsftrain.training.plan.BudgetPace`). Lightning's ``max_time``
+is set as a safety net: a run about to overrun stops at the budget with its best
+checkpoint, and says so.
 """
 
 from __future__ import annotations

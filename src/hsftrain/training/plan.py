@@ -3,9 +3,10 @@
 
 The planner times a few steps of each candidate; a whole epoch under Lightning on a machine
 whose speed drifts (a shared CPU, a GPU warming up) can run 10% faster or slower than that.
-After its second epoch (the first pays for compilation and warm-up), a run measures its own
-pace and re-fits the number of epochs to the time left, stretching or shortening the
-learning-rate schedule so that the cosine still ends with the run.
+After its second epoch (the first pays for compilation and warm-up), and again at a quarter,
+half and three quarters of the plan, a run measures its own mean pace and re-fits the number
+of epochs to the time left, stretching or shortening the learning-rate schedule so that the
+cosine still ends with the run.
 """
 
 from __future__ import annotations
@@ -138,65 +139,72 @@ class Plan:
     def chosen_candidate(self) -> Candidate:
         return next(c for c in self.candidates if c.name == self.chosen)
 
-    def paced_epochs(self, measured_s: float, validated: bool, elapsed_s: float) -> int:
-        """Epochs that end by :attr:`epochs_end_s` when epoch :data:`PACE_EPOCH` took
-        ``measured_s`` (``validated``: its validation ran in it) and ``elapsed_s`` seconds
-        of the run have passed: the plan's later epochs scaled by the measured pace."""
+    def paced_epochs(self, done: int, measured_s: float, validations: int, elapsed_s: float) -> int:
+        """Epochs that end by :attr:`epochs_end_s` when epochs :data:`PACE_EPOCH` to
+        ``done - 1`` took ``measured_s`` seconds with ``validations`` validations among them,
+        and ``elapsed_s`` seconds of the run have passed: the plan's later epochs scaled by
+        the measured pace (measured over planned time of the same epochs)."""
         c = self.chosen_candidate()
-        if len(c.epoch_s) <= PACE_EPOCH + 1:
+        if len(c.epoch_s) <= done or done <= PACE_EPOCH:
             return self.epochs
-        planned = c.epoch_s[PACE_EPOCH]
-        if not validated:
-            planned -= c.val_s / c.val_every * LIGHTNING_OVERHEAD
+        window = c.epoch_s[PACE_EPOCH:done]
+        val_share = c.val_s / c.val_every * LIGHTNING_OVERHEAD  # in each planned epoch
+        planned = sum(window) + (validations * c.val_every - len(window)) * val_share
         pace = min(max(measured_s / max(planned, 1e-9), PACE_LIMITS[0]), PACE_LIMITS[1])
         left = self.epochs_end_s - elapsed_s - 2 * c.val_s * (pace - 1)
-        later = [cost * pace for cost in c.epoch_s[PACE_EPOCH + 1 :]]
-        return PACE_EPOCH + 1 + max(_epochs_within(later, left), 1)
+        later = [cost * pace for cost in c.epoch_s[done:]]
+        return done + max(_epochs_within(later, left), 1)
 
 
 class BudgetPace(L.Callback):
-    """Re-fits a planned run's epochs to its own pace once, when epoch :data:`PACE_EPOCH`
-    has ended (every process takes rank 0's answer), and stretches the learning-rate
-    schedule (and Demon's momentum decay) to the new number of steps. ``on_change(epochs)``
-    records the new plan (``plan.yaml``, ``config.yaml``)."""
+    """Re-fits a planned run's epochs to its own pace: at the start of epoch
+    :data:`PACE_EPOCH` + 1 and again at 25%, 50% and 75% of the plan, from the mean pace
+    since epoch :data:`PACE_EPOCH` (every process takes rank 0's answer), stretching the
+    learning-rate schedule (and Demon's momentum decay) to the new number of steps.
+    ``on_change(epochs)`` records the new plan (``plan.yaml``, ``config.yaml``)."""
 
     def __init__(
         self, plan: Plan, started: float, on_change: Callable[[int], None] | None = None
     ) -> None:
         self.plan, self.started, self.on_change = plan, started, on_change
+        quarters = {round(plan.epochs * f) for f in (0.25, 0.5, 0.75)}
+        self.checks = sorted({PACE_EPOCH + 1} | {e for e in quarters if e > PACE_EPOCH + 1})
         self._mark: float | None = None
-        self._validated = False
+        self._validations = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        now = time.monotonic()
-        if trainer.current_epoch == PACE_EPOCH:
-            self._mark = now
-        elif trainer.current_epoch == PACE_EPOCH + 1 and self._mark is not None:
+        now, epoch = time.monotonic(), trainer.current_epoch
+        if epoch == PACE_EPOCH:
+            self._mark, self._validations = now, 0
+        elif epoch in self.checks and self._mark is not None:
             measured = now - self._mark
-            epochs = self.plan.paced_epochs(measured, self._validated, now - self.started)
+            epochs = self.plan.paced_epochs(epoch, measured, self._validations, now - self.started)
             epochs = int(trainer.strategy.broadcast(epochs, src=0))
-            self._mark = None
-            self._apply(trainer, pl_module, epochs, measured)
+            self._apply(trainer, pl_module, epochs, epoch, measured / (epoch - PACE_EPOCH))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._validated = trainer.current_epoch == PACE_EPOCH
+        if self._mark is not None and not trainer.sanity_checking:
+            self._validations += 1
 
     def _apply(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, epochs: int, measured: float
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        epochs: int,
+        epoch: int,
+        per_epoch: float,
     ) -> None:
         old = int(trainer.fit_loop.max_epochs or self.plan.epochs)
         if epochs == old:
-            log.info("budget: on pace (epoch %d took %.1f s)", PACE_EPOCH + 1, measured)
+            log.info("budget: on pace (epoch %d, %.1f s per epoch)", epoch, per_epoch)
             return
         trainer.fit_loop.max_epochs = epochs
         total = stretch_schedule(trainer, pl_module, old, epochs)
-        self.plan.paced = (
-            f"epoch {PACE_EPOCH + 1} took {measured:.1f} s: {epochs} epochs instead of {old} "
-            f"end within the budget ({total} steps)"
-        )
+        change = f"epoch {epoch}, {per_epoch:.1f} s per epoch: {epochs} epochs instead of {old}"
+        self.plan.paced = "; ".join(filter(None, [self.plan.paced, change]))
         self.plan.steps = self.plan.steps * epochs // max(self.plan.epochs, 1)
         self.plan.epochs = epochs
-        log.info("budget: %s", self.plan.paced)
+        log.info("budget: %s end within the budget (%d steps)", change, total)
         if self.on_change is not None:
             self.on_change(epochs)
 
