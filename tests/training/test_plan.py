@@ -140,3 +140,32 @@ def test_warmup_cosine_total_survives_a_resume() -> None:
     resumed = warmup_cosine(torch.optim.SGD(net.parameters(), lr=1.0), 5, 100)
     resumed.load_state_dict(state)
     assert resumed.lr_lambdas[0].total_steps == 150
+
+
+def test_budget_run_follows_its_pace(phantoms, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hsftrain train budget=...`` end to end: the plan (timings stubbed: 10 s a step, so
+    3 epochs) is re-fitted at epoch 2 (the pace stubbed: 5 epochs fit), the run trains 5
+    epochs with a cosine that ends with them, and plan.yaml / config.yaml say so."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from hsftrain.cli import app
+    from hsftrain.training import budget
+
+    monkeypatch.setattr(budget, "time_steps", lambda *a, **k: (10.0, 1.0))
+    monkeypatch.setattr(Plan, "paced_epochs", lambda self, *a: 5)
+    args = ["datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
+    args += ["run_name=paced", "budget=2m", "lightning.enable_progress_bar=false"]
+    args += ["export_onnx=false", "augmentation.elastic.p=0", "augmentation.motion.p=0"]
+    result = CliRunner().invoke(app, ["train", *args])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "paced"
+    plan = yaml.safe_load((run / "plan.yaml").read_text())
+    assert plan["epochs"] == 5 and "5 epochs instead of 3" in plan["paced"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["lightning"]["max_epochs"] == 5
+    ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 4 and ckpt["global_step"] == 5 * 3
+    schedule = ckpt["lr_schedulers"][0]
+    assert schedule["lr_lambdas"][0]["total_steps"] == 5 * 3
+    lr, floor = schedule["_last_lr"][0], 5e-3 * 0.01  # the recipe's lr, min_factor 0.01
+    assert floor <= lr < 1.01 * floor  # the cosine ended with the run
