@@ -75,9 +75,22 @@ def _trainer(max_epochs: int, total_steps: int) -> tuple[types.SimpleNamespace, 
         strategy=types.SimpleNamespace(broadcast=lambda value, src=0: value),
         lr_scheduler_configs=[types.SimpleNamespace(scheduler=scheduler)],
         optimizers=[optimizer],
+        sanity_checking=False,
     )
     module = types.SimpleNamespace(total_steps=total_steps)
     return trainer, module
+
+
+def _pacer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Plan, float, list[float], list[int], BudgetPace]:
+    """A plan, its epoch 1's planned seconds, a clock to set, the changes seen, the callback."""
+    p = _plan()
+    now = [0.0]
+    monkeypatch.setattr(plan_module.time, "monotonic", lambda: now[0])
+    changed: list[int] = []
+    pace = BudgetPace(p, started=0.0, on_change=changed.append)
+    return p, p.chosen_candidate().epoch_s[PACE_EPOCH], now, changed, pace
 
 
 def _epochs(pace: BudgetPace, trainer, module, now: list[float], times: dict[int, float]) -> None:
@@ -89,15 +102,9 @@ def _epochs(pace: BudgetPace, trainer, module, now: list[float], times: dict[int
 
 
 def test_budget_pace_stretches_the_run_and_its_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
-    p = _plan()
-    epoch = p.chosen_candidate().epoch_s[PACE_EPOCH]
-    now = [0.0]
-    monkeypatch.setattr(plan_module.time, "monotonic", lambda: now[0])
-    changed: list[int] = []
-    pace = BudgetPace(p, started=0.0, on_change=changed.append)
+    p, epoch, now, changed, pace = _pacer(monkeypatch)
     assert pace.checks == [2, 22, 43, 64]  # epoch 2, then a quarter, half, three quarters
     trainer, module = _trainer(p.epochs, p.steps)
-    trainer.sanity_checking = False
     _epochs(pace, trainer, module, now, {e: e * epoch * 0.9 for e in range(3)})  # 10% faster
     new = trainer.fit_loop.max_epochs
     assert new == 96 and changed == [new] and p.epochs == new and p.steps == new * STEPS
@@ -118,14 +125,8 @@ def test_budget_pace_stretches_the_run_and_its_schedule(monkeypatch: pytest.Monk
 
 
 def test_budget_pace_on_pace_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    p = _plan()
-    epoch = p.chosen_candidate().epoch_s[PACE_EPOCH]
-    now = [0.0]
-    monkeypatch.setattr(plan_module.time, "monotonic", lambda: now[0])
-    changed: list[int] = []
-    pace = BudgetPace(p, started=0.0, on_change=changed.append)
+    p, epoch, now, changed, pace = _pacer(monkeypatch)
     trainer, module = _trainer(p.epochs, p.steps)
-    trainer.sanity_checking = False
     _epochs(pace, trainer, module, now, {e: e * epoch for e in range(80)})
     assert trainer.fit_loop.max_epochs == 86 and not changed and not p.paced
 
