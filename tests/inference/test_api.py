@@ -460,3 +460,19 @@ def test_tta_volumes_do_not_depend_on_file_name_or_orientation(
         volumes.setdefault(row["subject"], []).append(row["voxel_count"])
     assert volumes["sub-01_T1w"] == volumes["renamed_other_scan"]
     assert sum(int(v) for v in volumes["sub-01_T1w"]) > 0
+
+
+def test_a_flipped_view_is_padded_like_the_plain_one() -> None:
+    """Each view is augmented before padding: with an odd padding (13 -> 16: 1 voxel
+    before, 2 after) the mirrored crop gets its padding on the same sides as the plain
+    one, not mirrored with it (which shifted the anatomy by a voxel on the network's grid)."""
+    image = np.random.default_rng(0).normal(size=(13, 16, 16)).astype(np.float32)
+    engine = VoxelwiseEngine(True)
+    flip = {"flip": {"p": 1.0, "axes": ["LR"]}, "affine": {"p": 0}, "elastic": {"p": 0}}
+    segmenter = Segmenter([engine], flip, num_aug=1, batch_size=2)  # type: ignore[list-item]
+    segmenter.segment_crop(image, (1, 1, 1), np.random.default_rng(0))
+    plain, mirrored = engine.inputs[0][:, 0]
+    minimum = plain.min()
+    for view in (plain, mirrored):
+        assert (view[0] == minimum).all() and (view[14:] == minimum).all()
+    np.testing.assert_array_equal(mirrored[1:14], plain[1:14][::-1])

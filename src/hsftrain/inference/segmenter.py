@@ -123,28 +123,33 @@ class Segmenter:
         grid, augmentations undone, subfields merged (``ca_mode``)."""
         normalized = z_normalize(image)
         # each model gets the padding it was trained with: the image minimum for hsftrain
-        # models (hsftrain.data.transforms.fit_shape), zeros for others (HSF's models)
-        padded = {}
-        for by_minimum in {e.pads_with_minimum for e in self.engines}:
-            value = float(normalized.min()) if by_minimum else 0.0
-            padded[by_minimum], crop = pad_to_multiple(normalized, 8, value)
-        shape = next(iter(padded.values())).shape
-        augmentations = sample_augmentations(self.augmentation, self.num_aug, shape, zooms, rng)
+        # models (hsftrain.data.transforms.fit_shape), zeros for others (HSF's models);
+        # each view is augmented before it is padded, so that the padding stays where
+        # training put it (a mirrored padded crop had it on the other side: -0.002 Dice)
+        values = {m: float(normalized.min()) if m else 0.0 for m in self._paddings()}
+        augmentations = sample_augmentations(
+            self.augmentation, self.num_aug, normalized.shape, zooms, rng
+        )
         for start in range(0, len(augmentations), self.batch_size):
             chunk = augmentations[start : start + self.batch_size]
-            inputs = {
-                key: np.stack([a.apply(volume) for a in chunk])[:, None]
-                for key, volume in padded.items()
-            }
+            views = [a.apply(normalized) for a in chunk]
+            inputs: dict[bool, np.ndarray] = {}
+            crop: tuple[slice, ...] = ()
+            for key, value in values.items():
+                padded = [pad_to_multiple(v, 8, value) for v in views]
+                inputs[key], crop = np.stack([v for v, _ in padded])[:, None], padded[0][1]
             for engine in self.engines:
                 probs = engine.predict(inputs[engine.pads_with_minimum])
                 for augmentation, p in zip(chunk, probs, strict=True):
-                    back = unpad(augmentation.invert(p), crop)
+                    back = augmentation.invert(unpad(p, crop))
                     if self.merges:
                         back = merge_probs(back, self.model_names, self.ca_mode)
                     yield back
                 if advance:
                     advance(len(chunk))
+
+    def _paddings(self) -> set[bool]:
+        return {e.pads_with_minimum for e in self.engines}
 
     def finish(self, label_map: np.ndarray) -> np.ndarray:
         """Post-processing of a fused label map (largest component when configured)."""
