@@ -196,6 +196,16 @@ def group_options() -> dict[str, list[str]]:
     }
 
 
+def defaults_like(cfg: DictConfig) -> DictConfig | None:
+    """The training config composed without overrides, when ``cfg`` uses the same network
+    (``models.name``): what a key "left at its default" is compared with; None for
+    another models group, whose defaults differ."""
+    defaults = compose("config")
+    if OmegaConf.select(defaults, "models.name") != OmegaConf.select(cfg, "models.name"):
+        return None
+    return defaults
+
+
 def require(cfg: DictConfig, key: str, hint: str = "") -> object:
     """Value of ``key`` (dotted), or a ConfigError naming it.
 

@@ -125,19 +125,20 @@ class Segmenter:
         # each model gets the padding it was trained with: the image minimum for hsftrain
         # models (hsftrain.data.transforms.fit_shape), zeros for others (HSF's models);
         # each view is augmented before it is padded, so that the padding stays where
-        # training put it (a mirrored padded crop had it on the other side: -0.002 Dice)
-        values = {m: float(normalized.min()) if m else 0.0 for m in self._paddings()}
+        # the plain view has it (a mirrored padded crop had an odd padding on the other side)
+        values = {
+            m: float(normalized.min()) if m else 0.0
+            for m in {e.pads_with_minimum for e in self.engines}
+        }
         augmentations = sample_augmentations(
             self.augmentation, self.num_aug, normalized.shape, zooms, rng
         )
         for start in range(0, len(augmentations), self.batch_size):
             chunk = augmentations[start : start + self.batch_size]
-            views = [a.apply(normalized) for a in chunk]
-            inputs: dict[bool, np.ndarray] = {}
-            crop: tuple[slice, ...] = ()
-            for key, value in values.items():
-                padded = [pad_to_multiple(v, 8, value) for v in views]
-                inputs[key], crop = np.stack([v for v, _ in padded])[:, None], padded[0][1]
+            views = np.stack([a.apply(normalized) for a in chunk])[:, None]
+            inputs = {}
+            for key, value in values.items():  # pads the last three (spatial) axes
+                inputs[key], crop = pad_to_multiple(views, 8, value)
             for engine in self.engines:
                 probs = engine.predict(inputs[engine.pads_with_minimum])
                 for augmentation, p in zip(chunk, probs, strict=True):
@@ -147,9 +148,6 @@ class Segmenter:
                     yield back
                 if advance:
                     advance(len(chunk))
-
-    def _paddings(self) -> set[bool]:
-        return {e.pads_with_minimum for e in self.engines}
 
     def finish(self, label_map: np.ndarray) -> np.ndarray:
         """Post-processing of a fused label map (largest component when configured)."""

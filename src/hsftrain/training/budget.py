@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hsftrain.config import ConfigError
+from hsftrain.config import ConfigError, defaults_like
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple, patch_size
 from hsftrain.data.fingerprint import fingerprint
@@ -243,10 +243,8 @@ def make_plan(
 def recipe(cfg: DictConfig) -> dict[str, Any]:
     """The :data:`RECIPE` values for the keys of ``cfg`` still at their default (the value
     of the same key composed without overrides, models group of the same network)."""
-    from hsftrain.config import compose
-
-    defaults = compose("config")
-    if OmegaConf.select(defaults, "models.name") != OmegaConf.select(cfg, "models.name"):
+    defaults = defaults_like(cfg)
+    if defaults is None:
         return {}
     return {
         key: value

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hsftrain.containers import plain
 from hsftrain.data.labels import LabelError, group_table
@@ -119,10 +119,10 @@ def ignored_hparams(cfg: DictConfig, info: ModelInfo) -> list[str]:
     """``models.hparams`` values given for a fine-tuning (changed from the default of the
     same models group) that the pretrained network does not have: fine-tuning keeps the
     pretrained network, so they are not used (``key=given (pretrained: value)``)."""
-    from hsftrain.config import compose
+    from hsftrain.config import defaults_like
 
-    defaults = compose("config")
-    if OmegaConf.select(defaults, "models.name") != OmegaConf.select(cfg, "models.name"):
+    defaults = defaults_like(cfg)
+    if defaults is None:
         return []
     given, default = plain(cfg.models.hparams), plain(defaults.models.hparams)
     return [
