@@ -1,14 +1,19 @@
-"""The per-epoch table and the progress line (issue 14, item 4)."""
+"""The per-epoch table, the progress line (issue 14, item 4) and the run's checkpoints."""
 
 from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+import lightning as L
+import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from hsftrain.training.callbacks import EpochTable, StepProgress, table_lines
+from hsftrain.training.callbacks import EpochTable, RunCheckpoints, StepProgress, table_lines
 
 HSF = ["background", "DG", "CA1", "CA2", "CA3", "SUB", "HEAD", "TAIL"]
 
@@ -77,3 +82,56 @@ def test_progress_line_has_step_time_and_eta() -> None:
     assert line == (
         "epoch 2/10, batch 20/40, 0.50 s/step, loss 0.2500, epoch ETA 0:10, run ETA 3:08"
     )  # 20 steps x 0.5 s = 10 s; + 2 s validation + 8 epochs x (40 x 0.5 + 2) s = 188 s
+
+
+class _Worsening(L.LightningModule):
+    """A one-weight model whose validation loss rises every epoch: the best is epoch 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return (self.w - 1).pow(2).sum()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val/epoch/loss", float(self.current_epoch), on_epoch=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=1)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.zeros(1, 1)), batch_size=1)
+
+
+@pytest.mark.parametrize("val_every", [1, 2])
+def test_last_checkpoint_follows_every_validation_after_the_best(
+    tmp_path: Path, val_every: int
+) -> None:
+    """Lightning's save_last left last.ckpt at the best epoch; resume= must continue from
+    the last one (Lightning saves at the end of the epoch when each epoch is validated,
+    else after each validation)."""
+    checkpoints = RunCheckpoints(str(tmp_path / "checkpoints"))
+    trainer = L.Trainer(
+        max_epochs=2 * val_every + 1,
+        check_val_every_n_epoch=val_every,
+        callbacks=[checkpoints],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+    )
+    trainer.fit(_Worsening())
+    first = val_every - 1  # the first validated epoch: the lowest loss
+    files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert files == [f"best-epoch{first:03d}.ckpt", "last.ckpt"]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    best = torch.load(tmp_path / "checkpoints" / files[0], weights_only=False)
+    assert last["global_step"] == 2 * (2 * val_every + 1)  # two steps per epoch, every epoch
+    assert best["global_step"] == 2 * (first + 1)
+    assert not torch.equal(last["state_dict"]["w"], best["state_dict"]["w"])

@@ -9,6 +9,8 @@ training really starts.
   same lines go to ``train.log`` only.
 * :class:`OnTrainStart` runs a function once training starts (after a checkpoint has
   been restored): a resumed run writes nothing before that.
+* :class:`RunCheckpoints` writes ``best-epochNNN.ckpt`` (lowest validation loss) and a
+  ``last.ckpt`` that follows every validation and the end of training.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -206,3 +209,44 @@ class OnTrainStart(L.Callback):
             self.started = True
             if trainer.is_global_zero:
                 self.action()
+
+
+class RunCheckpoints(ModelCheckpoint):
+    """``checkpoints/best-epochNNN.ckpt`` (the lowest ``val/epoch/loss``) and
+    ``checkpoints/last.ckpt``, rewritten after every validation and when training ends.
+
+    Lightning's own ``save_last`` (2.6) rewrites ``last.ckpt`` only when it writes a new best
+    checkpoint, so after the best epoch ``last.ckpt`` stayed behind and ``resume=`` went
+    back to the best epoch instead of continuing from the last one.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename="best-epoch{epoch:03d}",
+            auto_insert_metric_name=False,
+            monitor="val/epoch/loss",
+            mode="min",
+            save_last=True,
+        )
+
+    # Lightning saves at the end of the training epoch when every epoch is validated once,
+    # else at the end of each validation; last.ckpt follows at the same moment, after the
+    # best (a save marks the step as saved, so saving last.ckpt first would skip the best)
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_too(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_too(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        self._save_last_too(trainer)  # epochs after the last validation
+
+    def _save_last_too(self, trainer: L.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # a new best also wrote last.ckpt
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

@@ -30,7 +30,7 @@ from hsftrain.data.splits import Split, crossing_groups, make_split
 from hsftrain.errors import ConfigError, Interrupted
 from hsftrain.logs import run_log
 from hsftrain.training.build import build_module, ignored_hparams, read_pretrained
-from hsftrain.training.callbacks import EpochTable, OnTrainStart, StepProgress
+from hsftrain.training.callbacks import EpochTable, OnTrainStart, RunCheckpoints, StepProgress
 from hsftrain.training.denormals import flush_denormals
 from hsftrain.training.distributed import is_rank_zero, publish_run_name, shared_run_name
 from hsftrain.training.finetuning import GradualUnfreezing
@@ -196,16 +196,7 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     data = build_datamodule(cfg, train_set, val_set, int(levels))
     total = _total_steps(len(split.train), cfg)
     module = build_module(cfg, found, total, pretrained)
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    checkpoint = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="best-epoch{epoch:03d}",
-        auto_insert_metric_name=False,
-        monitor="val/epoch/loss",
-        mode="min",
-        save_last=True,
-    )
+    checkpoint = RunCheckpoints(str(run_dir / "checkpoints"))
     callbacks: list[L.Callback] = [checkpoint, EpochTable(), *compression_callbacks(cfg)]
     bar = bool(cfg.lightning.get("enable_progress_bar", True))
     callbacks.append(StepProgress(int(cfg.lightning.get("log_every_n_steps") or 10), not bar))
