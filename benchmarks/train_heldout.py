@@ -216,6 +216,7 @@ def main() -> dict:
         "test_dice_mean_flip": _means(test_flip),
         "tuning_dice_mean": tuning,
         "trained_weights_dice_mean": paired or None,
+        "last_checkpoint_dice_mean": _last_checkpoint_dice(run_dir, metrics, out, va, te, images),
         "val_dice_mean": metrics.get("val/dice_mean"),
         "plan": (run_dir / "plan.yaml").read_text() if (run_dir / "plan.yaml").is_file() else None,
         "machine": machine_info(),
@@ -248,6 +249,30 @@ def _trained_weights_onnx(best: object, out: Path) -> Path | None:
     path = out / "trained_weights.ckpt"
     torch.save(ckpt, path)
     return export_checkpoint(path, out / "trained_weights.onnx")
+
+
+def _last_checkpoint_dice(
+    run_dir: Path, metrics: dict, out: Path, va: list[int], te: list[int], images: list[Path]
+) -> dict | None:
+    """Tuning and test Dice (with the flip) of the last epoch's weights, paired with the
+    best checkpoint (lowest validation loss) that ``model.onnx`` holds; None when the two
+    are the same epoch or the checkout has no per-epoch ``last.ckpt``."""
+    import torch
+
+    from hsftrain.export.api import export_checkpoint
+
+    last, best = run_dir / "checkpoints" / "last.ckpt", metrics.get("best_checkpoint")
+    if not last.is_file() or not best or not Path(str(best)).is_file():
+        return None
+    epochs = [torch.load(p, map_location="cpu", weights_only=False)["epoch"] for p in (last, best)]
+    if epochs[0] == epochs[1]:
+        return None
+    onnx = export_checkpoint(last, out / "last.onnx")
+    return {
+        "epochs_last_best": epochs,
+        "tuning_flip": _means(score(onnx, [images[i] for i in va], flip=True)),
+        "test_flip": _means(score(onnx, [images[i] for i in te], flip=True)),
+    }
 
 
 def _cpu() -> float:
