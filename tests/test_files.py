@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hsftrain.data.nifti import load_volume, save_volume
-from hsftrain.files import atomic_path
+from hsftrain.files import atomic_path, write_text_atomic
 
 
 def _mode(path: Path) -> int:
@@ -49,3 +49,23 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> No
         raise RuntimeError("killed")
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["seg.nii.gz"]
+
+
+def test_a_text_file_cut_while_rewritten_keeps_its_previous_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's config.yaml is rewritten during training (budget= pacing): a failure
+    half-way must leave the previous file whole, and no temporary file."""
+    path = write_text_atomic(tmp_path / "config.yaml", "epochs: 40\n")
+    real = Path.write_text
+
+    def cut(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        real(self, text[:3])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", cut)
+    with pytest.raises(OSError, match="disk full"):
+        write_text_atomic(path, "epochs: 44\n")
+    monkeypatch.undo()
+    assert path.read_text() == "epochs: 40\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]

@@ -43,6 +43,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """``Path(path).write_text(text)`` through :func:`atomic_path`: a kill while writing
+    leaves the previous file (e.g. a run's ``config.yaml`` rewritten during training)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
 def _file_mode(path: Path) -> int:
     """Permission bits for ``path``: its current ones, else 0666 less the process umask."""
     try:

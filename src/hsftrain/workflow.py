@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hsftrain.errors import ConfigError
 from hsftrain.export.api import export_checkpoint
+from hsftrain.files import write_text_atomic
 from hsftrain.hub.fetch import file_hash
 from hsftrain.logs import run_log
 from hsftrain.training.distributed import is_rank_zero
@@ -81,7 +82,7 @@ def train_and_export(cfg: DictConfig, finetune: bool = False) -> dict[str, Any]:
     record = run_dir / "metrics.json"
     metrics = json.loads(record.read_text()) if record.is_file() else {}
     metrics["onnx"] = str(onnx_path)
-    record.write_text(json.dumps(metrics, indent=1))
+    write_text_atomic(record, json.dumps(metrics, indent=1))
     return out
 
 

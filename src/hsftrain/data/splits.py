@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hsftrain.files import write_text_atomic
+
 
 @dataclass(frozen=True)
 class Split:
@@ -24,9 +26,7 @@ class Split:
     def save(self, path: str | Path, ids: Sequence[str], seed: int) -> Path:
         """Write the split as subject ids (and seed) so a run can be reproduced."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"seed": seed, **self.to_ids(ids)}, indent=1))
-        return path
+        return write_text_atomic(path, json.dumps({"seed": seed, **self.to_ids(ids)}, indent=1))
 
     @classmethod
     def load(cls, path: str | Path, ids: Sequence[str]) -> Split:

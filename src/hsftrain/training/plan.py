@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 from omegaconf import OmegaConf
 
+from hsftrain.files import write_text_atomic
 from hsftrain.optim import WarmupCosine
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class Plan:
         data = asdict(self)
         for c in data["candidates"]:
             c.pop("epoch_s")
-        path.write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
+        write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.create(data)))
 
     def table(self) -> str:
         """The candidates, their measurements and the choice, one line each."""

@@ -28,6 +28,7 @@ from hsftrain.data.datamodule import SegmentationDataModule, build_datamodule, p
 from hsftrain.data.discovery import discover
 from hsftrain.data.splits import Split, crossing_groups, make_split
 from hsftrain.errors import ConfigError, Interrupted
+from hsftrain.files import write_text_atomic
 from hsftrain.logs import run_log
 from hsftrain.training.build import build_module, ignored_hparams, read_pretrained
 from hsftrain.training.callbacks import EpochTable, OnTrainStart, RunCheckpoints, StepProgress
@@ -182,7 +183,7 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     def write_run_files() -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         split.save(split_file, ids, int(cfg.seed))
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if plan is not None:
             plan.save(run_dir / "plan.yaml")
 
@@ -245,7 +246,7 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     metrics_out.update(metrics)
     if not is_rank_zero():  # the record is rank 0's to write
         return {**metrics, "run_dir": str(run_dir), "best_checkpoint": best}  # type: ignore[dict-item]
-    (run_dir / "metrics.json").write_text(json.dumps(metrics_out, indent=1))
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics_out, indent=1))
     _report(metrics)
     return {**metrics, "run_dir": str(run_dir), "best_checkpoint": best}  # type: ignore[dict-item]
 
