@@ -8,13 +8,35 @@ import platform
 
 import torch
 
+#: CPU flags that change which precision trains fastest (bf16 needs one of them)
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_model() -> tuple[str | None, list[str]]:
+    """The CPU's model name and its :data:`BF16_FLAGS` (Linux ``/proc/cpuinfo``; None and
+    [] elsewhere). Sessions ran on different CPUs (an Intel Xeon with AMX, an AMD EPYC
+    without): the same script's timings differ by 30-50% between them."""
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return None, []
+    fields = dict(
+        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in text.splitlines())
+    )
+    flags = fields.get("flags", "").split()
+    return fields.get("model name"), [f for f in BF16_FLAGS if f in flags]
+
 
 def machine_info() -> dict:
-    """Cores, torch threads, processor, Python and torch versions, GPU when one is used."""
+    """Cores, torch threads, CPU model and bf16 flags, Python and torch versions, GPU when
+    one is used."""
+    model, flags = cpu_model()
     return {
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": model,
+        "cpu_bf16_flags": flags,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
