@@ -25,7 +25,6 @@ class Split:
 
     def save(self, path: str | Path, ids: Sequence[str], seed: int) -> Path:
         """Write the split as subject ids (and seed) so a run can be reproduced."""
-        path = Path(path)
         return write_text_atomic(path, json.dumps({"seed": seed, **self.to_ids(ids)}, indent=1))
 
     @classmethod
