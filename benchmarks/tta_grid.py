@@ -30,6 +30,7 @@ from rich.table import Table
 from train_heldout import MSD, NAMES, ROOT, canonical, split
 
 from hsftrain.data.intensity import z_normalize
+from hsftrain.evaluation.metrics import dice as dice_of
 from hsftrain.inference.fusion import keep_largest_component
 
 CUBE = list(itertools.product((0, 4), repeat=3))
@@ -82,11 +83,9 @@ def main() -> None:
             for setting, views in SETTINGS.items():
                 pred = keep_largest_component(np.mean([probs[v] for v in views], 0).argmax(0))
                 for value, label_name in NAMES.items():
-                    p, r = pred == value, label == value
-                    d = 2 * float((p & r).sum()) / max(1, int(p.sum() + r.sum()))
                     dice.setdefault(part, {}).setdefault(setting, {}).setdefault(
                         label_name, []
-                    ).append(d)
+                    ).append(dice_of(pred == value, label == value))
     means = {
         part: {s: {k: round(float(np.mean(v)), 4) for k, v in d.items()} for s, d in rows.items()}
         for part, rows in dice.items()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsftrain.files import atomic_path
+from hsftrain.files import atomic_path, write_text_atomic
 
 #: Metrics summarised and plotted, with their display names.
 REPORTED: dict[str, str] = {
@@ -77,9 +77,7 @@ def write_csv(rows: Sequence[object], columns: Sequence[str], path: Path) -> Pat
     for row in rows:
         values = asdict(row)  # type: ignore[call-overload]
         writer.writerow([_cell(values[c]) for c in columns])
-    with atomic_path(path) as tmp:
-        tmp.write_text(buffer.getvalue())
-    return path
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def _labels(results: Sequence[LabelResult]) -> list[tuple[int, str]]:

@@ -113,11 +113,3 @@ def save_nifti(
 ) -> Path:
     """Write ``array`` with ``affine`` as qform and sform (with ``codes``), atomically."""
     return save_volume(array, affine, path, codes)
-
-
-def save_text(text: str, path: str | Path) -> Path:
-    """Write a text file atomically."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return path

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from hsftrain.config import ConfigError
-from hsftrain.inference.image import save_text
+from hsftrain.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def merge_volumes(
         )
     target = Path(out).expanduser() if out else folder / f"{group.stem}.csv"
     text = _concatenate([group.found[i] for i in range(1, group.count + 1)])
-    save_text(text, target)
+    write_text_atomic(target, text)
     log.info("merged %d shard tables into %s", group.count, target)
     return target
 
@@ -255,7 +255,7 @@ def merge_if_complete(shard: Shard, volumes_csv: Path) -> Path | None:
                 )
                 return None
             text = _concatenate([group.found[i] for i in range(1, group.count + 1)])
-            save_text(text, volumes_csv)
+            write_text_atomic(volumes_csv, text)
             log.info("every shard is done: merged their tables into %s", volumes_csv)
             return volumes_csv
     return None

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hsftrain.inference.image import atomic_path, save_text, strip_extension
+from hsftrain.files import write_text_atomic
+from hsftrain.inference.image import atomic_path, strip_extension
 
 #: Every file hsftrain segment writes contains this (used to skip our own outputs).
 MARKER = "_hippocampus_"
@@ -159,7 +160,7 @@ def rows_to_csv(rows: Sequence[dict[str, object]]) -> str:
 
 def write_volumes(rows: Sequence[dict[str, object]], path: Path) -> Path:
     """Write a volumes table atomically."""
-    return save_text(rows_to_csv(rows), path)
+    return write_text_atomic(path, rows_to_csv(rows))
 
 
 def read_volumes(path: Path) -> list[dict[str, object]]:
