@@ -7,6 +7,7 @@ import types
 import pytest
 import torch
 
+from hsftrain.data.splits import Split
 from hsftrain.optim import AdamP, WarmupCosine, warmup_cosine, warmup_cosine_factor
 from hsftrain.training import plan as plan_module
 from hsftrain.training.plan import (
@@ -155,6 +156,9 @@ def test_budget_run_follows_its_pace(phantoms, tmp_path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(budget, "time_steps", lambda *a, **k: (10.0, 1.0))
     monkeypatch.setattr(Plan, "paced_epochs", lambda self, *a: 5)
+    saved: list[object] = []
+    save_split = Split.save
+    monkeypatch.setattr(Split, "save", lambda self, *a: saved.append(a) or save_split(self, *a))
     args = ["datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
     args += ["run_name=paced", "budget=2m", "lightning.enable_progress_bar=false"]
     args += ["export_onnx=false", "augmentation.elastic.p=0", "augmentation.motion.p=0"]
@@ -164,6 +168,7 @@ def test_budget_run_follows_its_pace(phantoms, tmp_path, monkeypatch: pytest.Mon
     plan = yaml.safe_load((run / "plan.yaml").read_text())
     assert plan["epochs"] == 5 and "5 epochs instead of 3" in plan["paced"]
     assert yaml.safe_load((run / "config.yaml").read_text())["lightning"]["max_epochs"] == 5
+    assert len(saved) == 1  # split.json once: the pace rewrites the config, not the split
     ckpt = torch.load(run / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 4 and ckpt["global_step"] == 5 * 3
     schedule = ckpt["lr_schedulers"][0]

@@ -180,12 +180,15 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
             network,
         )
 
-    def write_run_files() -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        split.save(split_file, ids, int(cfg.seed))
+    def write_config() -> None:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         if plan is not None:
             plan.save(run_dir / "plan.yaml")
+
+    def write_run_files() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        split.save(split_file, ids, int(cfg.seed))
+        write_config()
 
     if resume_ckpt is None and is_rank_zero():  # a resume writes them once restored
         write_run_files()
@@ -212,7 +215,7 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         def paced(epochs: int) -> None:
             OmegaConf.update(cfg, "lightning.max_epochs", epochs)
             if is_rank_zero():
-                write_run_files()
+                write_config()  # the split does not change
 
         callbacks.append(BudgetPace(plan, started, paced))
     signals = SignalState()
