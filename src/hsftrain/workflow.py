@@ -116,11 +116,7 @@ def write_preset(path: Path, onnx_files: list[Path], ca_mode: str = "", tta: boo
         "test_time_num_aug": None,
         "fusion": "vote",
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(preset, sort_keys=False))
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, yaml.safe_dump(preset, sort_keys=False))
 
 
 def train_ensemble(cfg: DictConfig, finetune: bool = False) -> dict[str, Any]:
