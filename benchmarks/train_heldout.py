@@ -148,7 +148,8 @@ def main() -> dict:
         metavar="FxL",
         nargs="+",
         help="budget= on a CPU: the networks the plan chooses among instead of "
-        "CPU_CANDIDATES, e.g. 24x4 32x4 (what a change of the planner's list would do)",
+        "CPU_CANDIDATES, e.g. 24x4 32x4, or channels per level 16-48-96-192x4 (what a change "
+        "of the planner's list would do)",
     )
     args, overrides = parser.parse_known_args()
     if args.summary:
@@ -160,8 +161,12 @@ def main() -> dict:
     if args.cpu_candidates:
         from hsftrain.training import budget
 
-        pairs = [tuple(int(v) for v in c.lower().split("x")) for c in args.cpu_candidates]
-        budget.CPU_CANDIDATES = tuple(pairs)  # type: ignore[assignment]
+        def network(text: str) -> tuple[int | list[int], int]:
+            width, levels = text.lower().split("x")
+            sizes = [int(v) for v in width.split("-")]
+            return (sizes[0] if len(sizes) == 1 else sizes), int(levels)
+
+        budget.CPU_CANDIDATES = tuple(network(c) for c in args.cpu_candidates)
     images = sorted((MSD / "imagesTr").glob("hippocampus_*.nii.gz"))
     tr, va, te = split(len(images))
     if args.all:

@@ -61,9 +61,12 @@ RECIPE: dict[str, Any] = {
 COMPILE_MIN_BUDGET_S = 1200.0
 #: Compiled training is chosen when it gets at least this many more steps than eager.
 COMPILE_GAIN = 1.1
-#: Candidate networks, smallest first: (f_maps, num_levels).
-CPU_CANDIDATES = ((8, 3), (12, 3), (16, 3), (16, 4), (24, 4))
-GPU_CANDIDATES = ((16, 4), (24, 4), (32, 4), (48, 4), (64, 4))
+#: A candidate network: (f_maps, num_levels); f_maps an int (doubled at each level) or the
+#: channels of each level.
+Network = tuple[int | list[int], int]
+#: Candidate networks, smallest first.
+CPU_CANDIDATES: tuple[Network, ...] = ((8, 3), (12, 3), (16, 3), (16, 4), (24, 4))
+GPU_CANDIDATES: tuple[Network, ...] = ((16, 4), (24, 4), (32, 4), (48, 4), (64, 4))
 
 
 def _device(cfg: DictConfig) -> torch.device:
@@ -79,7 +82,7 @@ def make_plan(
     val: Sequence[PreparedSubject],
     build: Callable[[DictConfig], Any],
     started: float,
-    network: tuple[int, int] | None = None,
+    network: Network | None = None,
 ) -> tuple[DictConfig, Plan]:
     """Plan a run that ends within ``cfg.budget``.
 
@@ -115,7 +118,7 @@ def make_plan(
     cuda = device.type == "cuda"
     bf16 = run_precision(cfg).startswith("bf16")
     batch = int(cfg.datasets.batch_size) if network else (8 if cuda else 2)
-    pairs: Sequence[tuple[int, int]] = (
+    pairs: Sequence[Network] = (
         (network,) if network else (GPU_CANDIDATES if cuda else CPU_CANDIDATES)
     )
     candidates: list[Candidate] = []

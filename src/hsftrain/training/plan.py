@@ -43,7 +43,8 @@ PACE_LIMITS = (0.5, 2.0)
 class Candidate:
     """One network tried by the planner, and what it measured."""
 
-    f_maps: int
+    #: channels of the first level (doubled at each level), or of each level
+    f_maps: int | list[int]
     num_levels: int
     batch_size: int
     patch: list[int]
@@ -61,7 +62,8 @@ class Candidate:
     @property
     def name(self) -> str:
         tail = "+compile" if self.compiled else ""
-        return f"f{self.f_maps}/L{self.num_levels}/b{self.batch_size}{tail}"
+        width = self.f_maps if isinstance(self.f_maps, int) else "-".join(map(str, self.f_maps))
+        return f"f{width}/L{self.num_levels}/b{self.batch_size}{tail}"
 
     def fit(
         self,
