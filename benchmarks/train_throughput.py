@@ -76,7 +76,13 @@ def timed(run: Callable[[], int], warmup: Callable[[], object] | None = None) ->
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--f-maps", type=int, default=8)
+    parser.add_argument(
+        "--f-maps",
+        type=int,
+        nargs="+",
+        default=[8],
+        help="channels of the first level (doubled at each level), or of each level",
+    )
     parser.add_argument("--levels", type=int, default=3)
     parser.add_argument("--patch", type=int, nargs=3, default=[40, 56, 40])
     parser.add_argument("--batch", type=int, default=2)
@@ -87,6 +93,8 @@ def main() -> dict:
     parser.add_argument("--skip", nargs="*", default=[], help="parts to skip")
     parser.add_argument("--tag", default="", help="suffix of the JSON file")
     args = parser.parse_args()
+    f_maps = args.f_maps[0] if len(args.f_maps) == 1 else args.f_maps
+    levels = args.levels if len(args.f_maps) == 1 else len(args.f_maps)
     setup_logging()
     device = torch.device(args.device)
     cfg = compose("config", ["datasets=msd", f"datasets.main_path={MSD}"])
@@ -162,7 +170,7 @@ def main() -> dict:
 
     module = SegmentationModule(
         "ResidualUNet3D",
-        {"in_channels": 1, "out_channels": 3, "f_maps": args.f_maps, "num_levels": args.levels},
+        {"in_channels": 1, "out_channels": 3, "f_maps": f_maps, "num_levels": levels},
         ["background", "anterior", "posterior"],
         found.dataset_classes,
         {s.index: s.ca_type for s in found.datasets},
@@ -196,8 +204,8 @@ def main() -> dict:
         "settings": {
             "device": str(device),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "f_maps": args.f_maps,
-            "num_levels": args.levels,
+            "f_maps": f_maps,
+            "num_levels": levels,
             "patch": list(patch),
             "batch": batch,
             "workers": args.workers,

@@ -193,3 +193,40 @@ def test_finetune_plan_counts_faster_frozen_steps(
     spent = sum(3 * step_s(e) + 1.0 / k for e in range(staged.epochs)) * LIGHTNING_OVERHEAD
     assert 0.9 * 600 < spent <= 600 - budget.FIXED_RESERVE_S
     assert step_s(0) < step_s(10) < step_s(50) == 0.5
+
+
+def test_a_candidate_may_give_the_channels_of_each_level(
+    prepared, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A candidate's f_maps may be a list (e.g. a narrow first level under wide deeper ones,
+    cheaper on CPUs whose bf16 convolutions block channels by 16): the planner times that
+    network, names it by its widths and applies the list (timings stubbed)."""
+    import time
+
+    from omegaconf import OmegaConf
+    from torch import nn
+
+    from hsftrain.training import budget
+    from hsftrain.training.build import build_module
+
+    found, subjects = prepared
+    widths: list[set[int]] = []
+
+    def fake(module, *args, **kwargs):
+        widths.append({m.out_channels for m in module.net.modules() if isinstance(m, nn.Conv3d)})
+        return 0.1, 1.0
+
+    monkeypatch.setattr(budget, "time_steps", fake)
+    monkeypatch.setattr(budget, "CPU_CANDIDATES", ((8, 3), ([8, 24, 48], 3)))
+    cfg = compose("config", ["datasets=synth", "budget=10m", "lightning.accelerator=cpu"])
+    planned, plan = make_plan(
+        cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100), time.monotonic()
+    )
+    assert [c.name for c in plan.candidates] == ["f8/L3/b2", "f8-24-48/L3/b2"]
+    assert {8, 16, 32} <= widths[0] and {8, 24, 48} <= widths[1] and 16 not in widths[1]
+    assert plan.chosen == "f8-24-48/L3/b2" and plan.chosen in plan.table()
+    assert list(planned.models.hparams.f_maps) == [8, 24, 48]
+    assert planned.models.hparams.num_levels == 3
+    plan.save(tmp_path / "plan.yaml")
+    saved = OmegaConf.load(tmp_path / "plan.yaml")
+    assert list(saved.overrides["models.hparams.f_maps"]) == [8, 24, 48]
