@@ -153,6 +153,22 @@ def test_inference_never_loads_torch_or_lightning() -> None:
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
+def test_training_with_the_torch_backend_never_loads_torchio() -> None:
+    """torchio (and the SimpleITK it loads, 53 MB) is the optional per-patch augmentation
+    backend: training, export and evaluation run without it (e.g. on a GPU machine whose
+    image lacks it, benchmarks/gpu_session.sh)."""
+    code = (
+        "import sys\n"
+        "import hsftrain.workflow, hsftrain.training.run, hsftrain.data.datamodule\n"
+        "import hsftrain.export.api, hsftrain.evaluation.api, hsftrain.cli\n"
+        "print(sorted({'torchio', 'SimpleITK'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=SRC.parent
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
 def test_the_package_ships_its_type_information() -> None:
     """PEP 561: ``py.typed`` in the package and in its package data."""
     assert (PACKAGE / "py.typed").is_file()

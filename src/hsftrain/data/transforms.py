@@ -4,31 +4,34 @@ Pre-processing (canonical RAS+ orientation, label remapping, z-normalisation) is
 by the prepared-data cache (:mod:`hsftrain.data.cache`). With this backend, random
 augmentations are torchio transforms applied to each training patch on the CPU (in the
 data-loader workers); the default ``torch`` backend (:mod:`hsftrain.data.augment`) does the
-same on whole batches on the model's device. Post-processing (z-normalisation, optional
+same on whole batches on the model's device, and training with it never imports torchio (nor
+SimpleITK, which torchio loads). Post-processing (z-normalisation, optional
 noise, crop/pad to a shape or to a multiple of 8) is also used to build calibration inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchio as tio
 
 from hsftrain.data.intensity import z_normalize
 
-#: The torchio transform of each ``augmentation`` key, with its parameters and their
-#: defaults (a key's ``p`` is the probability it is applied; noise: :func:`add_noise`).
-TORCHIO: dict[str, tuple[type[tio.Transform], dict[str, Any]]] = {
-    "flip": (tio.RandomFlip, {"axes": ("LR",), "flip_probability": 1.0}),
-    "affine": (tio.RandomAffine, {"scales": (0.9, 1.1), "degrees": 10, "translation": 0}),
-    "elastic": (tio.RandomElasticDeformation, {"num_control_points": 7, "max_displacement": 3}),
-    "motion": (tio.RandomMotion, {"degrees": 5, "translation": 5, "num_transforms": 2}),
-    "blur": (tio.RandomBlur, {"std": (0, 0.5)}),
-    "gamma": (tio.RandomGamma, {"log_gamma": (-0.3, 0.3)}),
+if TYPE_CHECKING:
+    import torchio as tio
+
+#: The torchio transform (class name) of each ``augmentation`` key, with its parameters and
+#: their defaults (a key's ``p`` is the probability it is applied; noise: :func:`add_noise`).
+TORCHIO: dict[str, tuple[str, dict[str, Any]]] = {
+    "flip": ("RandomFlip", {"axes": ("LR",), "flip_probability": 1.0}),
+    "affine": ("RandomAffine", {"scales": (0.9, 1.1), "degrees": 10, "translation": 0}),
+    "elastic": ("RandomElasticDeformation", {"num_control_points": 7, "max_displacement": 3}),
+    "motion": ("RandomMotion", {"degrees": 5, "translation": 5, "num_transforms": 2}),
+    "blur": ("RandomBlur", {"std": (0, 0.5)}),
+    "gamma": ("RandomGamma", {"log_gamma": (-0.3, 0.3)}),
 }
 
 
@@ -40,6 +43,8 @@ def augmentation(cfg: Mapping[str, Any]) -> tio.Compose | None:
     default (noise is added after normalisation, see :func:`postprocess`). Returns None
     when everything is disabled.
     """
+    import torchio as tio
+
     out: list[tio.Transform] = []
     for name, (transform, defaults) in TORCHIO.items():
         section = cfg.get(name) or {}
@@ -51,7 +56,7 @@ def augmentation(cfg: Mapping[str, Any]) -> tio.Compose | None:
             value = section.get(key)
             value = default if value is None else value
             kwargs[key] = tuple(value) if isinstance(value, list | tuple) else value
-        out.append(transform(**kwargs, p=p))
+        out.append(getattr(tio, transform)(**kwargs, p=p))
     return tio.Compose(out) if out else None
 
 
@@ -73,6 +78,8 @@ def torchio_transform(
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(1, X, Y, Z)`` image and ``(X, Y, Z)`` label of one patch."""
         if compose is not None:
+            import torchio as tio
+
             affine = np.diag([*(float(s) for s in spacing), 1.0])
             subject = compose(
                 tio.Subject(
