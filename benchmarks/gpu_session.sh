@@ -19,7 +19,8 @@ if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export HSFTRAIN_MSD=${HSFTRAIN_MSD:-$PWD/.msd}
-export MPLCONFIGDIR=/tmp/hsftrain-mpl TORCHINDUCTOR_CACHE_DIR=/tmp/hsftrain-inductor
+export MPLCONFIGDIR=/tmp/hsftrain-mpl TORCHINDUCTOR_CACHE_DIR=/tmp/hsftrain-inductor \
+  HSFTRAIN_CACHE=/tmp/hsftrain-cache XDG_CACHE_HOME=/tmp/hsftrain-xdg
 { nvidia-smi -L; "$py" -c "import torch; print(torch.__version__, torch.cuda.is_available())"; } \
   2>&1 | tee "$out/machine.txt"
 status=0

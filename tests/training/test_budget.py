@@ -230,3 +230,17 @@ def test_a_candidate_may_give_the_channels_of_each_level(
     plan.save(tmp_path / "plan.yaml")
     saved = OmegaConf.load(tmp_path / "plan.yaml")
     assert list(saved.overrides["models.hparams.f_maps"]) == [8, 24, 48]
+
+
+def test_network_of_a_pretrained_model() -> None:
+    """Fine-tuning with budget= plans the pretrained network: its f_maps may be a list (a
+    model trained with models.hparams.f_maps=[...]), whose length is its number of levels
+    (int() of that list ended the run with a TypeError)."""
+    from omegaconf import OmegaConf
+
+    from hsftrain.training.budget import network_of
+
+    assert network_of({"f_maps": 24, "num_levels": 4}) == (24, 4)
+    assert network_of({}) == (64, 4)  # hsf_train's defaults
+    listed = OmegaConf.create({"f_maps": [16, 48, 96], "num_levels": 4})  # num_levels stale
+    assert network_of(listed) == ([16, 48, 96], 3)

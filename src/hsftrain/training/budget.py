@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -67,6 +67,16 @@ Network = tuple[int | list[int], int]
 #: Candidate networks, smallest first.
 CPU_CANDIDATES: tuple[Network, ...] = ((8, 3), (12, 3), (16, 3), (16, 4), (24, 4))
 GPU_CANDIDATES: tuple[Network, ...] = ((16, 4), (24, 4), (32, 4), (48, 4), (64, 4))
+
+
+def network_of(hparams: Mapping[str, Any]) -> Network:
+    """``(f_maps, num_levels)`` of a network's hparams (a pretrained one's, for fine-tuning);
+    an ``f_maps`` list gives the channels of each level, and so their number."""
+    f_maps = hparams.get("f_maps", 64)
+    if isinstance(f_maps, int):
+        return f_maps, int(hparams.get("num_levels", 4))
+    sizes = [int(f) for f in f_maps]
+    return sizes, len(sizes)
 
 
 def _device(cfg: DictConfig) -> torch.device:

@@ -165,12 +165,9 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     train_set, val_set = prepare_split(cfg, found, split)
     plan = None
     if cfg.get("budget") and resume_ckpt is None:
-        from hsftrain.training.budget import make_plan
+        from hsftrain.training.budget import make_plan, network_of
 
-        network = None
-        if pretrained is not None:
-            hp = pretrained[2].hparams
-            network = (int(hp.get("f_maps", 64)), int(hp.get("num_levels", 4)))
+        network = network_of(pretrained[2].hparams) if pretrained is not None else None
         cfg, plan = make_plan(
             cfg,
             train_set,
