@@ -14,23 +14,17 @@ machine, the load average and CPU seconds beside each time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import time
-from pathlib import Path
 
 import torch
-from machine import machine_info  # benchmarks/ is on sys.path when run as a script
+from machine import (  # benchmarks/ is on sys.path when run as a script
+    cpu_seconds,
+    machine_info,
+    write_result,
+)
 from rich.console import Console
 from rich.table import Table
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def conv_step(channels: int, shape: list[int], bf16: bool, channels_last: bool, repeats: int):
@@ -97,10 +91,7 @@ def main() -> dict:
         "results": rows,
         "machine": machine_info(),
     }
-    suffix = f"_{args.tag}" if args.tag else ""
-    path = ROOT / "benchmarks" / "results" / f"conv_channels{suffix}.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
+    write_result("conv_channels", args.tag, out)
     return out
 
 

@@ -3,8 +3,11 @@ benchmarks can measure older checkouts too)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import resource
+from pathlib import Path
 
 import torch
 
@@ -41,3 +44,18 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (beside a wall time)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def write_result(name: str, tag: str, out: dict) -> Path:
+    """``out`` as ``benchmarks/results/<name>[_<tag>].json``; returns the path."""
+    suffix = f"_{tag}" if tag else ""
+    path = Path(__file__).resolve().parent / "results" / f"{name}{suffix}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    return path

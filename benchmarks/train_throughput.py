@@ -23,9 +23,7 @@ machine, load average and CPU seconds beside each wall time.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,7 +31,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from machine import machine_info  # benchmarks/ is on sys.path when run as a script
+from machine import (  # benchmarks/ is on sys.path when run as a script
+    cpu_seconds,
+    machine_info,
+    write_result,
+)
 from rich.console import Console
 from rich.table import Table
 
@@ -50,11 +52,6 @@ from hsftrain.training.timing import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 MSD = Path(os.environ.get("HSFTRAIN_MSD", ROOT.parent / "shared/data/msd_hippocampus"))
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def timed(run: Callable[[], int], warmup: Callable[[], object] | None = None) -> dict:
@@ -227,10 +224,7 @@ def main() -> dict:
             f"{r['loadavg_1m']:.2f}",
         )
     Console().print(table)
-    suffix = f"_{args.tag}" if args.tag else ""
-    path = ROOT / "benchmarks" / "results" / f"train_throughput{suffix}.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
+    write_result("train_throughput", args.tag, out)
     return out
 
 
