@@ -28,6 +28,7 @@ from hsftrain.config import ConfigError, defaults_like
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple, patch_size
 from hsftrain.data.fingerprint import fingerprint
+from hsftrain.models.blocks import feature_sizes
 from hsftrain.training.distributed import compile_enabled
 from hsftrain.training.finetuning import thawing_step_s
 from hsftrain.training.plan import Candidate, Plan
@@ -73,10 +74,8 @@ def network_of(hparams: Mapping[str, Any]) -> Network:
     """``(f_maps, num_levels)`` of a network's hparams (a pretrained one's, for fine-tuning);
     an ``f_maps`` list gives the channels of each level, and so their number."""
     f_maps = hparams.get("f_maps", 64)
-    if isinstance(f_maps, int):
-        return f_maps, int(hparams.get("num_levels", 4))
-    sizes = [int(f) for f in f_maps]
-    return sizes, len(sizes)
+    sizes = feature_sizes(f_maps, int(hparams.get("num_levels", 4)))  # what the network builds
+    return (f_maps if isinstance(f_maps, int) else sizes), len(sizes)
 
 
 def _device(cfg: DictConfig) -> torch.device:
