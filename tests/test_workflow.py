@@ -85,3 +85,28 @@ def test_preset_paths_are_relative_and_survive_a_move(tmp_path):
     paths = [m.path for m in cfg.segmentation.models.values()]
     assert paths == [str(moved / "member_0/model.onnx"), str(moved / "member_1/model.onnx")]
     assert all(Path(p).is_file() for p in paths)
+
+
+def test_failed_export_after_training_names_the_kept_checkpoint(tmp_path, monkeypatch):
+    """A run whose export check fails says where its trained checkpoints are."""
+    import hsftrain.workflow as workflow
+    from hsftrain.config import compose
+    from hsftrain.errors import ExportError
+
+    best = tmp_path / "run" / "checkpoints" / "best-epoch022.ckpt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"ckpt")
+    monkeypatch.setattr(
+        workflow,
+        "run",
+        lambda cfg, finetune=False: {"run_dir": best.parent.parent, "best_checkpoint": best},
+    )
+
+    def failing_export(ckpt, out):
+        raise ExportError("ONNX Runtime differs from PyTorch by 5e-01")
+
+    monkeypatch.setattr(workflow, "export_checkpoint", failing_export)
+    with pytest.raises(ExportError, match="differs") as error:
+        workflow.train_and_export(compose("config", ["export_onnx=true"]))
+    assert str(best) in str(error.value) and "hsftrain export ckpt=" in str(error.value)
+    assert best.read_bytes() == b"ckpt"

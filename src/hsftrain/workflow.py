@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hsftrain.errors import ConfigError
+from hsftrain.errors import ConfigError, ExportError, NonFiniteError
 from hsftrain.export.api import export_checkpoint
 from hsftrain.files import write_text_atomic
 from hsftrain.hub.fetch import file_hash
@@ -77,8 +77,14 @@ def train_and_export(cfg: DictConfig, finetune: bool = False) -> dict[str, Any]:
     if not (cfg.get("export_onnx", True) and best and is_rank_zero()):
         return out
     run_dir = Path(str(out["run_dir"]))
-    with run_log(run_dir):
-        onnx_path = export_checkpoint(str(best), run_dir / "model.onnx")
+    try:
+        with run_log(run_dir):
+            onnx_path = export_checkpoint(str(best), run_dir / "model.onnx")
+    except (ExportError, NonFiniteError) as error:  # the training itself is not lost
+        raise type(error)(
+            f"{error}. Training finished and its checkpoints are kept: {best} (best) and "
+            f"the others in {Path(str(best)).parent}; `hsftrain export ckpt=...` exports one"
+        ) from error
     record = run_dir / "metrics.json"
     metrics = json.loads(record.read_text()) if record.is_file() else {}
     metrics["onnx"] = str(onnx_path)

@@ -57,6 +57,15 @@ def test_failed_verification_leaves_no_file(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_float32_rounding_differences_pass_verification(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp32 ONNX Runtime vs PyTorch of a trained f_maps-24 / 4-level network: up to 1.6e-4
+    with no label changed (a 30-minute run lost its export to a 1e-4 bound)."""
+    monkeypatch.setattr("hsftrain.export.onnx.verify_onnx", lambda *a, **k: 1.6e-4)
+    assert export_onnx(tiny_net(), tmp_path / "m.onnx", {}).is_file()
+
+
 def test_export_checkpoint_metadata(tiny_ckpt: Path, tmp_path: Path) -> None:
     from hsftrain.training.checkpoint import read_checkpoint
 

@@ -67,7 +67,7 @@ def export_checkpoint(
         ConfigError: unknown ``quantize`` or bad calibration settings.
         NonFiniteError: the checkpoint holds NaN/Inf weights (nothing is written).
         ExportError: the exported model does not match PyTorch (fp32: max abs difference
-            above 1e-4) or the fp32 model (int8: see
+            above :data:`~hsftrain.export.onnx.FLOAT_ATOL`) or the fp32 model (int8: see
             :func:`hsftrain.compression.quantize.verify_quantized`).
     """
     if quantize is not None and str(quantize) not in QUANTIZE:

@@ -17,11 +17,23 @@ from hsftrain.errors import ExportError
 from hsftrain.files import atomic_path
 from hsftrain.onnx_metadata import INPUT_NAME, OUTPUT_NAME, write_metadata
 
-__all__ = ["DEFAULT_OPSET", "ExportError", "SoftmaxModel", "export_onnx", "verify_onnx"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "FLOAT_ATOL",
+    "ExportError",
+    "SoftmaxModel",
+    "export_onnx",
+    "verify_onnx",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
+#: Largest ONNX Runtime - PyTorch probability difference accepted with float32 weights. Both
+#: compute in float32, in different orders: an f_maps 24 / 4-level network trained 30 minutes
+#: differed by up to 1.6e-4 on random inputs and on real MSD crops, with no voxel's label
+#: changed (docs/benchmarks.md, session 11); a wrongly exported op differs by far more.
+FLOAT_ATOL = 1e-3
 #: Largest ONNX Runtime - PyTorch probability difference accepted with float16 weights
 #: (their rounding, relative 2^-11, moves the probabilities of random-noise inputs by up to
 #: ~1e-2 in a 4-level network; on real crops labels agree on >99.9% of voxels).
@@ -46,7 +58,7 @@ def export_onnx(
     example_shape: Sequence[int] = (2, 1, 24, 32, 24),
     opset: int = DEFAULT_OPSET,
     verify_shapes: Sequence[Sequence[int]] | None = ((1, 1, 24, 32, 24), (2, 1, 19, 27, 33)),
-    atol: float = 1e-4,
+    atol: float = FLOAT_ATOL,
     half_weights: bool = False,
 ) -> Path:
     """Export a logits network as an ONNX model of softmax probabilities.
