@@ -144,6 +144,13 @@ def main() -> dict:
     )
     parser.add_argument("--out", default=None, help="output folder (default: a temp dir)")
     parser.add_argument(
+        "--keep-epochs",
+        type=float,
+        metavar="FRACTION",
+        help="also keep the weights of every epoch from this fraction of the run on "
+        "(checkpoints/epoch-NNN.ckpt), for benchmarks/checkpoint_choice.py",
+    )
+    parser.add_argument(
         "--cpu-candidates",
         metavar="FxL",
         nargs="+",
@@ -167,6 +174,8 @@ def main() -> dict:
             return (sizes[0] if len(sizes) == 1 else sizes), int(levels)
 
         budget.CPU_CANDIDATES = tuple(network(c) for c in args.cpu_candidates)
+    if args.keep_epochs is not None:
+        _keep_epochs(args.keep_epochs)
     images = sorted((MSD / "imagesTr").glob("hippocampus_*.nii.gz"))
     tr, va, te = split(len(images))
     if args.all:
@@ -278,6 +287,22 @@ def _last_checkpoint_dice(
         "tuning_flip": _means(score(onnx, [images[i] for i in va], flip=True)),
         "test_flip": _means(score(onnx, [images[i] for i in te], flip=True)),
     }
+
+
+def _keep_epochs(fraction: float) -> None:
+    """The run also saves ``checkpoints/epoch-NNN.ckpt`` (weights only) after every training
+    epoch from ``fraction`` of its epochs on; its own checkpoints are unchanged."""
+    import hsftrain.training.run as run_module
+
+    class KeepEpochs(run_module.RunCheckpoints):  # type: ignore[misc,name-defined]
+        def on_train_epoch_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+            super().on_train_epoch_end(trainer, pl_module)
+            epoch = trainer.current_epoch
+            if trainer.is_global_zero and epoch >= fraction * (trainer.max_epochs or 0):
+                path = Path(str(self.dirpath)) / f"epoch-{epoch:03d}.ckpt"
+                trainer.save_checkpoint(path, weights_only=True)
+
+    run_module.RunCheckpoints = KeepEpochs  # type: ignore[misc]
 
 
 def _cpu() -> float:
