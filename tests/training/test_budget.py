@@ -232,6 +232,38 @@ def test_a_candidate_may_give_the_channels_of_each_level(
     assert list(saved.overrides["models.hparams.f_maps"]) == [8, 24, 48]
 
 
+@pytest.mark.parametrize(("second_s", "chosen"), [(0.1, "f16/L4/b2"), (5.0, "f16/L3/b2")])
+def test_a_larger_network_slowed_by_other_load_is_timed_again(
+    prepared, monkeypatch: pytest.MonkeyPatch, second_s: float, chosen: str
+) -> None:
+    """A larger network timed while something else ran (one busy core of two doubled a step)
+    loses to a smaller one; it is timed a second time and the faster timing kept, so it is
+    chosen when the slowness was the other load's, not when it is its own (timings stubbed)."""
+    import time
+
+    from hsftrain.training import budget
+    from hsftrain.training.build import build_module
+
+    found, subjects = prepared
+    timings = iter([(0.1, 1.0), (0.1, 1.0), (5.0, 1.0), (second_s, 1.0)])
+    calls: list[int] = []
+
+    def fake(module, train, val, patch, batch_size, num_levels, *args):
+        calls.append(num_levels)
+        return next(timings)
+
+    monkeypatch.setattr(budget, "time_steps", fake)
+    monkeypatch.setattr(budget, "CPU_CANDIDATES", ((8, 3), (16, 3), (16, 4)))
+    cfg = compose("config", ["datasets=synth", "budget=10m", "lightning.accelerator=cpu"])
+    planned, plan = make_plan(
+        cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100), time.monotonic()
+    )
+    assert calls == [3, 3, 4, 4]  # only the rejected larger network is timed again
+    larger = plan.candidates[2]
+    assert larger.s_per_step == min(5.0, second_s) and larger.note == "timed twice, the faster kept"
+    assert plan.chosen == chosen and planned.models.hparams.num_levels == int(chosen[-4])
+
+
 def test_network_of_a_pretrained_model() -> None:
     """Fine-tuning with budget= plans the pretrained network: its f_maps may be a list (a
     model trained with models.hparams.f_maps=[...]), whose length is its number of levels
