@@ -15,15 +15,14 @@ Prints a table and writes ``benchmarks/results/checkpoint_choice_<tag>.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from machine import machine_info  # benchmarks/ is on sys.path when run as a script
+from machine import machine_info, write_result  # benchmarks/ is on sys.path (script)
 from rich.console import Console
 from rich.table import Table
-from train_heldout import MSD, NAMES, ROOT, score, split
+from train_heldout import MSD, NAMES, score, split
 
 from hsftrain.export.api import export_checkpoint
 
@@ -92,8 +91,7 @@ def main() -> None:
         f"{result['chosen_minus_last_mean']} (sd {result['chosen_minus_last_sd']}); last at "
         f"least as good in {result['last_at_least_as_good']}"
     )
-    path = ROOT / "benchmarks" / "results" / f"checkpoint_choice_{args.tag}.json"
-    path.write_text(json.dumps(result, indent=1))
+    write_result("checkpoint_choice", args.tag, result)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import onnxruntime as ort
-from machine import machine_info  # benchmarks/ is on sys.path when run as a script
+from machine import machine_info, write_result  # benchmarks/ is on sys.path (script)
 from rich.console import Console
 from rich.table import Table
 
@@ -242,8 +242,7 @@ def main() -> dict:
     values = [*tuning["plain"].values(), *tuning["flip"].values(), *means.values()]
     table.add_row(f"{wall:.0f}", f"{cpu:.0f}", *(f"{v:.3f}" for v in values))
     Console().print(table)
-    path = ROOT / "benchmarks" / "results" / f"train_heldout_{args.tag}.json"
-    path.write_text(json.dumps(result, indent=1))
+    write_result("train_heldout", args.tag, result)
     return result
 
 

@@ -5,8 +5,8 @@ times a few training steps of each candidate network on the real prepared data w
 augmentation on (this machine, this device), estimates what validation and export will
 cost, and picks the largest candidate that still gets enough optimiser steps (the next
 larger ones, timed a second time, may take its place: other load only ever slows a step);
-the number of epochs is then set so that training, validation and export end inside the budget, and the
-learning-rate schedule spans exactly those steps. The plan (candidates, measured seconds per
+the number of epochs is then set so that training, validation and export end inside the
+budget, and the learning-rate schedule spans exactly those steps. The plan (candidates, measured seconds per
 step, the choice and why) is printed and saved as ``plan.yaml`` in the run directory.
 After its second epoch (and at 25/50/75% of the plan) the run re-fits its epochs to its
 own measured pace (:class:`~hsftrain.training.plan.BudgetPace`). Lightning's ``max_time``
