@@ -8,12 +8,17 @@ shard writes its subjects' outputs as usual and its own table ``volumes.<i>-of-<
 next to where ``volumes.csv`` goes. Blocks are contiguous, so the concatenation of the N
 tables in shard order is exactly the table one unsharded run writes:
 :func:`merge_volumes` (``hsftrain volumes merge DIR``, or the last shard to finish)
-writes it as ``volumes.csv``.
+writes it as ``volumes.csv``, after checking every table (:func:`read_shard_table`): a
+table cut mid-row, in another encoding or with a subject of another shard is refused,
+naming its file, line and the shard to rerun.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -23,6 +28,7 @@ from typing import TypeVar
 
 from hsftrain.config import ConfigError
 from hsftrain.files import write_text_atomic
+from hsftrain.inference.writer import VOLUME_COLUMNS, rows_to_csv
 
 log = logging.getLogger(__name__)
 
@@ -170,26 +176,127 @@ def shard_tables(folder: Path) -> list[ShardTables]:
     return [ShardTables(stem, n, found) for (stem, n), found in sorted(groups.items())]
 
 
-def _concatenate(paths: Sequence[Path]) -> str:
-    """One CSV text: the first table's header, then every table's rows, in order.
+def _fix(shard: Shard) -> str:
+    return (
+        f"rerun shard {shard} (the same `hsftrain segment` command with files.shard={shard}: "
+        "its finished subjects are skipped and its table is written again), then merge again"
+    )
+
+
+def _broken(path: Path, line: int, what: str, shard: Shard) -> ShardError:
+    return ShardError(f"{path}, line {line}: {what}; {_fix(shard)}")
+
+
+def _text(path: Path, shard: Shard) -> str:
+    """The UTF-8 text of a shard table that ends with a line break.
 
     Raises:
-        ShardError: tables with different headers.
+        ShardError: binary bytes, another encoding, an empty or cut file.
     """
-    header = ""
-    rows: list[str] = []
-    for path in paths:
-        lines = path.read_text().splitlines(keepends=True)
-        if not lines:
-            continue
-        if header and lines[0] != header:
-            raise ShardError(
-                f"{path}: its columns differ from {paths[0].name}'s; these tables come from "
-                "different hsftrain versions: rerun that shard"
-            )
-        header = header or lines[0]
-        rows += lines[1:]
-    return header + "".join(rows)
+    raw = path.read_bytes()
+    if b"\0" in raw:
+        line = raw.count(b"\n", 0, raw.index(b"\0")) + 1
+        raise _broken(path, line, "holds binary data (a NUL byte), not a CSV table", shard)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        byte = raw[err.start : err.start + 1].hex()
+        raise _broken(path, line, f"is not UTF-8 text (byte 0x{byte})", shard) from err
+    if not text:
+        raise _broken(path, 1, "is empty (not even the header line)", shard)
+    if not text.endswith("\n"):
+        line = text.count("\n") + 1
+        raise _broken(path, line, "ends in the middle of a row (the file was cut)", shard)
+    return text
+
+
+def _row_problem(row: dict[str, str]) -> str | None:
+    """What is wrong with one row of a volumes table (None: nothing)."""
+    if not row["subject"]:
+        return "no subject"
+    if row["flag"].startswith("failed:"):
+        filled = [c for c in ("side", "label", "name", "volume_mm3", "voxel_count") if row[c]]
+        return f"a failed subject's row with {', '.join(filled)} filled in" if filled else None
+    if not row["side"] or not row["name"]:
+        return "no side or no class name"
+    checks = (("label", int, 1), ("volume_mm3", float, 0), ("voxel_count", int, 0))
+    for column, kind, low in checks:
+        try:
+            value = kind(row[column])
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < low:
+            return f"{column} {row[column]!r} is not a number >= {low}"
+    return None
+
+
+def read_shard_table(path: Path, shard: Shard) -> list[tuple[int, dict[str, str]]]:
+    """The rows of one shard table with their line numbers, every one checked: UTF-8 text
+    ending with a line break, the header :data:`~hsftrain.inference.writer.VOLUME_COLUMNS`,
+    then complete rows (one field per column, a subject, numbers where numbers go, no row
+    twice), read with :mod:`csv`.
+
+    Raises:
+        ShardError: the first problem, with the file, the line and the shard to rerun.
+    """
+    reader = csv.reader(io.StringIO(_text(path, shard), newline=""), strict=True)
+    rows: list[tuple[int, dict[str, str]]] = []
+    seen: set[tuple[str, str, str]] = set()
+    try:
+        header = next(reader)
+        if tuple(header) != VOLUME_COLUMNS:
+            what = f"columns {','.join(header)}, expected {','.join(VOLUME_COLUMNS)}"
+            raise _broken(path, 1, f"{what} (another hsftrain version, or edited)", shard)
+        for fields in reader:
+            line = reader.line_num
+            if len(fields) != len(VOLUME_COLUMNS):
+                what = f"{len(fields)} fields, expected {len(VOLUME_COLUMNS)} (an incomplete row)"
+                raise _broken(path, line, what, shard)
+            row = dict(zip(VOLUME_COLUMNS, fields, strict=True))
+            problem = _row_problem(row)
+            key = (row["subject"], row["side"], row["label"])
+            if problem is None and key in seen:
+                problem = f"subject {key[0]!r} side {key[1]!r} label {key[2]!r} twice"
+            if problem:
+                raise _broken(path, line, problem, shard)
+            seen.add(key)
+            rows.append((line, row))
+    except csv.Error as err:
+        raise _broken(path, reader.line_num, f"not a valid CSV row ({err})", shard) from err
+    return rows
+
+
+def _concatenate(group: ShardTables) -> str:
+    """One CSV text: the header, then every shard's rows, in shard order, each table
+    checked by :func:`read_shard_table` and no subject in two shards.
+
+    Raises:
+        ShardError: the first broken table, or a subject found in two shards.
+    """
+    extra = sorted(i for i in group.found if not 1 <= i <= group.count)
+    if extra:
+        path = group.found[extra[0]]
+        raise ShardError(
+            f"{path}: shard {extra[0]} of {group.count} does not exist; remove this file "
+            "(a leftover of another run), then merge again"
+        )
+    where: dict[str, tuple[Path, int]] = {}
+    rows: list[dict[str, object]] = []
+    for index in range(1, group.count + 1):
+        shard, path = Shard(index, group.count), group.found[index]
+        for line, row in read_shard_table(path, shard):
+            other = where.setdefault(row["subject"], (path, line))
+            if other[0] != path:
+                raise ShardError(
+                    f"{path}, line {line}: subject {row['subject']!r} is also in {other[0]} "
+                    f"(line {other[1]}): these shards split different lists of MRIs (files "
+                    "added or removed between shards); rerun every shard on the same files "
+                    f"(files.shard=1/{group.count} ... {group.count}/{group.count}: finished "
+                    "subjects are skipped), then merge again"
+                )
+            rows.append(dict(row))
+    return rows_to_csv(rows)
 
 
 def merge_volumes(
@@ -198,9 +305,13 @@ def merge_volumes(
     """Merge the shard tables ``<stem>.<i>-of-<N>.csv`` of ``folder`` into ``<stem>.csv``
     (or ``out``): the header once, then the rows of shard 1, 2, ... N.
 
+    Every table is checked first (:func:`read_shard_table`: encoding, header, complete
+    rows; no subject in two shards); ``<stem>.csv`` is written only when all are sound.
+
     Raises:
-        ShardError: no shard table, tables of several runs (give ``stem``), or missing
-            shards (named, with the ``files.shard`` to rerun).
+        ShardError: no shard table, tables of several runs (give ``stem``), missing
+            shards (named, with the ``files.shard`` to rerun), or a broken table (its
+            file, line and what is wrong).
         FileNotFoundError: ``folder`` does not exist.
     """
     folder = Path(folder).expanduser()
@@ -230,7 +341,7 @@ def merge_volumes(
             "then merge again"
         )
     target = Path(out).expanduser() if out else folder / f"{group.stem}.csv"
-    text = _concatenate([group.found[i] for i in range(1, group.count + 1)])
+    text = _concatenate(group)  # every table checked before anything is written
     write_text_atomic(target, text)
     log.info("merged %d shard tables into %s", group.count, target)
     return target
@@ -254,7 +365,11 @@ def merge_if_complete(shard: Shard, volumes_csv: Path) -> Path | None:
                     volumes_csv.name,
                 )
                 return None
-            text = _concatenate([group.found[i] for i in range(1, group.count + 1)])
+            try:
+                text = _concatenate(group)
+            except ShardError as err:
+                log.warning("every shard is done, but %s was not merged: %s", volumes_csv, err)
+                return None
             write_text_atomic(volumes_csv, text)
             log.info("every shard is done: merged their tables into %s", volumes_csv)
             return volumes_csv
