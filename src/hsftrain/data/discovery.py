@@ -11,11 +11,26 @@ from typing import Any
 import numpy as np
 
 from hsftrain.data.duplicates import find_duplicates
-from hsftrain.data.labels import LabelError, class_names, remap_labels
+from hsftrain.data.labels import (
+    class_names,
+    describe_counts,
+    remap_labels,
+    stray_values,
+    value_counts,
+)
 from hsftrain.data.nifti import DataError, check_pair, header_info, load_volume
 from hsftrain.data.subjects import DatasetSpec, Discovery, Subject, id_stem, subject_id
 
-__all__ = ["DatasetSpec", "Discovery", "Subject", "discover", "find_pairs", "id_stem", "read_label"]
+__all__ = [
+    "DatasetSpec",
+    "Discovery",
+    "Subject",
+    "discover",
+    "find_pairs",
+    "id_stem",
+    "label_counts",
+    "read_label",
+]
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +85,11 @@ def find_pairs(spec: DatasetSpec) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def read_label(spec: DatasetSpec, path: Path, canonical: bool = False) -> np.ndarray:
-    """Load a label map and remap it with the dataset's ``labels`` table.
+def _raw_label(path: Path, canonical: bool) -> np.ndarray:
+    """The label map as int64, before any remapping.
 
     Raises:
-        DataError: unreadable file, or values missing from the table.
+        DataError: unreadable file, non-integer or negative values.
     """
     data, _ = load_volume(path, canonical=canonical)
     if not np.issubdtype(data.dtype, np.integer):
@@ -85,23 +100,117 @@ def read_label(spec: DatasetSpec, path: Path, canonical: bool = False) -> np.nda
     data = data.astype(np.int64)
     if data.min(initial=0) < 0:
         raise DataError(f"{path}: label map has negative values")
+    return data
+
+
+def _check_mapped(spec: DatasetSpec, path: Path, counts: dict[int, int]) -> None:
+    """Refuse raw values missing from the dataset's ``labels`` table (with voxel counts).
+
+    Raises:
+        DataError: names the file, the values, their voxel counts and the key to fix.
+    """
+    table = {0: 0, **(spec.labels or {})}
+    missing = {v: n for v, n in counts.items() if v not in table}
+    if spec.labels is None or not missing:
+        return
+    first = min(missing)
+    raise DataError(
+        f"label values {sorted(missing)} in {path} ({describe_counts(missing)}) are missing "
+        f"from datasets.datasets.{spec.name}.labels {dict(sorted(spec.labels.items()))}: map "
+        f"each there (e.g. `{first}: 0` makes {first} background) or fix the label map"
+    )
+
+
+def read_label(spec: DatasetSpec, path: Path, canonical: bool = False) -> np.ndarray:
+    """Load a label map and remap it with the dataset's ``labels`` table.
+
+    Raises:
+        DataError: unreadable file, or values missing from the table (named with their
+            voxel counts).
+    """
+    data = _raw_label(path, canonical)
     if spec.labels is None:
         return data
-    try:
-        return remap_labels(data, spec.labels, source=str(path))
-    except LabelError as err:
-        raise DataError(f"{err} (datasets.datasets.{spec.name}.labels)") from err
+    _check_mapped(spec, path, value_counts(data))
+    return remap_labels(data, spec.labels, source=str(path))
+
+
+def label_counts(spec: DatasetSpec, path: Path) -> dict[int, int]:
+    """``{training value: voxel count}`` of a label map (remapped with ``labels``).
+
+    Raises:
+        DataError: as :func:`read_label`.
+    """
+    raw = value_counts(_raw_label(path, canonical=False))
+    if spec.labels is None:
+        return raw
+    _check_mapped(spec, path, raw)
+    table = {0: 0, **spec.labels}
+    counts: dict[int, int] = {}
+    for value, voxels in raw.items():
+        counts[table[value]] = counts.get(table[value], 0) + voxels
+    return counts
+
+
+def _check_values(spec: DatasetSpec, found: list[tuple[Subject, dict[int, int]]]) -> None:
+    """Refuse label values that would make a class no map really holds: values outside
+    ``labels_names``, or, without ``labels`` and ``labels_names``, stray values
+    (:func:`hsftrain.data.labels.stray_values`).
+
+    Raises:
+        DataError: names the file, the value, its voxel count and the key to fix.
+    """
+    key = f"datasets.datasets.{spec.name}"
+    if spec.labels_names is not None:
+        expected = {0, *spec.labels_names}
+        for subject, counts in found:
+            extra = {v: n for v, n in counts.items() if v not in expected}
+            if extra:
+                what = (
+                    "label values" if spec.labels is None else f"label values (after {key}.labels)"
+                )
+                first = min(extra)
+                raise DataError(
+                    f"{what} {sorted(extra)} in {subject.label} ({describe_counts(extra)}) are "
+                    f"not in {key}.labels_names {sorted(expected - {0})}: name them there, or map "
+                    f"them with {key}.labels (e.g. `{first}: 0` makes {first} background), or fix "
+                    "the label map"
+                )
+        return
+    if spec.labels is not None:
+        return
+    strays = stray_values({str(s.label): counts for s, counts in found})
+    if not strays:
+        return
+    values = sorted({v for _, counts in found for v in counts} - {0})
+    stray = {s.value for s in strays}
+    listed = ", ".join(f"{v}: {0 if v in stray else v}" for v in values)
+    where = "; ".join(
+        f"{s.source}: label value {s.value} ({s.voxels} voxel{'s' if s.voxels != 1 else ''}, "
+        f"in {s.maps} of {s.total} label maps)"
+        for s in strays
+    )
+    raise DataError(
+        f"{where} looks like stray voxels, not a class (the smallest class of dataset "
+        f"{spec.name!r} covers {strays[0].reference} voxels in a typical map): fix the label "
+        f"map, or list every value in {key}.labels, e.g. {key}.labels='{{{listed}}}' "
+        f"(`{strays[0].value}: 0` makes it background; a value of its own keeps it as a class)"
+    )
 
 
 def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
     """Discover and check every subject of the ``datasets`` config group.
 
     Each pair is checked (3D, label on the image grid, label values in the mapping).
-    Subjects whose remapped label set differs from the dataset's ``labels_names`` are
-    skipped with a log line naming the file.
+    Subjects that lack one of the dataset's ``labels_names`` are skipped with a log line
+    naming the file. A value that would become a class no map really holds is refused:
+    one outside ``labels_names``, or, in a dataset without ``labels`` and
+    ``labels_names``, a stray value (:func:`hsftrain.data.labels.stray_values`).
 
     Raises:
-        DataError: missing folders, empty globs, bad files, or no usable subject.
+        DataError: missing folders, empty globs, bad files, label values outside the
+            dataset's tables or stray ones (file, value and voxel count named), or no
+            usable subject.
     """
     main_path = Path(str(datasets_cfg.get("main_path") or ".")).expanduser()
     entries = datasets_cfg.get("datasets") or {}
@@ -113,16 +222,17 @@ def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
     ]
     result = Discovery(datasets=specs, subjects=[])
     for spec in specs:
-        found: list[tuple[Subject, set[int]]] = []
+        found: list[tuple[Subject, dict[int, int]]] = []
         for sid, image, label in find_pairs(spec):
             ishape, iaff = header_info(image)
             lshape, laff = header_info(label)
             check_pair(image, label, ishape, iaff, lshape, laff)
-            values = {int(v) for v in np.unique(read_label(spec, label))}
-            found.append((Subject(sid, image, label, spec.index), values))
+            found.append((Subject(sid, image, label, spec.index), label_counts(spec, label)))
+        _check_values(spec, found)
         if spec.labels_names is not None:
             expected = {0, *spec.labels_names}
-            for subject, values in found:
+            for subject, counts in found:
+                values = set(counts)
                 if values != expected:
                     reason = (
                         f"remapped labels {sorted(values)} differ from labels_names "
@@ -135,8 +245,19 @@ def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
             names = spec.labels_names
         else:
             result.subjects.extend(s for s, _ in found)
-            seen = sorted(set().union(*(v for _, v in found)) - {0})
+            seen = sorted(set().union(*(set(c) for _, c in found)) - {0})
             names = {v: f"label_{v}" for v in seen}
+            unheld = sorted(set(range(1, max(seen, default=0))) - set(seen))
+            if unheld:
+                log.warning(
+                    "dataset %s: no label map holds the value(s) %s below its largest value "
+                    "%d, so the model gets class(es) that are never trained; map the values "
+                    "onto consecutive ones with datasets.datasets.%s.labels to avoid them",
+                    spec.name,
+                    unheld,
+                    max(seen),
+                    spec.name,
+                )
         result.dataset_classes[spec.index] = class_names(names)
     if not result.subjects:
         raise DataError(

@@ -11,11 +11,16 @@ Two ideas live here:
   probabilities into the G classes a dataset distinguishes (the forgiving loss), and
   :func:`merge_lut` / :func:`merge_probs` apply the same table to a prediction (inference
   ``ca_mode``).
+
+It also holds the checks of the label values a dataset's maps hold (:func:`value_counts`,
+:func:`describe_counts`, :func:`stray_values`), so that a class no map really holds never
+becomes an output class.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -91,14 +96,17 @@ def remap_labels(
     """
     if unlisted not in ("error", "background"):
         raise ValueError(f"unlisted={unlisted!r}: use 'error' or 'background'")
-    values, inverse = np.unique(np.asarray(label_map, dtype=np.int64), return_inverse=True)
+    values, inverse, counts = np.unique(
+        np.asarray(label_map, dtype=np.int64), return_inverse=True, return_counts=True
+    )
     full = {0: 0, **{int(k): int(v) for k, v in table.items()}}
-    missing = [int(v) for v in values if int(v) not in full]
+    missing = {int(v): int(n) for v, n in zip(values, counts, strict=True) if int(v) not in full}
     if missing and unlisted == "error":
         where = f" in {source}" if source else ""
         raise LabelError(
-            f"label values {missing}{where} are missing from the mapping "
-            f"{dict(sorted(full.items()))}: add them to the dataset's `labels` table"
+            f"label values {sorted(missing)}{where} ({describe_counts(missing)}) are missing "
+            f"from the mapping {dict(sorted(full.items()))}: add them to the dataset's "
+            "`labels` table (e.g. `<value>: 0` makes a value background)"
         )
     mapped = np.array([full.get(int(v), 0) for v in values], dtype=np.int64)
     return mapped[inverse].reshape(np.shape(label_map))
@@ -181,3 +189,83 @@ def merge_probs(probs: np.ndarray, model_names: Sequence[str], ca_type: str) -> 
     out = np.zeros_like(probs)
     np.add.at(out, lut, probs)
     return out
+
+
+def value_counts(label_map: np.ndarray) -> dict[int, int]:
+    """``{label value: voxel count}`` of an integer label map (background included)."""
+    values, counts = np.unique(np.asarray(label_map), return_counts=True)
+    return {int(v): int(n) for v, n in zip(values, counts, strict=True)}
+
+
+def describe_counts(counts: Mapping[int, int]) -> str:
+    """``"7: 20 voxels, 9: 1 voxel"``: label values with their voxel counts, for messages."""
+    return ", ".join(f"{v}: {n} voxel{'s' if n != 1 else ''}" for v, n in sorted(counts.items()))
+
+
+#: A label value of a dataset without a ``labels`` table is *stray* (refused, see
+#: :func:`stray_values`) when it is in at most this share of the dataset's label maps (at
+#: least one map) ...
+STRAY_MAP_SHARE = 0.1
+#: ... and covers, in every map that holds it, less than this share of the voxels that the
+#: smallest regular class (a value in more than half of the maps) covers in a typical map.
+STRAY_VOXEL_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class StrayValue:
+    """A label value that looks like noise rather than a class (see :func:`stray_values`)."""
+
+    value: int
+    #: the label map holding most of its voxels, and that number of voxels
+    source: str
+    voxels: int
+    #: how many maps hold it, out of ``total`` maps
+    maps: int
+    total: int
+    #: median voxels per map of the smallest regular class
+    reference: int
+
+
+def stray_values(counts: Mapping[str, Mapping[int, int]]) -> list[StrayValue]:
+    """Label values that look like stray voxels, not like a class.
+
+    The maps of one dataset are compared with each other. *Regular* values are those in
+    more than half of the maps; a value is stray when it is in no more than
+    ``max(1, STRAY_MAP_SHARE * maps)`` maps and, in each of them, covers fewer than
+    ``STRAY_VOXEL_SHARE`` times the voxels the smallest regular class covers in a typical
+    map (its median over the maps that hold it). Without a regular class nothing is stray.
+
+    Args:
+        counts: ``{label map: {value: voxel count}}`` (:func:`value_counts`) for every map
+            of a dataset; background (0) is ignored.
+
+    Returns:
+        The stray values, smallest value first.
+
+    Example:
+        >>> maps = {f"m{i}": {0: 900, 1: 400, 2: 300} for i in range(8)}
+        >>> maps["m3"] = {0: 880, 1: 400, 2: 300, 7: 20}
+        >>> [(s.value, s.source, s.voxels) for s in stray_values(maps)]
+        [(7, 'm3', 20)]
+    """
+    total = len(counts)
+    held: dict[int, list[tuple[int, str]]] = {}
+    for source, values in counts.items():
+        for value, voxels in values.items():
+            if int(value) != 0 and int(voxels) > 0:
+                held.setdefault(int(value), []).append((int(voxels), str(source)))
+    regular = [
+        int(np.median([n for n, _ in maps])) for maps in held.values() if 2 * len(maps) > total
+    ]
+    if not regular:
+        return []
+    reference = min(regular)
+    most_maps = max(1, int(STRAY_MAP_SHARE * total))
+    strays = []
+    for value, maps in sorted(held.items()):
+        if 2 * len(maps) > total or len(maps) > most_maps:
+            continue
+        voxels, source = max(maps)
+        if voxels < STRAY_VOXEL_SHARE * reference:
+            strays.append(StrayValue(value, source, voxels, len(maps), total, reference))
+    return strays
