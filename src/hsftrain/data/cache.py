@@ -7,49 +7,87 @@ result uncompressed, as memory-mappable ``.npy`` arrays:
 ``<cache_dir>/<key>/image.npy``  (X, Y, Z) float16 or float32, z-normalised, RAS+
 ``<cache_dir>/<key>/label.npy``  (X, Y, Z) uint8, remapped to the dataset's training values
 ``<cache_dir>/<key>/fg.npy``     (N, 3) int16, a sample of foreground voxel coordinates
-``<cache_dir>/<key>/meta.json``  shape, spacing, affine, source files (written last)
+``<cache_dir>/<key>/meta.json``  shape, spacing, affine, source files, and the manifest
+                                 of the arrays (written last)
 
 ``key`` is a hash of both files' contents and of every setting that changes the result
 (label table, dtype, non-finite policy, format version): a changed file or setting gets a
 new entry and a stale one is never used. Each entry is written into a temporary folder and
 renamed into place, so an interrupted preparation leaves nothing half-written.
+
+A reused entry is checked against its manifest (:mod:`hsftrain.data.manifest`) when a run
+starts, and each file again where it is opened; a broken entry (a file missing, truncated,
+rewritten with other values) is prepared again from its source with a warning, or refused
+with a :class:`~hsftrain.data.manifest.CacheError` naming the file and ``datasets.cache_dir``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import numpy as np
-import xxhash
 
-from hsftrain.data.crop import crop_to_labels
-from hsftrain.data.discovery import discover, read_label
-from hsftrain.data.intensity import z_normalize
-from hsftrain.data.nifti import DataError, load_volume
+from hsftrain.data.discovery import discover
+from hsftrain.data.entry import (
+    DTYPES,
+    FORMAT_VERSION,
+    MAX_FG_COORDS,
+    NONFINITE,
+    PrepareSettings,
+    entry_key,
+    meta_file,
+    replace_entry,
+    reusable,
+)
+from hsftrain.data.manifest import KEY, BrokenEntry, CacheError, load
+from hsftrain.data.manifest import write_error as cache_write_error
+from hsftrain.data.nifti import DataError
 from hsftrain.data.subjects import DatasetSpec, Discovery, Subject
-from hsftrain.hub.fetch import file_hash
+from hsftrain.data.voxel_sizes import warn_if_mixed
+
+__all__ = [
+    "DTYPES",
+    "FORMAT_VERSION",
+    "MAX_FG_COORDS",
+    "NONFINITE",
+    "CacheError",
+    "PrepareSettings",
+    "PreparedSubject",
+    "Source",
+    "cache_dir",
+    "entry_key",
+    "median_shape",
+    "prepare",
+    "prepare_datasets",
+]
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever the stored arrays change meaning: older entries are then ignored.
-FORMAT_VERSION = 1
-#: Foreground voxel coordinates kept per subject for foreground oversampling.
-MAX_FG_COORDS = 20000
-DTYPES = ("float16", "float32")
-NONFINITE = ("error", "clean")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a cache entry is prepared from, so that it can be prepared again in a run."""
+
+    subject: Subject
+    spec: DatasetSpec
+    settings: PrepareSettings
 
 
 @dataclass(frozen=True)
 class PreparedSubject:
-    """One subject in the cache. Arrays are opened memory-mapped by :meth:`arrays`."""
+    """One subject in the cache. Arrays are opened memory-mapped by :meth:`arrays`.
+
+    A file found missing, unreadable or not as prepared when it is opened (the cache
+    changed during the run) is prepared again from :attr:`source` (one warning); without
+    a source, or when that fails, a :class:`CacheError` names the file and
+    ``datasets.cache_dir``.
+    """
 
     id: str
     dataset: int
@@ -57,48 +95,98 @@ class PreparedSubject:
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     minimum: float
+    #: the dataset's class count: label values must lie below it (None: not checked)
+    num_classes: int | None = None
+    source: Source | None = field(default=None, repr=False, compare=False)
 
     def arrays(self, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """``(image (X, Y, Z) float, label (X, Y, Z) uint8)``, memory-mapped by default."""
-        mode: Literal["r"] | None = "r" if mmap else None
-        return (
-            np.load(self.folder / "image.npy", mmap_mode=mode),
-            np.load(self.folder / "label.npy", mmap_mode=mode),
-        )
-
-    def meta(self) -> dict[str, Any]:
-        """The entry's ``meta.json`` (shape, spacing, affine, raw intensity statistics)."""
-        return dict(json.loads((self.folder / "meta.json").read_text()))
-
-    def foreground(self) -> np.ndarray:
-        """``(N, 3)`` sampled foreground voxel coordinates (N may be 0)."""
-        return np.load(self.folder / "fg.npy")
-
-
-@dataclass(frozen=True)
-class PrepareSettings:
-    """Everything besides the files that changes a prepared entry."""
-
-    dtype: str = "float16"
-    nonfinite: str = "error"
-
-    @classmethod
-    def from_config(cls, datasets_cfg: Mapping[str, Any]) -> PrepareSettings:
-        """From the ``datasets`` group (``cache_dtype``, ``nonfinite``).
+        """``(image (X, Y, Z) float, label (X, Y, Z) uint8)``, memory-mapped by default
+        (whole arrays, ``mmap=False``, also have their label values checked).
 
         Raises:
-            DataError: an unknown value (the key is named).
+            CacheError: a broken file that cannot be prepared again.
         """
-        dtype = str(datasets_cfg.get("cache_dtype") or "float16")
-        nonfinite = str(datasets_cfg.get("nonfinite") or "error")
-        if dtype not in DTYPES:
-            raise DataError(f"datasets.cache_dtype={dtype!r}: use one of {', '.join(DTYPES)}")
-        if nonfinite not in NONFINITE:
-            raise DataError(
-                f"datasets.nonfinite={nonfinite!r}: use 'error' (refuse images with NaN/Inf "
-                "voxels) or 'clean' (replace them, logged)"
+        return self._read(lambda: self._arrays(mmap))
+
+    def meta(self) -> dict[str, Any]:
+        """The entry's ``meta.json`` (shape, spacing, affine, raw intensity statistics).
+
+        Raises:
+            CacheError: as :meth:`arrays`.
+        """
+        return self._read(lambda: meta_file(self.folder))
+
+    def foreground(self) -> np.ndarray:
+        """``(N, 3)`` sampled foreground voxel coordinates (N may be 0).
+
+        Raises:
+            CacheError: as :meth:`arrays`.
+        """
+        return self._read(lambda: load(self.folder / "fg.npy"))
+
+    def _arrays(self, mmap: bool) -> tuple[np.ndarray, np.ndarray]:
+        image = load(self.folder / "image.npy", mmap)
+        label = load(self.folder / "label.npy", mmap)
+        for name, array in (("image.npy", image), ("label.npy", label)):
+            if array.shape != tuple(self.shape):
+                raise BrokenEntry(
+                    f"{self.folder / name} has shape {array.shape}, prepared as {self.shape}"
+                )
+        if label.dtype != np.uint8:
+            raise BrokenEntry(f"{self.folder / 'label.npy'} holds {label.dtype}, not uint8")
+        n = self.num_classes
+        if not mmap and n and label.size and int(label.max()) >= n:
+            raise BrokenEntry(
+                f"{self.folder / 'label.npy'} holds label value {int(label.max())}, outside "
+                f"the dataset's {n} classes (0-{n - 1})"
             )
-        return cls(dtype, nonfinite)
+        return image, label
+
+    def _read(self, read: Callable[[], T]) -> T:
+        try:
+            return read()
+        except BrokenEntry as err:
+            self._prepare_again(str(err))
+        try:
+            return read()
+        except BrokenEntry as err:
+            raise CacheError(
+                f"{err}, even after it was prepared again: check the disk of "
+                f"{KEY}={self.folder.parent}, or set {KEY} to another folder"
+            ) from None
+
+    def _prepare_again(self, reason: str) -> None:
+        """Replace the broken entry by a new one from its unchanged source.
+
+        Raises:
+            CacheError: no source, a source gone or changed, or a cache not writable.
+        """
+        root = self.folder.parent
+        changed = f"{reason}: the prepared-data cache ({KEY}={root}) changed during the run"
+        if self.source is None:
+            raise CacheError(f"{changed}; prepare it again with `hsftrain data prepare`")
+        subject, spec, settings = self.source.subject, self.source.spec, self.source.settings
+        try:
+            same = entry_key(subject, spec, settings) == self.folder.name
+        except OSError as err:
+            raise CacheError(
+                f"{changed}, and cannot be prepared again: {err.filename}: "
+                f"{err.strerror or err}; restore it, or start the run again"
+            ) from None
+        if not same:
+            raise CacheError(
+                f"{changed}, and cannot be prepared again: {subject.image} or "
+                f"{subject.label} changed since the run started; start the run again"
+            )
+        try:
+            replace_entry(self.folder, subject, spec, settings, self.num_classes)
+        except CacheError:
+            raise
+        except DataError as err:
+            raise CacheError(f"{changed}, and cannot be prepared again: {err}") from None
+        except OSError as err:
+            raise cache_write_error(root, err) from None
+        log.warning("%s; prepared %s again from %s", changed, self.id, subject.image)
 
 
 def cache_dir(datasets_cfg: Mapping[str, Any]) -> Path:
@@ -107,122 +195,6 @@ def cache_dir(datasets_cfg: Mapping[str, Any]) -> Path:
     if explicit:
         return Path(str(explicit)).expanduser()
     return Path(str(datasets_cfg.get("output_path") or "runs")).expanduser() / "prepared"
-
-
-def entry_key(subject: Subject, spec: DatasetSpec, settings: PrepareSettings) -> str:
-    """Hash of the image and label contents and of the preparation settings."""
-    recipe = {
-        "version": FORMAT_VERSION,
-        "image": file_hash(subject.image),
-        "label": file_hash(subject.label),
-        "labels": sorted((spec.labels or {}).items()),
-        "dtype": settings.dtype,
-        "nonfinite": settings.nonfinite,
-    }
-    if spec.crop_margin_mm is not None:  # only then: other entries keep their keys
-        recipe["crop_margin_mm"] = float(spec.crop_margin_mm)
-    return xxhash.xxh3_64(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-
-
-def _finite(image: np.ndarray, path: Path, policy: str) -> np.ndarray:
-    """The image with non-finite voxels refused (``error``) or replaced by the median of
-    the finite ones (``clean``, logged).
-
-    Raises:
-        DataError: non-finite voxels with the ``error`` policy, or no finite voxel at all.
-    """
-    bad = ~np.isfinite(image)
-    n_bad = int(bad.sum())
-    if not n_bad:
-        return image
-    if policy != "clean" or n_bad == image.size:
-        raise DataError(
-            f"{path}: {n_bad} voxel(s) are NaN or infinite; fix the image, or set "
-            "datasets.nonfinite=clean to replace them with the median intensity"
-        )
-    fill = float(np.median(image[~bad]))
-    log.warning("%s: %d non-finite voxel(s) replaced by the median %.4g", path, n_bad, fill)
-    image = image.copy()
-    image[bad] = fill
-    return image
-
-
-def _foreground_sample(label: np.ndarray, seed: int) -> np.ndarray:
-    coords = np.argwhere(label > 0)
-    if len(coords) > MAX_FG_COORDS:
-        keep = np.random.default_rng(seed).choice(len(coords), MAX_FG_COORDS, replace=False)
-        coords = coords[np.sort(keep)]
-    return coords.astype(np.int16)
-
-
-def _write_entry(
-    folder: Path, subject: Subject, spec: DatasetSpec, settings: PrepareSettings
-) -> dict[str, Any]:
-    """Read, check and normalise one subject into ``folder`` (atomically).
-
-    Raises:
-        DataError: unreadable/truncated files, non-finite voxels, label values missing
-            from the mapping or above 255.
-    """
-    # discovery has checked from the headers that the label map lies on the image grid
-    image, affine = load_volume(subject.image, np.float32, canonical=True)
-    label = read_label(spec, subject.label, canonical=True)
-    if label.max(initial=0) > 255:
-        raise DataError(
-            f"{subject.label}: label value {int(label.max())} after remapping; training "
-            f"values must be < 256: remap them in datasets.datasets.{spec.name}.labels"
-        )
-    if spec.crop_margin_mm is not None:
-        try:
-            image, label, affine = crop_to_labels(image, label, affine, spec.crop_margin_mm)
-        except DataError as err:
-            raise DataError(
-                f"{subject.label}: {err} (datasets.datasets.{spec.name}.crop_margin_mm)"
-            ) from err
-    image = _finite(image, subject.image, settings.nonfinite)
-    low, high = np.percentile(image, [0.5, 99.5])
-    intensity = {
-        "mean": float(image.mean()),
-        "std": float(image.std()),
-        "p0.5": float(low),
-        "p99.5": float(high),
-    }
-    image = z_normalize(image).astype(settings.dtype)
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    meta = {
-        "version": FORMAT_VERSION,
-        "id": subject.id,
-        "image": str(subject.image),
-        "label": str(subject.label),
-        "shape": [int(s) for s in image.shape],
-        "spacing": [float(s) for s in spacing],
-        "minimum": float(image.min()),
-        "intensity": intensity,
-        "affine": affine.tolist(),
-    }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        np.save(tmp / "image.npy", image)
-        np.save(tmp / "label.npy", label.astype(np.uint8))
-        np.save(tmp / "fg.npy", _foreground_sample(label, seed=len(subject.id)))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process prepared it meanwhile
-            if not (folder / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return meta
-
-
-def _read_meta(folder: Path) -> dict[str, Any] | None:
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta if meta.get("version") == FORMAT_VERSION else None
 
 
 def prepare(
@@ -235,28 +207,36 @@ def prepare(
     """Prepare every subject (or those at indices ``subjects``) into the cache at ``root``.
 
     Entries already there (same contents, same settings) are reused without reading the
-    images. Returns the prepared subjects in the order of ``found.subjects``.
+    images, once their files pass the manifest check; broken ones are prepared again (one
+    warning names them). Returns the prepared subjects in the order of ``found.subjects``.
 
     Raises:
         DataError: a file that cannot be used (named, with the fix); entries prepared
             before it are kept.
+        CacheError: ``root`` cannot be written (``datasets.cache_dir`` named).
     """
     settings = settings or PrepareSettings()
     specs = {s.index: s for s in found.datasets}
     chosen = list(range(len(found.subjects))) if subjects is None else list(subjects)
     out: list[PreparedSubject] = []
     made = 0
+    broken: list[str] = []
     bar = _progress(progress)
     with bar:
         task = bar.add_task("preparing data", total=len(chosen))
         for i in chosen:
             subject = found.subjects[i]
             spec = specs[subject.dataset]
+            n_classes = len(found.dataset_classes.get(spec.index) or ()) or None
             folder = root / entry_key(subject, spec, settings)
-            meta = _read_meta(folder)
+            meta, why = reusable(folder, settings.dtype, n_classes)
             if meta is None:
-                shutil.rmtree(folder, ignore_errors=True)  # an entry of another format
-                meta = _write_entry(folder, subject, spec, settings)
+                if why:
+                    broken.append(why)
+                try:
+                    meta = replace_entry(folder, subject, spec, settings, n_classes)
+                except OSError as err:
+                    raise cache_write_error(root, err) from None
                 made += 1
             out.append(
                 PreparedSubject(
@@ -266,9 +246,20 @@ def prepare(
                     shape=tuple(meta["shape"]),
                     spacing=tuple(meta["spacing"]),
                     minimum=float(meta["minimum"]),
+                    num_classes=n_classes,
+                    source=Source(subject, spec, settings),
                 )
             )
             bar.advance(task)
+    if broken:
+        log.warning(
+            "prepared again %d broken entr%s of the prepared-data cache (%s=%s): %s",
+            len(broken),
+            "y" if len(broken) == 1 else "ies",
+            KEY,
+            root,
+            "; ".join(broken[:5]) + (f"; and {len(broken) - 5} more" if len(broken) > 5 else ""),
+        )
     log.info(
         "prepared data in %s: %d subject(s), %d newly prepared, %d reused",
         root,
@@ -300,15 +291,18 @@ def median_shape(prepared: Sequence[PreparedSubject]) -> tuple[int, int, int]:
 
 def prepare_datasets(cfg: Mapping[str, Any]) -> list[PreparedSubject]:
     """``hsftrain data prepare``: discover the ``datasets`` group's subjects and prepare
-    all of them; logs where the cache is and the data's median shape and spacing.
+    all of them; logs where the cache is and the data's median shape and spacing (a
+    warning with the count per voxel size when they are mixed).
 
     Raises:
         DataError: a file that cannot be used (named, with the fix).
+        CacheError: a cache folder that cannot be written (``datasets.cache_dir``).
     """
     datasets_cfg = cfg["datasets"]
     found = discover(datasets_cfg)
     root = cache_dir(datasets_cfg)
     prepared = prepare(found, root, PrepareSettings.from_config(datasets_cfg))
+    warn_if_mixed([p.spacing for p in prepared], "the images")
     spacing = np.median(np.array([p.spacing for p in prepared]), axis=0)
     log.info(
         "%d subject(s) ready in %s: median shape %s, median spacing %s mm",

@@ -35,6 +35,7 @@ from hsftrain.data.dataset import PatchDataset, VolumeDataset, auto_patch_size, 
 from hsftrain.data.splits import Split
 from hsftrain.data.subjects import Discovery
 from hsftrain.data.transforms import torchio_transform
+from hsftrain.data.voxel_sizes import warn_if_mixed
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,7 @@ def prepare_split(
         found, cache_dir(datasets_cfg), PrepareSettings.from_config(datasets_cfg), needed
     )
     by_index = dict(zip(needed, prepared, strict=True))
+    warn_if_mixed([by_index[i].spacing for i in sorted(set(split.train))], "the training images")
     return [by_index[i] for i in split.train], [by_index[i] for i in split.val]
 
 

@@ -91,11 +91,9 @@ def export_checkpoint(
         "config_hash": config_hash(info.config),
         "f_maps": info.hparams.get("f_maps"),
     }
-    from hsftrain.export.spacing import training_spacing
+    from hsftrain.export.spacing import spacing_metadata
 
-    spacing = training_spacing(ckpt, info.config)
-    if spacing is not None:
-        metadata["spacing_mm"] = list(spacing)
+    metadata.update(spacing_metadata(ckpt, info.config))  # spacing_mm, spacing_mm_counts
     if not quantize:
         path = export_onnx(net, out, metadata, half_weights=weights == "float16")
         log.info("exported %s -> %s", ckpt, path)
