@@ -13,40 +13,45 @@ from omegaconf import DictConfig
 from hsftrain.containers import plain
 from hsftrain.data.labels import LabelError, group_table
 from hsftrain.data.labels import class_names as names_from_table
-from hsftrain.data.subjects import Discovery
+from hsftrain.data.subjects import DatasetSpec, Discovery
 from hsftrain.errors import ConfigError
 from hsftrain.finite import check_finite_state
 from hsftrain.hub.fetch import fetch
 from hsftrain.models import channels_last
 from hsftrain.training.checkpoint import ModelInfo, read_checkpoint
 from hsftrain.training.distributed import compile_enabled
-from hsftrain.training.module import SegmentationModule
+from hsftrain.training.module import SegmentationModule, dataset_tables
 
 log = logging.getLogger(__name__)
 
 
-def model_classes(cfg: DictConfig, found: Discovery, out_channels: int | None) -> list[str]:
+def model_classes(
+    cfg: DictConfig,
+    found: Discovery,
+    out_channels: int | None,
+    key: str = "models.hparams.out_channels",
+) -> list[str]:
     """The model's class names: ``models.labels_names``, or the finest dataset's names.
 
     Raises:
-        ConfigError: more label values in the data than ``out_channels`` allows.
+        ConfigError: ``out_channels`` (the config key ``key``) is not the number of classes
+            of the data (a class no label map holds would never be trained).
     """
     if cfg.models.get("labels_names"):
         table = {int(k): str(v) for k, v in cfg.models.labels_names.items()}
-        return names_from_table(table, out_channels)
-    specs = {s.index: s for s in found.datasets}
-    finest = max(
-        found.dataset_classes,
-        key=lambda d: (specs[d].ca_type == "1/2/3", len(found.dataset_classes[d])),
-    )
-    names = list(found.dataset_classes[finest])
-    if out_channels is not None:
-        if out_channels < len(names):
-            raise ConfigError(
-                f"the data has {len(names)} classes (background included) but out_channels="
-                f"{out_channels}: raise models.hparams.out_channels / finetuning.out_channels"
-            )
-        names += [f"label_{i}" for i in range(len(names), out_channels)]
+        names = names_from_table(table)
+    else:
+        specs = {s.index: s for s in found.datasets}
+        finest = max(
+            found.dataset_classes,
+            key=lambda d: (specs[d].ca_type == "1/2/3", len(found.dataset_classes[d])),
+        )
+        names = list(found.dataset_classes[finest])
+    if out_channels is not None and out_channels != len(names):
+        raise ConfigError(
+            f"{key}={out_channels} but the data has {len(names)} classes, background included "
+            f"({', '.join(names)}): set {key}={len(names)}, or null to take them from the data"
+        )
     return names
 
 
@@ -84,35 +89,101 @@ def read_pretrained(cfg: DictConfig) -> Pretrained:
     return path, state, info
 
 
+def checkpoint_named(found: Discovery, pretrained: list[str]) -> dict[int, list[str]]:
+    """Each dataset's classes, those of a dataset without ``labels_names`` (named
+    ``label_<value>``) replaced by the checkpoint's names when they are as many: its label
+    values are then the checkpoint's (e.g. its own corrected predictions)."""
+    classes = dict(found.dataset_classes)
+    for spec in found.datasets:
+        names = classes.get(spec.index)
+        if spec.labels_names is None and names is not None and len(names) == len(pretrained):
+            classes[spec.index] = list(pretrained)
+    return classes
+
+
+def _unmapped(
+    found: Discovery, classes: dict[int, list[str]], pretrained: list[str]
+) -> DatasetSpec | None:
+    """The first dataset whose ``classes`` the forgiving loss cannot map onto ``pretrained``."""
+    for spec in found.datasets:
+        try:
+            group_table(pretrained, classes[spec.index], spec.ca_type)
+        except LabelError:
+            return spec
+    return None
+
+
 def finetune_classes(
     cfg: DictConfig, found: Discovery, out_channels: int | None, pretrained: list[str]
 ) -> list[str]:
     """Class names of a fine-tuned model (and so whether its head is kept).
 
-    The pretrained classes (e.g. HSF's background, DG, CA1, CA2, CA3, SUB) are kept when
-    ``finetuning.out_channels`` is null or their number, ``models.labels_names`` is unset,
-    and either the forgiving loss maps every dataset onto them (labels named like the
-    pretrained classes, at any CA granularity) or, without it, the data has that many
-    classes. Otherwise: the data's classes, as for training (see :func:`model_classes`).
+    ``finetuning.out_channels`` null or the checkpoint's count keeps the checkpoint's
+    classes (names and head) when they fit the data: datasets without ``labels_names`` and
+    with as many classes take its names (:func:`checkpoint_named`, logged; ``found`` is
+    updated); with the forgiving loss every dataset must map onto them (labels named like
+    them, at any CA granularity), without it the data must have that many classes. When
+    they do not fit, null gives a new head of the data's classes if their number differs.
+    Another ``finetuning.out_channels`` is a new head and must be the data's number of
+    classes. ``models.labels_names`` names the classes instead of the checkpoint.
 
     Raises:
-        ConfigError: more label values in the data than ``out_channels`` allows.
+        ConfigError: ``finetuning.out_channels`` that disagrees with the data, or named
+            classes that disagree with the checkpoint's (the message says which key to set).
     """
-    keep_count = out_channels is None or out_channels == len(pretrained)
-    if keep_count and not cfg.models.get("labels_names"):
-        if bool(cfg.models.get("use_forgiving_loss", True)):
-            ca = {s.index: s.ca_type for s in found.datasets}
-            try:
-                for d, names in found.dataset_classes.items():
-                    group_table(pretrained, names, ca[d])
-            except LabelError:
-                pass
-            else:
-                return list(pretrained)
-    names = model_classes(cfg, found, out_channels)
-    if out_channels is None and len(names) == len(pretrained):
-        return list(pretrained)
-    return names
+    key = "finetuning.out_channels"
+    named = bool(cfg.models.get("labels_names"))
+    renamed = checkpoint_named(found, pretrained)
+    unmapped: DatasetSpec | None = None
+    if named:
+        keepable = False
+    elif bool(cfg.models.get("use_forgiving_loss", True)):
+        keepable = (unmapped := _unmapped(found, renamed, pretrained)) is None
+    else:
+        keepable = len(model_classes(cfg, found, None)) == len(pretrained)
+    p = len(pretrained)
+    if (out_channels is None or out_channels == p) and not named:
+        for spec in found.datasets:
+            if renamed[spec.index] != found.dataset_classes[spec.index]:
+                found.dataset_classes[spec.index] = renamed[spec.index]
+                log.info(
+                    "dataset %s: its unnamed classes (label values 1-%d) take the "
+                    "checkpoint's names (%s)",
+                    spec.name,
+                    p - 1,
+                    ", ".join(pretrained[1:]),
+                )
+        if keepable:
+            return list(pretrained)
+    data = model_classes(cfg, found, None)
+    d = len(data)
+    if out_channels is not None and out_channels != d and (named or out_channels != p):
+        fix = f"set {key}={d}" + (" for a new head of them" if d != p else "")
+        if keepable:
+            keep = f"set {key}=null (or {p}) to keep the checkpoint's {p} classes and head"
+            fix = keep if d == p else f"{fix}, or null to keep the checkpoint's {p}"
+        raise ConfigError(
+            f"{key}={out_channels} but the data has {d} classes, background included "
+            f"({', '.join(data)}): {fix}"
+        )
+    if named or out_channels not in (None, p):
+        return data  # a head of the data's classes (kept when as many as the checkpoint's)
+    if d != p:
+        if out_channels is None:
+            return data  # another label scheme: a new head of the data's classes
+        raise ConfigError(
+            f"{key}={out_channels} keeps the checkpoint's classes ({', '.join(pretrained)}), "
+            f"but the data's {d} classes ({', '.join(data)}) do not map onto them: set "
+            f"{key}={d} for a new head of the data's classes, or null"
+        )
+    assert unmapped is not None  # as many classes: only the forgiving loss's names disagree
+    theirs = ", ".join(found.dataset_classes[unmapped.index][1:])
+    raise ConfigError(
+        f"dataset {unmapped.name}'s classes ({theirs}) are not the checkpoint's "
+        f"({', '.join(pretrained[1:])}): name them like the checkpoint's in "
+        f"datasets.datasets.{unmapped.name}.labels_names to keep its head, or set "
+        "models.use_forgiving_loss=false to train its head on the label values as they are"
+    )
 
 
 def ignored_hparams(cfg: DictConfig, info: ModelInfo) -> list[str]:
@@ -130,6 +201,30 @@ def ignored_hparams(cfg: DictConfig, info: ModelInfo) -> list[str]:
         for key, value in given.items()
         if value != default.get(key) and value != info.hparams.get(key)
     ]
+
+
+def run_classes(cfg: DictConfig, found: Discovery, pretrained: Pretrained | None) -> list[str]:
+    """The model's class names for this run (:func:`model_classes` or, fine-tuning,
+    :func:`finetune_classes`), checked against every dataset's classes as the loss will
+    compare them: a run calls it once the data are discovered, before writing anything.
+
+    Raises:
+        ConfigError, LabelError: classes that disagree (the message names the key to set).
+    """
+    if pretrained is None:
+        names = model_classes(cfg, found, plain(cfg.models.hparams).get("out_channels"))
+    else:
+        out = cfg.finetuning.get("out_channels")
+        names = finetune_classes(cfg, found, int(out) if out else None, pretrained[2].class_names)
+    ca = {s.index: s.ca_type for s in found.datasets}
+    forgiving = bool(cfg.models.get("use_forgiving_loss", True))
+    try:
+        dataset_tables(names, found.dataset_classes, ca, forgiving)
+    except LabelError:
+        raise
+    except ValueError as err:  # more classes in a dataset than in the model
+        raise ConfigError(str(err)) from err
+    return names
 
 
 def build_module(
@@ -155,14 +250,11 @@ def build_module(
             ),
         )
 
+    names = run_classes(cfg, found, pretrained)
     if pretrained is None:
-        hparams = dict(optim["hparams"])
-        names = model_classes(cfg, found, hparams.get("out_channels"))
-        hparams["out_channels"] = len(names)
+        hparams = {**optim["hparams"], "out_channels": len(names)}
         return make(str(cfg.models.name), hparams, names)
     path, state, info = pretrained
-    out = cfg.finetuning.get("out_channels")
-    names = finetune_classes(cfg, found, int(out) if out else None, info.class_names)
     hparams = {**info.hparams, "out_channels": len(info.class_names)}
     module = make(info.name, hparams, names)
     module.net.load_state_dict(state)

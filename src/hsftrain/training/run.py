@@ -15,6 +15,8 @@ import math
 import shutil
 import time
 import warnings
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +26,25 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hsftrain.compression.callbacks import compression_callbacks
 from hsftrain.containers import plain
-from hsftrain.data.datamodule import SegmentationDataModule, build_datamodule, prepare_split
+from hsftrain.data.datamodule import build_datamodule, prepare_split
 from hsftrain.data.discovery import discover
 from hsftrain.data.splits import Split, crossing_groups, make_split
-from hsftrain.errors import ConfigError, Interrupted
+from hsftrain.errors import ConfigError, UserError
 from hsftrain.files import write_text_atomic
 from hsftrain.logs import run_log
-from hsftrain.training.build import build_module, ignored_hparams, read_pretrained
+from hsftrain.training.build import build_module, ignored_hparams, read_pretrained, run_classes
 from hsftrain.training.callbacks import EpochTable, OnTrainStart, RunCheckpoints, StepProgress
 from hsftrain.training.denormals import flush_denormals
 from hsftrain.training.distributed import is_rank_zero, publish_run_name, shared_run_name
 from hsftrain.training.finetuning import GradualUnfreezing
-from hsftrain.training.guards import FiniteGuard, Preemption, SignalState, catch_signals
-from hsftrain.training.module import SegmentationModule
+from hsftrain.training.guards import (
+    FiniteGuard,
+    Preemption,
+    SignalState,
+    catch_signals,
+    fit,
+    spawned_forward,
+)
 from hsftrain.training.trainer import QUIET, make_logger, trainer_kwargs
 from hsftrain.training.validate import check_network_fits, validate_training
 
@@ -81,12 +89,50 @@ def _total_steps(n_train: int, cfg: DictConfig) -> int:
     return steps * int(cfg.lightning.max_epochs)
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (``path`` included) that does not exist yet."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+def _remove_refused(run_dir: Path, created: Path) -> None:
+    """Remove the run directory a refused run created, then the folders above it up to
+    ``created`` that it left empty. A directory holding a checkpoint is kept."""
+    if any((run_dir / "checkpoints").glob("*.ckpt")):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for folder in run_dir.parents:
+        if folder != created and created not in folder.parents:
+            break
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            break
+        if folder == created:
+            break
+    log.info("refused before training: removed the run directory %s it had created", run_dir)
+
+
+@dataclass
+class _Attempt:
+    """What a run got to: ``started`` once training starts (after any restore)."""
+
+    started: bool = False
+
+
 def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     """Train (or fine-tune) as configured, logging into ``<run>/train.log``. Returns the
     last validation metrics.
 
     A resume that fails before training starts (e.g. a checkpoint that does not load)
-    leaves the run directory as it was (only ``train.log`` records the attempt).
+    leaves the run directory as it was (only ``train.log`` records the attempt). A new run
+    refused before training starts (a :class:`~hsftrain.errors.UserError`) removes the run
+    directory it created (and the empty folders it made above it); a folder that existed
+    before is never removed.
 
     Raises:
         ConfigError, DataError, FileNotFoundError: with the key or file to fix.
@@ -99,11 +145,26 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
             cfg.run_name = shared_run_name() or time.strftime("%Y%m%d-%H%M%S")
         publish_run_name(str(cfg.run_name))  # DDP processes launched later use it too
     run_dir, resume_ckpt = resolve_run_dir(cfg)
+    created = _first_missing(run_dir) if resume_ckpt is None else None
+    attempt = _Attempt()
+    try:
+        return _logged_run(cfg, finetune, run_dir, resume_ckpt, attempt)
+    except UserError:
+        if created is not None and not attempt.started and is_rank_zero() and run_dir.exists():
+            _remove_refused(run_dir, created)
+        raise
+
+
+def _logged_run(
+    cfg: DictConfig, finetune: bool, run_dir: Path, resume_ckpt: Path | None, attempt: _Attempt
+) -> dict[str, float]:
+    """:func:`_run` logging into ``<run>/train.log``; a resume that fails before training
+    leaves the run directory as it was."""
     before = set(run_dir.iterdir()) if resume_ckpt is not None else set()
     stamp = resume_ckpt.stat().st_mtime_ns if resume_ckpt is not None else 0
     with run_log(run_dir) as log_file:
         try:
-            return _run(cfg, finetune)
+            return _run(cfg, finetune, attempt)
         except BaseException as err:
             if resume_ckpt is None or resume_ckpt.stat().st_mtime_ns != stamp:
                 raise
@@ -118,8 +179,11 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
             raise
 
 
-def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
-    """Train (or fine-tune) as configured. Returns the last validation metrics.
+def _run(
+    cfg: DictConfig, finetune: bool = False, attempt: _Attempt | None = None
+) -> dict[str, float]:
+    """Train (or fine-tune) as configured. Returns the last validation metrics; sets
+    ``attempt.started`` once training starts.
 
     Raises:
         ConfigError, DataError, FileNotFoundError: with the key or file to fix.
@@ -136,8 +200,13 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         )
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     found = discover(cfg.datasets)
+    run_classes(cfg, found, pretrained)  # classes that disagree: refused before any write
     hparams = pretrained[2].hparams if pretrained else plain(cfg.models.hparams)
-    check_network_fits(hparams, [s.image for s in found.subjects], cfg.datasets.get("patch_size"))
+    from hsftrain.training.budget import plans_network  # budget= picks a depth that fits
+
+    if pretrained is not None or resume_ckpt is not None or not plans_network(cfg):
+        images = [s.image for s in found.subjects]
+        check_network_fits(hparams, images, cfg.datasets.get("patch_size"))
     ids = [s.id for s in found.subjects]
     split_file = run_dir / "split.json"
     if resume_ckpt is not None and split_file.is_file():
@@ -177,18 +246,9 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
             network,
         )
 
-    def write_config() -> None:
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        if plan is not None:
-            plan.save(run_dir / "plan.yaml")
-
-    def write_run_files() -> None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        split.save(split_file, ids, int(cfg.seed))
-        write_config()
-
+    record = RunRecord(run_dir, split, ids, cfg, plan)
     if resume_ckpt is None and is_rank_zero():  # a resume writes them once restored
-        write_run_files()
+        record.write()
     log.info(
         "run directory %s: %d train / %d val subjects", run_dir, len(split.train), len(split.val)
     )
@@ -202,19 +262,16 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     bar = bool(cfg.lightning.get("enable_progress_bar", True))
     callbacks.append(StepProgress(int(cfg.lightning.get("log_every_n_steps") or 10), not bar))
     if resume_ckpt is not None:
-        callbacks.append(OnTrainStart(write_run_files))
+        callbacks.append(OnTrainStart(record.write))
+    if attempt is not None:
+        callbacks.append(OnTrainStart(partial(setattr, attempt, "started", True)))
     if finetune:
         f = cfg.finetuning
         callbacks.append(GradualUnfreezing(str(f.mode), int(f.depth), int(f.unfreeze_frequency)))
     if plan is not None:
         from hsftrain.training.plan import BudgetPace
 
-        def paced(epochs: int) -> None:
-            OmegaConf.update(cfg, "lightning.max_epochs", epochs)
-            if is_rank_zero():
-                write_config()  # the split does not change
-
-        callbacks.append(BudgetPace(plan, started, paced))
+        callbacks.append(BudgetPace(plan, started, record.paced))
     signals = SignalState()
     preemption = Preemption(signals, resume_command(run_dir, finetune))
     callbacks += [FiniteGuard(), preemption]
@@ -229,10 +286,10 @@ def _run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
         enable_model_summary=False,
         **kwargs,
     )
-    with warnings.catch_warnings(), catch_signals(signals):
+    with warnings.catch_warnings(), catch_signals(signals, spawned_forward(trainer)):
         for pattern in QUIET:
             warnings.filterwarnings("ignore", message=pattern)
-        _fit(trainer, module, data, resume_ckpt, preemption)
+        fit(trainer, module, data, str(resume_ckpt) if resume_ckpt else None, preemption)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if plan is not None and trainer.current_epoch < plan.epochs and is_rank_zero():
         log.warning(
@@ -261,28 +318,38 @@ def _global_step(trainer: L.Trainer, checkpoint: Any) -> int:
     return int(saved.get("global_step", 0))
 
 
+@dataclass
+class RunRecord:
+    """Writes a run's record: ``split.json``, ``config.yaml`` (and ``plan.yaml``). Its
+    methods are what callbacks call, so it is picklable: ``ddp_spawn`` sends the callbacks
+    to the processes that train (a local function could not go)."""
+
+    run_dir: Path
+    split: Split
+    ids: list[str]
+    cfg: DictConfig
+    plan: Any = None
+
+    def write(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.split.save(self.run_dir / "split.json", self.ids, int(self.cfg.seed))
+        self.write_config()
+
+    def write_config(self) -> None:
+        write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
+        if self.plan is not None:
+            self.plan.save(self.run_dir / "plan.yaml")
+
+    def paced(self, epochs: int) -> None:
+        """The budget changed the number of epochs (the split does not change)."""
+        OmegaConf.update(self.cfg, "lightning.max_epochs", epochs)
+        if is_rank_zero():
+            self.write_config()
+
+
 def resume_command(run_dir: Path, finetune: bool) -> str:
     """The command that continues the run in ``run_dir``."""
     return f"hsftrain {'finetune' if finetune else 'train'} resume={run_dir}"
-
-
-def _fit(
-    trainer: L.Trainer,
-    module: SegmentationModule,
-    data: SegmentationDataModule,
-    resume_ckpt: Path | None,
-    preemption: Preemption,
-) -> None:
-    """``trainer.fit``; Lightning's own SIGTERM stop becomes :class:`Interrupted` too."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    try:
-        trainer.fit(module, datamodule=data, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
-    except SIGTERMException as err:
-        saved = f"saved {preemption.saved}" if preemption.saved else "nothing saved"
-        raise Interrupted(
-            f"SIGTERM: training stopped ({saved}). Continue with: {preemption.resume_command}"
-        ) from err
 
 
 def _report(metrics: dict[str, float]) -> None:
