@@ -7,7 +7,9 @@ what is safe to change in the middle of a run (:data:`RESUME_SAFE`: epochs, prog
 logging, workers, devices, where the data lies); repeating the run's own values is
 accepted (``hsftrain train <same overrides> resume=...``); anything else is refused with
 one line naming the keys. Keys added to hsftrain after the run was made take the values
-the command line composes (the defaults).
+the command line composes (the defaults). A ``budget=`` run resumed with more
+``lightning.max_epochs`` has its time cap (``lightning.max_time``, set by the plan) scaled
+with them, said in a line (:func:`budget_time_cap`), unless ``lightning.max_time`` is given.
 
 This module only composes configuration: it imports neither torch nor Lightning.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -115,6 +119,31 @@ def saved_config(target: str) -> DictConfig:
     return loaded
 
 
+def budget_time_cap(target: str, saved: DictConfig, changed: dict[str, Any]) -> str | None:
+    """The time cap of a ``budget=`` run (it has ``plan.yaml``) resumed with more epochs:
+    its ``lightning.max_time`` scaled by new epochs / planned epochs (Lightning counts the
+    training time of every session of the run against it), logged; None otherwise."""
+    cap, old = _value(saved, "lightning.max_time"), _value(saved, "lightning.max_epochs")
+    new = changed.get("lightning.max_epochs")
+    if not (cap and old and new) or int(new) <= int(old):
+        return None
+    if not (run_dir_of(target) / "plan.yaml").is_file():
+        return None
+    if not re.fullmatch(r"\d+:\d+:\d+:\d+", str(cap)):  # not the plan's DD:HH:MM:SS
+        log.info("resume: lightning.max_time=%s still applies to the %d epochs", cap, int(new))
+        return None
+    d, h, m, sec = (int(p) for p in str(cap).split(":"))
+    seconds = math.ceil((((d * 24 + h) * 60 + m) * 60 + sec) * int(new) / int(old))
+    scaled = f"{seconds // 86400:02d}:{seconds % 86400 // 3600:02d}:"
+    scaled += f"{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    log.info(
+        "resume: the budget's time cap lightning.max_time=%s becomes %s, scaled with "
+        "lightning.max_epochs %d -> %d; give lightning.max_time to choose another",
+        cap, scaled, int(old), int(new),
+    )  # fmt: skip
+    return scaled
+
+
 def resume_config(
     target: str, saved: DictConfig, others: Sequence[str], asked: DictConfig
 ) -> DictConfig:
@@ -134,8 +163,10 @@ def resume_config(
     saved_file = run_dir_of(target) / "config.yaml"
     changed: dict[str, Any] = {}
     refused: list[str] = []
+    given: set[str] = set()
     for item in others:
         for key in _keys_set(item, asked):
+            given.add(key)
             if any(key == k or key.startswith(k + ".") for k in IGNORED):
                 continue
             mine, theirs = _value(asked, key), _value(saved, key)
@@ -159,6 +190,8 @@ def resume_config(
     for key, value in changed.items():
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
         log.info("resume: %s = %r (the run had %r)", key, value, _value(saved, key))
+    if "lightning.max_time" not in given and (cap := budget_time_cap(target, saved, changed)):
+        OmegaConf.update(cfg, "lightning.max_time", cap, merge=False)
     OmegaConf.update(cfg, "resume", str(target), force_add=True)
     OmegaConf.set_struct(cfg, True)
     assert isinstance(cfg, DictConfig)  # merged from two DictConfigs

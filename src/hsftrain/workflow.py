@@ -9,13 +9,15 @@ the best checkpoint to ``<run>/model.onnx`` (:mod:`hsftrain.export`), so that
 (``datasets.replace=true``; out-of-bag subjects validate it), in
 ``<output_path>/<run_name>/member_<k>/``, exports each to ONNX, and writes
 ``<output_path>/<run_name>/preset.yaml``: a ``segmentation`` preset (paths + xxh3_64) that
-``hsftrain segment segmentation=<that file>`` runs.
+``hsftrain segment segmentation=<that file>`` runs. With ``budget=``, the budget is shared:
+each member is planned for ``budget / members`` (:func:`member_budget`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from hsftrain.hub.fetch import file_hash
 from hsftrain.logs import run_log
 from hsftrain.training.distributed import is_rank_zero
 from hsftrain.training.run import run
+from hsftrain.training.validate import parse_budget
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +95,34 @@ def train_and_export(cfg: DictConfig, finetune: bool = False) -> dict[str, Any]:
     return out
 
 
-def member_config(cfg: DictConfig, k: int, name: str) -> DictConfig:
-    """Config of member ``k``: own seed, bootstrap sampling, run dir ``name/member_k``."""
+def member_budget(cfg: DictConfig, members: int) -> str | None:
+    """Each member's share of ``budget`` (whole seconds, e.g. ``600s``); None without one.
+
+    Raises:
+        ConfigError: a share under the 1 minute a plan needs.
+    """
+    if not cfg.get("budget"):
+        return None
+    share = math.floor(parse_budget(cfg.budget) / members)
+    if share < 60:
+        raise ConfigError(
+            f"budget={cfg.budget} with ensemble.members={members} leaves {share} s per member, "
+            f"under the 1m a plan needs: give budget={members}m or more, or fewer ensemble.members"
+        )
+    log.info(
+        "budget=%s with ensemble.members=%d: the budget is shared, each member is planned "
+        "for %d s", cfg.budget, members, share,
+    )  # fmt: skip
+    return f"{share}s"
+
+
+def member_config(cfg: DictConfig, k: int, name: str, budget: str | None = None) -> DictConfig:
+    """Config of member ``k``: own seed, bootstrap sampling, run dir ``name/member_k``, and
+    its share of the budget (:func:`member_budget`)."""
     member = cfg.copy()
     with open_dict(member):
+        if budget is not None:
+            member.budget = budget
         member.seed = int(cfg.seed) + k
         member.run_name = f"{name}/member_{k}"
         member.datasets.replace = True
@@ -129,17 +156,18 @@ def train_ensemble(cfg: DictConfig, finetune: bool = False) -> dict[str, Any]:
     """Train ``ensemble.members`` bagging members; returns their metrics and the preset path.
 
     Raises:
-        ConfigError: fewer than 2 members.
+        ConfigError: fewer than 2 members, or a ``budget`` under 1 minute per member.
     """
     k_members = int(cfg.ensemble.members)
     if k_members < 2:
         raise ConfigError("ensemble.members must be at least 2 for an ensemble")
+    budget = member_budget(cfg, k_members)
     name = str(cfg.get("run_name") or time.strftime("%Y%m%d-%H%M%S"))
     root = Path(str(cfg.datasets.output_path)).expanduser() / name
     results, onnx_files = [], []
     for k in range(k_members):
         log.info("ensemble member %d/%d", k + 1, k_members)
-        out = train_and_export(member_config(cfg, k, name), finetune=finetune)
+        out = train_and_export(member_config(cfg, k, name, budget), finetune=finetune)
         results.append(out)
         onnx_files.append(Path(str(out["run_dir"])) / "model.onnx")
     preset = write_preset(root / "preset.yaml", onnx_files)

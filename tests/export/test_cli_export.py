@@ -26,7 +26,7 @@ def test_cli_export_int8(tiny_ckpt: Path, tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    fp32 = tmp_path / "tiny.onnx"
+    fp32 = tmp_path / "tiny.int8.fp32.onnx"
     assert out.is_file() and fp32.is_file()
     meta = read_metadata(out)
     assert meta["quantization"] == "int8"

@@ -81,7 +81,7 @@ def test_export_checkpoint_metadata(tiny_ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_fp32_companion_names() -> None:
-    assert fp32_companion(Path("a/m.int8.onnx")) == Path("a/m.onnx")
+    assert fp32_companion(Path("a/m.int8.onnx")) == Path("a/m.int8.fp32.onnx")
     assert fp32_companion(Path("a/m.onnx")) == Path("a/m.fp32.onnx")
 
 

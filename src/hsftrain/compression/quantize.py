@@ -190,6 +190,9 @@ def quantize_int8(
         calibration: options (method, activation type, per-channel, op types).
         metadata: extra metadata; the fp32 model's metadata is kept, with
             ``quantization: int8`` and the calibration details added.
+
+    Raises:
+        ConfigError: ``out`` is ``fp32_path`` (the source is never replaced).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -197,6 +200,8 @@ def quantize_int8(
 
     calibration = calibration or QuantConfig()
     out = Path(out)
+    if out.resolve() == Path(fp32_path).resolve():
+        raise ConfigError(f"{out}: the int8 model would replace its fp32 source; give another out")
     out.parent.mkdir(parents=True, exist_ok=True)
     method = {
         "minmax": CalibrationMethod.MinMax,

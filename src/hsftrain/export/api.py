@@ -29,12 +29,26 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def fp32_companion(out: Path) -> Path:
-    """Where the fp32 model of an int8 export goes: ``m.int8.onnx`` -> ``m.onnx``,
-    any other ``m.onnx`` -> ``m.fp32.onnx``."""
-    stem = out.name.removesuffix(".onnx")
-    if stem.endswith(".int8"):
-        return out.with_name(stem.removesuffix(".int8") + ".onnx")
-    return out.with_name(stem + ".fp32.onnx")
+    """Where the fp32 model of an int8 export goes: a name derived from ``out``,
+    ``m.int8.onnx`` -> ``m.int8.fp32.onnx``, ``m.onnx`` -> ``m.fp32.onnx`` (never the name of
+    the run's own ``model.onnx``, which the fp32 model of another checkpoint would replace)."""
+    return out.with_name(out.name.removesuffix(".onnx") + ".fp32.onnx")
+
+
+def check_companion_free(out: Path) -> Path:
+    """The fp32 companion of an int8 export to ``out``, which must not exist yet: an export
+    never replaces a model it was not asked to write.
+
+    Raises:
+        ConfigError: the companion exists (names it, and ``out`` to choose another).
+    """
+    companion = fp32_companion(out)
+    if companion.exists():
+        raise ConfigError(
+            f"{companion} exists: an int8 export to out={out} writes its fp32 model there and "
+            "does not replace a file; move that file away, or choose another out="
+        )
+    return companion
 
 
 def export_checkpoint(
@@ -53,7 +67,7 @@ def export_checkpoint(
         out: the model to write. Default: next to the checkpoint, ``<ckpt>.onnx`` (fp32)
             or ``<ckpt>.int8.onnx`` (int8).
         quantize: ``None`` (fp32) or ``"int8"``: static post-training quantization; the
-            fp32 model is written too (see :func:`fp32_companion`).
+            fp32 model is written too, to a name that must be free (:func:`fp32_companion`).
         calibration, quantization: the ``calibration`` and ``quantization`` keys (see
             :class:`hsftrain.compression.quantize.QuantConfig`).
         verify: ``num_images`` / ``min_agreement`` / ``max_mean_abs_diff`` of the int8 check.
@@ -64,7 +78,8 @@ def export_checkpoint(
         The path of the requested model (the int8 one when quantizing).
 
     Raises:
-        ConfigError: unknown ``quantize`` or bad calibration settings.
+        ConfigError: unknown ``quantize``, bad calibration settings, or (int8) an existing
+            file where the fp32 model would go.
         NonFiniteError: the checkpoint holds NaN/Inf weights (nothing is written).
         ExportError: the exported model does not match PyTorch (fp32: max abs difference
             above :data:`~hsftrain.export.onnx.FLOAT_ATOL`) or the fp32 model (int8: see
@@ -81,6 +96,8 @@ def export_checkpoint(
     ckpt = Path(ckpt)
     default_suffix = ".int8.onnx" if quantize else ".onnx"
     out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(ckpt.suffix) + default_suffix)
+    if quantize:
+        check_companion_free(out)  # refused before the (slow) export
     net, info = load_network(ckpt)
     check_finite_state(net.state_dict(), ckpt)
     metadata = {
@@ -109,7 +126,7 @@ def export_checkpoint(
     else:
         candidates = run_training_images(ckpt, info.config)
     images = pick(candidates, calib.num_images)
-    fp32_path = export_onnx(net, fp32_companion(out), metadata)
+    fp32_path = export_onnx(net, check_companion_free(out), metadata)  # still free
     log.info("exported %s -> %s (fp32)", ckpt, fp32_path)
     path = quantize_int8(fp32_path, out, images, calib)
     v = dict(verify or {})

@@ -6,8 +6,11 @@ augmentation on (this machine, this device), estimates what validation and expor
 cost, and picks the largest candidate that still gets enough optimiser steps (the next
 larger ones, timed a second time, may take its place: other load only ever slows a step);
 the number of epochs is then set so that training, validation and export end inside the
-budget, and the learning-rate schedule spans exactly those steps. The plan (candidates, measured seconds per
-step, the choice and why) is printed and saved as ``plan.yaml`` in the run directory.
+budget, and the learning-rate schedule spans exactly those steps. The plan (candidates, measured
+seconds per step, the choice and why) is printed and saved as ``plan.yaml`` in the run directory.
+A network or batch size you set yourself is kept (only the epochs are planned); the epochs,
+validation interval and time cap you set are replaced, with a warning for each
+(:data:`~hsftrain.training.plan.KEPT`).
 After its second epoch (and at 25/50/75% of the plan) the run re-fits its epochs to its
 own measured pace (:class:`~hsftrain.training.plan.BudgetPace`). Lightning's ``max_time``
 is set as a safety net: a run about to overrun stops at the budget with its best
@@ -26,13 +29,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hsftrain.config import ConfigError, defaults_like
+from hsftrain.containers import plain
 from hsftrain.data.cache import PreparedSubject
-from hsftrain.data.datamodule import input_multiple, patch_size
 from hsftrain.data.fingerprint import fingerprint
 from hsftrain.models.blocks import feature_sizes
 from hsftrain.training.distributed import compile_enabled
 from hsftrain.training.finetuning import thawing_step_s
-from hsftrain.training.plan import Candidate, Plan
+from hsftrain.training.plan import (
+    KEPT,
+    Candidate,
+    Network,
+    Plan,
+    fitting_candidates,
+    too_small,
+    user_values,
+)
 from hsftrain.training.timing import time_steps
 from hsftrain.training.trainer import run_precision
 from hsftrain.training.validate import parse_budget
@@ -63,12 +74,23 @@ RECIPE: dict[str, Any] = {
 COMPILE_MIN_BUDGET_S = 1200.0
 #: Compiled training is chosen when it gets at least this many more steps than eager.
 COMPILE_GAIN = 1.1
-#: A candidate network: (f_maps, num_levels); f_maps an int (doubled at each level) or the
-#: channels of each level.
-Network = tuple[int | list[int], int]
 #: Candidate networks, smallest first.
 CPU_CANDIDATES: tuple[Network, ...] = ((8, 3), (12, 3), (16, 3), (16, 4), (24, 4))
 GPU_CANDIDATES: tuple[Network, ...] = ((16, 4), (24, 4), (32, 4), (48, 4), (64, 4))
+
+
+def user_network(cfg: DictConfig) -> Network | None:
+    """``(f_maps, num_levels)`` when ``models.hparams.f_maps`` or ``num_levels`` is not the
+    default: ``budget=`` then plans the epochs of that network; None: the plan chooses."""
+    if not user_values(cfg, KEPT[:2]):
+        return None
+    return network_of(plain(cfg.models.hparams))
+
+
+def plans_network(cfg: DictConfig) -> bool:
+    """Whether ``budget=`` chooses the network of a run from scratch (none given), and with
+    it a depth that fits the data."""
+    return bool(cfg.get("budget")) and user_network(cfg) is None
 
 
 def network_of(hparams: Mapping[str, Any]) -> Network:
@@ -100,8 +122,8 @@ def make_plan(
         train, val: the prepared subjects of the split.
         build: makes the LightningModule for a config (the run's own constructor).
         started: ``time.monotonic()`` when the run started (planning time counts).
-        network: ``(f_maps, num_levels)`` of a fixed network (fine-tuning: the pretrained
-            one); only the number of steps is then planned.
+        network: ``(f_maps, num_levels)`` of the pretrained network (fine-tuning); only the
+            number of steps is then planned, as for a network set in ``models.hparams``.
 
     Returns:
         The config with the plan applied (``models.hparams``, ``datasets.batch_size`` and
@@ -109,11 +131,43 @@ def make_plan(
         ``max_time``) and the plan.
 
     Raises:
-        ConfigError: a budget too short for even the smallest candidate.
+        ConfigError: a budget too short for even the smallest candidate, or data (a
+            ``datasets.patch_size``) too small for any network of 2 levels.
     """
     budget = parse_budget(cfg.budget)
     reserve = min(FIXED_RESERVE_S, 5.0 + 0.05 * budget)
-    extra = recipe(cfg) if network is None else {}
+    finetune = network is not None
+    extra = recipe(cfg) if not finetune else {}
+    kept = {} if finetune else user_values(cfg, KEPT)
+    if not finetune and (network := user_network(cfg)) is not None:
+        log.info(
+            "budget=%s: the network you set (models.hparams.f_maps=%s, num_levels=%d) is kept; "
+            "only its epochs are planned", cfg.budget, network[0], network[1],
+        )  # fmt: skip
+    device = _device(cfg)
+    fp = fingerprint(train)
+    cuda = device.type == "cuda"
+    bf16 = run_precision(cfg).startswith("bf16")
+    own_batch = finetune or "datasets.batch_size" in kept
+    batch = int(cfg.datasets.batch_size) if own_batch else (8 if cuda else 2)
+    pairs: Sequence[Network] = (
+        (network,) if network else (GPU_CANDIDATES if cuda else CPU_CANDIDATES)
+    )
+    candidates = fitting_candidates(cfg, pairs, [s.shape for s in train], batch)
+    if not candidates and not network:  # tiny volumes: the same widths with fewer levels
+        for depth in range(max(levels for _, levels in pairs) - 1, 1, -1):
+            shallower = dict.fromkeys((f, min(n, depth)) for f, n in pairs if isinstance(f, int))
+            candidates = fitting_candidates(cfg, list(shallower), [s.shape for s in train], batch)
+            if candidates:
+                log.info(
+                    "budget: the data (median shape %s) is too small for the candidates' "
+                    "depth: planning them with at most %d levels", fp["median_shape"], depth,
+                )  # fmt: skip
+                break
+    if not candidates:
+        raise ConfigError(too_small(cfg, fp, network, finetune))
+    if min(c.num_levels for c in candidates) < 3:  # no decoder level to supervise
+        extra.pop("models.hparams.deep_supervision", None)
     if extra:
         cfg = cfg.copy()
         with open_dict(cfg):
@@ -123,26 +177,6 @@ def make_plan(
                     key, OmegaConf.select(cfg, key), value,
                 )  # fmt: skip
                 OmegaConf.update(cfg, key, value, force_add=True)
-    device = _device(cfg)
-    fp = fingerprint(train)
-    cuda = device.type == "cuda"
-    bf16 = run_precision(cfg).startswith("bf16")
-    batch = int(cfg.datasets.batch_size) if network else (8 if cuda else 2)
-    pairs: Sequence[Network] = (
-        (network,) if network else (GPU_CANDIDATES if cuda else CPU_CANDIDATES)
-    )
-    candidates: list[Candidate] = []
-    shapes = [s.shape for s in train]
-    for f_maps, levels in pairs:
-        patch = list(patch_size(cfg.datasets.get("patch_size"), shapes, input_multiple(levels)))
-        if min(p // 2 ** (levels - 1) for p in patch) < 2:
-            continue  # too deep for this data (e.g. 12-slice anisotropic volumes)
-        candidates.append(Candidate(f_maps, levels, batch, patch))
-    if not candidates:
-        raise ConfigError(
-            f"budget={cfg.budget}: the data (median shape {fp['median_shape']}) is too small "
-            "for every candidate network; set models.hparams.num_levels and train without budget"
-        )
     steps_per_epoch = max(len(train) // batch, 1)  # full batches only (drop_last)
     timing_limit = 0.08 * budget
 
@@ -164,7 +198,7 @@ def make_plan(
         module = build(_with(cfg, c))
         c.s_per_step, c.val_s = time_candidate(module, c, val, steps)
     thawing = None
-    if network is not None and module is not None:  # fine-tuning: the one network, timed
+    if finetune and module is not None:  # fine-tuning: the one network, timed
         net = candidates[0]
         thawing = thawing_step_s(
             module, cfg.finetuning, net.s_per_step, started + timing_limit,
@@ -200,7 +234,7 @@ def make_plan(
         if chosen is not c:
             break
     mode = _compile_mode(cfg, device, budget)
-    if network is None and mode != "never":
+    if not finetune and mode != "never":
         compiled = _compile_trial(cfg, chosen, train, val, build, device, bf16)
         candidates.append(compiled)
         # the trial's own time is spent whichever way the choice goes: both plans fit the rest
@@ -234,6 +268,12 @@ def make_plan(
     if network:
         for key in ("models.hparams.f_maps", "models.hparams.num_levels"):
             overrides.pop(key)
+    for key, yours in user_values(cfg, list(overrides)).items():
+        if yours != plain(overrides[key]):
+            log.warning(
+                "budget=%s replaces %s=%s with %s; drop budget= to keep yours",
+                cfg.budget, key, yours, overrides[key],
+            )  # fmt: skip
     overrides.update(extra)  # recorded in plan.yaml with the plan's own choices
     plan = Plan(
         budget_s=budget,

@@ -1,4 +1,5 @@
-"""What a ``budget=`` plan is: the candidate networks and their cost model, the plan saved as
+"""What a ``budget=`` plan is: the candidate networks (those the data is large enough for)
+and their cost model, which of your own values it keeps (:data:`KEPT`), the plan saved as
 ``plan.yaml``, and :class:`BudgetPace`, which keeps a run to its budget at its own pace.
 
 The planner times a few steps of each candidate; a whole epoch under Lightning on a machine
@@ -15,14 +16,17 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from hsftrain.config import compose
+from hsftrain.containers import plain
+from hsftrain.data.datamodule import input_multiple, patch_size
 from hsftrain.files import write_text_atomic
 from hsftrain.optim import WarmupCosine
 
@@ -37,6 +41,26 @@ LIGHTNING_OVERHEAD = 1.1
 PACE_EPOCH = 1
 #: How far a measured pace may move the plan (one stalled epoch must not cut the run short).
 PACE_LIMITS = (0.5, 2.0)
+#: A candidate network: (f_maps, num_levels); f_maps an int (doubled at each level) or the
+#: channels of each level.
+Network = tuple[int | list[int], int]
+
+#: Keys of the plan that a value you give yourself takes the place of: the plan keeps your
+#: network (and plans its epochs), batch size and patch size (``models.compile`` is only
+#: planned when left at ``auto``). Every other key of the plan (``lightning.max_epochs``,
+#: ``check_val_every_n_epoch``, ``max_time``) is the plan's, your value replaced with a warning.
+KEPT = ("models.hparams.f_maps", "models.hparams.num_levels", "datasets.batch_size")
+
+
+def user_values(cfg: DictConfig, keys: Sequence[str]) -> dict[str, Any]:
+    """The ``keys`` of ``cfg`` whose value differs from the packaged defaults (given by the
+    user, or by a preset), with their values."""
+    defaults = compose("config")
+    return {
+        key: plain(OmegaConf.select(cfg, key))
+        for key in keys
+        if plain(OmegaConf.select(cfg, key)) != plain(OmegaConf.select(defaults, key))
+    }
 
 
 @dataclass
@@ -89,6 +113,36 @@ class Candidate:
         self.steps = self.epochs * steps_per_epoch
         self.val_every = max(min(k, self.epochs), 1)
         self.note = self.note or f"val every {k}"
+
+
+def fitting_candidates(
+    cfg: DictConfig, pairs: Sequence[Network], shapes: Sequence[Sequence[int]], batch: int
+) -> list[Candidate]:
+    """Candidates of the networks in ``pairs`` that are not too deep for their patch (the
+    deepest level at least 2 voxels per axis: not e.g. 4 levels on 12-slice volumes)."""
+    out = []
+    for f_maps, levels in pairs:
+        patch = list(patch_size(cfg.datasets.get("patch_size"), shapes, input_multiple(levels)))
+        if min(p // 2 ** (levels - 1) for p in patch) >= 2:
+            out.append(Candidate(f_maps, levels, batch, patch))
+    return out
+
+
+def too_small(cfg: DictConfig, fp: Mapping[str, Any], network: Any, ft: bool) -> str:
+    """Why no network fits, and the keys that change it."""
+    where = f"the data (median shape {fp['median_shape']})"
+    fixes = []
+    if cfg.datasets.get("patch_size") is not None:
+        where = f"datasets.patch_size={plain(cfg.datasets.patch_size)}"
+        fixes.append("a larger datasets.patch_size (or null: the data's median shape)")
+    if network and not ft:
+        fixes.insert(0, "fewer models.hparams.num_levels")
+    fixes = fixes or ["larger volumes"]
+    return (
+        f"budget={cfg.budget}: {where} is too small for "
+        f"{'the network' if network else 'every candidate network'} (its deepest level needs "
+        f"at least 2 voxels per axis); give {' or '.join(fixes)}"
+    )
 
 
 def _costs(steps: int, step_s: Callable[[int], float], val_s: float) -> Iterator[float]:
