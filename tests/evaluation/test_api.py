@@ -108,6 +108,7 @@ def test_end_to_end_known_values_outputs_and_unpaired(dataset, records):
         "volume_similarity",
         "pred_volume_mm3",
         "ref_volume_mm3",
+        "note",
     ]
     by_key = {(r["subject"], int(r["label"])): r for r in rows}
     assert set(by_key) == {("s01", 1), ("s01", 2), ("s02", 1), ("s02", 2)}
@@ -158,7 +159,8 @@ def test_labels_mapping_names_and_default_out(dataset):
         ("s02", "3", "CA1"),
     }
     absent = [r for r in rows if r["label"] == "3"]
-    assert all(float(r["dice"]) == 1.0 for r in absent)  # empty in both
+    assert all(math.isnan(float(r["dice"])) and r["note"].startswith("absent") for r in absent)
+    assert math.isnan(summary.mean("dice", 3))  # in neither image: nothing to average
     assert summary.plots == {}
 
 

@@ -5,8 +5,10 @@
 id (:mod:`hsftrain.evaluation.pairing`), compute :func:`~hsftrain.evaluation.metrics.label_metrics`
 per subject with the reference's voxel spacing, and write into ``out``:
 
-* ``metrics.csv``: one row per subject and label (:class:`~.report.LabelResult` columns);
-* ``summary.csv``: mean, std, median of each metric per label (:class:`~.report.MetricStats`);
+* ``metrics.csv``: one row per subject and label (:class:`~.report.LabelResult` columns;
+  a class in neither image is marked absent, its metrics NaN);
+* ``summary.csv``: mean, std, median of each metric per label, and how many subjects
+  lack the class (:class:`~.report.MetricStats`);
 * ``unpaired.csv``: files left without a partner (side, subject, path);
 * ``boxplot_<metric>.png``: one box per label, for dice, hd95_mm, assd_mm, volume_similarity.
 """
@@ -20,17 +22,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import require
 from hsftrain.containers import plain
-from hsftrain.data.labels import remap_labels
-from hsftrain.errors import ConfigError, UserError
-from hsftrain.evaluation.metrics import label_metrics, present_labels
+from hsftrain.errors import ConfigError
 from hsftrain.evaluation.pairing import (
     DEFAULT_ID_REGEX,
-    Pair,
     Unpaired,
     find_files,
     pair_files,
@@ -46,6 +44,15 @@ from hsftrain.evaluation.report import (
     summary_table,
     write_csv,
 )
+from hsftrain.evaluation.scoring import (
+    EvaluationError,
+    PairFacts,
+    evaluate_pair,
+    load_label_map,
+    report_facts,
+)
+
+__all__ = ["EvaluationError", "evaluate", "evaluate_files", "evaluate_pair", "load_label_map"]
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +60,6 @@ UNPAIRED_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Unpaired))
 
 #: Name of the default output folder, created next to the predictions.
 DEFAULT_OUT = "evaluation"
-
-
-class EvaluationError(UserError, ValueError):
-    """A prediction/reference pair that cannot be compared (names both files and the fix)."""
 
 
 @dataclass
@@ -134,85 +137,6 @@ def parse_value_map(value: object, key: str) -> dict[int, int] | None:
         raise ConfigError(f"`{key}` must map integers to integers, got {items!r}") from err
 
 
-def load_label_map(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
-    """Integer label map, affine and voxel spacing (mm, from the header zooms) of a 3D file.
-
-    A trailing singleton 4th dimension is dropped.
-
-    Raises:
-        EvaluationError: unreadable, not 3D, or non-integer values (probabilities).
-    """
-    from hsftrain.data.nifti import read_image
-
-    image, data = read_image(path, "re-export it or leave it out of `pred`/`ref`", EvaluationError)
-    if not np.issubdtype(data.dtype, np.integer):
-        if not np.all(np.isfinite(data)) or not np.array_equal(data, np.round(data)):
-            raise EvaluationError(
-                f"{path}: has non-integer values, it is not a label map; evaluate hard "
-                "segmentations (argmax), not probabilities"
-            )
-    spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
-    return data.astype(np.int64), np.asarray(image.affine, dtype=np.float64), spacing
-
-
-def evaluate_pair(
-    pair: Pair,
-    labels: Mapping[int, str] | None,
-    surface: bool = True,
-    pred_map: Mapping[int, int] | None = None,
-    ref_map: Mapping[int, int] | None = None,
-) -> list[LabelResult]:
-    """Metrics of one subject, with the reference's spacing (after ``pred_map`` /
-    ``ref_map`` relabelling by :func:`~hsftrain.data.labels.remap_labels`: values they do
-    not list become background).
-
-    Raises:
-        EvaluationError: unreadable files or shapes that differ.
-    """
-    pred, pred_affine, pred_spacing = load_label_map(pair.pred)
-    ref, ref_affine, spacing = load_label_map(pair.ref)
-    if pred.shape != ref.shape:
-        raise EvaluationError(
-            f"prediction {pair.pred} has shape {pred.shape} but its reference {pair.ref} has "
-            f"shape {ref.shape}; resample the prediction onto the reference grid (nearest "
-            "neighbour) or check the pairing (`id_regex`)"
-        )
-    if not np.allclose(pred_affine, ref_affine, atol=1e-3):
-        log.warning(
-            "%s: affine differs from its reference %s (spacing %s vs %s); distances use the "
-            "reference spacing",
-            pair.pred,
-            pair.ref,
-            pred_spacing,
-            spacing,
-        )
-    if pred_map is not None:
-        pred = remap_labels(pred, pred_map, unlisted="background")
-    if ref_map is not None:
-        ref = remap_labels(ref, ref_map, unlisted="background")
-    names = dict(labels) if labels is not None else None
-    values = list(names) if names is not None else present_labels(pred, ref)
-    per_label = label_metrics(pred, ref, values, spacing=spacing, surface=surface)
-    results = []
-    for value, metrics in per_label.items():
-        name = names[value] if names is not None else f"label_{value}"
-        results.append(
-            LabelResult(
-                subject=pair.subject,
-                label=value,
-                label_name=name,
-                dice=metrics["dice"],
-                hd95_mm=metrics.get("hd95_mm", math.nan),
-                assd_mm=metrics.get("assd_mm", math.nan),
-                volume_similarity=metrics["volume_similarity"],
-                pred_volume_mm3=metrics["pred_volume_mm3"],
-                ref_volume_mm3=metrics["ref_volume_mm3"],
-            )
-        )
-        log.debug("%s label %d: %s", pair.subject, value, metrics)
-    return results
-
-
 def default_out(preds: Sequence[Path]) -> Path:
     """``evaluation/`` in the folder holding the predictions (their common parent)."""
     return Path(os.path.commonpath([str(p.parent.resolve()) for p in preds])) / DEFAULT_OUT
@@ -237,8 +161,9 @@ def evaluate_files(
         pred: folder (its files matching ``pattern``) or glob of predicted label maps;
             or one file, compared with the one file ``ref`` whatever their names.
         ref: folder or glob of reference segmentations, or one file.
-        labels: ``{value: name}`` or values to evaluate; None: every non-zero value present
-            in either image of each pair.
+        labels: ``{value: name}`` or values to evaluate; None: every class of the
+            prediction's model (:mod:`~hsftrain.evaluation.classes`) and every non-zero
+            value present in either image of each pair.
         out: output folder; None: ``evaluation/`` next to the predictions.
         id_regex: subject id from a file name (:mod:`hsftrain.evaluation.pairing`).
         pattern: file pattern used inside a folder given as ``pred`` or ``ref``.
@@ -269,8 +194,10 @@ def evaluate_files(
     from rich.progress import track
 
     results: list[LabelResult] = []
+    facts: list[PairFacts] = []
     for item in track(pairing.pairs, description="evaluating", transient=True, disable=not show):
-        results.extend(evaluate_pair(item, table, surface, pred_map, ref_map))
+        results.extend(evaluate_pair(item, table, surface, pred_map, ref_map, facts))
+    report_facts(facts, results)
 
     stats = summarize(results)
     out_dir.mkdir(parents=True, exist_ok=True)

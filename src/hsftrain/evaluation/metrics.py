@@ -37,7 +37,9 @@ identical non-empty masks     1.0     0.0         1.0          V, V
 ============================  ======  ==========  ===========  =================
 
 A distance to a mask that does not exist is undefined, hence NaN (not inf), which
-``nanmean`` skips; the Dice of 0 still counts the miss.
+``nanmean`` skips; the Dice of 0 still counts the miss. ``hsftrain evaluate`` does not
+score a class that is in neither image (it reports it as absent, NaN, left out of the
+means: :mod:`hsftrain.evaluation.scoring`).
 """
 
 from __future__ import annotations

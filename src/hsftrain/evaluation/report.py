@@ -25,11 +25,15 @@ REPORTED: dict[str, str] = {
     "assd_mm": "ASSD (mm)",
     "volume_similarity": "Volume similarity",
 }
+#: ``note`` of a class in neither the prediction nor the reference of a subject: nothing to
+#: score (its metrics are NaN), so it is left out of every mean.
+ABSENT = "absent from prediction and reference: not scored"
 
 
 @dataclass(frozen=True)
 class LabelResult:
-    """Metrics of one label of one subject (one row of ``metrics.csv``)."""
+    """Metrics of one label of one subject (one row of ``metrics.csv``); ``note`` is
+    :data:`ABSENT` for a class in neither image (its metrics NaN), else empty."""
 
     subject: str
     label: int
@@ -40,6 +44,7 @@ class LabelResult:
     volume_similarity: float
     pred_volume_mm3: float
     ref_volume_mm3: float
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,8 @@ class MetricStats:
     """Statistics of one metric of one label over subjects (one row of ``summary.csv``).
 
     ``n`` counts the subjects where the metric is defined (not NaN); ``mean``, ``std``
-    (sample standard deviation, ddof=1: NaN when ``n < 2``) and ``median`` ignore NaN.
+    (sample standard deviation, ddof=1: NaN when ``n < 2``) and ``median`` ignore NaN;
+    ``absent`` counts the subjects where the class is in neither image (not averaged).
     """
 
     label: int
@@ -57,6 +63,7 @@ class MetricStats:
     mean: float
     std: float
     median: float
+    absent: int = 0
 
 
 RESULT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LabelResult))
@@ -88,13 +95,14 @@ def _labels(results: Sequence[LabelResult]) -> list[tuple[int, str]]:
 def summarize(
     results: Sequence[LabelResult], metrics: Sequence[str] = tuple(REPORTED)
 ) -> list[MetricStats]:
-    """Mean, std and median of each metric per label, over subjects, ignoring NaN."""
+    """Mean, std and median of each metric per label, over subjects, ignoring NaN (so
+    classes absent from both images, whose metrics are NaN, count in no mean)."""
     stats = []
     for label, name in _labels(results):
+        rows = [r for r in results if (r.label, r.label_name) == (label, name)]
+        absent = sum(r.note == ABSENT for r in rows)
         for metric in metrics:
-            values = np.array(
-                [getattr(r, metric) for r in results if r.label == label], dtype=np.float64
-            )
+            values = np.array([getattr(r, metric) for r in rows], dtype=np.float64)
             values = values[~np.isnan(values)]
             n = int(values.size)
             with warnings.catch_warnings():
@@ -108,6 +116,7 @@ def summarize(
                         mean=float(values.mean()) if n else math.nan,
                         std=float(values.std(ddof=1)) if n > 1 else math.nan,
                         median=float(np.median(values)) if n else math.nan,
+                        absent=absent,
                     )
                 )
     return stats
@@ -129,9 +138,10 @@ def plot_boxplots(
     paths = {}
     for metric in metrics:
         data = []
-        for label, _ in labels:
+        for label, name in labels:
             values = np.array(
-                [getattr(r, metric) for r in results if r.label == label], dtype=np.float64
+                [getattr(r, metric) for r in results if (r.label, r.label_name) == (label, name)],
+                dtype=np.float64,
             )
             data.append(values[~np.isnan(values)])
         figure = Figure(figsize=(max(4.0, 1.0 + 0.8 * len(labels)), 4.0), dpi=100)
@@ -151,14 +161,19 @@ def plot_boxplots(
 
 
 def summary_table(stats: Sequence[MetricStats], title: str = "Evaluation") -> object:
-    """A :class:`rich.table.Table`: one row per label, ``mean ± std`` per metric."""
+    """A :class:`rich.table.Table`: one row per label, ``mean ± std`` per metric (and,
+    when a class is missing from both images of some subject, how many: ``absent``)."""
     from rich.table import Table
 
     metrics = list(dict.fromkeys(s.metric for s in stats))
+    absent = any(s.absent for s in stats)
     table = Table(title=title)
     table.add_column("label", justify="right")
     table.add_column("name")
     table.add_column("n", justify="right")
+    if absent:
+        table.add_column("absent", justify="right")
+        table.caption = "absent: subjects with the class in neither image (not in the means)"
     for metric in metrics:
         table.add_column(REPORTED.get(metric, metric), justify="right")
     by_label: dict[tuple[int, str], dict[str, MetricStats]] = {}
@@ -175,5 +190,6 @@ def summary_table(stats: Sequence[MetricStats], title: str = "Evaluation") -> ob
                 cells.append(f"{found.mean:.3f}")
             else:
                 cells.append(f"{found.mean:.3f} ± {found.std:.3f}")
-        table.add_row(str(label), name, str(n), *cells)
+        counts = [str(max(s.absent for s in row.values()))] if absent else []
+        table.add_row(str(label), name, str(n), *counts, *cells)
     return table
