@@ -39,6 +39,12 @@ def _data(folder: Path, out: Path, *extra: str) -> list[str]:
     return ["datasets=folder", f"datasets.path={folder}", f"datasets.output_path={out}", *extra]
 
 
+def _finetune(folder: Path, out: Path, ckpt: Path, *extra: str) -> list[str]:
+    """``hsftrain finetune`` for one short epoch from ``ckpt`` (run name ``r`` unless given)."""
+    name = [] if any(e.startswith("run_name=") for e in extra) else ["run_name=r"]
+    return ["finetune", *_data(folder, out, *EPOCH, f"finetuning.pretrained={ckpt}", *extra, *name)]
+
+
 @pytest.fixture(scope="module")
 def three(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An unnamed folder: label values 0, 1, 2."""
@@ -105,9 +111,8 @@ def test_finetune_out_channels_must_be_the_data_classes(
     three: Path, tmp_path: Path, named_ckpt: Path
 ) -> None:
     out = tmp_path / "runs"
-    args = _data(three, out, *EPOCH, f"finetuning.pretrained={named_ckpt}", "run_name=r")
     assert_user_error(
-        cli("finetune", *args, "finetuning.out_channels=5"),
+        cli(*_finetune(three, out, named_ckpt, "finetuning.out_channels=5")),
         "finetuning.out_channels=5",
         "3 classes",
         "finetuning.out_channels=null",
@@ -119,8 +124,7 @@ def test_an_unnamed_folder_keeps_the_checkpoint_class_names(
     three: Path, tmp_path: Path, named_ckpt: Path
 ) -> None:
     out = tmp_path / "runs"
-    args = _data(three, out, *EPOCH, f"finetuning.pretrained={named_ckpt}", "run_name=ft")
-    result = cli("finetune", *args, "export_onnx=false")
+    result = cli(*_finetune(three, out, named_ckpt, "run_name=ft"))
     assert result.code == 0, result.output[-3000:]
     log = (out / "ft" / "train.log").read_text()
     assert "unnamed classes (label values 1-2) take the checkpoint's names" in log
@@ -133,9 +137,8 @@ def test_named_classes_that_disagree_with_the_checkpoint_are_refused(
 ) -> None:
     out = tmp_path / "runs"
     names = "datasets.datasets.folder.labels_names={1: head, 2: body}"
-    args = _data(three, out, names, *EPOCH, f"finetuning.pretrained={named_ckpt}", "run_name=r")
     assert_user_error(
-        cli("finetune", *args),
+        cli(*_finetune(three, out, named_ckpt, names)),
         "(head, body)",
         "(anterior, posterior)",
         "datasets.datasets.folder.labels_names",
