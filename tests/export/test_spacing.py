@@ -37,4 +37,7 @@ def test_exported_model_carries_the_training_spacing(tiny_ckpt: Path, tmp_path: 
     from hsftrain.onnx_metadata import read_metadata
 
     path = export_checkpoint(tiny_ckpt, tmp_path / "m.onnx")
-    assert read_metadata(path)["spacing_mm"] == [1.0, 1.0, 1.0]  # the phantoms' voxel size
+    meta = read_metadata(path)
+    assert meta["spacing_mm"] == [1.0, 1.0, 1.0]  # the phantoms' voxel size
+    train = len(json.loads((tiny_ckpt.parent.parent / "split.json").read_text())["train"])
+    assert meta["spacing_mm_counts"] == [{"spacing_mm": [1.0, 1.0, 1.0], "images": train}]
