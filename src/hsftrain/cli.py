@@ -17,7 +17,7 @@ import typer
 from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import CONF_DIR, compose, group_options
-from hsftrain.errors import UserError, is_out_of_memory
+from hsftrain.errors import Terminated, UserError, is_out_of_memory, sigterm_unwinds
 from hsftrain.hub.fetch import CACHE_LOCATION, DownloadError
 from hsftrain.logs import setup_logging
 
@@ -110,10 +110,12 @@ def _user_errors(verbose: bool) -> Iterator[None]:
     kept, with a line saying what to try (smaller batches for out-of-memory errors)."""
     log = logging.getLogger("hsftrain")
     try:
-        yield
-    except KeyboardInterrupt:
-        log.error("interrupted (Ctrl+C): stopped before the end")
-        sys.exit(130)
+        with sigterm_unwinds():  # SIGTERM outside a command's own stop points: as Ctrl+C
+            yield
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        log.error("interrupted (%s): stopped before the end", "SIGTERM" if terminated else "Ctrl+C")
+        sys.exit(143 if terminated else 130)
     except (UserError, *_PATH_ERRORS, DownloadError) as err:
         if verbose:
             raise

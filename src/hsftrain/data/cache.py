@@ -48,6 +48,7 @@ from hsftrain.data.manifest import write_error as cache_write_error
 from hsftrain.data.nifti import DataError
 from hsftrain.data.subjects import DatasetSpec, Discovery, Subject
 from hsftrain.data.voxel_sizes import warn_if_mixed
+from hsftrain.errors import stop_on_signals
 
 __all__ = [
     "DTYPES",
@@ -214,6 +215,7 @@ def prepare(
         DataError: a file that cannot be used (named, with the fix); entries prepared
             before it are kept.
         CacheError: ``root`` cannot be written (``datasets.cache_dir`` named).
+        Interrupted: SIGTERM / SIGINT, once the subject in progress is prepared.
     """
     settings = settings or PrepareSettings()
     specs = {s.index: s for s in found.datasets}
@@ -222,7 +224,7 @@ def prepare(
     made = 0
     broken: list[str] = []
     bar = _progress(progress)
-    with bar:
+    with bar, stop_on_signals("stopping after the subject in progress") as stop:
         task = bar.add_task("preparing data", total=len(chosen))
         for i in chosen:
             subject = found.subjects[i]
@@ -251,6 +253,10 @@ def prepare(
                 )
             )
             bar.advance(task)
+            stop.raise_if_stopped(  # SIGTERM / Ctrl+C: each entry is whole (written atomically)
+                f"data preparation stopped after {len(out)} of {len(chosen)} subject(s), kept "
+                f"in {root}; run the same command again to prepare the rest"
+            )
     if broken:
         log.warning(
             "prepared again %d broken entr%s of the prepared-data cache (%s=%s): %s",

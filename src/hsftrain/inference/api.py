@@ -15,12 +15,16 @@ goes on; failures are listed at the end and :func:`segment` then raises
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from hsftrain.errors import Interrupted, StopRequest, signal_name, stop_on_signals
 from hsftrain.inference.discovery import find_mris, pair_t2, subject_name
 from hsftrain.inference.pipeline import (
     SubjectReport,
@@ -149,15 +153,22 @@ def _progress() -> Any:
 
 
 def _run_here(
-    todo: list[Job], settings: Settings, paths: list[Path], t2_paths: list[Path] | None
+    todo: list[Job],
+    settings: Settings,
+    paths: list[Path],
+    t2_paths: list[Path] | None,
+    stop: StopRequest,
 ) -> list[SubjectReport]:
-    """Segment ``todo`` one after the other in this process, with progress bars."""
+    """Segment ``todo`` one after the other in this process, with progress bars, until
+    ``stop`` holds a signal (checked between subjects)."""
     segmenter, t2_segmenter = _segmenters(settings, paths, t2_paths, None)
     reports = []
     with _progress() as progress:
         subjects_task = progress.add_task("subjects", total=len(todo))
         hook = ProgressHook(progress, progress.add_task("predictions", total=None))
         for job in todo:
+            if stop.signum is not None:
+                break
             report = run_subject(
                 job.mri,
                 job.outputs,
@@ -174,17 +185,20 @@ def _run_here(
 
 
 def _run_workers(
-    todo: list[Job], settings: Settings, paths: list[Path], t2_paths: list[Path] | None
+    todo: list[Job],
+    settings: Settings,
+    paths: list[Path],
+    t2_paths: list[Path] | None,
+    stop: StopRequest,
 ) -> list[SubjectReport]:
-    """Segment ``todo`` in ``hardware.jobs`` worker processes, with a subjects bar."""
+    """Segment ``todo`` in ``hardware.jobs`` worker processes, with a subjects bar, until
+    ``stop`` holds a signal."""
     # load every model once here, before any worker starts: a bad model is one clear error
     checked = _segmenters(settings, paths, t2_paths, threads=1)
     del checked
     with _progress() as progress:
         task = progress.add_task("subjects", total=len(todo))
-        return run_parallel(
-            todo, settings, paths, t2_paths, on_done=lambda _: progress.advance(task)
-        )
+        return run_parallel(todo, settings, paths, t2_paths, lambda _: progress.advance(task), stop)
 
 
 def segment(cfg: DictConfig) -> list[Path]:
@@ -198,9 +212,30 @@ def segment(cfg: DictConfig) -> list[Path]:
         ConfigError: invalid configuration (names the key).
         FileNotFoundError: no MRI matches ``files.pattern`` under ``files.path``.
         SegmentError: some subjects failed (the others are written).
+        Interrupted: SIGTERM or SIGINT: the subjects in progress were finished (abandoned
+            on a second Ctrl+C) and the volumes table lists the finished ones.
     """
     settings = settings_from_config(cfg)
     reports, todo, _ = _jobs(settings)
+    with _stoppable() as stop:
+        reports += _segment_todo(todo, settings, stop)
+    if stop.signum is not None:
+        _stopped(reports, len(todo), settings, stop.signum)
+    reports.sort(key=lambda r: r.mri)  # the order the MRIs were found in (sorted paths)
+    table = settings.table
+    volumes = rebuild_volumes(
+        reports, settings.root, settings.output_dir, table, always=settings.shard is not None
+    )
+    if settings.shard is not None:
+        volumes = merge_if_complete(settings.shard, settings.volumes_csv) or volumes
+    summary(reports, volumes)
+    raise_failures(reports, table)
+    return [outputs_for(r.mri, settings.root, settings.output_dir).segmentation for r in reports]
+
+
+def _segment_todo(todo: list[Job], settings: Settings, stop: StopRequest) -> list[SubjectReport]:
+    """Segment the subjects left to do (in this process or in workers)."""
+    reports: list[SubjectReport] = []
     if todo:
         views = 1 + settings.num_aug
         log.info(
@@ -217,16 +252,55 @@ def segment(cfg: DictConfig) -> list[Path]:
         if multispectral is not None and multispectral.t2_models:
             t2_paths = resolve_models(multispectral.t2_models, settings.models_path)
         if settings.jobs > 1 and len(todo) > 1:
-            reports += _run_workers(todo, settings, paths, t2_paths)
+            reports += _run_workers(todo, settings, paths, t2_paths, stop)
         else:
-            reports += _run_here(todo, settings, paths, t2_paths)
-    reports.sort(key=lambda r: r.mri)  # the order the MRIs were found in (sorted paths)
-    table = settings.table
-    volumes = rebuild_volumes(
-        reports, settings.root, settings.output_dir, table, always=settings.shard is not None
-    )
-    if settings.shard is not None:
-        volumes = merge_if_complete(settings.shard, settings.volumes_csv) or volumes
+            reports += _run_here(todo, settings, paths, t2_paths, stop)
+    return reports
+
+
+@contextlib.contextmanager
+def _stoppable() -> Iterator[StopRequest]:
+    """SIGTERM / SIGINT stop the run once the subjects in progress are written; a second
+    Ctrl+C stops at once (:class:`Interrupted`, the workers killed and reaped)."""
+    with stop_on_signals(
+        "stopping once the subject(s) in progress are written",
+        at_once="Ctrl+C again to stop at once, abandoning them",
+    ) as stop:
+        try:
+            yield stop
+        except KeyboardInterrupt as err:
+            if not stop.forced:
+                raise
+            raise Interrupted(
+                "SIGINT: segment stopped at once (a second Ctrl+C), abandoning the subjects "
+                "in progress (they are redone next time); rerun the same command to segment "
+                "the rest (finished subjects are skipped)",
+                signal.SIGINT,
+            ) from err
+
+
+def _stopped(reports: list[SubjectReport], todo: int, settings: Settings, signum: int) -> None:
+    """After a stop: the volumes table of the finished subjects (not a shard's table, which
+    says that the shard is complete), the summary, and :class:`Interrupted`.
+
+    Raises:
+        Interrupted: always.
+    """
+    reports.sort(key=lambda r: r.mri)
+    now = len(reports) - sum(r.status == "skipped" for r in reports)
+    volumes = None
+    if settings.shard is None:
+        volumes = rebuild_volumes(reports, settings.root, settings.output_dir, settings.table)
     summary(reports, volumes)
-    raise_failures(reports, table)
-    return [outputs_for(r.mri, settings.root, settings.output_dir).segmentation for r in reports]
+    if volumes is not None:
+        kept = f"{volumes} holds the {len(reports)} MRI(s) done so far"
+    elif settings.shard is not None:
+        kept = f"{settings.table.name} is written once the shard is complete"
+    else:
+        kept = "no MRI was finished, so no volumes table was written"
+    raise Interrupted(
+        f"{signal_name(signum)}: segment stopped with {todo - now} of the {todo} MRI(s) to "
+        f"segment left; {kept}. Rerun the same command to segment the rest (finished "
+        "subjects are skipped)",
+        signum,
+    )

@@ -16,22 +16,28 @@ segments the rest.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hsftrain.errors import StopRequest
 from hsftrain.inference.pipeline import SubjectReport
 from hsftrain.inference.settings import Settings
 from hsftrain.inference.subject import run_subject
 from hsftrain.inference.writer import Outputs
 
 log = logging.getLogger(__name__)
+
+#: Linux ``prctl`` option: the signal a process gets when its parent ends.
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,22 @@ def threads_per_worker(settings: Settings, jobs: int) -> int:
     return max(1, total // max(1, jobs))
 
 
+def _leave_signals_to_parent() -> None:
+    """In a worker: ignore SIGINT and SIGTERM (a Ctrl+C reaches every process of the
+    terminal; the parent decides what stops, and when), and die with the parent (Linux:
+    a parent killed with SIGKILL leaves no worker waiting for subjects forever)."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid != os.getppid():
+        os._exit(1)  # the parent ended before the line above
+
+
 #: The state of a worker process: its settings and segmenters (set by :func:`_start`).
 _WORKER: dict[str, Any] = {}
 
@@ -71,9 +93,10 @@ def _start(
     slots: Any,
     level: int,
 ) -> None:
-    """Worker initializer: logging, threads, device, models. Never raises: an error is
-    kept and reported by every task of this worker (a raising initializer would break the
-    pool with no message)."""
+    """Worker initializer: signals, logging, threads, device, models. Never raises: an
+    error is kept and reported by every task of this worker (a raising initializer would
+    break the pool with no message)."""
+    _leave_signals_to_parent()
     try:
         from hsftrain.logs import setup_logging
 
@@ -121,15 +144,23 @@ def run_parallel(
     paths: list[Path],
     t2_paths: list[Path] | None,
     on_done: Callable[[SubjectReport], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> list[SubjectReport]:
     """Segment ``jobs`` in ``settings.jobs`` worker processes (never more than there are
     subjects); returns their reports in the order they finished.
+
+    Subjects are handed out one at a time, so once ``stop`` holds a signal no new one
+    starts: the subjects in progress are finished, the workers end and the reports so far
+    are returned. Any other exit (a second Ctrl+C: :class:`KeyboardInterrupt`) kills the
+    workers first; none is left running either way.
 
     Args:
         paths: the resolved model files (resolved once, by the caller).
         t2_paths: the resolved T2 model files of a multispectral run (None: the same).
         on_done: called in this process with each report as it arrives.
+        stop: the run's :func:`~hsftrain.errors.stop_on_signals` request.
     """
+    stop = stop if stop is not None else StopRequest()
     workers = max(1, min(settings.jobs, len(jobs)))
     threads = threads_per_worker(settings, workers)
     log.info(
@@ -150,27 +181,54 @@ def run_parallel(
         initargs=(settings, paths, t2_paths, threads, slots, level),
     )
     reports: list[SubjectReport] = []
+    todo = iter(jobs)
+    running: dict[Future[SubjectReport], Job] = {}
     try:
-        futures = {pool.submit(_run, job): job for job in jobs}
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                report = future.result()
-            except BrokenProcessPool as err:
-                log.debug("%s: %s", job.mri, err)
-                report = SubjectReport(
-                    job.subject,
-                    job.mri,
-                    "failed",
-                    error=f"{job.mri}: the worker process segmenting it died (killed, e.g. out "
-                    "of memory): rerun with fewer hardware.jobs; finished subjects are kept",
-                )
-                log.error("%s", report.error)
-            reports.append(report)
-            if on_done:
-                on_done(report)
+        while True:
+            while stop.signum is None and len(running) < workers:
+                job = next(todo, None)
+                if job is None:
+                    break
+                running[pool.submit(_run, job)] = job
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                report = _report(future, running.pop(future), stop)
+                if report is not None:
+                    reports.append(report)
+                    if on_done:
+                        on_done(report)
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _kill_workers(pool)
         raise
     pool.shutdown(wait=True)
     return reports
+
+
+def _report(future: Future[SubjectReport], job: Job, stop: StopRequest) -> SubjectReport | None:
+    """The report of a finished task; None for a subject abandoned by a stop (its worker
+    ended by the signal before finishing it: a rerun segments it)."""
+    try:
+        return future.result()
+    except BrokenProcessPool as err:
+        log.debug("%s: %s", job.mri, err)
+        if stop.signum is not None:
+            return None
+        report = SubjectReport(
+            job.subject,
+            job.mri,
+            "failed",
+            error=f"{job.mri}: the worker process segmenting it died (killed, e.g. out "
+            "of memory): rerun with fewer hardware.jobs; finished subjects are kept",
+        )
+        log.error("%s", report.error)
+        return report
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop at once: kill every worker (they ignore SIGINT and SIGTERM) and reap it."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in multiprocessing.active_children():
+        process.kill()
+        process.join()
