@@ -14,33 +14,11 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from hsftrain.config import compose
 from hsftrain.data import manifest
 from hsftrain.data.cache import CacheError, PreparedSubject, prepare
 from hsftrain.data.dataset import PatchDataset
-from hsftrain.data.discovery import discover
-from hsftrain.data.subjects import Discovery
 from hsftrain.data.voxel_sizes import describe, is_mixed, mixed_warning, size_counts
-
-
-def _found(folder: Path) -> Discovery:
-    cfg = compose("config", ["datasets=folder", f"datasets.path={folder}"])
-    return discover(cfg.datasets)
-
-
-def _folder(tmp_path: Path, n: int = 3) -> Path:
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for i in range(n):
-        image = rng.normal(100, 20, (10, 12, 8)).astype(np.float32)
-        label = np.zeros((10, 12, 8), np.uint8)
-        label[3:7, 4:9, 2:6] = 1
-        label[5:7, 4:6, 2:4] = 2
-        affine = np.diag([1.0, 1.2, 2.0, 1.0])
-        nib.save(nib.Nifti1Image(image, affine), folder / f"sub-{i}_img.nii.gz")
-        nib.save(nib.Nifti1Image(label, affine), folder / f"sub-{i}_lbl.nii.gz")
-    return folder
+from tests.data.test_cache import _folder, _found
 
 
 @pytest.fixture
