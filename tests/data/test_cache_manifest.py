@@ -182,9 +182,10 @@ def test_a_worker_process_error_reaches_the_user_as_its_one_line(cached) -> None
     folder, _, prepared = cached
     shutil.rmtree(prepared[0].folder)
     (folder / "sub-0_img.nii.gz").unlink()
-    loader = DataLoader(PatchDataset(prepared[:1], (8, 8, 8)), num_workers=1)
+    batches = iter(DataLoader(PatchDataset(prepared[:1], (8, 8, 8)), num_workers=1))
     with pytest.raises(CacheError) as info:
-        next(iter(loader))
+        next(batches)
+    del batches  # its worker process ends here
     message = str(info.value)
     assert "\n" not in message and message.startswith(str(prepared[0].folder))
     assert "datasets.cache_dir" in message
@@ -206,3 +207,16 @@ def test_voxel_sizes_are_counted_and_mixed_ones_named() -> None:
     assert mixed_warning([(1, 1, 1)] * 3, "x") is None
     many = [(1 + i / 10, 1, 1) for i in range(8)]
     assert describe(size_counts(many), limit=2).endswith("6 at 6 other sizes")
+
+
+def test_a_cache_folder_gone_unwritable_during_the_run_names_the_file_and_the_key(
+    cached,
+) -> None:
+    _, root, prepared = cached
+    shutil.rmtree(root)
+    root.write_text("")  # the cache folder replaced by a file: nothing can be written there
+    with pytest.raises(CacheError) as info:
+        prepared[0].arrays()
+    message = str(info.value)
+    assert message.startswith(f"{prepared[0].folder / 'image.npy'} is missing")
+    assert f"datasets.cache_dir={root}: cannot write the prepared data there" in message

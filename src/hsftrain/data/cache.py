@@ -181,12 +181,10 @@ class PreparedSubject:
             )
         try:
             replace_entry(self.folder, subject, spec, settings, self.num_classes)
-        except CacheError:
-            raise
         except DataError as err:
             raise CacheError(f"{changed}, and cannot be prepared again: {err}") from None
         except OSError as err:
-            raise cache_write_error(root, err) from None
+            raise cache_write_error(root, err, changed) from None
         log.warning("%s; prepared %s again from %s", changed, self.id, subject.image)
 
 
@@ -238,7 +236,7 @@ def prepare(
                 try:
                     meta = replace_entry(folder, subject, spec, settings, n_classes)
                 except OSError as err:
-                    raise cache_write_error(root, err) from None
+                    raise cache_write_error(root, err, why) from None
                 made += 1
             out.append(
                 PreparedSubject(

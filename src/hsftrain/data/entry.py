@@ -205,7 +205,7 @@ def meta_file(folder: Path) -> dict[str, Any]:
     path = folder / "meta.json"
     try:
         meta = json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise BrokenEntry(f"{path} is missing") from None
     except (OSError, ValueError) as err:
         raise BrokenEntry(f"{path} cannot be read ({type(err).__name__}: {err})") from None

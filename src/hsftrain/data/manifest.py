@@ -56,13 +56,15 @@ class BrokenEntry(Exception):
     """A cache file that cannot be used as it is: prepared again, or a :class:`CacheError`."""
 
 
-def write_error(root: Path, err: OSError) -> CacheError:
-    """The one line for a cache folder that cannot be written (read-only, a file, full)."""
+def write_error(root: Path, err: OSError, broken: str | None = None) -> CacheError:
+    """The one line for a cache folder that cannot be written (read-only, a file, full),
+    after what is wrong with the entry that was to be prepared again (``broken``)."""
     what = err.strerror or type(err).__name__
     where = f" ({err.filename})" if err.filename else ""
     return CacheError(
-        f"{KEY}={root}: cannot write the prepared data there: {what}{where}; set {KEY} to a "
-        "writable folder with free space"
+        (f"{broken}, and cannot be prepared again: " if broken else "")
+        + f"{KEY}={root}: cannot write the prepared data there: {what}{where}; set {KEY} "
+        "to a writable folder with free space"
     )
 
 
@@ -75,7 +77,7 @@ def load(path: Path, mmap: bool = False) -> np.ndarray:
     mode: Literal["r"] | None = "r" if mmap else None
     try:
         array: np.ndarray = np.load(path, mmap_mode=mode)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise BrokenEntry(f"{path} is missing") from None
     except (OSError, ValueError, EOFError) as err:
         raise BrokenEntry(f"{path} cannot be read ({type(err).__name__}: {err})") from None
@@ -127,7 +129,7 @@ def _structure(folder: Path, meta: dict[str, Any], image_dtype: str) -> bool:
         try:
             stat = path.stat()
             shape, found, size = npy_header(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise BrokenEntry(f"{path} is missing") from None
         except (OSError, ValueError, EOFError) as err:
             raise BrokenEntry(f"{path} cannot be read ({type(err).__name__}: {err})") from None
