@@ -159,7 +159,7 @@ def _contents(folder: Path, meta: dict[str, Any], num_classes: int | None) -> li
     label = load(folder / "label.npy", mmap=True)
     values = [int(v) for v in np.flatnonzero(np.bincount(np.asarray(label).ravel(), minlength=1))]
     n = meta.get("num_classes") or num_classes
-    if n and values[-1] >= n:
+    if n and values and values[-1] >= n:
         raise BrokenEntry(
             f"{folder / 'label.npy'} holds label value {values[-1]}, outside the dataset's "
             f"{n} classes (0-{n - 1})"
