@@ -198,7 +198,10 @@ class StepProgress(L.Callback):
 
 
 class OnTrainStart(L.Callback):
-    """Calls ``action()`` once, when training starts (after any checkpoint restore)."""
+    """Calls ``action()`` once, when training starts (after any checkpoint restore), in
+    the global rank 0. ``action`` must pickle (a module-level function, a bound method,
+    a ``functools.partial``; not a local function): ``ddp_spawn`` sends the callbacks to
+    the processes it starts."""
 
     def __init__(self, action: Callable[[], None]) -> None:
         self.action = action

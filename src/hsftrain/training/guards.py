@@ -9,7 +9,12 @@
   the epoch in progress is saved to ``checkpoints/last.ckpt`` (atomically, and only if
   every weight is finite) and :class:`~hsftrain.errors.Interrupted` says how to resume.
   The command exits with 128 + the signal number (143 for SIGTERM, 130 for SIGINT).
-  A second Ctrl+C stops at once, without saving.
+  A second Ctrl+C stops at once, without saving (the processes training are killed).
+* Several processes (``lightning=ddp``): every process that trains catches the signals
+  itself (Lightning's own SIGTERM handler, which runs a collective inside the handler and
+  hangs DDP, is switched off) and all stop at the same batch; the launching process of
+  ``ddp_spawn``, which does not train, passes the signal on (:func:`spawned_forward`) and
+  reports its processes' stop or user error as one process would (:func:`fit`).
 """
 
 from __future__ import annotations
@@ -291,7 +296,7 @@ def _spawned_error(err: Exception, trainer: L.Trainer, preemption: Preemption) -
         return Interrupted(message, signum or given or signal.SIGTERM)
     if isinstance(cls, type) and issubclass(cls, UserError):
         try:
-            return cls(message)  # type: ignore[no-any-return]
+            return cls(message)
         except Exception:
             error = UserError(message)
             error.exit_code = cls.exit_code
