@@ -8,7 +8,7 @@ process (typer's CliRunner), on tiny data, so the suite takes well under a minut
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ class Outcome:
     errors: list[str]
     warnings: list[str]
     exception: BaseException | None
+    infos: list[str] = field(default_factory=list)
 
 
 class _Records(logging.Handler):
@@ -50,7 +51,7 @@ def cli(*args: object) -> Outcome:
         logger.removeHandler(handler)
     by_level = {
         level: [r.getMessage() for r in handler.records if r.levelno == level]
-        for level in (logging.ERROR, logging.WARNING)
+        for level in (logging.ERROR, logging.WARNING, logging.INFO)
     }
     return Outcome(
         result.exit_code,
@@ -58,6 +59,7 @@ def cli(*args: object) -> Outcome:
         by_level[logging.ERROR],
         by_level[logging.WARNING],
         result.exception,
+        by_level[logging.INFO],
     )
 
 

@@ -8,99 +8,80 @@ machine's speed, are under test, and a 1-minute budget then plans one or two sho
 from __future__ import annotations
 
 import hashlib
-import logging
 import shutil
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from typer.testing import CliRunner
 
-from hsftrain.cli import app
 from tests.reliability.conftest import assert_user_error, cli, files_below, train_args
 
 
-class _Messages(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.messages: list[tuple[int, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append((record.levelno, record.getMessage()))
-
-
-def run_cli(*args: object) -> tuple[int, list[tuple[int, str]], str]:
-    """``hsftrain <args>`` in process: exit code, hsftrain's log (level, message), output."""
-    handler = _Messages()
-    logger = logging.getLogger("hsftrain")
-    logger.addHandler(handler)
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args])
-    finally:
-        logger.removeHandler(handler)
-    return result.exit_code, handler.messages, result.output
-
-
-def timed(monkeypatch: pytest.MonkeyPatch, s_per_step: float) -> None:
-    """Every candidate network takes ``s_per_step`` per step and 1 s to validate: with
-    3 steps an epoch, 1 minute plans 2 epochs at 6 s, 1 epoch at 10 s."""
+def timed(monkeypatch: pytest.MonkeyPatch, s_per_step: float = 10.0) -> None:
+    """Every candidate network takes ``s_per_step`` per step and 1 s to validate: at 10 s
+    and 3 steps an epoch, a 1-minute plan holds one epoch."""
     from hsftrain.training import budget
 
     monkeypatch.setattr(budget, "time_steps", lambda *args, **kwargs: (s_per_step, 1.0))
+
+
+#: Keys that shorten each epoch (no plan key among them).
+SHORT = (
+    "lightning.limit_train_batches=1",
+    "lightning.limit_val_batches=1",
+    "validation.surface_every=-1",
+)
 
 
 def saved(run_dir: Path, name: str = "config.yaml") -> dict:
     return OmegaConf.to_container(OmegaConf.load(run_dir / name))  # type: ignore[return-value]
 
 
+@pytest.mark.slow  # two trainings
 def test_explicit_epochs_replaced_with_a_warning_and_resume_extends_the_time_cap(
     phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``lightning.max_epochs=5`` with ``budget=1m``: the plan's epochs replace it, in one
     warning; the network the user set (f_maps 4, 2 levels) is kept. Resumed with twice the
     epochs, the run's time cap doubles, said in one line, and the run trains them."""
-    timed(monkeypatch, 6.0)
+    timed(monkeypatch)
     out = tmp_path / "runs"
-    args = train_args(phantoms, out, "run_name=b", "budget=1m", "lightning.max_epochs=5")
-    code, log, output = run_cli("train", *args)
-    assert code == 0, output[-3000:]
-    warnings = [m for level, m in log if level == logging.WARNING]
-    assert warnings == [
-        "budget=1m replaces lightning.max_epochs=5 with 2; drop budget= to keep yours"
+    args = train_args(phantoms, out, "run_name=b", "budget=1m", "lightning.max_epochs=5", *SHORT)
+    first = cli("train", *args)
+    assert first.code == 0, first.output[-3000:]
+    assert first.warnings == [
+        "budget=1m replaces lightning.max_epochs=5 with 1; drop budget= to keep yours"
     ]
-    assert any(
-        "the network you set (models.hparams.f_maps=4, num_levels=2) is kept" in m for _, m in log
-    )
+    kept = "the network you set (models.hparams.f_maps=4, num_levels=2) is kept"
+    assert any(kept in m for m in first.infos)
     run = out / "b"
     cfg, plan = saved(run), saved(run, "plan.yaml")
-    assert plan["chosen"] == "f4/L2/b2" and plan["epochs"] == 2
-    assert cfg["lightning"]["max_epochs"] == 2
+    assert plan["chosen"] == "f4/L2/b2" and plan["epochs"] == 1
+    assert cfg["lightning"]["max_epochs"] == 1
     assert (cfg["models"]["hparams"]["f_maps"], cfg["models"]["hparams"]["num_levels"]) == (4, 2)
     cap = cfg["lightning"]["max_time"]
     d, h, m, s = (int(x) for x in cap.split(":"))
     seconds = ((d * 24 + h) * 60 + m) * 60 + s
     assert 30 <= seconds <= 60
 
-    code, log, output = run_cli("train", f"resume={run}", "lightning.max_epochs=4")
-    assert code == 0, output[-3000:]
+    resumed = cli("train", f"resume={run}", "lightning.max_epochs=2")
+    assert resumed.code == 0, resumed.output[-3000:]
     doubled = f"00:00:{2 * seconds // 60:02d}:{2 * seconds % 60:02d}"
     line = (
         f"resume: the budget's time cap lightning.max_time={cap} becomes {doubled}, scaled with "
-        "lightning.max_epochs 2 -> 4; give lightning.max_time to choose another"
+        "lightning.max_epochs 1 -> 2; give lightning.max_time to choose another"
     )
-    assert line in [m for _, m in log]
+    assert line in resumed.infos
     cfg = saved(run)
-    assert cfg["lightning"]["max_time"] == doubled and cfg["lightning"]["max_epochs"] == 4
+    assert cfg["lightning"]["max_time"] == doubled and cfg["lightning"]["max_epochs"] == 2
     assert (run / "checkpoints" / "last.ckpt").is_file()
     import torch
 
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert last["epoch"] == 3  # the four epochs ran: the first session's cap did not stop them
+    assert last["epoch"] == 1  # the second epoch ran: the first session's cap did not stop it
 
 
-def test_resume_keeps_a_time_cap_the_user_gives(
-    phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resume_keeps_a_time_cap_the_user_gives(tmp_path: Path) -> None:
     """``lightning.max_time`` given with ``resume=``: the user's cap, nothing scaled."""
     from hsftrain.config import compose
 
@@ -121,19 +102,20 @@ def test_resume_keeps_a_time_cap_the_user_gives(
     )
 
 
+@pytest.mark.slow  # two trainings
 def test_ensemble_shares_the_budget(
     phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``budget=2m ensemble.members=2``: each member is planned for 60 s, said in a line."""
-    timed(monkeypatch, 10.0)
+    timed(monkeypatch)
     out = tmp_path / "runs"
-    args = train_args(phantoms, out, "run_name=ens", "budget=2m", "ensemble.members=2")
-    code, log, output = run_cli("train", *args)
-    assert code == 0, output[-3000:]
+    args = train_args(phantoms, out, "run_name=ens", "budget=2m", "ensemble.members=2", *SHORT)
+    result = cli("train", *args)
+    assert result.code == 0, result.output[-3000:]
     line = (
         "budget=2m with ensemble.members=2: the budget is shared, each member is planned for 60 s"
     )
-    assert line in [m for _, m in log]
+    assert line in result.infos
     for k in (0, 1):
         plan = saved(out / "ens" / f"member_{k}", "plan.yaml")
         assert plan["budget_s"] == 60.0 and plan["epochs"] == 1
@@ -172,6 +154,10 @@ def _tiny_volume_args(data: Path, out: Path, *extra: str) -> list[str]:
         "augmentation.motion.p=0",
         "export_onnx=false",
         "budget=1m",
+        # bf16 on 2x2x2 deepest maps made the first step NaN in about 1 run of 4 of the same
+        # config (FiniteGuard stops it, one line); fp32 ran 8 of 8: the test is of the plan
+        "lightning.precision=32-true",
+        *SHORT,
         *extra,
     ]
 
@@ -181,10 +167,10 @@ def test_budget_on_tiny_volumes_plans_a_depth_that_fits(
 ) -> None:
     """8^3 volumes and ``budget=1m``, no network given: the plan picks a 3-level network
     (it was refused for the default ``models.hparams.num_levels=4``, never set)."""
-    timed(monkeypatch, 10.0)
+    timed(monkeypatch)
     out = tmp_path / "runs"
-    code, log, output = run_cli("train", *_tiny_volume_args(tiny_volumes, out, "run_name=t"))
-    assert code == 0, output[-3000:]
+    result = cli("train", *_tiny_volume_args(tiny_volumes, out, "run_name=t"))
+    assert result.code == 0, result.output[-3000:]
     plan = saved(out / "t", "plan.yaml")
     assert plan["chosen"] == "f8/L3/b2"
     assert saved(out / "t")["models"]["hparams"]["num_levels"] == 3
@@ -197,19 +183,19 @@ def test_budget_adapts_candidates_too_deep_for_tiny_volumes(
     said in a line."""
     from hsftrain.training import budget
 
-    timed(monkeypatch, 10.0)
+    timed(monkeypatch)
     monkeypatch.setattr(budget, "CPU_CANDIDATES", ((16, 4), (24, 4)))
     args = _tiny_volume_args(tiny_volumes, tmp_path / "runs", "run_name=g")
-    code, log, output = run_cli("train", *args, "lightning.limit_train_batches=1")
-    assert code == 0, output[-3000:]
-    assert any("planning them with at most 3 levels" in m for _, m in log)
+    result = cli("train", *args)
+    assert result.code == 0, result.output[-3000:]
+    assert any("planning them with at most 3 levels" in m for m in result.infos)
     assert saved(tmp_path / "runs" / "g", "plan.yaml")["chosen"] == "f16/L3/b2"
 
 
 def test_budget_with_a_patch_too_small_names_the_key(
     tiny_volumes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    timed(monkeypatch, 10.0)
+    timed(monkeypatch)
     args = _tiny_volume_args(tiny_volumes, tmp_path / "runs", "datasets.patch_size=[8,8,2]")
     message = assert_user_error(cli("train", *args), "budget=1m", "datasets.patch_size")
     assert "num_levels" not in message
@@ -226,8 +212,8 @@ def test_int8_export_never_replaces_the_runs_model(trained: Path, tmp_path: Path
     run = tmp_path / "x"
     shutil.copytree(trained, run)
     model = run / "model.onnx"
-    code, _, output = run_cli("export", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"out={model}")
-    assert code == 0, output[-3000:]
+    fp32 = cli("export", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", f"out={model}")
+    assert fp32.code == 0, fp32.output[-3000:]
     before = _digest(model)
     int8 = run / "model.int8.onnx"
     export = [
@@ -238,8 +224,8 @@ def test_int8_export_never_replaces_the_runs_model(trained: Path, tmp_path: Path
         "calibration.num_images=3",
         "verify.min_agreement=0.8",  # a 1-epoch model is unsure of most voxels
     ]
-    code, _, output = run_cli(*export)
-    assert code == 0, output[-3000:]
+    int8_export = cli(*export)
+    assert int8_export.code == 0, int8_export.output[-3000:]
     assert _digest(model) == before
     companion = run / "model.int8.fp32.onnx"
     assert int8.is_file() and companion.is_file()
