@@ -36,6 +36,10 @@ from .conftest import assert_no_temporaries, assert_user_error, cli, train_args
 #: The longest any step here may take on a loaded machine (a hang fails, not blocks).
 PATIENCE_S = 240
 
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/stat").is_file(), reason="finds left processes through /proc (Linux)"
+)
+
 
 class Command:
     """``hsftrain <args>`` in a new process session, its output collected as it comes."""
@@ -208,6 +212,7 @@ def test_ddp_every_rank_signalled_stops_at_the_same_batch(
     assert 1 <= saved["global_step"] < 30
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_training_at_once(
     phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,6 +266,7 @@ def _table_subjects(table: Path) -> set[str]:
         return {row["subject"].split("/")[0] for row in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "signum, group",
     [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGINT, True)],
@@ -291,6 +297,7 @@ def test_segment_workers_stop_write_the_finished_and_a_rerun_continues(
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())  # skipped, not redone
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_kills_the_segment_workers_at_once(
     tmp_path: Path, model: Path, command: Callable[..., Command]
 ) -> None:
@@ -328,6 +335,7 @@ def test_one_process_segment_finishes_the_subject_in_progress(
 # --- data prepare -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_data_prepare_stops_between_subjects(
     tmp_path: Path, command: Callable[..., Command]
 ) -> None:

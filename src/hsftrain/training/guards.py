@@ -219,13 +219,18 @@ class Preemption(L.Callback):
 def save_checkpoint_atomic(trainer: L.Trainer, path: Path) -> Path:
     """``trainer.save_checkpoint`` into a temporary file beside ``path``, renamed onto it
     by the global rank 0 (every process takes part in the save, only rank 0 writes), so a
-    kill during the save never leaves a half-written ``last.ckpt``."""
+    kill during the save never leaves a half-written ``last.ckpt`` (and a second Ctrl+C
+    during it no temporary file)."""
     tmp = path.with_name(f".{path.name}.preempted.hsftrain-tmp.ckpt")
     if trainer.is_global_zero:
         path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(str(tmp), weights_only=False)
-    if trainer.is_global_zero:
-        os.replace(tmp, path)
+    try:
+        trainer.save_checkpoint(str(tmp), weights_only=False)
+        if trainer.is_global_zero:
+            os.replace(tmp, path)
+    finally:
+        if trainer.is_global_zero:
+            tmp.unlink(missing_ok=True)
     trainer.strategy.barrier("hsftrain-preempted-checkpoint")
     return path
 
