@@ -10,7 +10,10 @@ volumes table and print the summary (:mod:`~hsftrain.inference.reporting`).
 A subject whose native segmentation already exists is skipped unless ``files.overwrite``.
 A subject that fails (corrupt or 4D file, ...) is logged with its file name and the run
 goes on; failures are listed at the end and :func:`segment` then raises
-:class:`SegmentError` (the command exits with status 1).
+:class:`SegmentError` (the command exits with status 1). SIGTERM or Ctrl+C stops the run
+once the subjects in progress are written: the volumes table lists the finished ones and
+:class:`~hsftrain.errors.Interrupted` says how many are left (exit 143 / 130); rerunning
+the same command segments the rest.
 """
 
 from __future__ import annotations

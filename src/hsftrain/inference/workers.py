@@ -12,6 +12,11 @@ worker that took it or on the order subjects finish in.
 A worker that dies (killed by the out-of-memory killer, ...) fails the subjects it and the
 pool were running with a line saying so; finished subjects stay finished and a rerun
 segments the rest.
+
+Workers ignore SIGINT and SIGTERM (a Ctrl+C reaches every process of the terminal) and
+die with their parent; the parent decides: after a signal no new subject is handed out,
+the subjects in progress are finished and the workers end; a second Ctrl+C kills them.
+Either way every worker is reaped before :func:`run_parallel` returns or raises.
 """
 
 from __future__ import annotations
