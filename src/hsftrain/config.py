@@ -28,7 +28,11 @@ log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).parent / "conf"
 #: Mappings listed as one key (their entries are the user's: datasets, models of a preset).
-COLLAPSED: tuple[str, ...] = ("datasets.datasets", "segmentation.models")
+COLLAPSED: tuple[str, ...] = (
+    "datasets.datasets",
+    "segmentation.models",
+    "segmentation.model_metadata",
+)
 
 
 def _split_file_groups(overrides: Sequence[str]) -> tuple[list[str], dict[str, Path], list[str]]:

@@ -21,6 +21,19 @@ INPUT_NAME = "cropped_hippocampus"
 #: Name of the output ``(B, C, X, Y, Z)`` (class probabilities) of an exported model.
 OUTPUT_NAME = "segmented_hippocampus"
 
+# What a model was trained on, compared with each crop by ``hsftrain segment``
+# (:mod:`hsftrain.inference.contract`); written by :mod:`hsftrain.export.contract`.
+#: Training contrast(s), measured on the training crops: ``["T1"]``, ``["T2"]`` or both.
+CONTRASTS_KEY = "contrasts"
+#: ``{"contrast_index": [1st percentile, median, 99th percentile], "images": n}`` of the
+#: training crops (:func:`hsftrain.data.contrast.contrast_index`).
+FINGERPRINT_KEY = "intensity_fingerprint"
+#: ``{class name: [1st, 99th percentile] mm3}`` of the training labels, either side, and
+#: :data:`WHOLE` for all foreground classes together.
+VOLUME_RANGE_KEY = "volume_range_mm3"
+#: The name of the whole hippocampus (every foreground class) in :data:`VOLUME_RANGE_KEY`.
+WHOLE = "hippocampus"
+
 
 def encode_value(value: Any) -> str:
     """A metadata value as stored: strings as they are, anything else as JSON."""

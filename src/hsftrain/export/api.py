@@ -111,6 +111,10 @@ def export_checkpoint(
     from hsftrain.export.spacing import spacing_metadata
 
     metadata.update(spacing_metadata(ckpt, info.config))  # spacing_mm, spacing_mm_counts
+    from hsftrain.export.contract import training_contract
+
+    # contrasts, intensity_fingerprint, volume_range_mm3
+    metadata.update(training_contract(ckpt, info.config, info.class_names))
     if not quantize:
         path = export_onnx(net, out, metadata, half_weights=weights == "float16")
         log.info("exported %s -> %s", ckpt, path)

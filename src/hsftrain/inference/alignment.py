@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from hsftrain.inference.image import Volume
+from hsftrain.inference.image import InputError, Volume
 from hsftrain.inference.roiloc import Box, rigid_registration
 
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -23,6 +23,19 @@ REGISTRATION_THREADS = 1
 #: change interpolated outputs by as much and make them depend on the process and
 #: ``hardware.jobs``; 1e-6 mm is far below any voxel.
 DECIMALS = 6
+
+
+class NoOverlapError(InputError):
+    """Two images of one subject that do not overlap: nothing to register."""
+
+
+def overlaps(a: Volume, b: Volume) -> bool:
+    """Whether the fields of view of ``a`` and ``b`` (scanner coordinates) share a point."""
+    corners_a = box_corners(a.affine, a.array.shape)
+    corners_b = box_corners(b.affine, b.array.shape)
+    lo = np.maximum(corners_a.min(axis=0), corners_b.min(axis=0))
+    hi = np.minimum(corners_a.max(axis=0), corners_b.max(axis=0))
+    return bool((hi > lo).all())
 
 
 def register_rigid(
@@ -37,8 +50,16 @@ def register_rigid(
     Returns:
         ``(matrix, quality)``: the 4x4 transform mapping ``fixed`` points to ``moving``
         points (RAS mm), and minus the final Mattes mutual information (higher is better).
+
+    Raises:
+        NoOverlapError: the images do not overlap in scanner coordinates, or too little for
+            the metric to start.
     """
     import SimpleITK as sitk
+
+    what = f"{fixed.path.name} and {moving.path.name} do not overlap in scanner coordinates"
+    if not overlaps(fixed, moving):
+        raise NoOverlapError(what)
 
     from hsftrain.inference.roiloc import _block_mean, _to_sitk
 
@@ -52,7 +73,12 @@ def register_rigid(
     reg = rigid_registration(0.5, seed, iterations)
     reg.SetNumberOfThreads(REGISTRATION_THREADS)
     reg.SetInitialTransform(start, inPlace=False)
-    result = reg.Execute(fixed_image, moving_image)
+    try:
+        result = reg.Execute(fixed_image, moving_image)
+    except RuntimeError as err:
+        if "overlap" not in str(err):
+            raise
+        raise NoOverlapError(f"{what} enough to be registered") from err
     inner = result.GetNthTransform(0) if isinstance(result, sitk.CompositeTransform) else result
     euler = sitk.Euler3DTransform(inner)
     rotation = np.asarray(euler.GetMatrix(), dtype=np.float64).reshape(3, 3)

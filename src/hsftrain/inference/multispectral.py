@@ -23,9 +23,11 @@ With ``files.t2_pattern``, each T1 (``files.pattern``) is paired with the T2 nex
    ``multispectral.t2_space`` also on the T2's own grid (``<T2 stem>_hippocampus_seg`` and
    ``_uncertainty``), mapped there from the consensus scores.
 
-A T1 without a T2 is segmented from the T1 alone and flagged; several T2 candidates for
-one T1 are an error of that subject. A registration whose quality (the final mutual
-information) is below ``multispectral.min_quality`` is flagged.
+A T1 without a T2, or with a T2 that does not overlap it in scanner coordinates, is
+segmented from the T1 alone and flagged; several T2 candidates for one T1 are an error of
+that subject. A registration whose quality (the final mutual information) is below
+``multispectral.min_quality`` is flagged, and so is a T2 crop whose contrast is not the T2
+models' (:mod:`hsftrain.inference.contract`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import numpy as np
 
 from hsftrain.config import ConfigError
 from hsftrain.inference.alignment import (
+    NoOverlapError,
     box_corners,
     covering_box,
     grid_affine,
@@ -199,14 +202,23 @@ class T1T2Crops:
         t2_outputs = outputs_for(candidates[0], settings.root, settings.output_dir)
         return cls(t1_segmenter, t2_segmenter, settings, subject, t2, None, t2_outputs, [])
 
-    def _register(self, t1: Volume) -> np.ndarray:
-        """Register the T2 to ``t1`` (once per subject); flags a poor registration."""
+    def _register(self, t1: Volume) -> None:
+        """Register the T2 to ``t1`` (once per subject); flags a poor registration, and a T2
+        that does not overlap the T1 (then dropped: the T1 is segmented alone)."""
         assert self.t2 is not None
         if self.t2_to_t1 is None:
             options = self.options
-            self.t2_to_t1, quality = register_rigid(
-                self.t2, t1, options.registration_mm, options.iterations, self.settings.seed
-            )
+            try:
+                self.t2_to_t1, quality = register_rigid(
+                    self.t2, t1, options.registration_mm, options.iterations, self.settings.seed
+                )
+            except NoOverlapError as err:
+                self.flags.append(
+                    f"the T2 {err}: segmented from the T1 alone (check that the T2 is this "
+                    "subject's, from the same session)"
+                )
+                self.t2, self.t2_outputs = None, None
+                return
             log.info(
                 "%s: T2 %s registered to the T1 (rigid, quality %.3f, %.1f mm from the "
                 "scanner coordinates)",
@@ -220,15 +232,16 @@ class T1T2Crops:
                     f"T2 registration quality {quality:.3f} < multispectral.min_quality "
                     f"{options.min_quality:g}: check that the T2 shows the same head"
                 )
-        return self.t2_to_t1
 
     def segment_box(self, volume: Volume, box: Box, bar: ProgressHook | None) -> CropResult:
         """T1 and T2 predictions of one crop, fused on the crop's fusion grid (the T1
         working grid, refined along the axes where the T2 is finer), mapped back onto the
         crop's grid."""
-        if self.t2 is None:
+        if self.t2 is not None:
+            self._register(volume)
+        if self.t2 is None or self.t2_to_t1 is None:
             return self.plain.segment_box(volume, box, bar)
-        t2_to_t1 = self._register(volume)
+        t2_to_t1 = self.t2_to_t1
         image = volume.array[box.slices]
         where = f"{self.subject} {box.side}"
         crop_affine = box.affine(volume.affine)
@@ -241,6 +254,11 @@ class T1T2Crops:
             t2_image = None
         if t2_image is None:
             self.flags.append(f"the T2 does not cover the {box.side} crop: T1 alone there")
+        else:
+            contract, checks = self.t2_segmenter.contract, self.settings.checks
+            flag = contract.contrast_flag(t2_image, self.t2.zooms, checks, f"T2 {box.side} crop")
+            if flag:
+                self.flags.append(flag)
         total = self.t1_segmenter.predictions_per_crop + (
             self.t2_segmenter.predictions_per_crop if t2_image is not None else 0
         )

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hsftrain.inference.contract import asymmetry_flag
 from hsftrain.inference.image import InputError, Volume, load_volume, save_nifti
 from hsftrain.inference.resample import Plan, differs, plan, resample
 from hsftrain.inference.roiloc import Box, is_crop, localize
@@ -190,8 +191,9 @@ def segment_subject(
 
     Results that should not be trusted as they are (NaN voxels in the input, a poor
     whole-head registration, a crop where no hippocampus was found, a multispectral T2
-    missing or poorly registered) are written with the reason in the ``flag`` column of
-    their volumes and the status ``flagged``.
+    missing or poorly registered, a crop or result unlike the models' training data:
+    :mod:`hsftrain.inference.contract`) are written with the reason in the ``flag`` column
+    of their volumes and the status ``flagged``.
 
     Args:
         method: how each crop is segmented (default: :class:`PlainCrops` with
@@ -256,6 +258,13 @@ def segment_subject(
         if not (labels > 0).any():
             side_flags.append(f"no hippocampus found in the {box.side} crop")
             report.flags.append(side_flags[-1])
+        contract, where = segmenter.contract, "crop" if crop_input else f"{box.side} crop"
+        checked = [contract.contrast_flag(image, volume.zooms, settings.checks, where)]
+        checked += contract.crop_flags(
+            labels, result.uncertainty, segmenter.names, voxel_mm3, settings.checks, where
+        )
+        side_flags += [f for f in checked if f]
+        report.flags += [f for f in checked if f]
         side_rows = volume_rows(
             subject, box.side, labels, segmenter.names, voxel_mm3, "; ".join(side_flags)
         )
@@ -266,6 +275,11 @@ def segment_subject(
         free = (labels > 0) & (region == 0)  # overlapping boxes: the first side keeps its labels
         region[free] = labels[free]
     report.flags += [f for f in dict.fromkeys(method.flags) if f not in report.flags]
+    asymmetry = asymmetry_flag(report.volumes_mm3, settings.checks)
+    if asymmetry:  # a flag of the head: on the rows of both sides
+        report.flags.append(asymmetry)
+        for row in rows:
+            row["flag"] = "; ".join(f for f in (str(row["flag"]), asymmetry) if f)
     method.finish(volume, canonical)
     write_volumes(rows, outputs.volumes)
     save_nifti(volume.native(canonical), volume.native_affine, outputs.segmentation, volume.codes)

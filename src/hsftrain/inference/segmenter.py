@@ -12,6 +12,7 @@ import numpy as np
 
 from hsftrain.config import ConfigError
 from hsftrain.data.labels import CA_MERGES, merge_lut, merge_probs
+from hsftrain.inference.contract import Contract
 from hsftrain.inference.engines import OnnxEngine, Provider, resolve_model
 from hsftrain.inference.fusion import Fusion, keep_largest_component
 from hsftrain.inference.preprocess import pad_to_multiple, unpad, z_normalize
@@ -92,7 +93,10 @@ class Segmenter:
         self.batch_size = max(1, int(batch_size))
         self.largest_component = bool(largest_component)
         #: voxel size (mm, RAS axes) the models were trained at; None: unknown
-        self.spacing = model_spacing([getattr(e, "metadata", {}) or {} for e in self.engines])
+        metadata = [getattr(e, "metadata", {}) or {} for e in self.engines]
+        self.spacing = model_spacing(metadata)
+        #: what the models were trained on (contrast, volumes), checked on every crop
+        self.contract = Contract.from_metadata(metadata)
 
     @classmethod
     def from_settings(cls, engines: Sequence[OnnxEngine], settings: Settings) -> Segmenter:
@@ -213,6 +217,9 @@ def load_engines(
 ) -> list[OnnxEngine]:
     """Load every configured model (resolving it first unless ``paths`` are given).
 
+    Metadata keys a model file lacks are taken from the preset's ``model_metadata`` entry of
+    the same name (the configured models only, not ``models``).
+
     Args:
         threads: ONNX Runtime intra-op threads (None: ``hardware.engine_settings``).
         device: the GPU the CUDA provider runs on (None: the provider's own setting).
@@ -223,6 +230,7 @@ def load_engines(
         ConfigError: a model that cannot be resolved.
         ModelError: a model that cannot be used (names the file and why).
     """
+    preset = settings.model_metadata if models is None else {}
     models = list(settings.models if models is None else models)
     if paths is None:
         paths = resolve_models(models, settings.models_path)
@@ -238,5 +246,8 @@ def load_engines(
         (log.debug if quiet else log.info)(
             "model %s: %s on %s", name, path, ", ".join(engine.providers)
         )
+        defaults = preset.get(name)
+        if defaults:  # the preset's metadata for a model file that lacks it; the file wins
+            engine.metadata = {**defaults, **engine.metadata}
         engines.append(engine)
     return engines

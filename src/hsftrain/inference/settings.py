@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import ConfigError
 from hsftrain.data.labels import CA_TYPES
+from hsftrain.inference.contract import Checks
 from hsftrain.inference.engines import Provider, model_specs, parse_providers
 from hsftrain.inference.fusion import FUSIONS
 from hsftrain.inference.resample import MODES as RESAMPLE_MODES
@@ -66,6 +68,9 @@ class Settings:
     devices: list[int] | None = None
     multispectral: Multispectral | None = None
     description: str = ""
+    checks: Checks = field(default_factory=Checks)
+    #: metadata for models whose file lacks a key, by name in ``segmentation.models``
+    model_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def table(self) -> Path:
@@ -130,6 +135,68 @@ def _weight(value: Any) -> float:
             "counts as much as a T1 one; 3: three times as much)"
         )
     return weight
+
+
+def _threshold(cfg: DictConfig, key: str, default: float, low: float, high: float) -> float | None:
+    """``checks.<key>``: null (check off) or a number in ``[low, high]``.
+
+    Raises:
+        ConfigError: anything else (names the key).
+    """
+    value = get(cfg, f"checks.{key}", default)
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not low <= number <= high:
+        raise ConfigError(
+            f"checks.{key}={value!r}: must be a number from {low:g} to {high:g}, or null to "
+            f"turn the check off (default {default:g})"
+        )
+    return number
+
+
+def _checks(cfg: DictConfig) -> Checks:
+    """The ``checks`` thresholds (see :mod:`hsftrain.inference.contract`).
+
+    Raises:
+        ConfigError: a value out of range (names the key).
+    """
+    defaults = Checks()
+    inf = float("inf")
+    empty = get(cfg, "checks.empty_class", defaults.empty_class)
+    if not isinstance(empty, bool):
+        raise ConfigError(
+            f"checks.empty_class={empty!r}: use true (flag a crop where a class has no voxel) "
+            "or false"
+        )
+    return Checks(
+        contrast_tolerance=_threshold(cfg, "contrast_tolerance", 0.5, 0.0, inf),
+        volume_factor=_threshold(cfg, "volume_factor", 3.0, 1.0, inf),
+        max_asymmetry=_threshold(cfg, "max_asymmetry", 0.5, 0.0, 2.0),
+        max_uncertainty=_threshold(cfg, "max_uncertainty", 0.3, 0.0, 1.0),
+        empty_class=empty,
+    )
+
+
+def _model_metadata(cfg: DictConfig, shortcut: bool) -> dict[str, dict[str, Any]]:
+    """``segmentation.model_metadata``: ``{model name: {metadata key: value}}`` (none when
+    the models come from ``model_paths``: they are not the preset's).
+
+    Raises:
+        ConfigError: not a mapping of mappings.
+    """
+    value = get(cfg, "segmentation.model_metadata")
+    if shortcut or not value:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+        raise ConfigError(
+            f"segmentation.model_metadata={value!r}: give {{model name: {{metadata key: "
+            "value}}}, the names as in segmentation.models"
+        )
+    return {str(name): dict(meta) for name, meta in value.items()}
 
 
 def _multispectral(cfg: DictConfig) -> Multispectral | None:
@@ -290,4 +357,6 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         devices=_devices(get(cfg, "hardware.devices")),
         multispectral=_multispectral(cfg),
         description=str(get(cfg, "segmentation.description", "") or ""),
+        checks=_checks(cfg),
+        model_metadata=_model_metadata(cfg, bool(shortcut)),
     )
