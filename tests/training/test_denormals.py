@@ -56,7 +56,7 @@ def test_run_sets_the_flag_before_torch_starts_its_threads(phantoms, tmp_path):
         from hsftrain.config import compose
         from hsftrain.training import run as module
         from hsftrain.training.denormals import all_threads_flush
-        module._run = lambda cfg, finetune=False: {{"flush": all_threads_flush()}}
+        module._run = lambda cfg, finetune=False, attempt=None: {{"flush": all_threads_flush()}}
         cfg = compose("config", ["datasets=synth", "datasets.main_path={phantoms}",
                                  "datasets.output_path={tmp_path}", "run_name=r"])
         print(module.run(cfg)["flush"])
