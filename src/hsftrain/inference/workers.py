@@ -47,12 +47,19 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass(frozen=True)
 class Job:
-    """One subject to segment."""
+    """One subject to segment.
+
+    ``entities``: for a BIDS input (``files.bids=true``), the entities of ``mri``'s file
+    name as :func:`hsftrain.inference.bids.parse_entities` gives them (``sub``, ``ses``
+    when the dataset has sessions, ``acq``, ``run``, ... in file-name order, then
+    ``suffix``, e.g. ``"T1w"``, and ``extension``, e.g. ``".nii.gz"``); None for a
+    folder + glob input."""
 
     mri: Path
     outputs: Outputs
     subject: str
     t2_candidates: tuple[Path, ...] = ()
+    entities: dict[str, str] | None = None
 
 
 def usable_cores() -> int:
