@@ -48,6 +48,26 @@ volumes_app = typer.Typer(
 )
 app.add_typer(volumes_app, name="volumes")
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from hsftrain import __version__
+
+        typer.echo(f"hsftrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Hydra overrides: key=value, group=option.")
 ]
