@@ -68,6 +68,7 @@ def _main(
 ) -> None:
     pass
 
+
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="Hydra overrides: key=value, group=option.")
 ]
@@ -173,10 +174,16 @@ def _internal(log: logging.Logger, err: BaseException) -> None:
 
 
 def _command(
-    name: str, config_name: str, summary: str, target: str, parent: typer.Typer = app
+    name: str,
+    config_name: str,
+    summary: str,
+    target: str,
+    parent: typer.Typer = app,
+    prepare: Callable[[list[str]], list[str]] | None = None,
 ) -> None:
     """Register ``hsftrain [<parent>] <name>`` calling ``module:function(cfg)`` from
-    ``target``."""
+    ``target``; ``prepare`` turns the command's words (its unknown options included) into
+    overrides."""
 
     def command(overrides: Overrides = None, cfg: ShowCfg = None, verbose: Verbose = False) -> None:
         module, function = target.split(":")
@@ -186,14 +193,23 @@ def _command(
 
             return getattr(importlib.import_module(module), function)(c)
 
+        if prepare is not None:
+            setup_logging(verbose)
+            with _user_errors(verbose):
+                overrides = prepare(overrides or [])
         _run(config_name, overrides, cfg, verbose, call)
 
     command.__doc__ = summary + _groups_help(config_name)
     from hsftrain.cli_help import keys_help_command
 
-    parent.command(
-        name, context_settings={"allow_extra_args": False}, cls=keys_help_command(config_name)
-    )(command)
+    settings = {"allow_extra_args": False, "ignore_unknown_options": prepare is not None}
+    parent.command(name, context_settings=settings, cls=keys_help_command(config_name))(command)
+
+
+def _bids_app(words: list[str]) -> list[str]:
+    from hsftrain.inference.bids_app import bids_app_overrides
+
+    return bids_app_overrides(words)
 
 
 _command(
@@ -217,8 +233,13 @@ _command(
 _command(
     "segment",
     "segment",
-    "Segment every MRI matching files.path/files.pattern with ONNX models (HSF workflow).",
+    "Segment every MRI matching files.path/files.pattern with ONNX models (HSF workflow).\n\n"
+    "A BIDS dataset, as a BIDS App: hsftrain segment BIDS_DIR OUTPUT_DIR participant "
+    "[--participant-label 01 02] [--session-label A] [key=value ...] (the same as "
+    "files.bids=true files.path=BIDS_DIR files.output_dir=OUTPUT_DIR "
+    "files.participant_label=[01,02] files.session_label=[A]).",
     "hsftrain.inference.api:segment",
+    prepare=_bids_app,
 )
 _command(
     "evaluate",

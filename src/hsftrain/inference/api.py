@@ -1,7 +1,8 @@
 """``hsftrain segment``: segment every MRI matching ``files.path``/``files.pattern``.
 
 The run, in order: check the configuration (:mod:`~hsftrain.inference.settings`), find
-the MRIs (:mod:`~hsftrain.inference.discovery`; with ``files.t2_pattern``, each T1's T2),
+the MRIs (:mod:`~hsftrain.inference.discovery`; with ``files.t2_pattern``, each T1's T2;
+a BIDS dataset with ``files.bids``: :mod:`~hsftrain.inference.bids`),
 keep this shard's block of them (:mod:`~hsftrain.inference.shards`), skip the finished
 ones, segment the rest (:mod:`~hsftrain.inference.pipeline`, in this process or in
 ``hardware.jobs`` worker processes, :mod:`~hsftrain.inference.workers`), then rebuild the
@@ -28,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hsftrain.errors import Interrupted, StopRequest, signal_name, stop_on_signals
+from hsftrain.inference.bids import find_bids_mris
 from hsftrain.inference.discovery import find_mris, pair_t2, subject_name
 from hsftrain.inference.pipeline import (
     SubjectReport,
@@ -72,9 +74,15 @@ log = logging.getLogger(__name__)
 def _jobs(settings: Settings) -> tuple[list[SubjectReport], list[Job], int]:
     """Skipped reports and the subjects left to segment, of this run's (shard's) MRIs,
     in the sorted order; and how many MRIs the whole run found."""
-    mris = find_mris(settings.root, settings.pattern, settings.mask_patterns)
+    entities: dict[Path, dict[str, str]] = {}
     t2s: dict[Path, list[Path]] = {}
-    if settings.multispectral is not None:
+    if settings.bids is not None:
+        found, t2s = find_bids_mris(settings.root, settings.bids)
+        entities = dict(found)
+        mris = list(entities)
+    else:
+        mris = find_mris(settings.root, settings.pattern, settings.mask_patterns)
+    if settings.multispectral is not None and settings.bids is None:
         mris, t2s = pair_t2(mris, settings.pattern, settings.multispectral.t2_pattern)
     total = len(mris)
     if settings.shard is not None:
@@ -97,7 +105,7 @@ def _jobs(settings: Settings) -> tuple[list[SubjectReport], list[Job], int]:
             log.info("%s: already segmented (%s), skipping", mri, outputs.segmentation.name)
             skipped.append(SubjectReport(subject, mri, "skipped"))
         else:
-            todo.append(Job(mri, outputs, subject, tuple(t2s.get(mri, ()))))
+            todo.append(Job(mri, outputs, subject, tuple(t2s.get(mri, ())), entities.get(mri)))
     log.info(
         "%d MRI(s) found under %s%s: %d to segment, %d already done",
         len(mris),

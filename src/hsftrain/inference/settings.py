@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.config import ConfigError
 from hsftrain.data.labels import CA_TYPES
+from hsftrain.inference import bids
 from hsftrain.inference.contract import Checks
 from hsftrain.inference.engines import Provider, model_specs, parse_providers
 from hsftrain.inference.fusion import FUSIONS
@@ -71,6 +72,8 @@ class Settings:
     checks: Checks = field(default_factory=Checks)
     #: metadata for models whose file lacks a key, by name in ``segmentation.models``
     model_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``files.bids=true``: what the run takes from the BIDS dataset ``root``; else None
+    bids: bids.Selection | None = None
 
     @property
     def table(self) -> Path:
@@ -199,13 +202,16 @@ def _model_metadata(cfg: DictConfig, shortcut: bool) -> dict[str, dict[str, Any]
     return {str(name): dict(meta) for name, meta in value.items()}
 
 
-def _multispectral(cfg: DictConfig) -> Multispectral | None:
-    """The multispectral settings when ``files.t2_pattern`` is set.
+def _multispectral(cfg: DictConfig, selection: bids.Selection | None) -> Multispectral | None:
+    """The multispectral settings when ``files.t2_pattern`` is set (or, for a BIDS input,
+    ``files.suffix=[T1w,T2w]``).
 
     Raises:
         ConfigError: an absolute ``files.t2_pattern`` or a bad ``multispectral`` value.
     """
     pattern = get(cfg, "files.t2_pattern")
+    if selection is not None:
+        pattern = "*_T2w.nii[.gz] of the T1w's session" if selection.with_t2 else None
     if not pattern:
         return None
     if Path(str(pattern)).is_absolute():
@@ -254,7 +260,8 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         raise ConfigError("`files.path` must be set: the folder (or file) of MRIs to segment")
     root_path = Path(str(root)).expanduser()
     pattern = get(cfg, "files.pattern")
-    if root_path.is_dir() and not pattern:
+    selection = _bids(cfg, root_path)
+    if selection is None and root_path.is_dir() and not pattern:
         raise ConfigError(
             "`files.pattern` must be set: a glob below files.path, e.g. files.pattern='**/*T1w.nii.gz'"
         )
@@ -262,6 +269,9 @@ def settings_from_config(cfg: DictConfig) -> Settings:
     masks = [masks] if isinstance(masks, str) else [str(m) for m in masks]
     output_dir = get(cfg, "files.output_dir")
     out = Path(str(output_dir)).expanduser() if output_dir else None
+    if selection is not None:
+        out = out or root_path / "derivatives" / "hsftrain"
+        bids.check_output(root_path, out)
     base = out if out else (root_path if root_path.is_dir() else root_path.parent)
     volumes_csv = get(cfg, "files.volumes_csv")
     volumes = Path(str(volumes_csv)).expanduser() if volumes_csv else base / "volumes.csv"
@@ -355,8 +365,43 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         shard=choose_shard(get(cfg, "files.shard")),
         jobs=_int("hardware.jobs", get(cfg, "hardware.jobs", 1), 1),
         devices=_devices(get(cfg, "hardware.devices")),
-        multispectral=_multispectral(cfg),
+        multispectral=_multispectral(cfg, selection),
         description=str(get(cfg, "segmentation.description", "") or ""),
         checks=_checks(cfg),
         model_metadata=_model_metadata(cfg, bool(shortcut)),
+        bids=selection,
     )
+
+
+def _bids(cfg: DictConfig, root: Path) -> bids.Selection | None:
+    """``files.bids`` and the BIDS selection keys; None for a folder + glob input.
+
+    Raises:
+        ConfigError: a BIDS key without ``files.bids=true``, a folder key with it, a bad
+            label or suffix, or a ``files.path`` that is not a BIDS dataset.
+    """
+    enabled = get(cfg, "files.bids", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"files.bids={enabled!r}: use true (a BIDS dataset) or false")
+    participants = bids.labels(
+        "files.participant_label", get(cfg, "files.participant_label"), "sub-"
+    )
+    sessions = bids.labels("files.session_label", get(cfg, "files.session_label"), "ses-")
+    suffix = get(cfg, "files.suffix", "T1w")
+    if not enabled:
+        if participants or sessions or suffix != "T1w":
+            raise ConfigError(
+                "files.participant_label, files.session_label and files.suffix select MRIs "
+                "of a BIDS dataset: add files.bids=true (files.path: the dataset's root)"
+            )
+        return None
+    for key in ("pattern", "t2_pattern"):
+        if get(cfg, f"files.{key}"):
+            raise ConfigError(
+                f"files.{key} is for a plain folder, not a BIDS dataset (files.bids=true): "
+                "choose the MRIs with files.suffix (T1w, T2w or [T1w,T2w]) and "
+                "files.participant_label / files.session_label"
+            )
+    bids.check_dataset(root)
+    chosen, with_t2 = bids.suffix_choice(suffix)
+    return bids.Selection(participants, sessions, chosen, with_t2)
