@@ -123,7 +123,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     monkeypatch.setattr(SegmentationModule, "training_step", poisoned)
     args = train_args(phantoms, tmp_path, "run_name=nan", "lightning.max_epochs=3")
     result = cli("train", *args, "export_onnx=true")
-    assert_user_error(result, "epoch 2, batch 2", "loss is nan", "last.ckpt", "models.lr")
+    assert_user_error(result, "epoch 2/3, batch 2", "loss is nan", "last.ckpt", "models.lr")
     run = tmp_path / "nan"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["epoch"] == 0  # the end of the first epoch: good weights

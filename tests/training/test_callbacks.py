@@ -21,7 +21,11 @@ HSF = ["background", "DG", "CA1", "CA2", "CA3", "SUB", "HEAD", "TAIL"]
 def _trainer(metrics: dict[str, float], epoch: int = 0, **extra: object) -> SimpleNamespace:
     values = {k: torch.tensor(v) for k, v in metrics.items()}
     return SimpleNamespace(
-        callback_metrics=values, current_epoch=epoch, is_global_zero=True, **extra
+        callback_metrics=values,
+        current_epoch=epoch,
+        is_global_zero=True,
+        sanity_checking=False,
+        **extra,
     )
 
 
@@ -38,7 +42,9 @@ def test_rows_stay_aligned_in_label_order_within_80_columns() -> None:
     table = EpochTable(stream=stream, width=80)
     module = SimpleNamespace(class_names=HSF)
     for epoch, scale in enumerate([0.9, 0.123456, 0.5]):
-        table.on_train_epoch_end(_trainer(_metrics(scale), epoch), module)  # type: ignore[arg-type]
+        trainer = _trainer(_metrics(scale), epoch)
+        table.on_validation_epoch_end(trainer, module)  # type: ignore[arg-type]
+        table.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
     lines = stream.getvalue().splitlines()
     header, rows = lines[0], lines[1:]
     assert header.split() == ["epoch", "loss", "val_loss", "dice", *HSF[1:], "lr"]
@@ -135,3 +141,33 @@ def test_last_checkpoint_follows_every_validation_after_the_best(
     assert last["global_step"] == 2 * (2 * val_every + 1)  # two steps per epoch, every epoch
     assert best["global_step"] == 2 * (first + 1)
     assert not torch.equal(last["state_dict"]["w"], best["state_dict"]["w"])
+
+
+def test_progress_bar_counts_epochs_from_one_and_shows_only_the_loss() -> None:
+    from hsftrain.training.callbacks import EpochBar
+
+    bar = EpochBar()
+    bar._trainer = SimpleNamespace(max_epochs=5)  # type: ignore[assignment]
+    assert bar._get_train_description(0).strip() == "Epoch 1/5"
+    assert bar._get_train_description(4).strip() == "Epoch 5/5"
+    trainer = SimpleNamespace(progress_bar_metrics={"train/loss_step": 0.123456, "v": 1.0})
+    assert bar.get_metrics(trainer, None) == {"loss": 0.1235}  # type: ignore[arg-type]
+
+
+def test_epochs_without_validation_leave_the_validation_cells_blank() -> None:
+    stream = io.StringIO()
+    table = EpochTable(stream=stream, width=100)
+    module = SimpleNamespace(class_names=HSF)
+    for epoch in range(3):
+        trainer = _trainer(_metrics(0.5), epoch, max_epochs=3)
+        if epoch == 1:
+            table.on_validation_epoch_end(trainer, module)  # type: ignore[arg-type]
+        table.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
+    header, *rows = stream.getvalue().splitlines()
+    assert header.split() == ["epoch", "loss", "val_loss", "dice", *HSF[1:], "lr"]
+    assert [r.split() for r in rows] == [
+        ["1/3", "0.5000", "5.0e-04"],
+        ["2/3", "0.5000", "0.2500", "0.500", *rows[1].split()[4:11], "5.0e-04"],
+        ["3/3", "0.5000", "5.0e-04"],
+    ]
+    assert all(len(r) == len(header) for r in rows)

@@ -16,6 +16,7 @@ from hsftrain.training.plan import (
     BudgetPace,
     Candidate,
     Plan,
+    stretch_schedule,
 )
 
 STEPS = 10  # per epoch
@@ -175,3 +176,26 @@ def test_budget_run_follows_its_pace(phantoms, tmp_path, monkeypatch: pytest.Mon
     assert schedule["lr_lambdas"][0]["total_steps"] == 5 * 3
     lr, floor = schedule["_last_lr"][0], 5e-3 * 0.01  # the recipe's lr, min_factor 0.01
     assert floor <= lr < 1.01 * floor  # the cosine ended with the run
+
+
+@pytest.mark.parametrize("new_epochs", [20, 5])
+def test_re_pacing_goes_on_from_the_current_learning_rate(new_epochs: int) -> None:
+    """More (or fewer) epochs mid-run: the learning rate neither jumps back up nor drops;
+    it keeps decreasing to the end of the new schedule."""
+    trainer, module = _trainer(10, 100)
+    scheduler = trainer.lr_scheduler_configs[0].scheduler
+    optimizer = trainer.optimizers[0]
+    for _ in range(40):
+        optimizer.step()
+        scheduler.step()
+    before = optimizer.param_groups[0]["lr"]
+    total = stretch_schedule(trainer, module, 10, new_epochs)  # type: ignore[arg-type]
+    assert total == new_epochs * 10
+    lrs = [before]
+    for _ in range(total - 40):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert 0.8 * before <= lrs[1] <= before  # no jump either way
+    assert all(b <= a + 1e-12 for a, b in zip(lrs, lrs[1:], strict=False))
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9)

@@ -23,15 +23,38 @@ def warmup_cosine_factor(
 class WarmupCosine:
     """:func:`warmup_cosine_factor` as a callable object: ``LambdaLR`` saves its attributes
     in the scheduler's state, so ``total_steps`` may be changed during a run (``budget=``
-    stretches or shortens the run to its measured pace) and survives a resume."""
+    stretches or shortens the run to its measured pace, :meth:`refit`) and survives a
+    resume."""
 
     def __init__(self, warmup_steps: int, total_steps: int, min_factor: float = 0.0) -> None:
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.min_factor = min_factor
+        #: from this step on, the cosine goes on from ``from_progress`` (see :meth:`refit`)
+        self.from_step = 0
+        self.from_progress = 0.0
+
+    def _progress(self, step: int) -> float:
+        if self.from_step > self.warmup_steps:
+            start, done = self.from_step, self.from_progress
+        else:
+            start, done = self.warmup_steps, 0.0
+        span = max(self.total_steps - start, 1)
+        return min(max(done + (1 - done) * (step - start) / span, 0.0), 1.0)
+
+    def refit(self, step: int, total_steps: int) -> None:
+        """End the schedule at ``total_steps`` instead, going on from the learning rate of
+        ``step`` (the current step): it keeps decreasing, never jumps back up."""
+        if step > self.warmup_steps:
+            self.from_progress = self._progress(step)
+            self.from_step = step
+        self.total_steps = total_steps
 
     def __call__(self, step: int) -> float:
-        return warmup_cosine_factor(step, self.warmup_steps, self.total_steps, self.min_factor)
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = self._progress(step)
+        return self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def warmup_cosine(

@@ -4,6 +4,7 @@ training really starts.
 * :class:`EpochTable` prints one row per epoch (losses, mean and per-label Dice in the
   model's label order) with fixed-width columns, wrapped to the terminal width, so rows
   stay aligned in terminals of any width and in ``train.log``.
+* :class:`EpochBar` is the progress bar, epochs counted from 1 as everywhere else.
 * :class:`StepProgress` logs a line every ``every`` steps with the step time and the
   estimated time left (epoch and run) when no progress bar is shown; with the bar, the
   same lines go to ``train.log`` only.
@@ -23,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -76,43 +77,62 @@ def table_lines(
 
 
 class EpochTable(L.Callback):
-    """One row per epoch: train and validation loss (``loss``, ``val_loss``), mean Dice
-    (``dice``) and the Dice of each label, learning rate.
+    """One row per epoch: the epoch as ``k/N`` (counted from 1, as in every message of a
+    run), train and validation loss (``loss``, ``val_loss``), mean Dice (``dice``) and the
+    Dice of each label, learning rate.
 
-    Labels follow the model's class order (``pl_module.class_names``). Rows are written to
-    ``stream`` (stderr) in fixed-width columns fitted to the terminal width, and logged
-    to ``train.log`` (file handlers only).
+    Every column is there from the first row (labels in the model's order, from
+    ``pl_module.dice_names`` or ``class_names``); an epoch without validation leaves the
+    validation cells blank instead of repeating the last values. Rows are written to
+    ``stream`` (stderr) in fixed-width columns fitted to the terminal width (80 columns
+    when it is not a terminal), and logged to ``train.log`` (file handlers only).
     """
 
     def __init__(self, stream: TextIO | None = None, width: int | None = None) -> None:
         self.stream = stream
         self.width = width
         self.rows: list[dict[str, float]] = []
+        self._validated = False
 
-    def _columns(self, row: dict[str, float], labels: Sequence[str]) -> list[tuple[str, str]]:
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._validated = True
+
+    def _columns(
+        self, row: dict[str, float], labels: Sequence[str], epochs: int | None
+    ) -> list[tuple[str, str]]:
         def cell(key: str, digits: int) -> str:
-            return f"{row[key]:.{digits}f}" if key in row else "-"
+            return f"{row[key]:.{digits}f}" if key in row else ""
 
+        epoch = str(int(row["epoch"]) + 1)
+        if epochs:  # the same width on every row
+            epoch = f"{epoch}/{epochs}".rjust(2 * len(str(epochs)) + 1)
         cols = [
-            ("epoch", str(int(row["epoch"]))),
+            ("epoch", epoch),
             ("loss", cell("train/loss_epoch", 4)),
             ("val_loss", cell("val/epoch/loss", 4)),
             ("dice", cell("val/dice_mean", 3)),
         ]
         cols += [(name, cell(f"val/dice/{name}", 3)) for name in labels]
-        if "lr" in row:
-            cols.append(("lr", f"{row['lr']:.1e}"))
+        cols.append(("lr", f"{row['lr']:.1e}" if "lr" in row else ""))
         return cols
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         m = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        if not self._validated:  # Lightning keeps the last validation's values
+            m = {k: v for k, v in m.items() if not k.startswith("val/")}
+        self._validated = False
         row = {"epoch": float(trainer.current_epoch), **m}
         self.rows.append(row)
         found = [k.removeprefix("val/dice/") for k in m if k.startswith("val/dice/")]
-        order = [str(n) for n in getattr(pl_module, "class_names", []) or []]
-        labels = [n for n in order if n in found] + [n for n in found if n not in order]
-        width = self.width or shutil.get_terminal_size((100, 24)).columns
-        headers, lines = table_lines(self._columns(row, labels), width, lead=1)
+        order = [str(n) for n in getattr(pl_module, "dice_names", None) or []]
+        if not order:
+            order = [str(n) for n in (getattr(pl_module, "class_names", None) or [])[1:]]
+        labels = [*order, *(n for n in found if n not in order)]
+        width = self.width or _terminal_width()
+        max_epochs = getattr(trainer, "max_epochs", None)
+        epochs = int(max_epochs) if isinstance(max_epochs, int) and max_epochs > 0 else None
+        headers, lines = table_lines(self._columns(row, labels, epochs), width, lead=1)
         show_header = (len(self.rows) - 1) % HEADER_EVERY == 0
         text = [*headers, *lines] if show_header else lines
         if trainer.is_global_zero:
@@ -121,6 +141,28 @@ class EpochTable(L.Callback):
             stream.flush()
             for line in text:
                 log.info("%s", line, extra={"file_only": True})
+
+
+def _terminal_width() -> int:
+    """Columns of the terminal (``COLUMNS`` when set), 80 when output is not a terminal."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+class EpochBar(RichProgressBar):
+    """Lightning's progress bar counting epochs from 1 (``Epoch k/N``, as the table and
+    the log lines do), showing only the step loss: the epoch table has the rest, and a
+    long list of metrics wrapped over several lines in a narrow terminal."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        epochs = self.trainer.max_epochs
+        text = f"Epoch {current_epoch + 1}" + (f"/{epochs}" if epochs and epochs > 0 else "")
+        return f"{text:{len(self.validation_description)}}"
+
+    def get_metrics(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> dict[str, int | str | float | dict[str, float]]:
+        loss = trainer.progress_bar_metrics.get("train/loss_step")
+        return {} if loss is None else {"loss": round(float(loss), 4)}
 
 
 class StepProgress(L.Callback):

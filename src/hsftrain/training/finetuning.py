@@ -139,5 +139,5 @@ class GradualUnfreezing(L.Callback):
         names = apply_freeze(net, self.mode, n)
         for _, module in path[n:]:
             module.eval()
-        log.info("epoch %d: trainable = %s", trainer.current_epoch, ", ".join(names))
+        log.info("epoch %d: trainable = %s", trainer.current_epoch + 1, ", ".join(names))
         pl_module.log("finetune/trainable_levels", float(n), on_epoch=True, on_step=False)

@@ -61,6 +61,12 @@ def _next_step(trainer: L.Trainer, resume_command: str) -> str:
     return "nothing to resume: run the same command again to start over"
 
 
+def _of(epoch: int, trainer: L.Trainer) -> str:
+    """Epoch ``epoch`` (0-based) as the table and progress bar show it: ``k/N``."""
+    epochs = trainer.max_epochs
+    return f"{epoch + 1}/{epochs}" if epochs and epochs > 0 else str(epoch + 1)
+
+
 class FiniteGuard(L.Callback):
     """Stop training at the first non-finite loss, weight or validation loss.
 
@@ -71,7 +77,7 @@ class FiniteGuard(L.Callback):
     def _stop(self, trainer: L.Trainer, what: str) -> None:
         epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx
         raise NonFiniteError(
-            f"training stopped at epoch {epoch + 1}, batch {batch + 1}: {what}; "
+            f"training stopped at epoch {_of(epoch, trainer)}, batch {batch + 1}: {what}; "
             f"{_last_checkpoint(trainer)}. Check the training images for NaN/Inf voxels, "
             "then lower models.lr (or models.optimizer.agc_clipping) or use "
             "lightning.precision=32-true"
@@ -191,7 +197,7 @@ class Preemption(L.Callback):
 
     def _save_and_stop(self, trainer: L.Trainer, pl_module: L.LightningModule, signum: int) -> None:
         epoch, batch = trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_idx
-        where = f"epoch {epoch + 1}, batch {batch + 1}"
+        where = f"epoch {_of(epoch, trainer)}, batch {batch + 1}"
         path = Path(str(trainer.default_root_dir)) / "checkpoints" / "last.ckpt"
         bad = nonfinite_tensors(list(pl_module.state_dict().items()))
         if bad:

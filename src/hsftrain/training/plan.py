@@ -253,11 +253,14 @@ class BudgetPace(L.Callback):
     ) -> None:
         old = int(trainer.fit_loop.max_epochs or self.plan.epochs)
         if epochs == old:
-            log.info("budget: on pace (epoch %d, %.1f s per epoch)", epoch, per_epoch)
+            log.info("budget: on pace after epoch %d/%d (%.1f s per epoch)", epoch, old, per_epoch)
             return
         trainer.fit_loop.max_epochs = epochs
         total = stretch_schedule(trainer, pl_module, old, epochs)
-        change = f"epoch {epoch}, {per_epoch:.1f} s per epoch: {epochs} epochs instead of {old}"
+        change = (
+            f"after epoch {epoch}/{old}, {per_epoch:.1f} s per epoch: {epochs} epochs "
+            f"instead of {old}"
+        )
         self.plan.paced = "; ".join(filter(None, [self.plan.paced, change]))
         self.plan.steps = self.plan.steps * epochs // max(self.plan.epochs, 1)
         self.plan.epochs = epochs
@@ -275,8 +278,8 @@ def stretch_schedule(trainer: L.Trainer, module: L.LightningModule, old: int, ne
         setattr(module, "total_steps", total)  # noqa: B010 (a plain int on a Module)
     for config in trainer.lr_scheduler_configs:
         for fn in getattr(config.scheduler, "lr_lambdas", []):
-            if isinstance(fn, WarmupCosine):
-                fn.total_steps = total
+            if isinstance(fn, WarmupCosine):  # goes on from the current learning rate
+                fn.refit(int(getattr(config.scheduler, "last_epoch", 0)), total)
     for optimizer in trainer.optimizers:
         for group in optimizer.param_groups:
             if group.get("total_steps"):

@@ -33,7 +33,13 @@ from hsftrain.errors import ConfigError, UserError
 from hsftrain.files import write_text_atomic
 from hsftrain.logs import run_log
 from hsftrain.training.build import build_module, ignored_hparams, read_pretrained, run_classes
-from hsftrain.training.callbacks import EpochTable, OnTrainStart, RunCheckpoints, StepProgress
+from hsftrain.training.callbacks import (
+    EpochBar,
+    EpochTable,
+    OnTrainStart,
+    RunCheckpoints,
+    StepProgress,
+)
 from hsftrain.training.denormals import flush_denormals
 from hsftrain.training.distributed import is_rank_zero, publish_run_name, shared_run_name
 from hsftrain.training.finetuning import GradualUnfreezing
@@ -261,6 +267,8 @@ def _run(
     callbacks: list[L.Callback] = [checkpoint, EpochTable(), *compression_callbacks(cfg)]
     bar = bool(cfg.lightning.get("enable_progress_bar", True))
     callbacks.append(StepProgress(int(cfg.lightning.get("log_every_n_steps") or 10), not bar))
+    if bar:
+        callbacks.append(EpochBar())
     if resume_ckpt is not None:
         callbacks.append(OnTrainStart(record.write))
     if attempt is not None:

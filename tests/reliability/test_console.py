@@ -1,0 +1,81 @@
+"""What a person sees at an 80-column terminal or in a pipe: one epoch numbering, tables
+whose rows are neither cut nor wrapped mid-cell."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY
+
+WIDTH = 80
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": str(WIDTH), "TERM": "dumb"}
+    return subprocess.run(
+        [sys.executable, "-m", "hsftrain.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
+
+
+def _table(lines: list[str]) -> tuple[str, list[str]]:
+    """The epoch table's header and its rows."""
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["epoch", "loss"])
+    rows = []
+    for line in lines[start + 1 :]:
+        if not re.match(r"^\s*\d+/\d+ ", line):
+            break
+        rows.append(line)
+    return lines[start], rows
+
+
+@pytest.mark.slow
+def test_a_short_run_at_80_columns_piped(phantoms: Path, tmp_path: Path) -> None:
+    args = [
+        "train",
+        *(a for a in TINY if not a.startswith("lightning.")),
+        "lightning.max_epochs=4",
+        "lightning.check_val_every_n_epoch=2",
+        "lightning.log_every_n_steps=1",
+        "lightning.enable_progress_bar=false",
+        "datasets=synth",
+        f"datasets.main_path={phantoms}",
+        f"datasets.output_path={tmp_path}",
+        "run_name=console",
+    ]
+    done = _run(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (done.stdout + done.stderr).splitlines()
+    header, rows = _table(lines)
+    # every column from the first row: the labels are named before the first validation
+    assert header.split() == ["epoch", "loss", "val_loss", "dice", "DG", "CA1", "CA2"] + [
+        "CA3",
+        "SUB",
+        "HEAD",
+        "TAIL",
+        "lr",
+    ]
+    # one row per epoch, counted 1/4 to 4/4, none cut or wrapped: each fits the width,
+    # and every value ends where its header ends
+    assert [r.split()[0] for r in rows] == ["1/4", "2/4", "3/4", "4/4"]
+    ends = [m.end() for m in re.finditer(r"\S+", header)]
+    for row in [header, *rows]:
+        assert len(row) <= WIDTH, row
+        assert all(m.end() in ends for m in re.finditer(r"\S+", row)), row
+    # epochs without validation leave the validation cells blank (not the last values)
+    assert len(rows[0].split()) == 3 and len(rows[2].split()) == 3  # epoch, loss, lr
+    assert len(rows[1].split()) == len(header.split())
+    # the progress lines count the same way
+    said = {int(k) for k in re.findall(r"epoch (\d+)/4, batch", done.stdout + done.stderr)}
+    assert said == {1, 2, 3, 4}
+    assert not re.search(r"epoch 0\b", done.stdout + done.stderr, re.IGNORECASE)
