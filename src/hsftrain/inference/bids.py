@@ -93,7 +93,7 @@ def parse_entities(path: Path | str) -> dict[str, str]:
             raise NotBidsName(f"{name}: {part!r} is not a BIDS entity <key>-<alphanumeric value>")
         key, value = match.groups()
         if key in entities:
-            raise NotBidsName(f"{name}: the entity {key!r} appears twice")
+            raise NotBidsName(f"{name}: the BIDS entity {key!r} appears twice")
         entities[key] = value
     if next(iter(entities)) != "sub":
         raise NotBidsName(f"{name}: a BIDS file name starts with sub-<label>")
@@ -307,12 +307,14 @@ def find_bids_mris(
 
 
 def t2_of(t1: dict[str, str], t2s: Sequence[tuple[Path, dict[str, str]]]) -> list[Path]:
-    """The T2w candidates of a T1w among the T2w files of its session folder: all of them,
-    narrowed, when several, to those with the T1w's ``acq`` and then ``run`` (where both
-    have that entity and it leaves any)."""
-    candidates = list(t2s)
-    for key in ("run", "acq"):
-        if len(candidates) > 1 and key in t1:
-            same = [c for c in candidates if c[1].get(key) == t1[key]]
-            candidates = same or candidates
-    return [path for path, _ in candidates]
+    """The T2w candidates of a T1w among the T2w files of its session folder (same ``sub``
+    and ``ses``): those that share the most other entity values with the T1w (``run``,
+    ``acq``, ``rec``, ...): one file in the usual case, several when that is ambiguous
+    (the subject then fails, naming them), none when the session has no T2w."""
+
+    def shared(entities: dict[str, str]) -> int:
+        keys = set(t1) - {"sub", "ses", "suffix", "extension"}
+        return sum(entities.get(k) == t1[k] for k in keys)
+
+    best = max((shared(e) for _, e in t2s), default=0)
+    return [path for path, entities in t2s if shared(entities) == best]
