@@ -33,6 +33,10 @@ FINGERPRINT_KEY = "intensity_fingerprint"
 VOLUME_RANGE_KEY = "volume_range_mm3"
 #: The name of the whole hippocampus (every foreground class) in :data:`VOLUME_RANGE_KEY`.
 WHOLE = "hippocampus"
+#: ``[x, y, z]`` mm: median extent of the training crops (canonical RAS axes), written by
+#: :mod:`hsftrain.export.field_of_view`; whole-head crops are sized to it
+#: (:mod:`hsftrain.inference.boxes`).
+FIELD_OF_VIEW_KEY = "field_of_view_mm"
 
 
 def encode_value(value: Any) -> str:

@@ -115,6 +115,9 @@ def export_checkpoint(
 
     # contrasts, intensity_fingerprint, volume_range_mm3
     metadata.update(training_contract(ckpt, info.config, info.class_names))
+    from hsftrain.export.field_of_view import field_of_view_metadata
+
+    metadata.update(field_of_view_metadata(ckpt, info.config))  # field_of_view_mm
     if not quantize:
         path = export_onnx(net, out, metadata, half_weights=weights == "float16")
         log.info("exported %s -> %s", ckpt, path)

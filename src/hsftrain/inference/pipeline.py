@@ -24,13 +24,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hsftrain.inference.boxes import model_field_of_view
 from hsftrain.inference.contract import asymmetry_flag
 from hsftrain.inference.image import InputError, Volume, load_volume, save_nifti
 from hsftrain.inference.resample import Plan, differs, plan, resample
+from hsftrain.inference.results import write_results
 from hsftrain.inference.roiloc import Box, is_crop, localize
 from hsftrain.inference.segmenter import CropResult, ProgressHook, Segmenter
 from hsftrain.inference.settings import Settings
-from hsftrain.inference.writer import Outputs, save_qc, volume_rows, write_volumes
+from hsftrain.inference.writer import Outputs, save_qc, volume_rows
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class SubjectReport:
     volumes_mm3: dict[str, float] = field(default_factory=dict)
     error: str = ""
     flags: list[str] = field(default_factory=list)
+    outputs: Any = None  # where its files are (writer.Outputs or layout.BidsOutputs)
 
 
 class CropMethod(Protocol):
@@ -138,13 +141,16 @@ class PlainCrops:
         return None
 
 
-def locate(volume: Volume, settings: Settings) -> tuple[list[Box], str]:
-    """The crops of ``volume`` (the whole image for a crop input, else both hippocampi)
-    and why the whole-head localisation looks wrong ("" when it looks fine)."""
+def locate(
+    volume: Volume, settings: Settings, field_of_view_mm: tuple[float, float, float] | None = None
+) -> tuple[list[Box], str]:
+    """The crops of ``volume`` (the whole image for a crop input, else both hippocampi,
+    sized to the models' training ``field_of_view_mm`` when known) and why the whole-head
+    localisation looks wrong ("" when it looks fine)."""
     roiloc = settings.roiloc
     if is_crop(volume, str(roiloc.get("mode", "auto")), float(roiloc.get("crop_max_fov_mm", 80))):
         return [Box("crop", (0, 0, 0), volume.array.shape)], ""
-    found = localize(volume, roiloc, seed=settings.seed)
+    found = localize(volume, roiloc, settings.seed, field_of_view_mm)
     return found.boxes, found.problem
 
 
@@ -210,7 +216,7 @@ def segment_subject(
     flags = []
     if volume.nonfinite_voxels:
         flags.append(f"{volume.nonfinite_voxels} NaN/Inf voxels read as 0")
-    boxes, where = locate(volume, settings)
+    boxes, where = locate(volume, settings, model_field_of_view(segmenter.engines))
     if where:
         flags.append(where)
     for box in boxes:
@@ -225,6 +231,7 @@ def segment_subject(
     voxel_mm3 = float(abs(np.linalg.det(volume.affine[:3, :3])))
     canonical = np.zeros(volume.array.shape, dtype=np.uint8)
     rows: list[dict[str, object]] = []
+    placed: list[tuple[Box, np.ndarray]] = []
     report = SubjectReport(subject, mri, "done", flags=list(flags))
     for box in boxes:
         image = volume.array[box.slices]
@@ -274,6 +281,7 @@ def segment_subject(
         region = canonical[box.slices]
         free = (labels > 0) & (region == 0)  # overlapping boxes: the first side keeps its labels
         region[free] = labels[free]
+        placed.append((box, labels))
     report.flags += [f for f in dict.fromkeys(method.flags) if f not in report.flags]
     asymmetry = asymmetry_flag(report.volumes_mm3, settings.checks)
     if asymmetry:  # a flag of the head: on the rows of both sides
@@ -281,8 +289,9 @@ def segment_subject(
         for row in rows:
             row["flag"] = "; ".join(f for f in (str(row["flag"]), asymmetry) if f)
     method.finish(volume, canonical)
-    write_volumes(rows, outputs.volumes)
-    save_nifti(volume.native(canonical), volume.native_affine, outputs.segmentation, volume.codes)
+    models = [engine.path for engine in segmenter.engines]
+    names, description = segmenter.names, settings.description
+    write_results(outputs, volume, canonical, placed, rows, names, models, description)
     report.seconds = time.perf_counter() - start
     if report.flags:
         report.status = "flagged"

@@ -10,7 +10,9 @@ usable on images with or without skull.
 Each side's box is defined in template space by a centre (``centers_mm``, MNI mm, with an
 optional ``offsets_mm``) and a size (``box_mm``). Its eight corners are mapped into the
 subject, and the box of the subject voxels they cover, grown by ``margin_mm`` on every side
-and clipped to the image, is the crop. Crops are plain index boxes of the subject's own
+and clipped to the image, is the crop. For a model that records the field of view of its
+training crops (``roiloc.model_fov``, :mod:`hsftrain.inference.boxes`), the crop is instead
+that size, centred on the mapped centre. Crops are plain index boxes of the subject's own
 (canonical) voxel grid: nothing is resampled, so results paste back exactly.
 
 Whether an input is already a crop (``mode: auto``): an image whose field of view is below
@@ -30,13 +32,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import product
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from hsftrain.config import ConfigError
+from hsftrain.inference.boxes import Box as Box  # re-exported: callers import it from here
+from hsftrain.inference.boxes import FovSettings, crop_extent, fov_box
+from hsftrain.inference.boxes import box_from_points as box_from_points
+from hsftrain.inference.boxes import template_box_corners as template_box_corners
 from hsftrain.inference.image import Volume
 
 log = logging.getLogger(__name__)
@@ -51,29 +56,6 @@ MNI_TEMPLATE = (
 MODES: tuple[str, ...] = ("auto", "crop", "wholehead")
 SIDES: tuple[str, ...] = ("left", "right")
 _LPS = np.diag([-1.0, -1.0, 1.0])
-
-
-@dataclass(frozen=True)
-class Box:
-    """A crop of the canonical voxel grid: ``array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]``."""
-
-    side: str
-    lo: tuple[int, int, int]
-    hi: tuple[int, int, int]
-
-    @property
-    def slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(a, b) for a, b in zip(self.lo, self.hi, strict=True))  # type: ignore[return-value]
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(b - a for a, b in zip(self.lo, self.hi, strict=True))  # type: ignore[return-value]
-
-    def affine(self, affine: np.ndarray) -> np.ndarray:
-        """Affine of the cropped array, given the full array's affine."""
-        shift = np.eye(4)
-        shift[:3, 3] = self.lo
-        return affine @ shift
 
 
 def is_crop(volume: Volume, mode: str = "auto", max_fov_mm: float = 80.0) -> bool:
@@ -258,43 +240,6 @@ def _result(tfm: Any, metric: float) -> Registration:
     return Registration(tfm, float(quality), tuple(float(s) for s in scales))  # type: ignore[arg-type]
 
 
-def template_box_corners(center_mm: Sequence[float], box_mm: Sequence[float]) -> np.ndarray:
-    """The 8 corners ``(8, 3)`` (RAS mm) of a box of size ``box_mm`` centred on ``center_mm``."""
-    c = np.asarray(center_mm, dtype=np.float64)
-    half = np.asarray(box_mm, dtype=np.float64) / 2
-    return np.array([c + half * np.array(s) for s in product((-1, 1), repeat=3)])
-
-
-def box_from_points(
-    side: str,
-    points_ras: np.ndarray,
-    volume: Volume,
-    margin_mm: Sequence[float] = (0.0, 0.0, 0.0),
-) -> Box:
-    """Voxel box of ``volume`` covering ``points_ras`` (N, 3), grown by ``margin_mm``.
-
-    Raises:
-        ValueError: the box lies entirely outside the image.
-    """
-    inv = np.linalg.inv(volume.affine)
-    vox = (inv[:3, :3] @ points_ras.T).T + inv[:3, 3]
-    margin = np.asarray(margin_mm, dtype=np.float64) / volume.zooms
-    shape = np.asarray(volume.array.shape)
-    lo = np.floor(vox.min(axis=0) - margin).astype(int)
-    hi = np.ceil(vox.max(axis=0) + margin).astype(int) + 1
-    lo_c, hi_c = np.clip(lo, 0, shape), np.clip(hi, 0, shape)
-    if (hi_c - lo_c <= 0).any():
-        raise ValueError(
-            f"{volume.path}: the {side} hippocampus box {lo.tolist()}-{hi.tolist()} lies outside "
-            f"the image {shape.tolist()}: check the registration (roiloc.*) or use roiloc.mode=crop"
-        )
-    if (lo_c != lo).any() or (hi_c != hi).any():
-        log.warning(
-            "%s: the %s hippocampus box is clipped by the image border", volume.path.name, side
-        )
-    return Box(side, tuple(int(v) for v in lo_c), tuple(int(v) for v in hi_c))  # type: ignore[arg-type]
-
-
 def _vec(cfg: Mapping[str, Any], key: str, side: str, default: Sequence[float]) -> list[float]:
     value = cfg.get(key) or {}
     value = value.get(side, default) if isinstance(value, Mapping) else value
@@ -346,15 +291,32 @@ def registration_problem(reg: Registration, cfg: Mapping[str, Any]) -> str:
     return "; ".join(problems)
 
 
-def locate_hippocampi(volume: Volume, cfg: Mapping[str, Any], seed: int = 0) -> list[Box]:
-    """Left and right hippocampus boxes of a whole-head ``volume`` (``roiloc`` config)."""
-    return localize(volume, cfg, seed).boxes
+def locate_hippocampi(
+    volume: Volume,
+    cfg: Mapping[str, Any],
+    seed: int = 0,
+    field_of_view_mm: Sequence[float] | None = None,
+) -> list[Box]:
+    """Left and right hippocampus boxes of a whole-head ``volume`` (``roiloc`` config), sized
+    to ``field_of_view_mm`` (the model's training crops, see
+    :func:`~hsftrain.inference.boxes.crop_extent`) when given."""
+    return localize(volume, cfg, seed, field_of_view_mm).boxes
 
 
-def localize(volume: Volume, cfg: Mapping[str, Any], seed: int = 0) -> Localization:
-    """:func:`locate_hippocampi` with the registration and its :func:`registration_problem`."""
+def localize(
+    volume: Volume,
+    cfg: Mapping[str, Any],
+    seed: int = 0,
+    field_of_view_mm: Sequence[float] | None = None,
+) -> Localization:
+    """:func:`locate_hippocampi` with the registration and its :func:`registration_problem`.
+
+    Raises:
+        ConfigError: a bad ``roiloc`` key (named).
+    """
     import SimpleITK as sitk  # noqa: F401  (fail early with a clear ImportError)
 
+    extent = crop_extent(cfg, field_of_view_mm)
     reg = register_template(
         volume,
         template=cfg.get("template"),
@@ -365,6 +327,11 @@ def localize(volume: Volume, cfg: Mapping[str, Any], seed: int = 0) -> Localizat
     )
     box_mm = [float(v) for v in cfg.get("box_mm", (32, 48, 36))]
     margin = [float(v) for v in cfg.get("margin_mm", (8, 8, 8))]
+
+    def to_subject(point: Sequence[float]) -> np.ndarray:
+        mapped = reg.transform.TransformPoint([float(v) for v in _LPS @ np.asarray(point)])
+        return np.asarray(_LPS @ np.asarray(mapped, dtype=np.float64))
+
     boxes = []
     for side in cfg.get("sides", SIDES):
         if side not in SIDES:
@@ -375,10 +342,12 @@ def localize(volume: Volume, cfg: Mapping[str, Any], seed: int = 0) -> Localizat
             strict=True,
         )
         center = [c + o for c, o in offsets]
-        corners = template_box_corners(center, box_mm)
-        mapped = np.array(
-            [_LPS @ reg.transform.TransformPoint([float(v) for v in _LPS @ c]) for c in corners]
-        )
+        if extent is not None:  # the model's field of view around the (shifted) centre
+            shift = FovSettings.from_config(cfg).shift_mm
+            shifted = [c + float(s) for c, s in zip(center, shift, strict=True)]
+            boxes.append(fov_box(side, to_subject(shifted), volume, extent))
+            continue
+        mapped = np.array([to_subject(c) for c in template_box_corners(center, box_mm)])
         boxes.append(box_from_points(side, mapped, volume, margin))
     problem = registration_problem(reg, cfg)
     if problem:

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from hsftrain.config import ConfigError
 from hsftrain.data.labels import CA_TYPES
 from hsftrain.inference import bids
+from hsftrain.inference.boxes import FovSettings
 from hsftrain.inference.contract import Checks
 from hsftrain.inference.engines import Provider, model_specs, parse_providers
 from hsftrain.inference.fusion import FUSIONS
@@ -74,6 +75,9 @@ class Settings:
     model_metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: ``files.bids=true``: what the run takes from the BIDS dataset ``root``; else None
     bids: bids.Selection | None = None
+
+    #: ``files.layout``: hsf or bids (:mod:`hsftrain.inference.layout`)
+    layout: str = "hsf"
 
     @property
     def table(self) -> Path:
@@ -274,7 +278,11 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         bids.check_output(root_path, out)
     base = out if out else (root_path if root_path.is_dir() else root_path.parent)
     volumes_csv = get(cfg, "files.volumes_csv")
-    volumes = Path(str(volumes_csv)).expanduser() if volumes_csv else base / "volumes.csv"
+    from hsftrain.inference.layout import choose_layout
+
+    layout = choose_layout(get(cfg, "files.layout"), bool(get(cfg, "files.bids", False)))
+    table_name = "volumes.tsv" if layout == "bids" else "volumes.csv"
+    volumes = Path(str(volumes_csv)).expanduser() if volumes_csv else base / table_name
     from hsftrain.validate import check_output_dir, check_output_file
 
     if out is not None:
@@ -288,6 +296,7 @@ def settings_from_config(cfg: DictConfig) -> Settings:
     mode = str(roiloc.get("mode", "auto"))
     if mode not in MODES:
         raise ConfigError(f"roiloc.mode={mode!r}: use one of {', '.join(MODES)}")
+    FovSettings.from_config(roiloc)  # roiloc.model_fov*: checked before any subject
 
     shortcut = get(cfg, "model_paths")
     models = model_specs(shortcut if shortcut else get(cfg, "segmentation.models"))
@@ -369,6 +378,7 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         description=str(get(cfg, "segmentation.description", "") or ""),
         checks=_checks(cfg),
         model_metadata=_model_metadata(cfg, bool(shortcut)),
+        layout=layout,
         bids=selection,
     )
 
