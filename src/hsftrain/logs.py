@@ -38,7 +38,9 @@ def setup_logging(verbose: bool = False) -> None:
 class RunLogHandler(logging.Handler):
     """Appends records to ``<run_dir>/train.log``; records emitted before the run
     directory exists are kept in memory and written once it does (a run that fails before
-    creating its directory leaves nothing behind)."""
+    creating its directory leaves nothing behind). Records meant for the terminal only
+    (``extra={"console_only": True}``: a shorter form of what the log has in full) are
+    left out."""
 
     def __init__(self, run_dir: str | Path) -> None:
         super().__init__(logging.INFO)
@@ -48,6 +50,8 @@ class RunLogHandler(logging.Handler):
         self.setFormatter(logging.Formatter(FILE_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "console_only", False):
+            return
         if self._file is None:
             if not self.path.parent.is_dir():
                 self._pending.append(record)

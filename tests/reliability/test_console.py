@@ -79,3 +79,32 @@ def test_a_short_run_at_80_columns_piped(phantoms: Path, tmp_path: Path) -> None
     said = {int(k) for k in re.findall(r"epoch (\d+)/4, batch", done.stdout + done.stderr)}
     assert said == {1, 2, 3, 4}
     assert not re.search(r"epoch 0\b", done.stdout + done.stderr, re.IGNORECASE)
+
+
+def test_the_budget_plan_fits_the_terminal_and_train_log_has_it_in_full(tmp_path: Path) -> None:
+    import dataclasses
+    import io
+    import logging
+
+    from hsftrain.logs import run_log
+    from hsftrain.training.plan import Candidate, Plan
+
+    chosen = Candidate(8, 3, 2, [96, 112, 96], s_per_step=0.5, val_s=3.0, steps=900, epochs=90)
+    other = dataclasses.replace(chosen, f_maps=24, num_levels=4, note="a long note on why not")
+    plan = Plan(
+        budget_s=3600, device="cpu", fingerprint={}, candidates=[chosen, other],
+        chosen=chosen.name, epochs=90, steps=900, check_val_every_n_epoch=1, train_s=0.0,
+        planning_s=0.0, why="the largest candidate that fits",
+    )  # fmt: skip
+    stream = io.StringIO()
+    tmp_path.mkdir(exist_ok=True)
+    logging.getLogger("hsftrain").setLevel(logging.INFO)
+    with run_log(tmp_path) as log_file:
+        plan.show("1h", stream, width=64)
+    lines = stream.getvalue().splitlines()
+    assert all(len(line) <= 64 for line in lines), lines
+    assert "    (a long note on why not)" in lines  # on its own line, not cut
+    full = log_file.read_text()
+    assert "(a long note on why not)" in full and full.count("the largest candidate") == 1
+    row = next(line for line in full.splitlines() if line.startswith("f24/L4"))
+    assert row.endswith("(a long note on why not)")  # full width in the log

@@ -295,7 +295,7 @@ def make_plan(
         for key, value in overrides.items():
             OmegaConf.update(planned, key, value, force_add=True)
         planned.budget = None  # applied: a resume continues this plan, it does not replan
-    log.info("budget %s: plan\n%s\n%s", cfg.budget, plan.table(), why)
+    plan.show(cfg.budget)
     return planned, plan
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
@@ -182,16 +184,31 @@ class Plan:
             c.pop("epoch_s")
         write_text_atomic(path, OmegaConf.to_yaml(OmegaConf.create(data)))
 
-    def table(self) -> str:
-        """The candidates, their measurements and the choice, one line each."""
+    def table(self, width: int | None = None) -> str:
+        """The candidates, their measurements and the choice, one line each; with a
+        ``width``, a note that would make its line wider goes on a line of its own."""
         rows = [f"{'candidate':<18}{'patch':>12}{'s/step':>8}{'val s':>7}{'steps':>7}{'epochs':>7}"]
         for c in self.candidates:
             mark = "  <- chosen" if c.name == self.chosen else (f"  ({c.note})" if c.note else "")
-            rows.append(
+            row = (
                 f"{c.name:<18}{'x'.join(map(str, c.patch)):>12}{c.s_per_step:>8.2f}"
-                f"{c.val_s:>7.1f}{c.steps:>7d}{c.epochs:>7d}{mark}"
+                f"{c.val_s:>7.1f}{c.steps:>7d}{c.epochs:>7d}"
             )
+            fits = width is None or len(row) + len(mark) <= width
+            rows += [row + mark] if fits or not mark else [row, f"    {mark.strip()}"]
         return "\n".join(rows)
+
+    def show(self, budget: Any, stream: TextIO | None = None, width: int | None = None) -> None:
+        """The plan on the terminal (``stream``, stderr), fitted to its width (80 columns
+        when it is not a terminal), then why; in full in ``train.log``."""
+        log.info(
+            "budget %s: plan\n%s\n%s", budget, self.table(), self.why, extra={"file_only": True}
+        )
+        width = width or shutil.get_terminal_size((80, 24)).columns
+        out = stream or sys.stderr
+        out.write(f"budget {budget}: plan\n{self.table(width)}\n")
+        out.flush()
+        log.info("budget %s: %s", budget, self.why, extra={"console_only": True})
 
     def chosen_candidate(self) -> Candidate:
         return next(c for c in self.candidates if c.name == self.chosen)
