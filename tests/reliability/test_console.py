@@ -108,3 +108,21 @@ def test_the_budget_plan_fits_the_terminal_and_train_log_has_it_in_full(tmp_path
     assert "(a long note on why not)" in full and full.count("the largest candidate") == 1
     row = next(line for line in full.splitlines() if line.startswith("f24/L4"))
     assert row.endswith("(a long note on why not)")  # full width in the log
+
+
+def test_segment_summary_never_cuts_a_subject_name(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hsftrain.inference.pipeline import SubjectReport
+    from hsftrain.inference.reporting import summary
+
+    monkeypatch.setenv("COLUMNS", str(WIDTH))
+    names = ["sub-0123456789abcdef_ses-baseline_acq-highres_T1w", "sub-02"]
+    reports = [
+        SubjectReport(n, Path(f"{n}.nii.gz"), "done", 12.5, ["L", "R"], {"L": 3012.0, "R": 2987.0})
+        for n in names
+    ]
+    summary(reports, None)
+    out = capsys.readouterr().out
+    assert all(len(line) <= WIDTH for line in out.splitlines())
+    assert names[0] in out and "…" not in out

@@ -59,8 +59,16 @@ def summary(reports: Sequence[SubjectReport], volumes: Path | None) -> None:
     from rich.table import Table
 
     table = Table(title="hsftrain segment")
+    names = max((len(r.subject) for r in reports), default=7)  # never cut: other cells fold
     for column in ("subject", "status", "sides", "volume (mm3)", "seconds"):
-        table.add_column(column, justify="right" if column in ("seconds",) else "left")
+        subject = column == "subject"
+        table.add_column(
+            column,
+            justify="right" if column in ("seconds",) else "left",
+            no_wrap=subject,
+            min_width=names if subject else None,
+            overflow="fold",
+        )
     style = {"done": "green", "flagged": "yellow", "skipped": "yellow", "failed": "red"}
     for r in reports:
         volumes_text = ", ".join(f"{s} {v:.0f}" for s, v in r.volumes_mm3.items())
