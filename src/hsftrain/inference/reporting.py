@@ -7,7 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hsftrain.errors import UserError
+from hsftrain.files import write_text_atomic
+from hsftrain.inference.layout import BidsOutputs
 from hsftrain.inference.pipeline import SubjectReport
+from hsftrain.inference.results import read_tsv, wide_tsv
 from hsftrain.inference.writer import failed_row, outputs_for, read_volumes, write_volumes
 
 log = logging.getLogger(__name__)
@@ -28,18 +31,24 @@ def rebuild_volumes(
 ) -> Path | None:
     """Gather the per-subject tables of every finished subject, in the order of
     ``reports``, into ``table``, and one ``failed: <why>`` row (no volumes) per failed
-    subject. Returns ``table``, or None when there is no row (unless ``always``: a shard
+    subject (BIDS layout: the wide ``_volumes.tsv`` rows, into a TSV). Returns ``table``, or None when there is no row (unless ``always``: a shard
     writes its table even when it has no subject, so that the merge knows it is done)."""
     rows: list[dict[str, object]] = []
+    bids = any(isinstance(r.outputs, BidsOutputs) for r in reports)
     for report in reports:
+        outputs = report.outputs or outputs_for(report.mri, root, output_dir)
         if report.status == "failed":
-            rows.append(failed_row(report.subject, report.error))
+            row = failed_row(report.subject, report.error)
+            if isinstance(outputs, BidsOutputs):
+                row = {"participant_id": outputs.participant, "session": outputs.session}
+                row |= {"hemi": "n/a", "flag": failed_row(report.subject, report.error)["flag"]}
+            rows.append(row)
             continue
         if report.status not in ("done", "flagged", "skipped"):
             continue
-        subject_table = outputs_for(report.mri, root, output_dir).volumes
+        subject_table = outputs.volumes
         if subject_table.is_file():
-            rows += read_volumes(subject_table)
+            rows += read_tsv(subject_table) if bids else read_volumes(subject_table)
         else:
             log.warning(
                 "%s: %s is missing, its volumes are left out of %s (rerun with "
@@ -50,6 +59,8 @@ def rebuild_volumes(
             )
     if not rows and not always:
         return None
+    if bids:
+        return write_text_atomic(table, wide_tsv(rows))
     return write_volumes(rows, table)
 
 

@@ -60,9 +60,13 @@ def run_subject(
                 settings,
                 t2_candidates or [],
             )
-        return segment_subject(mri, outputs, subject, segmenter, settings, bar, method)
+        report = segment_subject(mri, outputs, subject, segmenter, settings, bar, method)
+        report.outputs = outputs
+        return report
     except Exception as err:  # keep going: report every failure at the end
-        report = SubjectReport(subject, mri, "failed", error=failure_line(mri, err))
+        report = SubjectReport(
+            subject, mri, "failed", error=failure_line(mri, err), outputs=outputs
+        )
         internal = not isinstance(err, UserError | OSError)
         log.error("%s", report.error, exc_info=internal)
         return report

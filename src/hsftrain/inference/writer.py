@@ -8,6 +8,11 @@ or, by default, next to the input:
 ``<stem>_hippocampus_seg.nii.gz``                 segmentation on the input's own grid
                                                   (shape, affine, orientation); written last:
                                                   its presence marks the subject finished
+``<stem>_hippocampus_seg_<side>.nii.gz``          one side of a whole head on the input's
+                                                  grid (the other side 0): the hemispheres
+                                                  kept apart
+``<stem>_hippocampus_labels_{itksnap,freesurfer}.txt``  colour look-up tables of the labels
+                                                  (ITK-SNAP label descriptions, FreeSurfer LUT)
 ``<stem>_hippocampus_crop_<side>.nii.gz``         the MRI crop (whole-head inputs only)
 ``<stem>_hippocampus_seg_crop_<side>.nii.gz``     segmentation of that crop
 ``<stem>_hippocampus_uncertainty[_crop_<side>]``  voxel-wise uncertainty (``.nii.gz``, float32
@@ -42,6 +47,8 @@ MARKER = "_hippocampus_"
 #: ``flag``: empty for a normal result, else why it should not be trusted as it is (a poor
 #: whole-head registration, an empty segmentation, ...), or ``failed: <why>`` on the single
 #: row of a subject that could not be segmented (its volumes are left empty).
+#: ``hsftrain_version``, ``models`` (``name:xxh3_64`` of each model, ``;``-separated) and
+#: ``preset``: what made the row (:mod:`hsftrain.inference.provenance`).
 VOLUME_COLUMNS: tuple[str, ...] = (
     "subject",
     "side",
@@ -50,6 +57,9 @@ VOLUME_COLUMNS: tuple[str, ...] = (
     "volume_mm3",
     "voxel_count",
     "flag",
+    "hsftrain_version",
+    "models",
+    "preset",
 )
 
 
@@ -71,6 +81,19 @@ class Outputs:
     @property
     def volumes(self) -> Path:
         return self.folder / f"{self.stem}_hippocampus_volumes.csv"
+
+    @property
+    def done(self) -> Path:
+        """The file written last: its presence marks the subject finished."""
+        return self.segmentation
+
+    def native(self, side: str) -> Path:
+        """One side of a whole head on the input's grid (a crop input: its segmentation)."""
+        return self.segmentation if side == "crop" else self._path("seg", side)
+
+    def lut(self, kind: str) -> Path:
+        """A colour look-up table: ``itksnap`` (label description file) or ``freesurfer``."""
+        return self.folder / f"{self.stem}_hippocampus_labels_{kind}.txt"
 
     def image_crop(self, side: str) -> Path:
         return self._path("crop", side)
