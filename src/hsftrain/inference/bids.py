@@ -169,6 +169,39 @@ def suffix_choice(value: Any) -> tuple[str, bool]:
     )
 
 
+def selection(files: dict[str, Any], root: Path) -> Selection | None:
+    """``files.bids`` and the BIDS selection keys of the ``files`` config; None for a
+    folder + glob input.
+
+    Raises:
+        ConfigError: a BIDS key without ``files.bids=true``, a folder key with it, a bad
+            label or suffix, or a ``files.path`` that is not a BIDS dataset.
+    """
+    enabled = files.get("bids", False)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"files.bids={enabled!r}: use true (a BIDS dataset) or false")
+    participants = labels("files.participant_label", files.get("participant_label"), "sub-")
+    sessions = labels("files.session_label", files.get("session_label"), "ses-")
+    suffix = files.get("suffix", "T1w")
+    if not enabled:
+        if participants or sessions or suffix != "T1w":
+            raise ConfigError(
+                "files.participant_label, files.session_label and files.suffix select MRIs "
+                "of a BIDS dataset: add files.bids=true (files.path: the dataset's root)"
+            )
+        return None
+    for key in ("pattern", "t2_pattern"):
+        if files.get(key):
+            raise ConfigError(
+                f"files.{key} is for a plain folder, not a BIDS dataset (files.bids=true): "
+                "choose the MRIs with files.suffix (T1w, T2w or [T1w,T2w]) and "
+                "files.participant_label / files.session_label"
+            )
+    check_dataset(root)
+    chosen, with_t2 = suffix_choice(suffix)
+    return Selection(participants, sessions, chosen, with_t2)
+
+
 def check_dataset(root: Path) -> None:
     """Check that ``root`` is a BIDS dataset folder.
 

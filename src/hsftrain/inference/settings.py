@@ -261,7 +261,7 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         raise ConfigError("`files.path` must be set: the folder (or file) of MRIs to segment")
     root_path = Path(str(root)).expanduser()
     pattern = get(cfg, "files.pattern")
-    selection = _bids(cfg, root_path)
+    selection = bids.selection(get(cfg, "files", {}) or {}, root_path)
     if selection is None and root_path.is_dir() and not pattern:
         raise ConfigError(
             "`files.pattern` must be set: a glob below files.path, e.g. files.pattern='**/*T1w.nii.gz'"
@@ -373,37 +373,3 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         model_metadata=_model_metadata(cfg, bool(shortcut)),
         bids=selection,
     )
-
-
-def _bids(cfg: DictConfig, root: Path) -> bids.Selection | None:
-    """``files.bids`` and the BIDS selection keys; None for a folder + glob input.
-
-    Raises:
-        ConfigError: a BIDS key without ``files.bids=true``, a folder key with it, a bad
-            label or suffix, or a ``files.path`` that is not a BIDS dataset.
-    """
-    enabled = get(cfg, "files.bids", False)
-    if not isinstance(enabled, bool):
-        raise ConfigError(f"files.bids={enabled!r}: use true (a BIDS dataset) or false")
-    participants = bids.labels(
-        "files.participant_label", get(cfg, "files.participant_label"), "sub-"
-    )
-    sessions = bids.labels("files.session_label", get(cfg, "files.session_label"), "ses-")
-    suffix = get(cfg, "files.suffix", "T1w")
-    if not enabled:
-        if participants or sessions or suffix != "T1w":
-            raise ConfigError(
-                "files.participant_label, files.session_label and files.suffix select MRIs "
-                "of a BIDS dataset: add files.bids=true (files.path: the dataset's root)"
-            )
-        return None
-    for key in ("pattern", "t2_pattern"):
-        if get(cfg, f"files.{key}"):
-            raise ConfigError(
-                f"files.{key} is for a plain folder, not a BIDS dataset (files.bids=true): "
-                "choose the MRIs with files.suffix (T1w, T2w or [T1w,T2w]) and "
-                "files.participant_label / files.session_label"
-            )
-    bids.check_dataset(root)
-    chosen, with_t2 = bids.suffix_choice(suffix)
-    return bids.Selection(participants, sessions, chosen, with_t2)
