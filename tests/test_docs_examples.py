@@ -249,6 +249,11 @@ EXAMPLES: dict[str, Example] = {
     "files.output_dir=/scratch/adni_hsf segmentation=bagging_fast hardware=cpu "
     "hardware.jobs=4": Example("compose", NETWORK),
     "hsftrain volumes merge /scratch/adni_hsf": Example(replace={"/scratch/adni_hsf": "shards"}),
+    # docs/segmentation.md, BIDS input
+    "hsftrain segment ~/bids ~/bids/derivatives/hsftrain participant --participant-label 01 "
+    "segmentation=demo": Example(),
+    "hsftrain segment files.path=~/bids files.bids=true files.session_label=[A] "
+    "files.suffix=[T1w,T2w] segmentation=demo": Example(),
     # docs/segmentation.md, multispectral
     "hsftrain segment files.path=~/data files.pattern=**/*T1w.nii.gz "
     "files.t2_pattern={id}_T2w.nii.gz segmentation=demo multispectral.t2_space=true": Example(
@@ -431,6 +436,14 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             anat = home / "data" / sub / "anat"
             anat.mkdir(parents=True)
             shutil.copy(sorted(SAMPLE.glob("*_img.nii.gz"))[0], anat / f"{sub}_{modality}.nii.gz")
+        bids = home / "bids"  # a BIDS dataset: 2 participants x 2 sessions, T1w and T2w
+        images = sorted(SAMPLE.glob("*_img.nii.gz"))
+        for i, name in enumerate(("sub-01/ses-A", "sub-01/ses-B", "sub-02/ses-A", "sub-02/ses-B")):
+            (bids / name / "anat").mkdir(parents=True)
+            for modality, img in (("T1w", images[i]), ("T2w", images[i + 1])):
+                stem = name.replace("/", "_")
+                shutil.copy(img, bids / name / "anat" / f"{stem}_{modality}.nii.gz")
+        (bids / "dataset_description.json").write_text('{"Name": "docs", "BIDSVersion": "1.9.0"}')
         sub01_t2 = home / "data" / "sub-01" / "anat" / "sub-01_T2w.nii.gz"
         shutil.copy(sorted(SAMPLE.glob("*_img.nii.gz"))[1], sub01_t2)  # its T2 (multispectral)
         _ashs(root / "ashs")
