@@ -151,22 +151,22 @@ def test_killed_run_leaves_no_partial_output_and_resumes(
     crops: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = compose("segment", base(crops, [tiny_model], "segmentation.tta=false", "qc=false"))
-    from hsftrain.inference import pipeline
+    from hsftrain.inference import results
 
-    real_save = pipeline.save_nifti
+    real_save = results.save_nifti
 
     def killed_on_subject_2(array: np.ndarray, affine: np.ndarray, path: Path, *codes) -> Path:
         if Path(path).name == "sub-02_T1w_hippocampus_seg.nii.gz":
             raise KeyboardInterrupt  # not caught per subject: stops the run like a kill
         return real_save(array, affine, path, *codes)
 
-    monkeypatch.setattr(pipeline, "save_nifti", killed_on_subject_2)
+    monkeypatch.setattr(results, "save_nifti", killed_on_subject_2)
     with pytest.raises(KeyboardInterrupt):
         segment(cfg)
     folder = crops / "sub-02" / "anat"
     assert not (folder / "sub-02_T1w_hippocampus_seg.nii.gz").exists()
     assert not list(crops.rglob("*hsftrain-tmp*"))
-    monkeypatch.setattr(pipeline, "save_nifti", real_save)
+    monkeypatch.setattr(results, "save_nifti", real_save)
     outputs = segment(cfg)
     assert [p.name for p in outputs] == [
         "sub-01_T1w_hippocampus_seg.nii.gz",

@@ -149,7 +149,9 @@ def test_merge_refuses_missing_shards_and_mixed_runs(tmp_path: Path) -> None:
     with pytest.raises(ShardError, match=r"volumes\.2-of-3\.csv.*files\.shard=2/3"):
         merge_volumes(tmp_path)
     (tmp_path / "volumes.2-of-3.csv").write_text(header + "b,crop,1,x,2.0,2,\n")
-    assert merge_volumes(tmp_path).read_text() == header + "a,crop,1,x,1.0,1,\nb,crop,1,x,2.0,2,\n"
+    new_header = header.replace("flag", "flag,hsftrain_version,models,preset")
+    merged = new_header + "a,crop,1,x,1.0,1,,,,\nb,crop,1,x,2.0,2,,,,\n"
+    assert merge_volumes(tmp_path).read_text() == merged
     (tmp_path / "volumes.1-of-2.csv").write_text(header)
     with pytest.raises(ShardError, match="several runs"):
         merge_volumes(tmp_path)

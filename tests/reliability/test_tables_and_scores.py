@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from hsftrain.inference.shards import Shard, merge_if_complete
+from hsftrain.inference.writer import VOLUME_COLUMNS
 
 from .conftest import assert_no_temporaries, assert_user_error, cli
 
@@ -48,9 +49,10 @@ def _merge_refused(folder: Path, *words: str) -> str:
 def test_sound_shards_merge_in_order(shards: Path) -> None:
     assert cli("volumes", "merge", shards).code == 0
     merged = (shards / "volumes.csv").read_text()
-    assert merged == HEADER + _rows("sub-01", "sub-02") + _rows("sub-03", "sub-04") + _rows(
-        "sub-05"
-    )
+    rows = _rows("sub-01", "sub-02") + _rows("sub-03", "sub-04") + _rows("sub-05")
+    # tables written before the provenance columns: merged with those columns left empty
+    padded = "".join(f"{line},,,\n" for line in rows.splitlines())
+    assert merged == ",".join(VOLUME_COLUMNS) + "\n" + padded
 
 
 def test_table_cut_mid_row(shards: Path) -> None:
@@ -102,7 +104,7 @@ def test_failed_subject_rows_merge(shards: Path) -> None:
     failed = "sub-05,,,,,,failed: no T1 found\n"
     (shards / "volumes.3-of-3.csv").write_text(HEADER + failed)
     assert cli("volumes", "merge", shards).code == 0
-    assert (shards / "volumes.csv").read_text().endswith(failed)
+    assert (shards / "volumes.csv").read_text().endswith(failed.replace("\n", ",,,\n"))
 
 
 def test_subject_in_two_shards(shards: Path) -> None:

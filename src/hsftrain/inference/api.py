@@ -28,10 +28,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from hsftrain.config import ConfigError
 from hsftrain.errors import Interrupted, StopRequest, signal_name, stop_on_signals
 from hsftrain.inference.bids import find_bids_mris
 from hsftrain.inference.boxes import model_field_of_view
 from hsftrain.inference.discovery import find_mris, pair_t2, subject_name
+from hsftrain.inference.layout import outputs_of
 from hsftrain.inference.pipeline import (
     SubjectReport,
     image_problem,
@@ -75,6 +77,11 @@ log = logging.getLogger(__name__)
 def _jobs(settings: Settings) -> tuple[list[SubjectReport], list[Job], int]:
     """Skipped reports and the subjects left to segment, of this run's (shard's) MRIs,
     in the sorted order; and how many MRIs the whole run found."""
+    if settings.layout == "bids" and settings.shard is not None:
+        raise ConfigError(
+            f"files.shard={settings.shard}: a sharded run writes the HSF volumes tables; use "
+            "files.layout=hsf, or files.shard=off for BIDS derivatives"
+        )
     entities: dict[Path, dict[str, str]] = {}
     t2s: dict[Path, list[Path]] = {}
     if settings.bids is not None:
@@ -100,11 +107,12 @@ def _jobs(settings: Settings) -> tuple[list[SubjectReport], list[Job], int]:
     skipped: list[SubjectReport] = []
     todo: list[Job] = []
     for mri in mris:
-        outputs = outputs_for(mri, settings.root, settings.output_dir)
+        where = (settings.root, settings.output_dir, settings.layout, entities.get(mri))
+        outputs = outputs_of(mri, *where)
         subject = subject_name(mri, settings.root)
-        if outputs.segmentation.is_file() and not settings.overwrite:
-            log.info("%s: already segmented (%s), skipping", mri, outputs.segmentation.name)
-            skipped.append(SubjectReport(subject, mri, "skipped"))
+        if outputs.done.is_file() and not settings.overwrite:
+            log.info("%s: already segmented (%s), skipping", mri, outputs.done.name)
+            skipped.append(SubjectReport(subject, mri, "skipped", outputs=outputs))
         else:
             todo.append(Job(mri, outputs, subject, tuple(t2s.get(mri, ())), entities.get(mri)))
     log.info(
@@ -243,7 +251,7 @@ def segment(cfg: DictConfig) -> list[Path]:
         volumes = merge_if_complete(settings.shard, settings.volumes_csv) or volumes
     summary(reports, volumes)
     raise_failures(reports, table)
-    return [outputs_for(r.mri, settings.root, settings.output_dir).segmentation for r in reports]
+    return [(r.outputs or outputs_for(r.mri, settings.root, None)).done for r in reports]
 
 
 def _segment_todo(todo: list[Job], settings: Settings, stop: StopRequest) -> list[SubjectReport]:

@@ -28,10 +28,11 @@ from hsftrain.inference.boxes import model_field_of_view
 from hsftrain.inference.contract import asymmetry_flag
 from hsftrain.inference.image import InputError, Volume, load_volume, save_nifti
 from hsftrain.inference.resample import Plan, differs, plan, resample
+from hsftrain.inference.results import write_results
 from hsftrain.inference.roiloc import Box, is_crop, localize
 from hsftrain.inference.segmenter import CropResult, ProgressHook, Segmenter
 from hsftrain.inference.settings import Settings
-from hsftrain.inference.writer import Outputs, save_qc, volume_rows, write_volumes
+from hsftrain.inference.writer import Outputs, save_qc, volume_rows
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class SubjectReport:
     volumes_mm3: dict[str, float] = field(default_factory=dict)
     error: str = ""
     flags: list[str] = field(default_factory=list)
+    outputs: Any = None  # where its files are (writer.Outputs or layout.BidsOutputs)
 
 
 class CropMethod(Protocol):
@@ -229,6 +231,7 @@ def segment_subject(
     voxel_mm3 = float(abs(np.linalg.det(volume.affine[:3, :3])))
     canonical = np.zeros(volume.array.shape, dtype=np.uint8)
     rows: list[dict[str, object]] = []
+    placed: list[tuple[Box, np.ndarray]] = []
     report = SubjectReport(subject, mri, "done", flags=list(flags))
     for box in boxes:
         image = volume.array[box.slices]
@@ -278,6 +281,7 @@ def segment_subject(
         region = canonical[box.slices]
         free = (labels > 0) & (region == 0)  # overlapping boxes: the first side keeps its labels
         region[free] = labels[free]
+        placed.append((box, labels))
     report.flags += [f for f in dict.fromkeys(method.flags) if f not in report.flags]
     asymmetry = asymmetry_flag(report.volumes_mm3, settings.checks)
     if asymmetry:  # a flag of the head: on the rows of both sides
@@ -285,8 +289,9 @@ def segment_subject(
         for row in rows:
             row["flag"] = "; ".join(f for f in (str(row["flag"]), asymmetry) if f)
     method.finish(volume, canonical)
-    write_volumes(rows, outputs.volumes)
-    save_nifti(volume.native(canonical), volume.native_affine, outputs.segmentation, volume.codes)
+    models = [engine.path for engine in segmenter.engines]
+    names, description = segmenter.names, settings.description
+    write_results(outputs, volume, canonical, placed, rows, names, models, description)
     report.seconds = time.perf_counter() - start
     if report.flags:
         report.status = "flagged"

@@ -76,6 +76,9 @@ class Settings:
     #: ``files.bids=true``: what the run takes from the BIDS dataset ``root``; else None
     bids: bids.Selection | None = None
 
+    #: ``files.layout``: hsf or bids (:mod:`hsftrain.inference.layout`)
+    layout: str = "hsf"
+
     @property
     def table(self) -> Path:
         """The volumes table this run writes: ``volumes.csv``, or its shard's table."""
@@ -275,7 +278,11 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         bids.check_output(root_path, out)
     base = out if out else (root_path if root_path.is_dir() else root_path.parent)
     volumes_csv = get(cfg, "files.volumes_csv")
-    volumes = Path(str(volumes_csv)).expanduser() if volumes_csv else base / "volumes.csv"
+    from hsftrain.inference.layout import choose_layout
+
+    layout = choose_layout(get(cfg, "files.layout"), bool(get(cfg, "files.bids", False)))
+    table_name = "volumes.tsv" if layout == "bids" else "volumes.csv"
+    volumes = Path(str(volumes_csv)).expanduser() if volumes_csv else base / table_name
     from hsftrain.validate import check_output_dir, check_output_file
 
     if out is not None:
@@ -371,5 +378,6 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         description=str(get(cfg, "segmentation.description", "") or ""),
         checks=_checks(cfg),
         model_metadata=_model_metadata(cfg, bool(shortcut)),
+        layout=layout,
         bids=selection,
     )

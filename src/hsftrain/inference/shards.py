@@ -30,6 +30,9 @@ from hsftrain.config import ConfigError
 from hsftrain.files import write_text_atomic
 from hsftrain.inference.writer import VOLUME_COLUMNS, rows_to_csv
 
+#: The header of tables written before the provenance columns.
+LEGACY_COLUMNS = VOLUME_COLUMNS[:7]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -233,7 +236,8 @@ def _row_problem(row: dict[str, str]) -> str | None:
 
 def read_shard_table(path: Path, shard: Shard) -> list[tuple[int, dict[str, str]]]:
     """The rows of one shard table with their line numbers, every one checked: UTF-8 text
-    ending with a line break, the header :data:`~hsftrain.inference.writer.VOLUME_COLUMNS`,
+    ending with a line break, the header :data:`~hsftrain.inference.writer.VOLUME_COLUMNS`
+    (or :data:`LEGACY_COLUMNS`: the provenance columns are then left empty),
     then complete rows (one field per column, a subject, numbers where numbers go, no row
     twice), read with :mod:`csv`.
 
@@ -244,16 +248,16 @@ def read_shard_table(path: Path, shard: Shard) -> list[tuple[int, dict[str, str]
     rows: list[tuple[int, dict[str, str]]] = []
     seen: set[tuple[str, str, str]] = set()
     try:
-        header = next(reader)
-        if tuple(header) != VOLUME_COLUMNS:
+        header = tuple(next(reader))
+        if header not in (VOLUME_COLUMNS, LEGACY_COLUMNS):
             what = f"columns {','.join(header)}, expected {','.join(VOLUME_COLUMNS)}"
             raise _broken(path, 1, f"{what} (another hsftrain version, or edited)", shard)
         for fields in reader:
             line = reader.line_num
-            if len(fields) != len(VOLUME_COLUMNS):
-                what = f"{len(fields)} fields, expected {len(VOLUME_COLUMNS)} (an incomplete row)"
+            if len(fields) != len(header):
+                what = f"{len(fields)} fields, expected {len(header)} (an incomplete row)"
                 raise _broken(path, line, what, shard)
-            row = dict(zip(VOLUME_COLUMNS, fields, strict=True))
+            row = dict(zip(header, fields, strict=True))
             problem = _row_problem(row)
             key = (row["subject"], row["side"], row["label"])
             if problem is None and key in seen:
