@@ -126,3 +126,37 @@ def test_segment_summary_never_cuts_a_subject_name(
     out = capsys.readouterr().out
     assert all(len(line) <= WIDTH for line in out.splitlines())
     assert names[0] in out and "…" not in out
+
+
+@pytest.mark.slow
+def test_resuming_a_run_stopped_mid_epoch_says_nothing_alarming(
+    phantoms: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    import signal
+
+    from hsftrain.training import run as run_module
+    from hsftrain.training.guards import FiniteGuard
+    from tests.reliability.conftest import cli, train_args
+
+    pressed: list[bool] = []
+
+    class CtrlC(FiniteGuard):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            if trainer.current_epoch == 1 and batch_idx == 1 and not pressed:
+                pressed.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(run_module, "FiniteGuard", CtrlC)
+    args = ("run_name=r", "lightning.max_epochs=3", "lightning.log_every_n_steps=1")
+    stopped = cli("train", *train_args(phantoms, tmp_path, *args))
+    assert stopped.code == 130 and "epoch 2/3, batch 2" in stopped.errors[0], stopped.output
+    again = cli("train", f"resume={tmp_path / 'r'}")
+    assert again.code == 0, again.output[-3000:]
+    assert "unreliable" not in again.output and "weights_only" not in again.output
+    assert not [w for w in recwarn if "unreliable" in str(w.message)]
+    # the first step after the restore is timed from the restore (not from the clock's zero)
+    times = [float(m) for m in re.findall(r"([\d.]+) s/step", "\n".join(again.infos))]
+    assert times and max(times) < 120, times

@@ -184,6 +184,10 @@ class StepProgress(L.Callback):
         self._val_start = 0.0
         self._val_time = 0.0
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last = time.perf_counter()  # a run resumed mid-epoch starts no epoch
+        self._steps = 0
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last = time.perf_counter()
         self._steps = 0
