@@ -260,12 +260,11 @@ def _segment_todo(todo: list[Job], settings: Settings, stop: StopRequest) -> lis
     if todo:
         views = 1 + settings.num_aug
         log.info(
-            "about to run %d model(s) x %d view(s) = %d predictions per crop (%s)%s",
+            "about to run %d model(s) x %d view(s) = %d predictions per crop (%s)",
             len(settings.models),
             views,
             len(settings.models) * views,
             settings.description or "segmentation.models",
-            "; segmentation.tta=false for one view per model" if views > 1 else "",
         )
         paths = resolve_models(settings.models, settings.models_path)
         multispectral = settings.multispectral
