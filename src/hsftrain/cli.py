@@ -235,7 +235,7 @@ _command(
     "segment",
     "Segment every MRI matching files.path/files.pattern with ONNX models (HSF workflow).\n\n"
     "A BIDS dataset, as a BIDS App: hsftrain segment BIDS_DIR OUTPUT_DIR participant "
-    "[--participant-label 01 02] [--session-label A] [key=value ...] (the same as "
+    "[--participant-label 01 02] [--session-label A] key=value... (the same as "
     "files.bids=true files.path=BIDS_DIR files.output_dir=OUTPUT_DIR "
     "files.participant_label=[01,02] files.session_label=[A]).",
     "hsftrain.inference.api:segment",

@@ -140,3 +140,11 @@ def test_bad_bids_input(
     args = [w.format(root=root, out=out) for w in words]
     assert_user_error(cli(*_segment(model, *args)), *message)
     assert files_below(tmp_path) == before
+
+
+def test_help_shows_the_bids_app_form() -> None:
+    out = cli("segment", "--help")
+    assert out.code == 0
+    text = " ".join(out.output.split())
+    assert "BIDS_DIR OUTPUT_DIR participant [--participant-label 01 02]" in text
+    assert "key=value..." in text and "files.participant_label" in text
