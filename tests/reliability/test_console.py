@@ -160,3 +160,16 @@ def test_resuming_a_run_stopped_mid_epoch_says_nothing_alarming(
     # the first step after the restore is timed from the restore (not from the clock's zero)
     times = [float(m) for m in re.findall(r"([\d.]+) s/step", "\n".join(again.infos))]
     assert times and max(times) < 120, times
+
+
+def test_segment_says_its_views_without_a_hint_on_every_run(tmp_path: Path) -> None:
+    from tests.inference.conftest import MSD_NAMES, export_tiny, write_crop
+    from tests.reliability.conftest import cli
+
+    model = export_tiny(tmp_path / "m" / "tiny.onnx", 3, MSD_NAMES)
+    write_crop(tmp_path / "data" / "a.nii.gz")
+    args = [f"files.path={tmp_path / 'data'}", "files.pattern=**/*.nii.gz", "qc=false"]
+    result = cli("segment", *args, f"model_paths=[{model}]", "segmentation.tta=true")
+    assert result.code == 0, result.output[-2000:]
+    views = [line for line in result.infos if "view(s)" in line]
+    assert views and not [v for v in views if "segmentation.tta" in v], views
