@@ -37,3 +37,16 @@ def test_one_cache_location_in_help_and_docs() -> None:
     for page in pages:
         for match in re.finditer(r"~/\.cache/hsftrain\S*", page.read_text()):
             assert match.group(0).startswith("~/.cache/hsftrain/models"), (page, match.group(0))
+
+
+def test_every_model_row_lines_up_whatever_its_version(tmp_path: Path) -> None:
+    text = listing(models(tmp_path), presets(), 80)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.split()[:2] == ["name", "version"])
+    starts = [header.index(h) for h in ("version", "kind", "cached")]
+    rows = [line for line in lines if re.match(r"^  \S+ +\S+ +(onnx|checkpoint) ", line)]
+    assert any("hsftrain-1.2" in r for r in rows)
+    for r in rows:
+        cells = list(re.finditer(r"\S+", r))
+        assert [c.start() for c in cells[1:4]] == starts, r
+    assert "..." not in text  # nothing cut
