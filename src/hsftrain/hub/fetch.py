@@ -277,7 +277,7 @@ def _download(url: str, expected: str, target: Path, timeout: float, progress: b
     """
     with atomic_path(target) as tmp:
         digest = xxhash.xxh3_64()
-        with open(tmp, "wb") as out, _open_url(url, timeout) as (stream, total):
+        with open(tmp, "wb") as out, _open_url(url, timeout, target) as (stream, total):
             log.info("Downloading %s -> %s", url, target)
             received = 0
             with _progress_bar(target.name, total, progress) as advance:
@@ -296,9 +296,30 @@ def _download(url: str, expected: str, target: Path, timeout: float, progress: b
             raise HashMismatchError(url, expected, actual)
 
 
+#: What works without the network, named when a download cannot start.
+OFFLINE_ALTERNATIVE = (
+    "the models bundled with hsftrain need no download: segmentation=msd (hsftrain_msd_1.2) "
+    "for segment, finetuning.pretrained=hsftrain_msd_1.2_ckpt for finetune"
+)
+
+
+def _way_out(url: str, target: Path | None) -> str:
+    """Where to put the file by hand, and what works offline."""
+    if target is None:
+        return f"give a local `path` spec instead; {OFFLINE_ALTERNATIVE}"
+    return (
+        f"download {url} yourself and save it as {target.name} in the model cache "
+        f"{target.parent} ({CACHE_ENV} sets another folder), or give its local `path`; "
+        f"{OFFLINE_ALTERNATIVE}"
+    )
+
+
 @contextmanager
-def _open_url(url: str, timeout: float) -> Iterator[tuple[BinaryIO, int | None]]:
-    """Yield ``(stream, size or None)`` for an http(s) or file URL.
+def _open_url(
+    url: str, timeout: float, target: Path | None = None
+) -> Iterator[tuple[BinaryIO, int | None]]:
+    """Yield ``(stream, size or None)`` for an http(s) or file URL (downloaded into the
+    cache file ``target``, which an error names).
 
     Raises:
         DownloadError: the server could not be reached or answered an error.
@@ -317,12 +338,13 @@ def _open_url(url: str, timeout: float) -> Iterator[tuple[BinaryIO, int | None]]
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
-        raise DownloadError(f"cannot download {url}: HTTP {err.code} {err.reason}") from err
+        raise DownloadError(
+            f"cannot download {url}: HTTP {err.code} {err.reason}; {_way_out(url, target)}"
+        ) from err
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
         raise DownloadError(
-            f"cannot download {url}: {reason} (offline? put the file in the cache, or use a "
-            "local `path` spec)"
+            f"cannot download {url}: {reason} (offline?); {_way_out(url, target)}"
         ) from err
     with response:
         length = response.headers.get("Content-Length")
