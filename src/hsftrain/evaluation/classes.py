@@ -1,7 +1,8 @@
 """Which classes a prediction is scored on, and what they are called.
 
 * **Class names of the prediction's model.** ``hsftrain segment`` writes, next to each
-  segmentation ``<stem>_hippocampus_seg.nii.gz`` (and its crops
+  segmentation ``<stem>_hippocampus_seg.nii.gz`` (its sides
+  ``<stem>_hippocampus_seg_<side>.nii.gz`` and crops
   ``<stem>_hippocampus_seg_crop_<side>.nii.gz``), the subject's table
   ``<stem>_hippocampus_volumes.csv``: one row per class of the model (``label``,
   ``name``), classes without a voxel included. :func:`model_names` reads it, so a
@@ -43,7 +44,9 @@ PLACEHOLDER = "label_{}"
 
 #: ``hsftrain segment``'s segmentation file names (``inference.writer.Outputs``) and the
 #: subject table beside them: ``<stem>_hippocampus_volumes.csv``.
-_SEGMENT_OUTPUT = re.compile(r"^(?P<stem>.+_hippocampus)_seg(?:_crop_[A-Za-z]+)?\.nii\.gz$")
+_SEGMENT_OUTPUT = re.compile(
+    r"^(?P<stem>.+_hippocampus)_seg(?:_crop_[A-Za-z]+|_left|_right)?\.nii\.gz$"
+)
 
 
 def is_freesurfer_aseg(values: Iterable[int]) -> bool:

@@ -11,10 +11,13 @@
   ``sub-site1s01T1w``).
 
 Entities of a BIDS output name (in the specification's order): those of the input
-(``sub``, ``ses``, ``acq``, ``run``, ...), then ``hemi-L``/``hemi-R`` (whole-head inputs:
-each side its own file), ``space-T1w``/``space-T2w`` (the input's suffix; for a folder
-input ``T2w`` when the file name holds ``T2``, else ``T1w``), ``desc-hippocampus`` (on the
-input's grid) or ``desc-hippocampuscrop`` (on the crop's grid, same world coordinates).
+(``sub``, ``ses``, ``acq``, ``run``, ...), then ``space-T1w``/``space-T2w`` (the input's
+suffix; for a folder input ``T2w`` when the file name holds ``T2``, else ``T1w``) and
+``desc-``: ``hippocampus`` (on the input's grid) or ``hippocampuscrop`` (on the crop's
+grid, same world coordinates), prefixed by ``left``/``right`` for each side of a whole
+head (each side its own file). The side is in ``desc`` because the BIDS derivatives
+specification (schema of bids-validator 3.0.2) allows ``hemi-`` on surfaces only, not on
+volumetric ``dseg`` images; the volumes tables have a ``hemi`` column (``L``/``R``).
 """
 
 from __future__ import annotations
@@ -77,49 +80,50 @@ class BidsOutputs(Outputs):
         ses = dict(self.entities).get("ses")
         return f"ses-{ses}" if ses else ""
 
-    def _name(self, suffix: str, side: str | None = None, **extra: str) -> Path:
+    def _name(self, suffix: str, desc: str, side: str = "crop", space: bool = True) -> Path:
+        """``<input entities>[_space-<space>]_desc-[left|right]<desc>_<suffix>``."""
         entities = dict(self.entities)
-        if side in HEMI:
-            entities["hemi"] = HEMI[side]
-        entities.update(extra)
+        if space:
+            entities["space"] = self.space
+        entities["desc"] = f"{side if side in HEMI else ''}{desc}"
         order = [e for e in ENTITY_ORDER if e in entities]
         order += [e for e in entities if e not in order]
         return self.folder / ("_".join(f"{e}-{entities[e]}" for e in order) + f"_{suffix}")
 
     def native(self, side: str) -> Path:
         """The segmentation of one side on the input's grid (a crop input: ``side`` crop)."""
-        return self._name("dseg.nii.gz", side, space=self.space, desc="hippocampus")
+        return self._name("dseg.nii.gz", "hippocampus", side)
 
     @property
     def segmentation(self) -> Path:
-        """The native segmentation of a crop input (no ``hemi``)."""
+        """The native segmentation of a crop input."""
         return self.native("crop")
 
     @property
     def volumes(self) -> Path:
         """This subject's volumes table; written last: its presence marks the subject done."""
-        return self._name("volumes.tsv", desc="hippocampus")
+        return self._name("volumes.tsv", "hippocampus", space=False)
 
     @property
     def done(self) -> Path:
         return self.volumes
 
     def image_crop(self, side: str) -> Path:
-        return self._name(f"{self.space}.nii.gz", side, space=self.space, desc="hippocampuscrop")
+        return self._name(f"{self.space}.nii.gz", "hippocampuscrop", side)
 
     def segmentation_crop(self, side: str) -> Path:
-        return self._name("dseg.nii.gz", side, space=self.space, desc="hippocampuscrop")
+        return self._name("dseg.nii.gz", "hippocampuscrop", side)
 
     def uncertainty(self, side: str) -> Path:
         desc = "hippocampus" if side == "crop" else "hippocampuscrop"
-        return self._name("uncertainty.nii.gz", side, space=self.space, desc=desc)
+        return self._name("uncertainty.nii.gz", desc, side)
 
     def qc(self, side: str) -> Path:
-        return self._name("qc.png", side, desc="hippocampus")
+        return self._name("qc.png", "hippocampus", side, space=False)
 
     def lut(self, kind: str) -> Path:
         """A colour look-up table: ``itksnap`` (label description file) or ``freesurfer``."""
-        return self._name(f"{kind}.txt", desc="hippocampus")
+        return self._name(f"{kind}.txt", "hippocampus", space=False)
 
     def stale_temporaries(self) -> list[Path]:
         if not self.folder.is_dir():

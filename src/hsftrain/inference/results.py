@@ -3,8 +3,9 @@ in the BIDS layout, the JSON sidecars and the derivatives dataset's own files.
 
 Whole-head inputs keep the hemispheres apart in every layout: each side is also written on
 the input's grid in its own file (HSF: ``<stem>_hippocampus_seg_{left,right}.nii.gz``
-besides ``<stem>_hippocampus_seg.nii.gz`` holding both; BIDS: ``hemi-L`` and ``hemi-R``
-``dseg`` files), with the class values of the models in each.
+besides ``<stem>_hippocampus_seg.nii.gz`` holding both; BIDS: ``desc-lefthippocampus``
+and ``desc-righthippocampus`` ``dseg`` files), with the class values of the models in each
+(where the two crops overlap, the left side keeps the voxels, as in the file of both).
 
 The file that marks a subject finished is written last: the native segmentation (HSF), the
 subject's ``_volumes.tsv`` (BIDS).
@@ -72,9 +73,12 @@ def write_results(
     crop_input = placed[0][0].side == "crop" if placed else True
     sides: list[str] = []
     if not crop_input:
-        for box, labels in placed:
+        taken = np.zeros(canonical.shape, dtype=bool)
+        for box, labels in placed:  # overlapping boxes: the first side keeps its voxels
             side = np.zeros(canonical.shape, dtype=canonical.dtype)
-            side[box.slices] = labels
+            free = (labels > 0) & ~taken[box.slices]
+            side[box.slices][free] = labels[free]
+            taken[box.slices] |= free
             codes = volume.codes
             save_nifti(volume.native(side), volume.native_affine, outputs.native(box.side), codes)
             sides.append(box.side)
