@@ -45,14 +45,20 @@ def test_discovers_pairs_and_remaps(tmp_path):
     assert sorted(np.unique(remapped)) == [0, 1, 2]
 
 
-def test_skips_subjects_whose_labels_do_not_match_names(tmp_path, caplog):
+def test_a_map_lacking_a_class_is_used_and_named_once(tmp_path, caplog):
     _pair(tmp_path, "full", (1, 2))
     _pair(tmp_path, "partial", (1,))
+    _pair(tmp_path, "empty", ())
     with caplog.at_level(logging.WARNING):
         found = discover(_cfg(tmp_path, {1: 1, 2: 2}, {1: "DG", 2: "CA1"}))
-    assert [s.id for s in found.subjects] == ["d/p/full_img.nii.gz"]
-    assert "partial_lbl.nii.gz" in caplog.text
-    assert found.skipped and found.skipped[0][0].name == "partial_lbl.nii.gz"
+    assert [s.id for s in found.subjects] == ["d/p/full_img.nii.gz", "d/p/partial_img.nii.gz"]
+    lacking = [r.getMessage() for r in caplog.records if "have no CA1" in r.getMessage()]
+    assert lacking == [
+        "dataset d: 1 of 3 label maps have no CA1 (partial_lbl.nii.gz); they are used: there "
+        "the model learns that the crop holds no CA1"
+    ]
+    assert "[" not in lacking[0]  # no label arrays
+    assert [p.name for p, _ in found.skipped] == ["empty_lbl.nii.gz"]
 
 
 def test_folder_without_tables_reads_values(tmp_path):

@@ -198,12 +198,42 @@ def _check_values(spec: DatasetSpec, found: list[tuple[Subject, dict[int, int]]]
     )
 
 
+def _kept(
+    spec: DatasetSpec, found: list[tuple[Subject, dict[int, int]]], skipped: list[tuple[Path, str]]
+) -> list[Subject]:
+    """The subjects of a dataset with ``labels_names`` that train: a map lacking some of
+    the named classes is kept (the crop does not reach them: the loss counts them as
+    absent there), with one warning per class naming the maps; a map with no labelled
+    voxel is skipped (appended to ``skipped``)."""
+    assert spec.labels_names is not None
+    kept: list[Subject] = []
+    lacking: dict[int, list[str]] = {}
+    for subject, counts in found:
+        if not set(counts) - {0}:
+            reason = "the label map has no labelled voxel"
+            log.warning("skipping %s: %s", subject.label, reason)
+            skipped.append((subject.label, reason))
+            continue
+        for value in sorted(set(spec.labels_names) - set(counts)):
+            lacking.setdefault(value, []).append(subject.label.name)
+        kept.append(subject)
+    for value, files in sorted(lacking.items()):
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        log.warning(
+            "dataset %s: %d of %d label maps have no %s (%s); they are used: there the "
+            "model learns that the crop holds no %s",
+            spec.name, len(files), len(found), spec.labels_names[value], shown,
+            spec.labels_names[value],
+        )  # fmt: skip
+    return kept
+
+
 def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
     """Discover and check every subject of the ``datasets`` config group.
 
     Each pair is checked (3D, label on the image grid, label values in the mapping).
-    Subjects that lack one of the dataset's ``labels_names`` are skipped with a log line
-    naming the file. A value that would become a class no map really holds is refused:
+    Subjects whose map lacks some of the dataset's ``labels_names`` are used, with one
+    warning per class naming the maps; a map with no labelled voxel is skipped. A value that would become a class no map really holds is refused:
     one outside ``labels_names``, or, in a dataset without ``labels`` and
     ``labels_names``, a stray value (:func:`hsftrain.data.labels.stray_values`).
 
@@ -230,18 +260,7 @@ def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
             found.append((Subject(sid, image, label, spec.index), label_counts(spec, label)))
         _check_values(spec, found)
         if spec.labels_names is not None:
-            expected = {0, *spec.labels_names}
-            for subject, counts in found:
-                values = set(counts)
-                if values != expected:
-                    reason = (
-                        f"remapped labels {sorted(values)} differ from labels_names "
-                        f"{sorted(expected)} of dataset {spec.name}"
-                    )
-                    log.warning("skipping %s: %s", subject.label, reason)
-                    result.skipped.append((subject.label, reason))
-                else:
-                    result.subjects.append(subject)
+            result.subjects += _kept(spec, found, result.skipped)
             names = spec.labels_names
         else:
             result.subjects.extend(s for s, _ in found)
