@@ -90,6 +90,7 @@ def test_bids_derivatives_are_valid_and_a_rerun_skips_them(model: Path, tmp_path
     assert generated["Name"] == "hsftrain" and generated["Version"] == __version__
     assert generated["CodeURL"].startswith("https://")
     assert generated["Models"] == [{"Name": "tiny.onnx", "xxh3_64": file_hash(model)}]
+    assert description["DatasetLinks"] == {"raw": root.resolve().as_uri()}
     assert [r["name"] for r in _tsv(out / "dseg.tsv")] == MSD_NAMES[1:]
 
     anat = out / "sub-03" / "anat"
@@ -102,7 +103,8 @@ def test_bids_derivatives_are_valid_and_a_rerun_skips_them(model: Path, tmp_path
         np.testing.assert_array_equal(image.affine, head.affine)
         sides[hemi] = _labels(path)
         assert (sides[hemi] > 0).any()
-        assert path.with_name(path.name.replace(".nii.gz", ".json")).is_file()
+        sidecar = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["SpatialReference"] == "bids:raw:sub-03/anat/sub-03_T1w.nii.gz"
     assert not ((sides["L"] > 0) & (sides["R"] > 0)).any()  # each side its own voxels
     # the left file holds the hippocampus on the subject's left (RAS: low x)
     assert np.argwhere(sides["L"]).mean(0)[0] < np.argwhere(sides["R"]).mean(0)[0]

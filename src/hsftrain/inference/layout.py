@@ -70,6 +70,8 @@ class BidsOutputs(Outputs):
     root: Path  # the derivatives dataset (dataset_description.json, dseg.tsv, volumes.tsv)
     entities: tuple[tuple[str, str], ...]  # the input's, in file-name order
     space: str  # T1w | T2w
+    source: str = ""  # the input: a BIDS URI "bids:raw:<path below the input dataset>"
+    raw: str = ""  # the input dataset's file:// URI (DatasetLinks "raw")
 
     @property
     def participant(self) -> str:
@@ -160,7 +162,15 @@ def bids_outputs(
     if entities.get("ses"):
         folder = folder / f"ses-{entities['ses']}"
     stem = "_".join(f"{e}-{v}" for e, v in kept)
-    return BidsOutputs(folder / "anat", stem, output_dir, kept, _space(entities, mri))
+    folder = folder / "anat"
+    raw_root = root if root.is_dir() else mri.parent
+    try:
+        relative = mri.resolve().relative_to(raw_root.resolve()).as_posix()
+    except ValueError:
+        relative, raw_root = mri.name, mri.parent
+    source = f"bids:raw:{relative}"
+    raw = raw_root.resolve().as_uri()
+    return BidsOutputs(folder, stem, output_dir, kept, _space(entities, mri), source, raw)
 
 
 def outputs_of(

@@ -40,6 +40,15 @@ BIDSIGNORE = (
     "*_itksnap.txt",
     "*_freesurfer.txt",
 )
+#: The derivatives dataset's README.
+README = """# hsftrain hippocampal subfield segmentations
+
+Written by `hsftrain segment` (see dataset_description.json for the version, models and
+preset). Per subject and session, in `anat/`: `desc-hippocampus` (or `desc-lefthippocampus`
+and `desc-righthippocampus` for a whole head) `dseg` images on the input's grid,
+`desc-*hippocampuscrop` images on each crop's grid, the labels in `dseg.tsv`, volumes (mm3)
+in `*_volumes.tsv` and, for all subjects, `volumes.tsv`.
+"""
 #: Provenance columns ending each volumes row.
 PROVENANCE = ("hsftrain_version", "models", "preset")
 #: Whole-hippocampus total column of the BIDS volumes tables.
@@ -100,8 +109,8 @@ def _json(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_sidecars(outputs: BidsOutputs, sides: Sequence[str]) -> None:
-    """The JSON sidecar of each image of the subject (``SpatialReference``: the input)."""
-    reference = "native grid of the segmented input image"
+    """The JSON sidecar of each image of the subject (``Sources`` and
+    ``SpatialReference``: the input, a BIDS URI into the ``raw`` dataset link)."""
     for side in sides:
         images = [(outputs.native(side), "Hippocampal subfields, on the input's grid")]
         if side != "crop":
@@ -112,7 +121,11 @@ def write_sidecars(outputs: BidsOutputs, sides: Sequence[str]) -> None:
         for path, text in images:
             if not path.is_file():
                 continue
-            sidecar: dict[str, Any] = {"Description": text, "SpatialReference": reference}
+            sidecar: dict[str, Any] = {
+                "Description": text,
+                "Sources": [outputs.source],
+                "SpatialReference": outputs.source,
+            }
             if not path.name.endswith("_dseg.nii.gz"):
                 sidecar["SkullStripped"] = False
             _json(path.with_name(path.name.replace(".nii.gz", ".json")), sidecar)
@@ -131,9 +144,11 @@ def write_dataset(
             "BIDSVersion": BIDS_VERSION,
             "DatasetType": "derivative",
             "GeneratedBy": provenance.generated_by(models, description),
+            "DatasetLinks": {"raw": outputs.raw},
         },
     )
     write_text_atomic(root / "dseg.tsv", luts.dseg_tsv(names))
+    write_text_atomic(root / "README.md", README)
     write_text_atomic(root / ".bidsignore", "\n".join(BIDSIGNORE) + "\n")
 
 
