@@ -31,3 +31,26 @@ def test_an_offline_download_names_the_cache_file_and_the_bundled_model(
     )
     assert "hsftrain_msd_1.2_ckpt" in message
     assert not list(cache.glob("*"))  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("dataset", "env"), [("msd", "HSFTRAIN_MSD"), ("ashs_test", "HSFTRAIN_ASHS")]
+)
+def test_a_missing_data_folder_names_the_variable_that_sets_it(
+    dataset: str, env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(env, str(tmp_path / "nowhere"))
+    out = cli("train", f"datasets={dataset}", f"datasets.output_path={tmp_path / 'runs'}")
+    assert_user_error(out, env, "datasets.main_path", str(tmp_path / "nowhere"), "does not exist")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_no_matching_image_names_the_patterns_and_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "data" / "custom_dataset").mkdir(parents=True)
+    monkeypatch.setenv("HSFTRAIN_DATA", str(tmp_path / "data"))
+    out = cli("train", "datasets=custom_dataset", f"datasets.output_path={tmp_path / 'runs'}")
+    assert_user_error(
+        out, "HSFTRAIN_DATA", "*_T2w_hippocampus_R.nii.gz", "*_T2w_hippocampus_R_seg.nii.gz"
+    )

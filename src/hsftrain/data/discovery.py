@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,16 +44,24 @@ def _label_for(mri: Path, mri_pattern: str, label_pattern: str) -> list[Path]:
     return [m for m in matches if m.resolve() != mri.resolve()]
 
 
-def find_pairs(spec: DatasetSpec) -> list[tuple[str, Path, Path]]:
+def find_pairs(
+    spec: DatasetSpec, main_path: Path | None = None, env: str | None = None
+) -> list[tuple[str, Path, Path]]:
     """(subject id, image, label) for every MRI matching the dataset's patterns.
+
+    Args:
+        main_path, env: ``datasets.main_path`` and the environment variable it reads
+            (named in the error when the folder is missing).
 
     Raises:
         DataError: the dataset folder is missing or no pattern matches any file.
     """
     if not spec.root.is_dir():
+        key = f"{env} or datasets.main_path" if env else "datasets.main_path"
+        now = f" (now {main_path})" if main_path is not None else ""
         raise DataError(
-            f"dataset {spec.name!r}: folder {spec.root} does not exist; set "
-            f"datasets.main_path / datasets.datasets.{spec.name}.path"
+            f"dataset {spec.name!r}: folder {spec.root} does not exist; set {key} to the "
+            f"folder that holds the data{now}, or fix datasets.datasets.{spec.name}.path"
         )
     pairs: list[tuple[str, Path, Path]] = []
     for pname, (mri_glob, label_glob) in spec.patterns.items():
@@ -77,10 +86,13 @@ def find_pairs(spec: DatasetSpec) -> list[tuple[str, Path, Path]]:
             sid = subject_id(spec.name, pname, mri.relative_to(spec.root))
             pairs.append((sid, mri, labels[0]))
     if not pairs:
-        globs = ", ".join(str(spec.root / m) for m, _ in spec.patterns.values())
+        globs = ", ".join(
+            f"{spec.root / m} (label {lb!r} beside it)" for m, lb in spec.patterns.values()
+        )
+        key = f"{env} or datasets.main_path" if env else "datasets.main_path"
         raise DataError(
-            f"dataset {spec.name!r}: no image matches {globs}; check datasets.main_path, "
-            f"the dataset's `path` and its `patterns`"
+            f"dataset {spec.name!r}: no image matches {globs}; check {key}, "
+            f"datasets.datasets.{spec.name}.path and its `patterns`"
         )
     return pairs
 
@@ -228,6 +240,15 @@ def _kept(
     return kept
 
 
+def _env_of(datasets_cfg: Mapping[str, Any]) -> str | None:
+    """The environment variable ``datasets.main_path`` reads (``${oc.env:NAME,...}``)."""
+    get_node = getattr(datasets_cfg, "_get_node", None)
+    node = get_node("main_path") if get_node is not None else None
+    raw = node._value() if node is not None else datasets_cfg.get("main_path")
+    found = re.search(r"\$\{oc\.env:(\w+)", str(raw))
+    return found.group(1) if found else None
+
+
 def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
     """Discover and check every subject of the ``datasets`` config group.
 
@@ -253,7 +274,7 @@ def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
     result = Discovery(datasets=specs, subjects=[])
     for spec in specs:
         found: list[tuple[Subject, dict[int, int]]] = []
-        for sid, image, label in find_pairs(spec):
+        for sid, image, label in find_pairs(spec, main_path, _env_of(datasets_cfg)):
             ishape, iaff = header_info(image)
             lshape, laff = header_info(label)
             check_pair(image, label, ishape, iaff, lshape, laff)
