@@ -173,3 +173,35 @@ def test_segment_says_its_views_without_a_hint_on_every_run(tmp_path: Path) -> N
     assert result.code == 0, result.output[-2000:]
     views = [line for line in result.infos if "view(s)" in line]
     assert views and not [v for v in views if "segmentation.tta" in v], views
+
+
+def test_left_and_right_maps_of_one_scan_are_no_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ASHS-like: one image, a label map per side (two patterns reading the same file)."""
+    import logging
+
+    import nibabel as nib
+    import numpy as np
+
+    from hsftrain.data.discovery import discover
+
+    affine = np.eye(4)
+    for k, sid in enumerate(("s1", "s2")):
+        nib.save(
+            nib.Nifti1Image(np.full((8, 8, 8), k + 1.0, np.float32), affine),
+            tmp_path / f"{sid}_tse.nii",
+        )
+        for side, row in (("L", 0), ("R", 7)):
+            label = np.zeros((8, 8, 8), np.uint8)
+            label[row, :2, :2] = 1
+            nib.save(nib.Nifti1Image(label, affine), tmp_path / f"{sid}_seg_{side}.nii")
+    patterns = {
+        "left": {"mri": "*_tse.nii", "label": "{id}_seg_L.nii"},
+        "right": {"mri": "*_tse.nii", "label": "{id}_seg_R.nii"},
+    }
+    cfg = {"main_path": str(tmp_path), "datasets": {"a": {"path": ".", "patterns": patterns}}}
+    with caplog.at_level(logging.INFO, logger="hsftrain"):
+        found = discover(cfg)
+    assert len(found.subjects) == 4 and len(found.groups) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -121,7 +121,21 @@ def find_duplicates(subjects: Sequence[Subject], specs: Sequence[DatasetSpec]) -
             reasons.append((set(members), f"same name {key!r}", loud))
             join(members)
     for members in identical_files([s.image for s in subjects]):
-        reasons.append((set(members), "identical image files", True))
+        # one image file read by several patterns of a dataset, each with its own label
+        # map (left and right of one scan) is what the config asks for
+        one_file = len({subjects[i].image.resolve() for i in members}) == 1
+        places = {
+            (subjects[i].dataset, _pattern_of(subjects[i], by_index[subjects[i].dataset]))
+            for i in members
+        }
+        intended = one_file and len({d for d, _ in places}) == 1 and len(places) == len(members)
+        reasons.append(
+            (
+                set(members),
+                "one image, a label map per pattern" if intended else "identical image files",
+                not intended,
+            )
+        )
         join(members)
     grouped: dict[int, list[int]] = defaultdict(list)
     for i in range(len(subjects)):
