@@ -30,14 +30,22 @@ ITKSNAP_LINE = re.compile(
 FREESURFER_LINE = re.compile(r"^\s*(\d+)\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$")
 
 
+def _matches(text: str, line_format: re.Pattern[str], what: str) -> list[re.Match[str]]:
+    """The entries of a look-up table (blank and ``#`` comment lines skipped), each
+    required to follow ``line_format``."""
+    matches = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            match = line_format.match(line)
+            assert match, f"not a {what} line: {line!r}"
+            matches.append(match)
+    return matches
+
+
 def read_itksnap(text: str) -> dict[int, tuple[str, tuple[int, int, int]]]:
     """ITK-SNAP label description file -> ``{index: (label, rgb)}``."""
     out = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = ITKSNAP_LINE.match(line)
-        assert match, f"not an ITK-SNAP label line: {line!r}"
+    for match in _matches(text, ITKSNAP_LINE, "ITK-SNAP label description"):
         idx, r, g, b = (int(match[i]) for i in range(1, 5))
         assert all(0 <= c <= 255 for c in (r, g, b)) and 0 <= float(match[5]) <= 1
         out[idx] = (match[8], (r, g, b))
@@ -47,11 +55,7 @@ def read_itksnap(text: str) -> dict[int, tuple[str, tuple[int, int, int]]]:
 def read_freesurfer_lut(text: str) -> dict[int, tuple[str, tuple[int, int, int]]]:
     """FreeSurfer colour LUT -> ``{value: (name, rgb)}``."""
     out = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = FREESURFER_LINE.match(line)
-        assert match, f"not a FreeSurfer LUT line: {line!r}"
+    for match in _matches(text, FREESURFER_LINE, "FreeSurfer LUT"):
         value, rgb = int(match[1]), (int(match[3]), int(match[4]), int(match[5]))
         assert value not in out and all(0 <= c <= 255 for c in rgb)
         out[value] = (match[2], rgb)
@@ -117,6 +121,14 @@ def test_hsf_names_of_the_sides_and_tables(tmp_path: Path) -> None:
     assert out.native("crop") == out.segmentation == out.done
     assert out.native("left").name == "s1_hippocampus_seg_left.nii.gz"
     assert out.lut("itksnap").name == "s1_hippocampus_labels_itksnap.txt"
+
+
+def test_evaluate_names_the_classes_of_a_per_side_segmentation(tmp_path: Path) -> None:
+    from hsftrain.evaluation.classes import class_table
+
+    table = tmp_path / "s1_hippocampus_volumes.csv"
+    for side in ("left", "right", "crop_left"):
+        assert class_table(tmp_path / f"s1_hippocampus_seg_{side}.nii.gz") == table
 
 
 def test_version_option_prints_the_version() -> None:
