@@ -205,3 +205,22 @@ def test_left_and_right_maps_of_one_scan_are_no_warning(
         found = discover(cfg)
     assert len(found.subjects) == 4 and len(found.groups) == 2
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_a_long_cpu_run_says_its_estimated_time_and_suggests_budget(
+    phantoms: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hsftrain.training import estimate
+    from tests.reliability.conftest import cli, train_args
+
+    monkeypatch.setattr(estimate, "MIN_STEPS", 1)  # the tiny run counts as long
+    monkeypatch.setattr(estimate, "LONG_S", 0.0)
+    out = cli("train", *train_args(phantoms, tmp_path, "run_name=long"))
+    assert out.code == 0, out.output[-3000:]
+    said = [line for line in out.infos if line.startswith("estimated training time")]
+    assert len(said) == 1 and "1 epochs" in said[0], out.infos
+    assert [w for w in out.warnings if "budget=" in w and "hours" in w], out.warnings
+    # a short run is not timed
+    monkeypatch.setattr(estimate, "MIN_STEPS", 300)
+    short = cli("train", *train_args(phantoms, tmp_path, "run_name=short"))
+    assert not [line for line in short.infos if "estimated training time" in line]

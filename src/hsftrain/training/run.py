@@ -263,6 +263,10 @@ def _run(
     data = build_datamodule(cfg, train_set, val_set, int(levels))
     total = _total_steps(len(split.train), cfg)
     module = build_module(cfg, found, total, pretrained)
+    if resume_ckpt is None and is_rank_zero():
+        from hsftrain.training.estimate import estimate_run
+
+        estimate_run(cfg, module, train_set, val_set, int(levels), total)
     checkpoint = RunCheckpoints(str(run_dir / "checkpoints"))
     callbacks: list[L.Callback] = [checkpoint, EpochTable(), *compression_callbacks(cfg)]
     bar = bool(cfg.lightning.get("enable_progress_bar", True))
