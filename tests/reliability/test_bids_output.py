@@ -78,7 +78,7 @@ def _labels(path: Path) -> np.ndarray:
 def test_bids_derivatives_are_valid_and_a_rerun_skips_them(model: Path, tmp_path: Path) -> None:
     root = _dataset(tmp_path / "ds")
     out = tmp_path / "derivatives" / "hsftrain"
-    labels = ("--participant-label", "01", "03")
+    labels = ("--participant-label", "01", "03", "save_probabilities=true")
     result = cli(*_segment(model, root, out, "participant", *labels))
     assert result.code == 0, result.output[-3000:]
     assert _validate(out) == []
@@ -109,6 +109,24 @@ def test_bids_derivatives_are_valid_and_a_rerun_skips_them(model: Path, tmp_path
     # the left file holds the hippocampus on the subject's left (RAS: low x)
     assert np.argwhere(sides["L"]).mean(0)[0] < np.argwhere(sides["R"]).mean(0)[0]
     assert not list(anat.glob("sub-03_space-T1w_desc-hippocampus_dseg.nii.gz"))
+    for side in ("left", "right"):  # each crop's probabilities, on the crop's grid
+        probseg = nib.load(
+            str(anat / f"sub-03_space-T1w_desc-{side}hippocampuscrop_probseg.nii.gz")
+        )
+        crop = _labels(anat / f"sub-03_space-T1w_desc-{side}hippocampuscrop_dseg.nii.gz")
+        assert probseg.shape == (*crop.shape, 3)
+    crop_anat = out / "sub-01" / "ses-A" / "anat"
+    probs = nib.load(str(crop_anat / "sub-01_ses-A_space-T1w_desc-hippocampus_probseg.nii.gz"))
+    dseg = _labels(crop_anat / "sub-01_ses-A_space-T1w_desc-hippocampus_dseg.nii.gz")
+    values = probs.get_fdata()
+    assert values.shape == (*dseg.shape, 3) and values.min() >= 0 and values.max() <= 1
+    np.testing.assert_allclose(values.sum(-1), 1, atol=2 / 255)
+    # one model, one view: the labels are the arg-max (largest component kept), where the
+    # uint8 storage (steps of 1/255) leaves no tie
+    ranked = np.sort(values, axis=-1)
+    kept = (dseg > 0) & (ranked[..., -1] - ranked[..., -2] > 2 / 255)
+    assert kept.sum() > 0.9 * (dseg > 0).sum()
+    np.testing.assert_array_equal(values.argmax(-1)[kept], dseg[kept])
     assert (anat / "sub-03_desc-hippocampus_itksnap.txt").is_file()
     assert (anat / "sub-03_desc-hippocampus_freesurfer.txt").is_file()
 
@@ -197,6 +215,10 @@ def test_folder_and_glob_crops_are_segmented_byte_for_byte_as_before(
     [
         (["files.layout=flat"], ["files.layout='flat'", "hsf", "bids"]),
         (["files.layout=bids", "files.shard=1/2"], ["files.shard=1/2", "files.layout=hsf"]),
+        (
+            ["files.t2_pattern={id}_T2w.nii.gz", "save_probabilities=true"],
+            ["save_probabilities=true", "multispectral", "save_probabilities=false"],
+        ),
     ],
 )
 def test_bad_layout_choices_are_one_line(

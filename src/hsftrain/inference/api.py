@@ -82,6 +82,12 @@ def _jobs(settings: Settings) -> tuple[list[SubjectReport], list[Job], int]:
             f"files.shard={settings.shard}: a sharded run writes the HSF volumes tables; use "
             "files.layout=hsf, or files.shard=off for BIDS derivatives"
         )
+    if settings.save_probabilities and settings.multispectral is not None:
+        raise ConfigError(
+            "save_probabilities=true is not available for a multispectral run (T1 + T2 "
+            "fused): no probability map is kept; use save_probabilities=false, or segment "
+            "the T1s alone"
+        )
     entities: dict[Path, dict[str, str]] = {}
     t2s: dict[Path, list[Path]] = {}
     if settings.bids is not None:

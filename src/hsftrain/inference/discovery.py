@@ -15,7 +15,8 @@ from hsftrain.inference.image import strip_extension
 
 #: Files written by ``hsftrain segment`` (never taken as inputs).
 OWN_OUTPUT = re.compile(
-    r"_hippocampus_(seg|crop|seg_crop|uncertainty|uncertainty_crop|qc|volumes|labels)"
+    r"_hippocampus_(seg|crop|seg_crop|uncertainty|uncertainty_crop|qc|volumes|labels"
+    r"|probabilities|probabilities_crop)"
     r"(_(left|right|itksnap|freesurfer))?\.(nii\.gz|png|csv|txt)$"
 )
 

@@ -120,6 +120,10 @@ class BidsOutputs(Outputs):
         desc = "hippocampus" if side == "crop" else "hippocampuscrop"
         return self._name("uncertainty.nii.gz", desc, side)
 
+    def probabilities(self, side: str) -> Path:
+        desc = "hippocampus" if side == "crop" else "hippocampuscrop"
+        return self._name("probseg.nii.gz", desc, side)
+
     def qc(self, side: str) -> Path:
         return self._name("qc.png", "hippocampus", side, space=False)
 

@@ -28,7 +28,7 @@ from hsftrain.inference.boxes import model_field_of_view
 from hsftrain.inference.contract import asymmetry_flag
 from hsftrain.inference.image import InputError, Volume, load_volume, save_nifti
 from hsftrain.inference.resample import Plan, differs, plan, resample
-from hsftrain.inference.results import write_results
+from hsftrain.inference.results import write_probabilities, write_results
 from hsftrain.inference.roiloc import Box, is_crop, localize
 from hsftrain.inference.segmenter import CropResult, ProgressHook, Segmenter
 from hsftrain.inference.settings import Settings
@@ -134,6 +134,9 @@ class PlainCrops:
                 if result.uncertainty is None
                 else resample(result.uncertainty, image.shape, 1),
                 result.n_predictions,
+                None
+                if result.probabilities is None
+                else np.stack([resample(p, image.shape, 1) for p in result.probabilities]),
             )
         return result
 
@@ -238,6 +241,8 @@ def segment_subject(
         result = method.segment_box(volume, box, bar)
         labels = result.label_map
         affine = box.affine(volume.affine)
+        if result.probabilities is not None:
+            write_probabilities(outputs, volume, box, result.probabilities)
         if not crop_input:
             if settings.save_crops:
                 save_nifti(image.astype(np.float32), affine, outputs.image_crop(box.side))

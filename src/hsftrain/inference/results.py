@@ -20,11 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from hsftrain.files import write_text_atomic
 from hsftrain.inference import luts, provenance
-from hsftrain.inference.image import Volume, save_nifti
+from hsftrain.inference.image import Volume, atomic_path, save_nifti
 from hsftrain.inference.layout import HEMI, BidsOutputs
 from hsftrain.inference.roiloc import Box
 from hsftrain.inference.writer import Outputs, write_volumes
@@ -104,6 +105,28 @@ def write_results(
     save_nifti(volume.native(canonical), volume.native_affine, outputs.segmentation, volume.codes)
 
 
+def write_probabilities(
+    outputs: Outputs, volume: Volume, box: Box, probabilities: np.ndarray
+) -> Path:
+    """One crop's mean class probabilities ``(C, X, Y, Z)`` as a 4D image, class last
+    (background first), stored as uint8 with a scale slope of 1/255 (readers get floats
+    in [0, 1]): on the input's grid for a crop input, else on the crop's grid."""
+    scaled = np.rint(np.clip(probabilities, 0.0, 1.0) * 255).astype(np.uint8)
+    if box.side == "crop":
+        data = np.stack([volume.native(p) for p in scaled], axis=-1)
+        affine, codes = volume.native_affine, volume.codes
+    else:
+        data, affine, codes = np.moveaxis(scaled, 0, -1), box.affine(volume.affine), (1, 1)
+    image = nib.Nifti1Image(data, affine)
+    image.set_qform(affine, code=codes[0])
+    image.set_sform(affine, code=codes[1])
+    image.header.set_slope_inter(1 / 255, 0)
+    path = outputs.probabilities(box.side)
+    with atomic_path(path) as tmp:
+        nib.save(image, str(tmp))
+    return path
+
+
 def _json(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
@@ -113,6 +136,8 @@ def write_sidecars(outputs: BidsOutputs, sides: Sequence[str]) -> None:
     ``SpatialReference``: the input, a BIDS URI into the ``raw`` dataset link)."""
     for side in sides:
         images = [(outputs.native(side), "Hippocampal subfields, on the input's grid")]
+        probabilities = "Mean class probabilities (volume i: label i, 0 the background)"
+        images.append((outputs.probabilities(side), probabilities))
         if side != "crop":
             crop = outputs.segmentation_crop(side)
             images.append((crop, "Hippocampal subfields, on the hippocampus crop's grid"))
@@ -126,7 +151,7 @@ def write_sidecars(outputs: BidsOutputs, sides: Sequence[str]) -> None:
                 "Sources": [outputs.source],
                 "SpatialReference": outputs.source,
             }
-            if not path.name.endswith("_dseg.nii.gz"):
+            if not path.name.endswith(("_dseg.nii.gz", "_probseg.nii.gz")):
                 sidecar["SkullStripped"] = False
             _json(path.with_name(path.name.replace(".nii.gz", ".json")), sidecar)
 

@@ -30,6 +30,8 @@ class CropResult:
     label_map: np.ndarray  # (X, Y, Z) uint8
     uncertainty: np.ndarray | None  # (X, Y, Z) float32 in [0, 1], None for one prediction
     n_predictions: int
+    #: (C, X, Y, Z) float32 mean class probabilities (``save_probabilities``), else None
+    probabilities: np.ndarray | None = None
 
 
 def _ca_names(ca_mode: str) -> set[str]:
@@ -64,7 +66,9 @@ class Segmenter:
         ca_mode: str = "",
         batch_size: int = 1,
         largest_component: bool = False,
+        probabilities: bool = False,
     ) -> None:
+        self.probabilities = probabilities
         self.engines = list(engines)
         names = self.engines[0].labels_names
         for engine in self.engines[1:]:
@@ -109,6 +113,7 @@ class Segmenter:
             settings.ca_mode,
             settings.batch_size,
             settings.largest_component,
+            settings.save_probabilities,
         )
 
     @property
@@ -169,7 +174,8 @@ class Segmenter:
         for probs in self.predictions(image, zooms, rng, advance):
             fusion.add(probs)
         uncertainty = fusion.uncertainty() if fusion.count > 1 else None
-        return CropResult(self.finish(fusion.label_map()), uncertainty, fusion.count)
+        probabilities = fusion.mean_probs() if self.probabilities else None
+        return CropResult(self.finish(fusion.label_map()), uncertainty, fusion.count, probabilities)
 
 
 class ProgressHook:

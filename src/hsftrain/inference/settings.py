@@ -78,6 +78,8 @@ class Settings:
 
     #: ``files.layout``: hsf or bids (:mod:`hsftrain.inference.layout`)
     layout: str = "hsf"
+    #: ``save_probabilities``: also write each crop's mean class probabilities
+    save_probabilities: bool = False
 
     @property
     def table(self) -> Path:
@@ -379,5 +381,6 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         checks=_checks(cfg),
         model_metadata=_model_metadata(cfg, bool(shortcut)),
         layout=layout,
+        save_probabilities=bool(get(cfg, "save_probabilities", False)),
         bids=selection,
     )

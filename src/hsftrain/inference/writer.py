@@ -11,6 +11,9 @@ or, by default, next to the input:
 ``<stem>_hippocampus_seg_<side>.nii.gz``          one side of a whole head on the input's
                                                   grid (the other side 0): the hemispheres
                                                   kept apart
+``<stem>_hippocampus_probabilities[_crop_<side>]`` mean class probabilities (``.nii.gz``, 4D,
+                                                  class last, uint8 with slope 1/255); only
+                                                  with ``save_probabilities=true``
 ``<stem>_hippocampus_labels_{itksnap,freesurfer}.txt``  colour look-up tables of the labels
                                                   (ITK-SNAP label descriptions, FreeSurfer LUT)
 ``<stem>_hippocampus_crop_<side>.nii.gz``         the MRI crop (whole-head inputs only)
@@ -90,6 +93,9 @@ class Outputs:
     def native(self, side: str) -> Path:
         """One side of a whole head on the input's grid (a crop input: its segmentation)."""
         return self.segmentation if side == "crop" else self._path("seg", side)
+
+    def probabilities(self, side: str) -> Path:
+        return self._path("probabilities" if side == "crop" else "probabilities_crop", side)
 
     def lut(self, kind: str) -> Path:
         """A colour look-up table: ``itksnap`` (label description file) or ``freesurfer``."""
