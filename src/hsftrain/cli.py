@@ -33,7 +33,8 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 data_app = typer.Typer(
-    help="Data utilities: prepare the training cache, write synthetic phantoms.",
+    help="Data utilities: write a dataset config for a folder, prepare the training cache, "
+    "write synthetic phantoms.",
     no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
@@ -275,6 +276,22 @@ def synth(
 
         paths = write_phantoms(out, n=n, shape=dims, seed=seed)
         logging.getLogger("hsftrain").info("wrote %d phantoms to %s", len(paths), out)
+
+
+@data_app.command("init")
+def data_init(
+    folder: Annotated[str, typer.Argument(help="Folder of images with their label maps.")],
+    out: Annotated[str, typer.Option(help="Dataset config to write (.yaml).")] = "dataset.yaml",
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Write a dataset config for a folder of image / label map pairs (patterns, label
+    values with their voxel counts, names to fill in): use it as datasets=<out>."""
+    setup_logging(verbose)
+    with _user_errors(verbose):
+        from hsftrain.data.init import init_dataset
+
+        init_dataset(folder, out, force)
 
 
 def _synth_options(out: str, n: int, shape: str) -> tuple[int, int, int]:
