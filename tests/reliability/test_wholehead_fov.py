@@ -17,10 +17,10 @@ import pytest
 
 from hsftrain.config import ConfigError
 from hsftrain.inference.boxes import crop_extent, fov_box, model_field_of_view
-from hsftrain.inference.image import Volume
 from hsftrain.inference.roiloc import template_path
+from tests.inference.test_roiloc import volume
 
-from .conftest import assert_user_error, cli, files_below
+from .conftest import Outcome, assert_user_error, cli, files_below
 
 FOV = [36.0, 50.0, 36.0]
 NO_SHIFT = ["roiloc.model_fov_margin_mm=[0,0,0]", "roiloc.model_fov_shift_mm=[0,0,0]"]
@@ -70,18 +70,21 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def _segment(head: Path, model: Path, out: Path, *extra: str) -> dict[str, np.ndarray]:
-    """Segment the head; each side's crop box as ``[lo, hi)`` voxel bounds (2, 3)."""
-    result = cli(
+def _run(head: Path, model: Path, out: Path, *extra: str) -> Outcome:
+    """``hsftrain segment`` of the head with ``model`` into ``out``."""
+    return cli(
         "segment",
         f"files.path={head}",
         "files.pattern=head.nii.gz",
         f"files.output_dir={out}",
         f"model_paths=[{model}]",
-        "segmentation.tta=false",
-        "qc=false",
         *extra,
     )
+
+
+def _segment(head: Path, model: Path, out: Path, *extra: str) -> dict[str, np.ndarray]:
+    """Segment the head; each side's crop box as ``[lo, hi)`` voxel bounds (2, 3)."""
+    result = _run(head, model, out, "segmentation.tta=false", "qc=false", *extra)
     assert result.code == 0, result.output[-3000:]
     full = nib.load(str(head / "head.nii.gz")).affine
     boxes = {}
@@ -125,15 +128,7 @@ def test_bad_field_of_view_settings_are_one_line(
     head: Path, models: dict[str, Path], tmp_path: Path, override: str, key: str
 ) -> None:
     out = tmp_path / "out"
-    result = cli(
-        "segment",
-        f"files.path={head}",
-        "files.pattern=head.nii.gz",
-        f"files.output_dir={out}",
-        f"model_paths=[{models['fov']}]",
-        override,
-    )
-    assert_user_error(result, key)
+    assert_user_error(_run(head, models["fov"], out, override), key)
     assert not files_below(out)
 
 
@@ -141,39 +136,22 @@ def test_a_malformed_model_field_of_view_is_one_line_before_any_subject(
     head: Path, models: dict[str, Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    result = cli(
-        "segment",
-        f"files.path={head}",
-        "files.pattern=head.nii.gz",
-        f"files.output_dir={out}",
-        f"model_paths=[{models['bad']}]",
-    )
+    result = _run(head, models["bad"], out)
     assert_user_error(result, "bad.onnx", "field_of_view_mm", "roiloc.model_fov=false")
     assert not files_below(out)
 
 
-def _volume(shape: tuple[int, int, int] = (60, 60, 60)) -> Volume:
-    affine = np.eye(4)
-    return Volume(
-        np.zeros(shape, np.float32),
-        affine,
-        Path("v.nii.gz"),
-        affine,
-        shape,
-        np.array([[0, 1], [1, 1], [2, 1]]),
-    )
-
-
 def test_fov_box_is_centred_and_kept_inside_the_image(caplog: pytest.LogCaptureFixture) -> None:
-    box = fov_box("left", (30, 30, 30), _volume(), (35, 50, 36))
+    vol = volume((60, 60, 60))  # 1 mm, voxel (i, j, k) at (i - 20, j - 25, k - 20) mm
+    box = fov_box("left", (10, 5, 10), vol, (35, 50, 36))
     assert box.shape == (35, 50, 36)
     np.testing.assert_allclose((np.add(box.lo, box.hi) - 1) / 2, (30, 30, 30), atol=0.5)
     with caplog.at_level(logging.WARNING, logger="hsftrain"):
-        edge = fov_box("right", (55, 5, 30), _volume(), (20, 20, 20))
+        edge = fov_box("right", (35, -20, 10), vol, (20, 20, 20))  # voxel (55, 5, 30)
     assert edge.shape == (20, 20, 20) and edge.hi[0] == 60 and edge.lo[1] == 0
     assert "moved inside the image border" in caplog.text
     with pytest.raises(ValueError, match="outside"):
-        fov_box("left", (500, 30, 30), _volume(), (20, 20, 20))
+        fov_box("left", (500, 5, 10), vol, (20, 20, 20))
 
 
 class _Engine:
