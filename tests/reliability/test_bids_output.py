@@ -232,3 +232,23 @@ def test_bad_layout_choices_are_one_line(
     )
     assert_user_error(out, *words)
     assert files_below(data) == before
+
+
+def test_a_failed_subject_has_a_row_in_the_group_table(model: Path, tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "ds")
+    broken = root / "sub-02" / "ses-A" / "anat" / "sub-02_ses-A_T1w.nii.gz"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    result = cli(*_segment(model, root, out, "participant", "--participant-label", "02"))
+    assert result.code == 1 and "1 of 2 MRI(s) failed" in result.errors[-1]
+    rows = _tsv(out / "volumes.tsv")
+    assert list(rows[0])[:6] == ["participant_id", "session", "hemi", *MSD_NAMES[1:], "hippocampus"]
+    assert list(rows[0])[6:] == ["flag", "hsftrain_version", "models", "preset"]
+    failed, done = rows
+    assert (failed["participant_id"], failed["session"], failed["anterior"]) == (
+        "sub-02",
+        "ses-A",
+        "n/a",
+    )
+    assert failed["flag"].startswith(f"failed: {broken}")
+    assert done["session"] == "ses-B" and float(done["hippocampus"]) > 0

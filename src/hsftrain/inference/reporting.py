@@ -40,7 +40,8 @@ def rebuild_volumes(
         if report.status == "failed":
             row = failed_row(report.subject, report.error)
             if isinstance(outputs, BidsOutputs):
-                row = {"participant_id": outputs.participant, "session": outputs.session}
+                session = outputs.session or "n/a"
+                row = {"participant_id": outputs.participant, "session": session}
                 row |= {"hemi": "n/a", "flag": failed_row(report.subject, report.error)["flag"]}
             rows.append(row)
             continue

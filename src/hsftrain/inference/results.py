@@ -204,10 +204,13 @@ def wide_rows(
 
 
 def wide_tsv(rows: Sequence[dict[str, object]]) -> str:
-    """A TSV of ``rows`` (columns in first-seen order, ``n/a`` where a row has none)."""
+    """A TSV of ``rows`` (columns in first-seen order, ``flag`` and the provenance last,
+    ``n/a`` where a row has none)."""
     columns: dict[str, None] = {}
     for row in rows:
         columns.update(dict.fromkeys(row))
+    last = [c for c in ("flag", *PROVENANCE) if c in columns]
+    columns = {**{c: None for c in columns if c not in last}, **dict.fromkeys(last)}
     buffer = io.StringIO()
     writer = csv.DictWriter(
         buffer, fieldnames=list(columns), delimiter="\t", lineterminator="\n", restval="n/a"
