@@ -40,6 +40,7 @@ BIDSIGNORE = (
     "*_qc.png",
     "*_itksnap.txt",
     "*_freesurfer.txt",
+    "*_hippocampus_*",  # HSF names: the T2-grid results of multispectral.t2_space=true
 )
 #: The derivatives dataset's README.
 README = """# hsftrain hippocampal subfield segmentations
