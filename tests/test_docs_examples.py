@@ -87,6 +87,9 @@ EXAMPLES: dict[str, Example] = {
     "hsftrain train --help": Example("help"),
     "hsftrain train --cfg job": Example("help"),
     "hsftrain data synth --out synth --n 20": Example("help", extra=("--shape", "16x20x16")),
+    # docs/user_guide.md: your own dataset config
+    "hsftrain data init my_labels --out my_ds.yaml": Example(),
+    "hsftrain train datasets=my_ds.yaml": Example(tiny="train"),
     "hsftrain train datasets=sample models.hparams.f_maps=16 lightning.max_epochs=5 "
     "models.lr=1e-2": Example(tiny="train"),
     "hsftrain train datasets=msd": Example(tiny="train"),
