@@ -224,3 +224,21 @@ def test_a_long_cpu_run_says_its_estimated_time_and_suggests_budget(
     monkeypatch.setattr(estimate, "MIN_STEPS", 300)
     short = cli("train", *train_args(phantoms, tmp_path, "run_name=short"))
     assert not [line for line in short.infos if "estimated training time" in line]
+
+
+def test_lightning_says_nothing_about_weights_only(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import hsftrain.training.trainer  # noqa: F401  (installs the filter)
+
+    name = "lightning.pytorch.trainer.connectors.checkpoint_connector"
+    logger = logging.getLogger(name)
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger=name):
+            logger.info("`weights_only` was not set, defaulting to `False`.")
+            logger.info("another line")
+    finally:
+        logger.removeHandler(caplog.handler)
+    said = {r.getMessage() for r in caplog.records if r.name == name}
+    assert said == {"another line"}

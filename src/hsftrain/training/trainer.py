@@ -39,6 +39,19 @@ class _DropAdverts(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
 
 
+class _DropWeightsOnly(logging.Filter):
+    """Lightning's line on saving a checkpoint without ``weights_only`` (a ``ddp_spawn``
+    run's hand-over, a stop's save): every checkpoint of a run is a full one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`weights_only` was not set" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.trainer.connectors.checkpoint_connector").addFilter(
+    _DropWeightsOnly()
+)
+
+
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """``lightning.Trainer`` arguments from the ``lightning`` group (nulls dropped), with
     what this machine allows: 16-bit precision on a GPU, or bf16 on a CPU that computes it
