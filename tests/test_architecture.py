@@ -25,8 +25,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("compression",),
     ("training",),
     ("export", "inference"),
-    ("workflow",),
-    ("cli_help",),
+    ("workflow", "collect"),
+    ("cli_help", "cli_loop"),
     ("cli",),
 ]
 #: The most lines a module may have (one job, readable in one sitting).

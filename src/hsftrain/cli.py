@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from omegaconf import DictConfig, OmegaConf
 
+from hsftrain.cli_loop import register as register_loop_commands
 from hsftrain.config import CONF_DIR, compose, group_options
 from hsftrain.errors import Terminated, UserError, is_out_of_memory, sigterm_unwinds
 from hsftrain.hub.fetch import CACHE_LOCATION, DownloadError
@@ -370,6 +371,8 @@ def volumes_merge(
 
         merge_volumes(folder, out, table)
 
+
+register_loop_commands(data_app, hub_app, _user_errors)  # data collect, hub publish
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,83 @@
+"""The retraining loop's commands: ``hsftrain data collect`` and ``hsftrain hub publish``.
+
+Registered by :mod:`hsftrain.cli` on its ``data`` and ``hub`` groups
+(:func:`register`); each command sets up logging, turns user errors into one line (the
+``user_errors`` context manager the CLI passes) and calls one API function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from hsftrain.logs import setup_logging
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+UserErrors = Callable[[bool], contextlib.AbstractContextManager[None]]
+
+
+def register(data_app: typer.Typer, hub_app: typer.Typer, user_errors: UserErrors) -> None:
+    """Add ``collect`` to ``data_app`` and ``publish`` to ``hub_app``."""
+
+    @data_app.command("collect")
+    def data_collect(
+        seg_dir: Annotated[str, typer.Argument(help="Output folder of hsftrain segment.")],
+        ratings: Annotated[str, typer.Option(help="Ratings file (qc_ratings.tsv).")],
+        out: Annotated[str | None, typer.Option(help="Training folder to write.")] = None,
+        corrected: Annotated[
+            str | None, typer.Option(help="Folder of corrected label maps (fix ratings).")
+        ] = None,
+        images: Annotated[
+            str | None,
+            typer.Option(help="segment's files.path (crop inputs not beside their outputs)."),
+        ] = None,
+        init_ratings: Annotated[
+            bool, typer.Option(help="Write --ratings listing every crop rated pass, then stop.")
+        ] = False,
+        overwrite: Annotated[
+            bool, typer.Option(help="Replace files of --out whose content differs.")
+        ] = False,
+        verbose: Verbose = False,
+    ) -> None:
+        """Collect rated segmentations into a training folder (<id>_img.nii.gz /
+        <id>_lbl.nii.gz and manifest.tsv) for datasets=folder datasets.path=<out>: pass ->
+        the prediction, fix -> the corrected label (--corrected), fail -> left out."""
+        setup_logging(verbose)
+        with user_errors(verbose):
+            from hsftrain.collect import api
+
+            if init_ratings:
+                api.init_ratings(seg_dir, ratings, images)
+                return
+            if out is None:
+                raise api.CollectError("--out: give the training folder to write")
+            api.collect(seg_dir, ratings, out, corrected, images, overwrite)
+
+    @hub_app.command("publish")
+    def hub_publish(
+        source: Annotated[str, typer.Argument(help="A run directory or an .onnx file.")],
+        url: Annotated[str | None, typer.Option(help="Where the model file is uploaded.")] = None,
+        license: Annotated[str | None, typer.Option(help="The model's licence.")] = None,
+        out: Annotated[
+            str | None, typer.Option(help="Folder to write into (default: beside the model).")
+        ] = None,
+        name: Annotated[
+            str | None, typer.Option(help="Model name (default: run or file name).")
+        ] = None,
+        description: Annotated[str | None, typer.Option(help="One line on the model.")] = None,
+        intended_use: Annotated[str | None, typer.Option(help="The card's intended use.")] = None,
+        overwrite: Annotated[
+            bool, typer.Option(help="Replace a preset or card whose content differs.")
+        ] = False,
+        verbose: Verbose = False,
+    ) -> None:
+        """Write a segmentation preset (<stem>.preset.yaml: url or path + xxh3_64, for
+        hsftrain segment segmentation=<it>) and a model card (<stem>.card.md)."""
+        setup_logging(verbose)
+        with user_errors(verbose):
+            from hsftrain.hub.publish import publish
+
+            publish(source, url, license, out, name, description, intended_use, overwrite)
