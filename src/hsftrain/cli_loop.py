@@ -72,6 +72,10 @@ def register(data_app: typer.Typer, hub_app: typer.Typer, user_errors: UserError
         overwrite: Annotated[
             bool, typer.Option(help="Replace a preset or card whose content differs.")
         ] = False,
+        segmentation: Annotated[
+            str | None,
+            typer.Option(help="A packaged preset that runs it (named in the card; its metadata)."),
+        ] = None,
         verbose: Verbose = False,
     ) -> None:
         """Write a segmentation preset (<stem>.preset.yaml: url or path + xxh3_64, for
@@ -80,4 +84,6 @@ def register(data_app: typer.Typer, hub_app: typer.Typer, user_errors: UserError
         with user_errors(verbose):
             from hsftrain.hub.publish import publish
 
-            publish(source, url, license, out, name, description, intended_use, overwrite)
+            publish(
+                source, url, license, out, name, description, intended_use, overwrite, segmentation
+            )

@@ -102,11 +102,15 @@ def publish(
     description: str | None = None,
     intended_use: str | None = None,
     overwrite: bool = False,
+    segmentation: str | None = None,
 ) -> tuple[Path, Path]:
     """Write the preset YAML and the model card of ``source``; returns their paths.
 
+    ``segmentation``: a packaged preset that already runs the model (the card names it, and
+    its ``model_metadata`` for the file fill in what the file's metadata lacks).
+
     Raises:
-        PublishError: see :func:`find_model`; a URL that is not http(s) or file; a preset
+        PublishError: see :func:`find_model`; an unknown ``segmentation``; a URL that is not http(s) or file; a preset
             or card already there with other content (without ``overwrite``).
     """
     model, run = find_model(source)
@@ -116,7 +120,7 @@ def publish(
     stem = model.name.removesuffix(".onnx")
     name = name or (run.name if run is not None and stem == "model" else stem)
     digest = file_hash(model)
-    metadata = read_metadata(model)
+    metadata = {**_preset_metadata(segmentation, model.name), **read_metadata(model)}
     description = (
         description or f"{name}: {_classes_text(metadata)} ({metadata.get('model_name', 'ONNX')})"
     )
@@ -132,7 +136,16 @@ def publish(
     texts = {
         preset_path: _preset_text(name, description, model.name, spec, metadata, url),
         card_path: _card(
-            name, description, model, digest, spec, metadata, run, license, intended_use
+            name,
+            description,
+            model,
+            digest,
+            spec,
+            metadata,
+            run,
+            license,
+            intended_use,
+            segmentation or preset_path.name,
         ),
     }
     changed = [p for p, t in texts.items() if p.is_file() and p.read_text() != t]
@@ -151,6 +164,19 @@ def publish(
         "" if url else "; upload the model and publish again with --url for others to use it",
     )
     return preset_path, card_path
+
+
+def _preset_metadata(segmentation: str | None, file: str) -> dict[str, Any]:
+    """The ``model_metadata`` of ``file`` in the packaged preset ``segmentation``."""
+    if segmentation is None:
+        return {}
+    from hsftrain.config import CONF_DIR
+
+    path = CONF_DIR / "segmentation" / f"{segmentation}.yaml"
+    if not path.is_file():
+        raise PublishError(f"--segmentation {segmentation}: no such packaged preset ({path})")
+    entry = (_load_yaml(path).get("model_metadata") or {}).get(file) or {}
+    return dict(entry) if isinstance(entry, dict) else {}
 
 
 def _classes_text(metadata: Mapping[str, Any]) -> str:
@@ -224,6 +250,7 @@ def _card(
     run: Path | None,
     license: str | None,
     intended_use: str | None,
+    preset: str,
 ) -> str:
     lines = [f"# {name}", "", description, "", "## Model", ""]
     lines += [
@@ -231,8 +258,7 @@ def _card(
         f"- network: {metadata.get('model_name', 'not recorded')}"
         + (f", f_maps {metadata['f_maps']}" if "f_maps" in metadata else ""),
         f"- hsftrain version: {metadata.get('hsftrain_version', 'not recorded')}",
-        f"- use: `hsftrain segment segmentation={model.name.removesuffix('.onnx')}.preset.yaml "
-        "files.path=... files.pattern=...`",
+        f"- use: `hsftrain segment segmentation={preset} files.path=... files.pattern=...`",
         "",
         "## Classes",
         "",
