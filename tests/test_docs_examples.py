@@ -280,14 +280,19 @@ EXAMPLES: dict[str, Example] = {
     "segmentation=runs/bag/preset.yaml": Example(slow=True),
     "hsftrain segment files.path=new/ files.pattern=*_img.nii.gz files.output_dir=pred/ "
     "segmentation=custom model_paths=[runs/base/model.onnx]": Example(),
-    "hsftrain evaluate pred=pred/ ref=new/*_lbl.nii.gz": Example(),
-    "hsftrain finetune datasets=folder datasets.path=new_labels/ run_name=ft "
+    "hsftrain data collect pred/ --ratings qc_ratings.tsv --images new/ --init-ratings": Example(),
+    "hsftrain data collect pred/ --ratings qc_ratings.tsv --images new/ --corrected corrected/ "
+    "--out collected/": Example(),
+    "hsftrain finetune datasets=folder datasets.path=collected/ run_name=ft "
     "finetuning.pretrained=runs/base/checkpoints/last.ckpt finetuning.depth=-1": Example(
         tiny="epochs", extra=("export_onnx=true",)
     ),
     "hsftrain segment files.path=heldout/ files.pattern=*_img.nii.gz "
     "files.output_dir=pred_ft/ segmentation=custom model_paths=[runs/ft/model.onnx]": Example(),
     "hsftrain evaluate pred=pred_ft/ ref=heldout/*_lbl.nii.gz": Example(),
+    "hsftrain hub publish runs/ft --license CC-BY-4.0": Example(),
+    "hsftrain segment files.path=heldout/ files.pattern=*_img.nii.gz "
+    "files.output_dir=pred_pub/ segmentation=runs/ft/model.preset.yaml": Example(),
 }
 
 
@@ -426,6 +431,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         _phantoms(work / "new")
         _phantoms(work / "heldout")
         _phantoms(work / "new_labels")
+        (work / "corrected").mkdir()  # the retraining loop's corrected label maps
         _phantoms(work / "crops", n=2)
         for label in (work / "crops").glob("*_lbl.nii.gz"):
             label.unlink()
