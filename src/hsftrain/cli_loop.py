@@ -48,12 +48,13 @@ def register(data_app: typer.Typer, hub_app: typer.Typer, user_errors: UserError
         setup_logging(verbose)
         with user_errors(verbose):
             from hsftrain.collect import api
+            from hsftrain.collect.outputs import CollectError
 
             if init_ratings:
                 api.init_ratings(seg_dir, ratings, images)
                 return
             if out is None:
-                raise api.CollectError("--out: give the training folder to write")
+                raise CollectError("--out: give the training folder to write")
             api.collect(seg_dir, ratings, out, corrected, images, overwrite)
 
     @hub_app.command("publish")

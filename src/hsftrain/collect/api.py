@@ -154,10 +154,10 @@ def _stem(name: str) -> str:
 
 def _same_grid(image: Path, label: Path) -> None:
     img, lbl = nib.load(str(image)), nib.load(str(label))
-    shape_i, shape_l = tuple(img.shape[:3]), tuple(lbl.shape[:3])  # type: ignore[attr-defined]
+    shape_i, shape_l = tuple(img.shape[:3]), tuple(lbl.shape[:3])
     same = shape_i == shape_l and np.allclose(
-        img.affine,  # type: ignore[attr-defined]
-        lbl.affine,  # type: ignore[attr-defined]
+        img.affine,
+        lbl.affine,
         atol=AFFINE_TOLERANCE,
     )
     if not same:
@@ -173,8 +173,8 @@ def _nifti_gz(path: Path) -> bytes:
     if path.name.endswith(".nii.gz"):
         return path.read_bytes()
     image = nib.load(str(path))
-    data = np.asarray(image.dataobj)  # type: ignore[attr-defined]
-    nifti = nib.Nifti1Image(data, image.affine)  # type: ignore[attr-defined]
+    data = np.asarray(image.dataobj)
+    nifti = nib.Nifti1Image(data, image.affine)
     return gzip.compress(nifti.to_bytes(), mtime=0)
 
 

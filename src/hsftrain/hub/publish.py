@@ -134,7 +134,7 @@ def publish(
     preset_path = folder / f"{stem}.preset.yaml"
     card_path = folder / f"{stem}.card.md"
     texts = {
-        preset_path: _preset_text(name, description, model.name, spec, metadata, url),
+        preset_path: _preset_text(name, description, model.name, spec, url),
         card_path: _card(
             name,
             description,
@@ -189,7 +189,6 @@ def _preset_text(
     description: str,
     file: str,
     spec: dict[str, Any],
-    metadata: Mapping[str, Any],
     url: str | None,
 ) -> str:
     head = [
