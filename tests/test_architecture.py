@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("training",),
     ("export", "inference"),
     ("workflow", "collect"),
+    ("report",),
     ("cli_help", "cli_loop"),
     ("cli",),
 ]

@@ -240,7 +240,7 @@ _command(
     "[--participant-label 01 02] [--session-label A] key=value... (the same as "
     "files.bids=true files.path=BIDS_DIR files.output_dir=OUTPUT_DIR "
     "files.participant_label=[01,02] files.session_label=[A]).",
-    "hsftrain.inference.api:segment",
+    "hsftrain.report.api:segment_and_report",  # segment, then its QC report
     prepare=_bids_app,
 )
 _command(
@@ -372,7 +372,7 @@ def volumes_merge(
         merge_volumes(folder, out, table)
 
 
-register_loop_commands(data_app, hub_app, _user_errors)  # data collect, hub publish
+register_loop_commands(data_app, hub_app, _user_errors, app)  # report, collect, publish
 
 if __name__ == "__main__":  # pragma: no cover
     app()

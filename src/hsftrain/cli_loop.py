@@ -1,6 +1,7 @@
-"""The retraining loop's commands: ``hsftrain data collect`` and ``hsftrain hub publish``.
+"""The retraining loop's commands: ``hsftrain report``, ``hsftrain data collect`` and
+``hsftrain hub publish``.
 
-Registered by :mod:`hsftrain.cli` on its ``data`` and ``hub`` groups
+Registered by :mod:`hsftrain.cli` on the app and its ``data`` and ``hub`` groups
 (:func:`register`); each command sets up logging, turns user errors into one line (the
 ``user_errors`` context manager the CLI passes) and calls one API function.
 """
@@ -19,8 +20,31 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")
 UserErrors = Callable[[bool], contextlib.AbstractContextManager[None]]
 
 
-def register(data_app: typer.Typer, hub_app: typer.Typer, user_errors: UserErrors) -> None:
-    """Add ``collect`` to ``data_app`` and ``publish`` to ``hub_app``."""
+def register(
+    data_app: typer.Typer, hub_app: typer.Typer, user_errors: UserErrors, app: typer.Typer
+) -> None:
+    """Add ``report`` to ``app``, ``collect`` to ``data_app`` and ``publish`` to ``hub_app``."""
+
+    @app.command("report")
+    def report(
+        seg_dir: Annotated[str, typer.Argument(help="Output folder of hsftrain segment.")],
+        out: Annotated[
+            str | None, typer.Option(help="Page to write (default: SEG_DIR/report.html).")
+        ] = None,
+        images: Annotated[
+            str | None,
+            typer.Option(help="segment's files.path (crop inputs not beside their outputs)."),
+        ] = None,
+        verbose: Verbose = False,
+    ) -> None:
+        """Write a cohort QC report (report.html + report_assets/, opens offline): volumes,
+        outlier marks (most likely wrong first), QC figures, a niivue viewer per crop and
+        ratings saved as qc_ratings.tsv for hsftrain data collect."""
+        setup_logging(verbose)
+        with user_errors(verbose):
+            from hsftrain.report.api import report as write_report
+
+            write_report(seg_dir, out, images)
 
     @data_app.command("collect")
     def data_collect(
