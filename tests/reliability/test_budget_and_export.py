@@ -49,7 +49,8 @@ def test_explicit_epochs_replaced_with_a_warning_and_resume_extends_the_time_cap
     args = train_args(phantoms, out, "run_name=b", "budget=1m", "lightning.max_epochs=5", *SHORT)
     first = cli("train", *args)
     assert first.code == 0, first.output[-3000:]
-    assert first.warnings == [
+    # the denormals warning depends on what ran before in this process, not on budget=
+    assert [w for w in first.warnings if "denormal" not in w] == [
         "budget=1m replaces lightning.max_epochs=5 with 1; drop budget= to keep yours"
     ]
     kept = "the network you set (models.hparams.f_maps=4, num_levels=2) is kept"
