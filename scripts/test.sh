@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+bash scripts/browser.sh || echo "[browser] chromium could not be installed: the browser test will skip"
 source scripts/env.sh
 echo "[test 1/4] ruff check"
 ruff check src tests benchmarks

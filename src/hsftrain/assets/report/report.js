@@ -144,7 +144,13 @@
     const update = () => {
       ratings[key(r)] = { rating: select.value, note: note.value };
       save();
-      renderTable();
+      // only the row's rating cell: re-drawing the table would swallow a click on a row
+      // that blurs the note (its change event)
+      for (const tr of document.querySelectorAll("#cohort-table tbody tr")) {
+        if (tr.dataset.subject === r.subject && tr.dataset.side === r.side) {
+          tr.querySelector(".c-rating").textContent = select.value;
+        }
+      }
     };
     select.addEventListener("change", update);
     note.addEventListener("change", update);
