@@ -133,13 +133,13 @@ def test_last_checkpoint_follows_every_validation_after_the_best(
         accelerator="cpu",
     )
     trainer.fit(_Worsening())
-    first = val_every - 1  # the first validated epoch: the lowest loss
+    first = val_every  # the first validated epoch (counted from 1): the lowest loss
     files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert files == [f"best-epoch{first:03d}.ckpt", "last.ckpt"]
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     best = torch.load(tmp_path / "checkpoints" / files[0], weights_only=False)
     assert last["global_step"] == 2 * (2 * val_every + 1)  # two steps per epoch, every epoch
-    assert best["global_step"] == 2 * (first + 1)
+    assert best["global_step"] == 2 * first  # two steps in each of the first epochs
     assert not torch.equal(last["state_dict"]["w"], best["state_dict"]["w"])
 
 

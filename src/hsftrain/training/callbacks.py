@@ -261,7 +261,7 @@ class OnTrainStart(L.Callback):
 
 
 class RunCheckpoints(ModelCheckpoint):
-    """``checkpoints/best-epochNNN.ckpt`` (the lowest ``val/epoch/loss``) and
+    """``checkpoints/best-epochNNN.ckpt`` (the lowest ``val/epoch/loss``; NNN counts from 1) and
     ``checkpoints/last.ckpt``, rewritten after every validation and when training ends.
 
     Lightning's own ``save_last`` (2.6) rewrites ``last.ckpt`` only when it writes a new best
@@ -278,6 +278,19 @@ class RunCheckpoints(ModelCheckpoint):
             mode="min",
             save_last=True,
         )
+
+    def format_checkpoint_name(
+        self,
+        metrics: dict[str, Any],
+        filename: str | None = None,
+        ver: int | None = None,
+        prefix: str | None = None,
+    ) -> str:
+        """The file name with the epoch counted from 1, as in the epoch table and the logs
+        (Lightning counts from 0)."""
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
     # Lightning saves at the end of the training epoch when every epoch is validated once,
     # else at the end of each validation; last.ckpt follows at the same moment, after the
