@@ -280,6 +280,7 @@ EXAMPLES: dict[str, Example] = {
     "segmentation=runs/bag/preset.yaml": Example(slow=True),
     "hsftrain segment files.path=new/ files.pattern=*_img.nii.gz files.output_dir=pred/ "
     "segmentation=custom model_paths=[runs/base/model.onnx]": Example(),
+    "hsftrain report pred/ --images new/": Example(),
     "hsftrain data collect pred/ --ratings qc_ratings.tsv --images new/ --init-ratings": Example(),
     "hsftrain data collect pred/ --ratings qc_ratings.tsv --images new/ --corrected corrected/ "
     "--out collected/": Example(),

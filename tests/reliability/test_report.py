@@ -141,3 +141,24 @@ def test_the_vendored_viewer_names_its_package_version_and_licence() -> None:
     readme = (ASSETS / "niivue" / "README.md").read_text()
     assert "@niivue/niivue" in readme and "0.69.0" in readme and "BSD-2-Clause" in readme
     assert (ASSETS / "niivue" / "niivue.umd.js").stat().st_size < 5_000_000
+
+
+def test_a_bids_output_gives_the_same_report(tmp_path: Path) -> None:
+    new = tmp_path / "new"
+    new.mkdir()
+    for img in sorted(HELDOUT.glob("*_img.nii.gz"))[:5]:
+        shutil.copy(img, new / img.name)
+    first = nib.load(str(sorted(new.glob("*_img.nii.gz"))[0]))
+    noise = np.random.default_rng(0).normal(100, 20, first.shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(noise, first.affine), str(new / f"{BROKEN}.nii.gz"))
+    result = cli(
+        "segment", f"files.path={new}", "files.pattern=*_img.nii.gz",
+        f"files.output_dir={tmp_path / 'bids'}", "segmentation=demo", "files.layout=bids",
+    )  # fmt: skip
+    assert result.code == 0, result.output[-3000:]
+    rows = cohort(tmp_path / "bids" / "report.html")["rows"]
+    assert isinstance(rows, list) and len(rows) == 6
+    assert rows[0]["subject"] == "sub-zznoiseimg"
+    assert set(rows[0]["volumes"]) == {"anterior", "posterior"}  # dseg.tsv's names
+    assert all(not r["marks"] for r in rows[1:])  # BIDS "n/a" flags are no flags
+    assert all(r["data"] and r["qc"] for r in rows)  # images found through the sidecars

@@ -81,6 +81,9 @@ def report(
                 files["unc"] = row.uncertainty_map
             write_viewer_data(assets / "data" / f"s{i}.js", f"s{i}", files)
             viewer.add(i)
+    for stale in [*(assets / "qc").glob("s*.png"), *(assets / "data").glob("s*.js")]:
+        if stale.stem[1:].isdigit() and int(stale.stem[1:]) >= len(rows):
+            stale.unlink()  # a crop of an earlier, larger report of this folder
     plots = write_plots(assets, rows)
     write_page(page, rows, root, plots, viewer)
     marked = sum(1 for r in rows if r.marks)

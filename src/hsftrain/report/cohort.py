@@ -94,6 +94,11 @@ def crop_row(crop: SegmentedCrop) -> Row:
     qc, unc, table_path = _siblings(crop)
     table = _table_rows(table_path)
     names = _names(table)
+    if not names:  # BIDS: the label names of the derivatives dataset's dseg.tsv
+        tsv = next(
+            (p / "dseg.tsv" for p in crop.prediction.parents if (p / "dseg.tsv").is_file()), None
+        )
+        names = _names(_table_rows(tsv)) if tsv else {}
     image = nib.load(str(crop.prediction))
     label_map = np.asarray(image.dataobj).astype(np.int64)
     voxel = float(np.prod(image.header.get_zooms()[:3]))
@@ -111,18 +116,22 @@ def crop_row(crop: SegmentedCrop) -> Row:
         uncertainty = round(float(inside.mean()), 4) if inside.size else None
     side_values = {crop.side, "crop" if crop.side == NO_SIDE else crop.side}
     flags = {r.get("flag", "") for r in table if (r.get("side") or r.get("hemi")) in side_values}
-    flag = "; ".join(sorted(f for f in flags if f))
+    flag = "; ".join(sorted(f for f in flags if f and f != NO_SIDE))
     return Row(crop.subject, crop.side, volumes, labels, uncertainty, flag, "", crop, qc, unc)
 
 
 def failed_rows(seg_dir: Path, known: set[str]) -> list[Row]:
-    """Subjects the output's ``volumes.csv`` lists as failed (not among ``known``)."""
+    """Subjects the output's ``volumes.csv`` (BIDS: ``volumes.tsv``) lists as failed (not
+    among ``known``)."""
     out = []
-    for row in _table_rows(seg_dir / "volumes.csv"):
+    for row in _table_rows(seg_dir / "volumes.csv") + _table_rows(seg_dir / "volumes.tsv"):
         flag = row.get("flag") or ""
-        subject = row.get("subject") or ""
+        subject = row.get("subject") or row.get("participant_id") or ""
+        if row.get("session") not in (None, "", NO_SIDE):
+            subject += f"_{row['session']}"
         if flag.startswith("failed") and subject and subject not in known:
-            out.append(Row(subject, row.get("side") or NO_SIDE, failed=flag))
+            side = row.get("side") or row.get("hemi") or NO_SIDE
+            out.append(Row(subject, side, failed=flag))
             known.add(subject)
     return out
 
