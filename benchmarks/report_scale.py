@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,15 +29,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "src" / "hsftrain" / "assets" / "sample" / "msd_heldout"
 RESULTS = ROOT / "benchmarks" / "results" / "report_scale.json"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 
 def cohort(root: Path, n: int) -> tuple[Path, Path]:
@@ -87,6 +79,9 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from hsftrain.report.api import report
+
+    sys.path.insert(0, str(ROOT))
+    from tests.reliability.test_report_browser import CHROMIUM_ARGS  # the test's browser
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -139,9 +139,10 @@ def test_no_module_is_too_long() -> None:
 
 
 def test_inference_never_loads_torch_or_lightning() -> None:
-    """Every module of ``hsftrain.inference`` imported in a fresh interpreter (``hub``:
+    """Every module of ``hsftrain.inference`` and ``hsftrain.report`` (the QC report that
+    ``segment`` ends with) imported in a fresh interpreter (``hub``:
     tests/hub/test_fetch.py)."""
-    names = sorted(m for m in _modules() if _top(m) == "inference")
+    names = sorted(m for m in _modules() if _top(m) in ("inference", "report"))
     code = (
         "import importlib, sys\n"
         f"for name in {names!r}:\n"

@@ -17,6 +17,11 @@ import typer
 from hsftrain.logs import setup_logging
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+SegDir = Annotated[str, typer.Argument(help="Output folder of hsftrain segment.")]
+Images = Annotated[
+    str | None,
+    typer.Option(help="segment's files.path (crop inputs not beside their outputs)."),
+]
 UserErrors = Callable[[bool], contextlib.AbstractContextManager[None]]
 
 
@@ -27,14 +32,11 @@ def register(
 
     @app.command("report")
     def report(
-        seg_dir: Annotated[str, typer.Argument(help="Output folder of hsftrain segment.")],
+        seg_dir: SegDir,
         out: Annotated[
             str | None, typer.Option(help="Page to write (default: SEG_DIR/report.html).")
         ] = None,
-        images: Annotated[
-            str | None,
-            typer.Option(help="segment's files.path (crop inputs not beside their outputs)."),
-        ] = None,
+        images: Images = None,
         verbose: Verbose = False,
     ) -> None:
         """Write a cohort QC report (report.html + report_assets/, opens offline): volumes,
@@ -48,16 +50,13 @@ def register(
 
     @data_app.command("collect")
     def data_collect(
-        seg_dir: Annotated[str, typer.Argument(help="Output folder of hsftrain segment.")],
+        seg_dir: SegDir,
         ratings: Annotated[str, typer.Option(help="Ratings file (qc_ratings.tsv).")],
         out: Annotated[str | None, typer.Option(help="Training folder to write.")] = None,
         corrected: Annotated[
             str | None, typer.Option(help="Folder of corrected label maps (fix ratings).")
         ] = None,
-        images: Annotated[
-            str | None,
-            typer.Option(help="segment's files.path (crop inputs not beside their outputs)."),
-        ] = None,
+        images: Images = None,
         init_ratings: Annotated[
             bool, typer.Option(help="Write --ratings listing every crop rated pass, then stop.")
         ] = False,
