@@ -106,7 +106,7 @@ def crop_row(crop: SegmentedCrop) -> Row:
     values = sorted(set(names) | {int(v) for v in np.flatnonzero(counts)}) or [1]
     labels = {v: names.get(v) or f"label {v}" for v in values if v > 0}
     volumes = {
-        name: round(float(counts[v] if v < len(counts) else 0) * voxel, 3)
+        name: round(float(counts[v] if v < len(counts) else 0) * voxel, 1)
         for v, name in labels.items()
     }
     uncertainty = None

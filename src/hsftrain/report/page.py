@@ -45,16 +45,16 @@ report_assets/niivue/LICENSE).</p>
 """
 
 
-def legend(rows: Sequence[Row]) -> list[tuple[str, str]]:
-    """``(name, css colour)`` of each label, in the QC figures' colours."""
+def legend(rows: Sequence[Row]) -> list[tuple[int, str, list[int]]]:
+    """``(value, name, [r, g, b])`` of each label (0-255), in the QC figures' colours."""
     labels: dict[int, str] = {}
     for row in rows:
         for value, name in row.labels.items():
             labels.setdefault(value, name)
     out = []
     for value, name in sorted(labels.items()):
-        r, g, b = (int(round(255 * c)) for c in QC_COLOURS[(value - 1) % len(QC_COLOURS)])
-        out.append((name, f"rgb({r},{g},{b})"))
+        rgb = [int(round(255 * c)) for c in QC_COLOURS[(value - 1) % len(QC_COLOURS)]]
+        out.append((value, name, rgb))
     return out
 
 
@@ -80,12 +80,10 @@ def cohort_json(rows: Sequence[Row], report_id: str, viewer: set[int]) -> str:
                 "data": i in viewer,
             }
         )
-    max_label = max((v for r in rows for v in r.labels), default=1)
     data = {
         "id": report_id,
         "labels": labels,
         "legend": legend(rows),
-        "max_label": max_label,
         "rows": items,
     }
     # "</" would end the <script> element holding the JSON
@@ -121,7 +119,7 @@ def write_viewer_data(path: Path, row_id: str, files: dict[str, Path]) -> Path:
     A page opened from disk may not ``fetch`` its neighbours (Chromium refuses ``file://``
     requests), but it may load scripts: each crop's files travel in one small script.
     """
-    data = {}
+    data: dict[str, object] = {"centre_mm": _centre_mm(files["seg"])}
     for name, nifti in files.items():
         raw = nifti.read_bytes()
         if not raw.startswith(b"\x1f\x8b"):  # .nii: compress as the viewer expects .nii.gz
@@ -130,6 +128,18 @@ def write_viewer_data(path: Path, row_id: str, files: dict[str, Path]) -> Path:
             raw = gzip.compress(raw, mtime=0)
         data[name] = base64.b64encode(raw).decode("ascii")
     return write_text_atomic(path, f"hsftrainData({json.dumps(row_id)}, {json.dumps(data)});\n")
+
+
+def _centre_mm(seg: Path) -> list[float] | None:
+    """The labels' centre of mass in world coordinates (mm), where the viewer starts."""
+    import nibabel as nib
+
+    image = nib.load(str(seg))
+    voxels = np.argwhere(np.asarray(image.dataobj) > 0)
+    if not len(voxels):
+        return None
+    centre = image.affine @ np.append(voxels.mean(axis=0), 1.0)
+    return [round(float(c), 2) for c in centre[:3]]
 
 
 def write_plots(folder: Path, rows: Sequence[Row]) -> list[str]:

@@ -98,6 +98,15 @@
     });
   }
 
+  // the QC figures' colours (the legend's): value 0 transparent
+  function labelColours() {
+    const cm = { R: [0], G: [0], B: [0], A: [0], I: [0], labels: [""] };
+    for (const [value, name, [r, g, b]] of cohort.legend) {
+      cm.R.push(r); cm.G.push(g); cm.B.push(b); cm.A.push(255); cm.I.push(value); cm.labels.push(name);
+    }
+    return cm;
+  }
+
   async function showViewer(r, canvas, status) {
     if (!r.data) {
       status.textContent = "no image to show";
@@ -109,12 +118,11 @@
       const data = await subjectData(r);
       const nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true, isColorbar: false });
       nv.attachToCanvas(canvas);
+      const seg = await niivue.NVImage.loadFromBase64({ base64: data.seg, name: "seg.nii.gz", opacity: 0.5 });
+      seg.setColormapLabel(labelColours());
       const volumes = [
         await niivue.NVImage.loadFromBase64({ base64: data.image, name: "image.nii.gz", colormap: "gray" }),
-        await niivue.NVImage.loadFromBase64({
-          base64: data.seg, name: "seg.nii.gz", colormap: "warm", opacity: 0.5,
-          cal_min: 0.5, cal_max: cohort.max_label,
-        }),
+        seg,
       ];
       if (data.unc) {
         volumes.push(await niivue.NVImage.loadFromBase64({
@@ -123,6 +131,10 @@
       }
       for (const v of volumes) nv.addVolume(v);
       nv.setSliceType(nv.sliceTypeMultiplanar);
+      if (data.centre_mm) {  // start at the labels' centre, as the QC figure does
+        nv.scene.crosshairPos = nv.mm2frac(data.centre_mm);
+        nv.drawScene();
+      }
       status.textContent = "scroll or drag to move through slices" + (data.unc ? "; uncertainty: toggle below" : "");
       canvas.dataset.drawn = "1";
       const toggle = document.getElementById("unc-toggle");
@@ -156,8 +168,8 @@
     note.addEventListener("change", update);
     const canvas = el("canvas", { id: "viewer", width: "640", height: "480" });
     const status = el("p", { class: "status", text: r.data ? "loading the viewer..." : "" });
-    const legend = el("ul", { class: "legend" }, cohort.legend.map(([name, rgb]) =>
-      el("li", {}, [el("span", { class: "swatch", style: "background:" + rgb }), document.createTextNode(name)])));
+    const legend = el("ul", { class: "legend" }, cohort.legend.map(([, name, rgb]) =>
+      el("li", {}, [el("span", { class: "swatch", style: "background:rgb(" + rgb.join(",") + ")" }), document.createTextNode(name)])));
     panel.replaceChildren(
       el("h2", { text: r.subject + " (" + r.side + ")" }),
       el("p", { class: "marks", text: r.failed ? r.failed : (r.marks.join("; ") || "no mark") }),
