@@ -162,3 +162,23 @@ def test_a_bids_output_gives_the_same_report(tmp_path: Path) -> None:
     assert set(rows[0]["volumes"]) == {"anterior", "posterior"}  # dseg.tsv's names
     assert all(not r["marks"] for r in rows[1:])  # BIDS "n/a" flags are no flags
     assert all(r["data"] and r["qc"] for r in rows)  # images found through the sidecars
+
+
+def test_the_report_key_is_checked_before_segmenting(tmp_path: Path) -> None:
+    out = cli(
+        "segment", f"files.path={HELDOUT}", "files.pattern=hippocampus_098_img.nii.gz",
+        f"files.output_dir={tmp_path / 'pred'}", "segmentation=demo", "report=maybe",
+    )  # fmt: skip
+    assert_user_error(out, "report", "true or false")
+    assert not (tmp_path / "pred").exists()
+
+
+def test_one_shard_writes_no_report(tmp_path: Path) -> None:
+    result = cli(
+        "segment", f"files.path={HELDOUT}", "files.pattern=hippocampus_09*_img.nii.gz",
+        f"files.output_dir={tmp_path / 'pred'}", "segmentation=demo", "files.shard=1/2",
+    )  # fmt: skip
+    assert result.code == 0, result.output[-3000:]
+    assert list((tmp_path / "pred").glob("*_seg.nii.gz"))
+    assert not (tmp_path / "pred" / "report.html").exists()
+    assert any("no QC report from one shard" in m for m in result.infos)

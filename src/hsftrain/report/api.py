@@ -18,6 +18,7 @@ from hsftrain.files import atomic_path
 from hsftrain.inference.reporting import SegmentError
 from hsftrain.report.cohort import crop_row, failed_rows, score_rows
 from hsftrain.report.page import write_page, write_plots, write_viewer_data
+from hsftrain.validate import as_bool
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +96,30 @@ def segment_and_report(cfg: DictConfig) -> list[Path]:
     """``hsftrain segment``, then its QC report (``report=true``, one run, not a shard).
 
     Raises:
+        ConfigError: ``report`` is not true or false (before segmenting anything).
         what :func:`hsftrain.inference.api.segment` raises; a report that cannot be
-        written is a warning, never a failed run.
+            written is a warning, never a failed run.
     """
     from hsftrain.inference.api import segment
 
+    wanted = as_bool("report", cfg.get("report", True))  # checked before the long run
     try:
         done = segment(cfg)
     except SegmentError:
-        _after_segment(cfg)
+        if wanted:
+            _after_segment(cfg)
         raise
-    _after_segment(cfg)
+    if wanted:
+        _after_segment(cfg)
     return done
 
 
 def _after_segment(cfg: DictConfig) -> None:
     files = cfg.get("files") or {}
-    if not bool(cfg.get("report", True)) or files.get("shard"):
+    from hsftrain.inference.shards import choose_shard
+
+    if choose_shard(files.get("shard")) is not None:  # files.shard or a SLURM array task
+        log.info("no QC report from one shard: hsftrain report on the merged output folder")
         return
     out = files.get("output_dir") or files.get("path")
     if files.get("bids") and not files.get("output_dir"):
