@@ -41,6 +41,8 @@ BIDSIGNORE = (
     "*_itksnap.txt",
     "*_freesurfer.txt",
     "*_hippocampus_*",  # HSF names: the T2-grid results of multispectral.t2_space=true
+    "report.html",  # the cohort QC report (hsftrain report)
+    "report_assets",
 )
 #: The derivatives dataset's README.
 README = """# hsftrain hippocampal subfield segmentations
