@@ -42,8 +42,9 @@ def _segment(model: Path, *words: object) -> list[object]:
 
 
 def _inputs_of(out: Path) -> set[str]:
-    """The ``sub-X/ses-Y`` folders that received results."""
-    return {"/".join(p.parts[:2]) for p in map(Path, files_below(out)) if len(p.parts) > 2}
+    """The ``sub-X/ses-Y`` folders that received results (not the QC report's assets)."""
+    paths = [p for p in map(Path, files_below(out)) if p.parts[0] != "report_assets"]
+    return {"/".join(p.parts[:2]) for p in paths if len(p.parts) > 2}
 
 
 def test_bids_app_form_segments_the_chosen_participant(model: Path, tmp_path: Path) -> None:
