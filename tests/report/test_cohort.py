@@ -1,8 +1,17 @@
-"""The report's outlier marks and order, on hand-written cohorts."""
+"""The report's outlier marks and order, on hand-written cohorts; its viewer data."""
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
 from hsftrain.report.cohort import Row, score_rows
+from hsftrain.report.page import write_viewer_data
 
 
 def _head(subject: str, left: float, right: float) -> list[Row]:
@@ -47,3 +56,21 @@ def test_robust_z_marks_a_large_volume_and_a_high_uncertainty() -> None:
 def test_too_few_crops_give_no_z_scores() -> None:
     rows = score_rows([Row("a", "n/a", {"x": 100.0}), Row("b", "n/a", {"x": 5000.0})])
     assert all(not r.marks for r in rows)
+
+
+def test_the_viewer_gets_a_gzipped_nifti_whatever_the_input_format(tmp_path: Path) -> None:
+    labels = np.zeros((8, 9, 10), np.uint8)
+    labels[2:4, 3:5, 4:6] = 1
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    nib.save(nib.MGHImage(labels.astype(np.float32), affine), str(tmp_path / "img.mgz"))
+    nib.save(nib.Nifti1Image(labels, affine), str(tmp_path / "seg.nii"))
+    script = write_viewer_data(
+        tmp_path / "s0.js", "s0", {"image": tmp_path / "img.mgz", "seg": tmp_path / "seg.nii"}
+    ).read_text()
+    data = json.loads(script[script.index("{") : script.rindex("}") + 1])
+    assert data["centre_mm"] == [2.5, 3.5, 4.5]
+    for name in ("image", "seg"):
+        raw = gzip.decompress(base64.b64decode(data[name]))
+        assert raw[344:348] == b"n+1\x00"  # the NIfTI-1 magic
+        volume = nib.Nifti1Image.from_bytes(raw)
+        assert np.array_equal(np.asarray(volume.dataobj), labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gzip
 import html
 import json
 import os
@@ -121,11 +122,14 @@ def write_viewer_data(path: Path, row_id: str, files: dict[str, Path]) -> Path:
     """
     data: dict[str, object] = {"centre_mm": _centre_mm(files["seg"])}
     for name, nifti in files.items():
-        raw = nifti.read_bytes()
-        if not raw.startswith(b"\x1f\x8b"):  # .nii: compress as the viewer expects .nii.gz
-            import gzip
+        if nifti.name.lower().endswith(".nii.gz"):
+            raw = nifti.read_bytes()
+        else:  # .nii, .mgz, ...: the viewer is given a gzipped NIfTI (named .nii.gz)
+            import nibabel as nib
 
-            raw = gzip.compress(raw, mtime=0)
+            image = nib.load(str(nifti))
+            volume = nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine)
+            raw = gzip.compress(volume.to_bytes(), mtime=0)
         data[name] = base64.b64encode(raw).decode("ascii")
     return write_text_atomic(path, f"hsftrainData({json.dumps(row_id)}, {json.dumps(data)});\n")
 
