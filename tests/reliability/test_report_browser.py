@@ -96,6 +96,25 @@ def test_the_report_in_chromium(browser: Any, segmented: tuple[Path, Path], tmp_
     assert "hippocampus_098_img\tn/a\tpass\t" in lines
     assert f"{BROKEN}\tn/a\tfail\tnoise, no hippocampus" in lines
     assert "hippocampus_099_img\tn/a\t\t" in lines  # not rated
+    # the keyboard: n opens the next crop in the table, 3 rates it fail
+    page.locator("#cohort-table tbody tr[data-subject='hippocampus_099_img']").click()
+    page.keyboard.press("n")
+    page.keyboard.press("3")
+    cell = "#cohort-table tbody tr[data-subject='{}'] .c-rating"
+    after = subjects[subjects.index("hippocampus_099_img") + 1]
+    assert page.locator(cell.format(after)).inner_text() == "fail"
+
+    # ratings survive a reload, and a saved file loads back (another browser)
+    page.reload()
+    assert page.locator(cell.format("hippocampus_098_img")).inner_text() == "pass"
+    other = tmp_path / "other.tsv"
+    other.write_text(
+        "subject\tside\trating\tnote\nhippocampus_098_img\tcrop\tfix\tx\nsub-9\tn/a\tpass\t\n"
+    )
+    page.set_input_files("#load", other)
+    page.wait_for_function("document.getElementById('loaded').textContent !== ''")
+    assert page.locator("#loaded").inner_text() == "1 rating(s) loaded, 1 row(s) not in this report"
+    assert page.locator(cell.format("hippocampus_098_img")).inner_text() == "fix"
     assert not errors, errors
     assert all(u.startswith(("file://", "blob:", "data:")) for u in requests), requests
 

@@ -30,7 +30,10 @@ PAGE = """<!DOCTYPE html>
 <p>Click a row to see its QC figure, the viewer and its rating; click a header to sort.
 Ratings are kept in this browser until you save them:
 <button id="save" type="button">Save qc_ratings.tsv</button> <span id="rated"></span>
-(then <code>hsftrain data collect {seg_dir} --ratings qc_ratings.tsv ...</code>).</p>
+(then <code>hsftrain data collect {seg_dir} --ratings qc_ratings.tsv ...</code>).
+Load saved ratings: <input id="load" type="file" accept=".tsv,.txt"> <span id="loaded"></span>
+Keys: <kbd>n</kbd> / <kbd>p</kbd> next / previous crop, <kbd>1</kbd> <kbd>2</kbd> <kbd>3</kbd>
+pass / fix / fail.</p>
 <div class="layout">
 <div class="table-wrap"><table id="cohort-table"></table></div>
 <div id="panel" hidden></div>

@@ -75,6 +75,7 @@
       tr.addEventListener("click", () => openPanel(r));
       return tr;
     });
+    order = sorted;
     const table = document.getElementById("cohort-table");
     table.replaceChildren(el("thead", {}, [head]), el("tbody", {}, body));
   }
@@ -147,7 +148,11 @@
     }
   }
 
+  let current = null;
+  let order = rows;  // the table's order, for the keyboard's next / previous
+
   function openPanel(r) {
+    current = r;
     const panel = document.getElementById("panel");
     const rating = ratings[key(r)] || { rating: "", note: "" };
     const select = el("select", { id: "rating" }, ["", "pass", "fix", "fail"].map((v) => el("option", { value: v, text: v || "(not rated)" })));
@@ -173,7 +178,7 @@
     panel.replaceChildren(
       el("h2", { text: r.subject + " (" + r.side + ")" }),
       el("p", { class: "marks", text: r.failed ? r.failed : (r.marks.join("; ") || "no mark") }),
-      el("div", { class: "rate" }, [el("label", { text: "rating " }, [select]), note]),
+      r.failed ? el("p", { text: "not segmented: nothing to rate" }) : el("div", { class: "rate" }, [el("label", { text: "rating " }, [select]), note]),
       r.qc ? el("figure", {}, [el("img", { src: r.qc, alt: "QC figure of " + r.subject }), legend]) : el("p", { text: "no QC figure (segment qc=false)" }),
       canvas, status,
       el("label", { id: "unc-toggle", hidden: "" }, [el("input", { type: "checkbox" }), document.createTextNode(" show uncertainty")]),
@@ -199,6 +204,51 @@
     document.body.appendChild(a);
     a.click();
     a.remove();
+  });
+
+  // ---- loading a saved qc_ratings.tsv (another browser, a colleague's ratings) -------
+  function loadRatings(text) {
+    const lines = text.split(/\r?\n/).filter((l) => l.trim());
+    const head = (lines.shift() || "").split("\t").map((c) => c.trim().toLowerCase());
+    const col = (name) => head.indexOf(name);
+    if (col("subject") < 0 || col("rating") < 0) return "no subject and rating columns";
+    const known = new Set(rows.map(key));
+    let loaded = 0, unknown = 0;
+    for (const line of lines) {
+      const cells = line.split("\t");
+      let side = (cells[col("side")] || "").trim().toLowerCase();
+      if (["", "crop", "na", "n/a"].includes(side)) side = "n/a";
+      const k = (cells[col("subject")] || "").trim() + "\t" + side;
+      const rating = (cells[col("rating")] || "").trim().toLowerCase();
+      if (!known.has(k)) { unknown += 1; continue; }
+      if (!["", "pass", "fix", "fail"].includes(rating)) continue;
+      ratings[k] = { rating: rating, note: col("note") >= 0 ? (cells[col("note")] || "").trim() : "" };
+      loaded += 1;
+    }
+    save();
+    renderTable();
+    return loaded + " rating(s) loaded" + (unknown ? ", " + unknown + " row(s) not in this report" : "");
+  }
+  document.getElementById("load").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    if (!file) return;
+    const reader = new FileReader();
+    reader.onload = () => { document.getElementById("loaded").textContent = loadRatings(reader.result); };
+    reader.readAsText(file);
+  });
+
+  // ---- keyboard: n / p next and previous crop, 1 2 3 pass fix fail -----------------
+  document.addEventListener("keydown", (event) => {
+    if (["INPUT", "SELECT", "TEXTAREA"].includes(event.target.tagName) || event.ctrlKey || event.metaKey) return;
+    const at = current ? order.indexOf(current) : -1;
+    if (event.key === "n" || event.key === "p") {
+      const next = order[Math.min(order.length - 1, Math.max(0, at + (event.key === "n" ? 1 : -1)))];
+      if (next) openPanel(next);
+    } else if (current && !current.failed && ["1", "2", "3"].includes(event.key)) {
+      const select = document.getElementById("rating");
+      select.value = ["pass", "fix", "fail"][Number(event.key) - 1];
+      select.dispatchEvent(new Event("change"));
+    }
   });
 
   renderTable();
