@@ -29,11 +29,24 @@ QUIET = (
 )
 
 
+#: Lightning start-up lines that say nothing to a user: its cloud logger advertisement,
+#: accelerators that are absent (a GPU present but unused is still said), and how it
+#: counts the steps of an epoch.
+NOISE = (
+    "litlogger",
+    "GPU available: False",
+    "TPU available: False",
+    "HPU available: False",
+    "Loading `train_dataloader` to estimate number of stepping batches",
+)
+
+
 class _DropAdverts(logging.Filter):
-    """Lightning's advertisement for its cloud logger is noise in a research tool."""
+    """Drops the Lightning lines of :data:`NOISE`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return not any(part in message for part in NOISE)
 
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropAdverts())
