@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from hsftrain.collect.outputs import NO_SIDE, SegmentedCrop
+from hsftrain.inference.layout import HEMI
 from hsftrain.inference.writer import MARKER, Outputs
 
 #: A robust z-score (median/MAD) beyond this marks a volume or an uncertainty.
@@ -114,7 +115,8 @@ def crop_row(crop: SegmentedCrop) -> Row:
         u = np.asarray(nib.load(str(unc)).dataobj, dtype=np.float32)
         inside = u[label_map > 0]
         uncertainty = round(float(inside.mean()), 4) if inside.size else None
-    side_values = {crop.side, "crop" if crop.side == NO_SIDE else crop.side}
+    side = "crop" if crop.side == NO_SIDE else crop.side
+    side_values = {crop.side, side, HEMI.get(side, side)}  # HSF side, BIDS hemi (L, R)
     flags = {r.get("flag", "") for r in table if (r.get("side") or r.get("hemi")) in side_values}
     flag = "; ".join(sorted(f for f in flags if f and f != NO_SIDE))
     return Row(crop.subject, crop.side, volumes, labels, uncertainty, flag, "", crop, qc, unc)
