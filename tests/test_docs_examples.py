@@ -1,4 +1,4 @@
-"""Every ``hsftrain`` command shown in README.md and docs/*.md runs (issue 14).
+"""Every ``hsftrain`` command shown in README.md and docs/*.md runs.
 
 The commands are extracted from the shell code blocks of the pages (continuation lines
 joined, shell variables of the block expanded, quotes and comments handled as the shell
