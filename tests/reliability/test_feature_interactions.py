@@ -1,8 +1,10 @@
 """Features meeting each other as a lab meets them: the QC report reading a BIDS
-whole-head output's volumes table."""
+whole-head output's volumes table; a multispectral whole head whose T2 misses one side."""
 
 from __future__ import annotations
 
+import csv
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +12,9 @@ import numpy as np
 
 from hsftrain.collect.outputs import SegmentedCrop
 from hsftrain.report.cohort import crop_row
+from tests.inference.conftest import MSD_NAMES, ORIENTATIONS, export_tiny
+
+from .conftest import cli
 
 
 def test_the_report_shows_the_flag_of_a_bids_whole_head_side(tmp_path: Path) -> None:
@@ -29,3 +34,24 @@ def test_the_report_shows_the_flag_of_a_bids_whole_head_side(tmp_path: Path) -> 
     )
     assert crop_row(crops["left"]).flag == "poor registration"
     assert crop_row(crops["right"]).flag == ""
+
+
+def test_a_t2_missing_one_side_of_a_whole_head_flags_that_side_only(tmp_path: Path) -> None:
+    model = export_tiny(tmp_path / "tiny.onnx", 3, MSD_NAMES)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(ORIENTATIONS / "RAS.nii.gz", data / "s1_T1w.nii.gz")
+    image = nib.load(str(ORIENTATIONS / "RAS.nii.gz"))
+    t2 = np.asarray(image.dataobj).astype(np.float32)
+    t2[: t2.shape[0] * 3 // 4] = 0  # RAS: the T2 holds the right side of the head only
+    nib.save(nib.Nifti1Image(t2, image.affine), str(data / "s1_T2w.nii.gz"))
+    result = cli(
+        "segment", f"files.path={data}", "files.pattern=*_T1w.nii.gz",
+        "files.t2_pattern={id}_T2w.nii.gz", f"multispectral.t2_model_paths=[{model}]",
+        f"model_paths=[{model}]", "segmentation.tta=false", "qc=false",
+    )  # fmt: skip
+    assert result.code == 0, result.output[-3000:]
+    with open(data / "volumes.csv", newline="") as f:
+        flags = {row["side"]: row["flag"] for row in csv.DictReader(f)}
+    assert "the T2 does not cover the left crop" in flags["left"]
+    assert "left crop" not in flags["right"]

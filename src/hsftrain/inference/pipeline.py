@@ -266,7 +266,8 @@ def segment_subject(
                 f"{subject} ({box.side})",
                 segmenter.names,
             )
-        side_flags = flags + method.flags
+        others = [f"{b.side} crop" for b in boxes if b.side != box.side]  # their own flags
+        side_flags = flags + [f for f in method.flags if not any(o in f for o in others)]
         if not (labels > 0).any():
             side_flags.append(f"no hippocampus found in the {box.side} crop")
             report.flags.append(side_flags[-1])
