@@ -1,5 +1,6 @@
 """Features meeting each other as a lab meets them: the QC report reading a BIDS
-whole-head output's volumes table; a multispectral whole head whose T2 misses one side."""
+whole-head output's volumes table; a multispectral whole head whose T2 misses one side;
+the report of a run on one file."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from hsftrain.report.cohort import crop_row
 from tests.inference.conftest import MSD_NAMES, ORIENTATIONS, export_tiny
 
 from .conftest import cli
+
+HELDOUT = Path(__file__).resolve().parents[2] / "src/hsftrain/assets/sample/msd_heldout"
 
 
 def test_the_report_shows_the_flag_of_a_bids_whole_head_side(tmp_path: Path) -> None:
@@ -55,3 +58,12 @@ def test_a_t2_missing_one_side_of_a_whole_head_flags_that_side_only(tmp_path: Pa
         flags = {row["side"]: row["flag"] for row in csv.DictReader(f)}
     assert "the T2 does not cover the left crop" in flags["left"]
     assert "left crop" not in flags["right"]
+
+
+def test_segmenting_one_file_writes_its_report_beside_it(tmp_path: Path) -> None:
+    image = sorted(HELDOUT.glob("*_img.nii.gz"))[0]
+    shutil.copy(image, tmp_path / image.name)
+    result = cli("segment", f"files.path={tmp_path / image.name}", "segmentation=demo")
+    assert result.code == 0, result.output[-3000:]
+    assert (tmp_path / "report.html").is_file()
+    assert not any("no QC report" in m for m in result.output.splitlines())

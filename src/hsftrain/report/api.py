@@ -121,10 +121,13 @@ def _after_segment(cfg: DictConfig) -> None:
     if choose_shard(files.get("shard")) is not None:  # files.shard or a SLURM array task
         log.info("no QC report from one shard: hsftrain report on the merged output folder")
         return
-    out = files.get("output_dir") or files.get("path")
+    path = Path(str(files.get("path"))).expanduser() if files.get("path") else None
+    if path is not None and path.is_file():  # one MRI: its results are beside it
+        path = path.parent
+    out = files.get("output_dir") or path
     if files.get("bids") and not files.get("output_dir"):
         out = Path(str(files.get("path"))).expanduser() / "derivatives" / "hsftrain"
     try:
-        report(str(out), images=str(files.get("path")) if files.get("path") else None)
+        report(str(out), images=str(path) if path else None)
     except CollectError as err:
         log.warning("no QC report: %s", err)
