@@ -1,6 +1,6 @@
 """Features meeting each other as a lab meets them: the QC report reading a BIDS
 whole-head output's volumes table; a multispectral whole head whose T2 misses one side;
-the report of a run on one file."""
+the report of a run on one file; BIDS volumes of a class named like the total."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from hsftrain.collect.outputs import SegmentedCrop
 from hsftrain.report.cohort import crop_row
-from tests.inference.conftest import MSD_NAMES, ORIENTATIONS, export_tiny
+from tests.inference.conftest import MSD_NAMES, ORIENTATIONS, export_tiny, write_crop
 
 from .conftest import cli
 
@@ -67,3 +67,21 @@ def test_segmenting_one_file_writes_its_report_beside_it(tmp_path: Path) -> None
     assert result.code == 0, result.output[-3000:]
     assert (tmp_path / "report.html").is_file()
     assert not any("no QC report" in m for m in result.output.splitlines())
+
+
+def test_a_class_named_hippocampus_is_not_counted_twice_in_bids_volumes(tmp_path: Path) -> None:
+    model = export_tiny(tmp_path / "whole.onnx", 2, ["background", "hippocampus"])
+    mri = write_crop(tmp_path / "data" / "s1_T1w.nii.gz")
+    out = tmp_path / "out"
+    result = cli(
+        "segment", f"files.path={mri.parent}", "files.pattern=*.nii.gz", "files.layout=bids",
+        f"files.output_dir={out}", f"model_paths=[{model}]", "segmentation.tta=false", "qc=false",
+    )  # fmt: skip
+    assert result.code == 0, result.output[-3000:]
+    seg = next(out.rglob("*_desc-hippocampus_dseg.nii.gz"))
+    image = nib.load(str(seg))
+    voxels = int((np.asarray(image.dataobj) == 1).sum())
+    assert voxels
+    with open(out / "volumes.tsv", newline="") as f:
+        (row,) = csv.DictReader(f, delimiter="\t")
+    assert float(row["hippocampus"]) == voxels * float(np.prod(image.header.get_zooms()))

@@ -186,6 +186,7 @@ def wide_rows(
     """One row per side: ``participant_id``, ``session``, ``hemi``, the volume (mm3) of
     each class by name, the whole-hippocampus total, ``flag`` and the provenance."""
     out: dict[str, dict[str, object]] = {}
+    totals: dict[str, float] = {}
     for row in rows:
         side = str(row["side"])
         wide = out.setdefault(
@@ -202,7 +203,9 @@ def wide_rows(
         )
         volume = float(row["volume_mm3"])  # type: ignore[arg-type]
         wide[str(row["name"])] = volume
-        wide[TOTAL] = round(float(wide[TOTAL]) + volume, 6)  # type: ignore[arg-type]
+        totals[side] = round(totals.get(side, 0.0) + volume, 6)
+    for side, wide in out.items():  # a class named like the total is the whole hippocampus
+        wide[TOTAL] = totals.get(side, 0.0)
     return list(out.values())
 
 
