@@ -1,17 +1,23 @@
 """Features meeting each other as a lab meets them: the QC report reading a BIDS
 whole-head output's volumes table; a multispectral whole head whose T2 misses one side;
-the report of a run on one file; BIDS volumes of a class named like the total."""
+the report of a run on one file; BIDS volumes of a class named like the total;
+the subjects left when a worker process dies."""
 
 from __future__ import annotations
 
 import csv
 import shutil
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from hsftrain.collect.outputs import SegmentedCrop
+from hsftrain.inference import workers
 from hsftrain.report.cohort import crop_row
 from tests.inference.conftest import MSD_NAMES, ORIENTATIONS, export_tiny, write_crop
 
@@ -85,3 +91,34 @@ def test_a_class_named_hippocampus_is_not_counted_twice_in_bids_volumes(tmp_path
     with open(out / "volumes.tsv", newline="") as f:
         (row,) = csv.DictReader(f, delimiter="\t")
     assert float(row["hippocampus"]) == voxels * float(np.prod(image.header.get_zooms()))
+
+
+class _PoolThatBreaks(ProcessPoolExecutor):
+    """A pool whose workers died (e.g. out of memory) once two subjects were handed out."""
+
+    submitted = 0
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[Any]:
+        _PoolThatBreaks.submitted += 1
+        if _PoolThatBreaks.submitted > 2:
+            raise BrokenProcessPool("A child process terminated abruptly")
+        return super().submit(*args, **kwargs)
+
+
+def test_subjects_left_when_a_worker_dies_fail_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = export_tiny(tmp_path / "tiny.onnx", 3, MSD_NAMES)
+    data = tmp_path / "data"
+    for i in range(3):
+        write_crop(data / f"s{i}_T1w.nii.gz", seed=i)
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", _PoolThatBreaks)
+    result = cli(
+        "segment", f"files.path={data}", "files.pattern=*.nii.gz", f"model_paths=[{model}]",
+        "segmentation.tta=false", "qc=false", "report=false", "hardware.jobs=2",
+    )  # fmt: skip
+    assert result.code == 1 and "Traceback" not in result.output, result.output[-3000:]
+    assert any("s2_T1w.nii.gz: the worker process segmenting it died" in e for e in result.errors)
+    with open(data / "volumes.csv", newline="") as f:
+        flags = {row["subject"]: row["flag"] for row in csv.DictReader(f)}
+    assert flags["s2_T1w"].startswith("failed: ") and not flags["s0_T1w"]

@@ -201,7 +201,12 @@ def run_parallel(
                 job = next(todo, None)
                 if job is None:
                     break
-                running[pool.submit(_run, job)] = job
+                try:
+                    future = pool.submit(_run, job)
+                except BrokenProcessPool as err:  # a worker died: failed as those it ran
+                    future = Future()
+                    future.set_exception(err)
+                running[future] = job
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
