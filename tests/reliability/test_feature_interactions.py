@@ -1,7 +1,7 @@
 """Features meeting each other as a lab meets them: the QC report reading a BIDS
 whole-head output's volumes table; a multispectral whole head whose T2 misses one side;
 the report of a run on one file; BIDS volumes of a class named like the total;
-the subjects left when a worker process dies."""
+the subjects left when a worker process dies (both layouts)."""
 
 from __future__ import annotations
 
@@ -122,3 +122,26 @@ def test_subjects_left_when_a_worker_dies_fail_with_one_line(
     with open(data / "volumes.csv", newline="") as f:
         flags = {row["subject"]: row["flag"] for row in csv.DictReader(f)}
     assert flags["s2_T1w"].startswith("failed: ") and not flags["s0_T1w"]
+
+
+def test_a_dead_worker_leaves_a_bids_row_in_the_bids_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = export_tiny(tmp_path / "tiny.onnx", 3, MSD_NAMES)
+    data = tmp_path / "data"
+    for i in range(3):
+        write_crop(data / f"s{i}_T1w.nii.gz", seed=i)
+    monkeypatch.setattr(workers, "ProcessPoolExecutor", _PoolThatBreaks)
+    monkeypatch.setattr(_PoolThatBreaks, "submitted", 0)
+    out = tmp_path / "out"
+    result = cli(
+        "segment", f"files.path={data}", "files.pattern=*.nii.gz", f"model_paths=[{model}]",
+        "segmentation.tta=false", "qc=false", "report=false", "hardware.jobs=2",
+        "files.layout=bids", f"files.output_dir={out}",
+    )  # fmt: skip
+    assert result.code == 1, result.output[-3000:]
+    with open(out / "volumes.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    assert "subject" not in rows[0]
+    failed = [r for r in rows if r["flag"].startswith("failed: ")]
+    assert [r["participant_id"] for r in failed] == ["sub-s2T1w"]

@@ -136,8 +136,8 @@ def _run(job: Job) -> SubjectReport:
     if "error" in _WORKER:
         from hsftrain.inference.subject import failure_line
 
-        error = _WORKER["error"]
-        return SubjectReport(job.subject, job.mri, "failed", error=failure_line(job.mri, error))
+        error = failure_line(job.mri, _WORKER["error"])
+        return SubjectReport(job.subject, job.mri, "failed", error=error, outputs=job.outputs)
     return run_subject(
         job.mri,
         job.outputs,
@@ -238,6 +238,7 @@ def _report(future: Future[SubjectReport], job: Job, stop: StopRequest) -> Subje
             "failed",
             error=f"{job.mri}: the worker process segmenting it died (killed, e.g. out "
             "of memory): rerun with fewer hardware.jobs; finished subjects are kept",
+            outputs=job.outputs,
         )
         log.error("%s", report.error)
         return report
