@@ -118,6 +118,22 @@ def session_processes(session: int) -> list[str]:
     return found
 
 
+def _busy(session: int, cpu_s: float) -> int:
+    """Processes of a session, its leader left out, that have used ``cpu_s`` of CPU time."""
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = 0
+    for line in session_processes(session):
+        pid = int(line.split(":", 1)[0])
+        if pid == session:
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        busy += (int(fields[11]) + int(fields[12])) / tick >= cpu_s  # utime + stime
+    return busy
+
+
 @pytest.fixture
 def command(tmp_path: Path) -> Iterator[Callable[..., Command]]:
     """Starts commands in ``tmp_path``; any still running at the end is killed."""
@@ -303,14 +319,18 @@ def test_a_second_ctrl_c_kills_the_segment_workers_at_once(
     tmp_path: Path, model: Path, command: Callable[..., Command]
 ) -> None:
     root = _cohort(tmp_path / "data", 4, shape=(64, 80, 64))  # seconds per subject
-    cmd = command("segment", *_segment_args(root, model, 20, "hardware.jobs=2"))
+    cmd = command("segment", *_segment_args(root, model, 40, "hardware.jobs=2"))
     cmd.wait_for_line("worker process(es)")
+    # the line comes before the workers start: wait until both are at work on a subject, so
+    # that the first press has work to finish (else it stops at once by itself)
+    cmd.wait_until(lambda: _busy(cmd.proc.pid, cpu_s=2.0) >= 2, "two busy workers")
     cmd.signal(signal.SIGINT)
     cmd.wait_for_line("SIGINT received")
     time.sleep(errors.SAME_SIGNAL_S + 0.2)  # a second press, not the first one delivered twice
     cmd.signal(signal.SIGINT)
     assert cmd.finish() == 130, cmd.output[-4000:]
-    assert "SIGINT: segment stopped at once" in cmd.output
+    said = [line.strip() for line in cmd.lines if "SIGINT" in line]
+    assert any("SIGINT: segment stopped at once" in line for line in said), said
     assert not _segmented(root) and not (root / "volumes.csv").exists()
 
 
