@@ -63,7 +63,7 @@ def test_the_report_in_chromium(browser: Any, segmented: tuple[Path, Path], tmp_
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
     errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("pageerror", lambda e: errors.append(f"{e}\n{e.stack}"))
     page.goto((pred / "report.html").as_uri())
 
     rows = page.locator("#cohort-table tbody tr")

@@ -117,8 +117,10 @@
       niivueLoading = niivueLoading || loadScript("report_assets/niivue/niivue.umd.js");
       await niivueLoading;
       const data = await subjectData(r);
+      // another crop opened while this one loaded: its canvas is gone (niivue needs its parent)
+      if (!canvas.isConnected) return;
       const nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: true, isColorbar: false });
-      nv.attachToCanvas(canvas);
+      await nv.attachToCanvas(canvas);
       const seg = await niivue.NVImage.loadFromBase64({ base64: data.seg, name: "seg.nii.gz", opacity: 0.5 });
       seg.setColormapLabel(labelColours());
       const volumes = [
