@@ -105,14 +105,23 @@ class _PoolThatBreaks(ProcessPoolExecutor):
         return super().submit(*args, **kwargs)
 
 
-def test_subjects_left_when_a_worker_dies_fail_with_one_line(
+def _three_crops_and_a_pool_that_breaks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Path, Path]:
+    """A tiny model and three crops, segmented by workers of :class:`_PoolThatBreaks`."""
     model = export_tiny(tmp_path / "tiny.onnx", 3, MSD_NAMES)
     data = tmp_path / "data"
     for i in range(3):
         write_crop(data / f"s{i}_T1w.nii.gz", seed=i)
     monkeypatch.setattr(workers, "ProcessPoolExecutor", _PoolThatBreaks)
+    monkeypatch.setattr(_PoolThatBreaks, "submitted", 0)
+    return model, data
+
+
+def test_subjects_left_when_a_worker_dies_fail_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, data = _three_crops_and_a_pool_that_breaks(tmp_path, monkeypatch)
     result = cli(
         "segment", f"files.path={data}", "files.pattern=*.nii.gz", f"model_paths=[{model}]",
         "segmentation.tta=false", "qc=false", "report=false", "hardware.jobs=2",
@@ -127,12 +136,7 @@ def test_subjects_left_when_a_worker_dies_fail_with_one_line(
 def test_a_dead_worker_leaves_a_bids_row_in_the_bids_table(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = export_tiny(tmp_path / "tiny.onnx", 3, MSD_NAMES)
-    data = tmp_path / "data"
-    for i in range(3):
-        write_crop(data / f"s{i}_T1w.nii.gz", seed=i)
-    monkeypatch.setattr(workers, "ProcessPoolExecutor", _PoolThatBreaks)
-    monkeypatch.setattr(_PoolThatBreaks, "submitted", 0)
+    model, data = _three_crops_and_a_pool_that_breaks(tmp_path, monkeypatch)
     out = tmp_path / "out"
     result = cli(
         "segment", f"files.path={data}", "files.pattern=*.nii.gz", f"model_paths=[{model}]",
