@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 #: Name of the text log written into every run directory.
 RUN_LOG = "train.log"
@@ -21,14 +23,53 @@ class _ConsoleFilter(logging.Filter):
         return not getattr(record, "file_only", False)
 
 
+def _one_line_handler(**kwargs: Any) -> logging.Handler:
+    """A rich handler that never wraps nor cuts a message (see :func:`setup_logging`)."""
+    from rich.logging import RichHandler
+    from rich.text import Text
+
+    class OneLineHandler(RichHandler):
+        """Prints ``time level message`` as one line of any length; the lines of a
+        multi-line message are indented under the first. Rich tracebacks (``--verbose``)
+        keep rich's own layout."""
+
+        _last_time = ""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if self.rich_tracebacks and record.exc_info and record.exc_info[0] is not None:
+                super().emit(record)
+                return
+            try:
+                stamp = datetime.fromtimestamp(record.created).strftime(
+                    str(self._log_render.time_format)
+                )
+                shown = " " * len(stamp) if stamp == self._last_time else stamp
+                self._last_time = stamp
+                head = Text.assemble((shown, "log.time"), " ", self.get_level_text(record), " ")
+                body = self.render_message(record, self.format(record))
+                assert isinstance(body, Text)
+                lines = body.split("\n", allow_blank=True)
+                line = head + Text("\n" + " " * head.cell_len).join(lines)
+                self.console.print(line, soft_wrap=True)
+            except Exception:
+                self.handleError(record)
+
+    return OneLineHandler(**kwargs)
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Route ``hsftrain`` logs through a rich handler (INFO, or DEBUG when verbose)."""
+    """Route ``hsftrain`` logs through a rich handler (INFO, or DEBUG when verbose).
+
+    A message is never wrapped nor cut at the terminal's width (nor at the 80 columns rich
+    assumes in a pipe): a long line stays one line, so that a path it names can be copied
+    and a log can be searched with ``grep``.
+    """
     from rich.logging import RichHandler
 
     root = logging.getLogger("hsftrain")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     if not any(isinstance(h, RichHandler) for h in root.handlers):
-        handler = RichHandler(show_path=False, rich_tracebacks=verbose, markup=False)
+        handler = _one_line_handler(show_path=False, rich_tracebacks=verbose, markup=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler.addFilter(_ConsoleFilter())
         root.addHandler(handler)
