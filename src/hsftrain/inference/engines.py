@@ -1,4 +1,6 @@
-"""ONNX Runtime inference engines and model resolution (local paths or hub downloads).
+"""Inference engines (the shared checks, ONNX Runtime) and model resolution (local paths or
+hub downloads). The OpenVINO engine and the choice between engines live in
+:mod:`hsftrain.inference.openvino_engine`.
 
 A model is any ONNX file with one input ``(B, 1, X, Y, Z)`` and one output ``(B, C, X, Y, Z)``
 of class probabilities (hsftrain exports name them ``cropped_hippocampus`` and
@@ -7,7 +9,7 @@ of class probabilities (hsftrain exports name them ``cropped_hippocampus`` and
 models gets :data:`hsftrain.data.labels.HSF_MODEL_CLASSES`, one with eight
 :data:`hsftrain.data.labels.SUBFIELDS` (head and tail added), any other ``label_<i>``.
 
-Every model is checked when it is loaded (:meth:`OnnxEngine.check_contract`): one input
+Every model is checked when it is loaded (:meth:`Engine.check_contract`): one input
 of rank 5 with one channel, an output ``(B, C, X, Y, Z)`` on a test image, finite values,
 and class names in its metadata that match ``C`` (otherwise its volumes would be written
 under the wrong names). A prediction with NaN or Inf values is refused too.
@@ -31,6 +33,8 @@ from hsftrain.onnx_metadata import decode_metadata
 log = logging.getLogger(__name__)
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+#: ``hardware.engine``: auto (OpenVINO on a CPU when installed, else ONNX Runtime) or one of them
+ENGINES: tuple[str, ...] = ("auto", "onnxruntime", "openvino")
 #: Spatial size of the test image a model is run on when loaded (dynamic axes).
 PROBE_SIZE = 16
 
@@ -140,60 +144,33 @@ def available_providers(requested: Sequence[Provider]) -> list[Provider]:
     return kept
 
 
-class OnnxEngine:
-    """One ONNX model in an ONNX Runtime session.
+class Engine:
+    """What every engine shares: the model's contract, class names, metadata and the
+    batched prediction with its checks. A subclass sets ``path``, ``batch_size``,
+    ``metadata`` and ``providers`` (a description for the log), implements
+    :meth:`input_shapes` and :meth:`run`, then calls :meth:`_check`."""
 
-    Args:
-        path: ONNX file.
-        providers: execution providers in order of preference (unavailable ones are skipped
-            with a log line; onnxruntime itself falls back when one fails to initialise).
-        batch_size: images per ``session.run`` call.
-        intra_op_num_threads: threads inside an operator (0: onnxruntime's default).
-        inter_op_num_threads: threads across operators (0: default).
-    """
+    path: Path
+    batch_size: int
+    metadata: dict[str, Any]
+    providers: list[str]
+    output_classes: int
+    labels_names: list[str]
+    outputs_logits: bool | None
 
-    def __init__(
-        self,
-        path: str | Path,
-        providers: Sequence[Provider] = (),
-        batch_size: int = 1,
-        intra_op_num_threads: int = 0,
-        inter_op_num_threads: int = 0,
-    ) -> None:
-        import onnxruntime as ort
+    def input_shapes(self) -> list[tuple[str, list[int | None]]]:
+        """``[(name, shape)]`` of the model's inputs, None for a dynamic axis."""
+        raise NotImplementedError
 
-        self.path = Path(path)
-        self.batch_size = max(1, int(batch_size))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_num_threads or 0)
-        options.inter_op_num_threads = int(inter_op_num_threads or 0)
-        options.log_severity_level = 3
-        chosen = available_providers(providers or parse_providers(None))
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path),
-                sess_options=options,
-                providers=[p.name for p in chosen],
-                provider_options=[p.options for p in chosen],
-            )
-        except Exception as err:
-            raise ModelError(
-                f"{self.path}: cannot be loaded by onnxruntime: {' '.join(str(err).split())}; "
-                "give an ONNX model (hsftrain export, or a hub model)"
-            ) from err
-        used = self.session.get_providers()
-        if used and chosen and used[0] != chosen[0].name:
-            log.info(
-                "%s: %s failed to start, running on %s", self.path.name, chosen[0].name, used[0]
-            )
-        self.providers = list(used)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.metadata: dict[str, Any] = decode_metadata(meta)
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The model's raw output for a float32 batch ``(B, 1, X, Y, Z)``."""
+        raise NotImplementedError
+
+    def _check(self) -> None:
+        """Check the model (contract, class names); called at the end of ``__init__``."""
         self.output_classes = self.check_contract()
         self.labels_names = self._labels_names()
-        self.outputs_logits: bool | None = None  # decided on the first prediction
+        self.outputs_logits = None  # decided on the first prediction
 
     def check_contract(self) -> int:
         """Check the model's inputs and outputs on a test image; returns its class count.
@@ -203,24 +180,24 @@ class OnnxEngine:
                 ``(B, C, X, Y, Z)`` with C >= 2, or a model that fails on the test image.
             NonFiniteError: the model outputs NaN or Inf.
         """
-        inputs = self.session.get_inputs()
+        inputs = self.input_shapes()
         if len(inputs) != 1:
             raise ModelError(
                 f"{self.path}: the model has {len(inputs)} inputs "
-                f"({', '.join(i.name for i in inputs)}); hsftrain segment runs models with one "
-                "input, an image (B, 1, X, Y, Z)"
+                f"({', '.join(name for name, _ in inputs)}); hsftrain segment runs models with "
+                "one input, an image (B, 1, X, Y, Z)"
             )
-        shape = list(inputs[0].shape)
-        if len(shape) != 5 or (isinstance(shape[1], int) and shape[1] != 1):
+        shape = inputs[0][1]
+        if len(shape) != 5 or shape[1] not in (None, 1):
             raise ModelError(
                 f"{self.path}: the model's input has shape {shape}; hsftrain segment runs "
                 "models whose input is one image of shape (B, 1, X, Y, Z)"
             )
-        probe_shape = [d if isinstance(d, int) and d > 0 else PROBE_SIZE for d in shape]
-        probe_shape[:2] = [probe_shape[0] if isinstance(shape[0], int) else 1, 1]
+        probe_shape = [PROBE_SIZE if d is None else d for d in shape]
+        probe_shape[:2] = [shape[0] or 1, 1]
         probe = np.random.default_rng(0).standard_normal(probe_shape).astype(np.float32)
         try:
-            out = self.session.run([self.output_name], {self.input_name: probe})[0]
+            out = self.run(probe)
         except Exception as err:
             raise ModelError(
                 f"{self.path}: the model fails on a test image of shape {tuple(probe_shape)}: "
@@ -311,7 +288,7 @@ class OnnxEngine:
         outputs = []
         for start in range(0, len(images), self.batch_size):
             batch = np.ascontiguousarray(images[start : start + self.batch_size], dtype=np.float32)
-            outputs.append(self.session.run([self.output_name], {self.input_name: batch})[0])
+            outputs.append(self.run(batch))
         out = np.concatenate(outputs).astype(np.float32, copy=False)
         if not np.isfinite(out).all():
             raise NonFiniteError(
@@ -329,3 +306,66 @@ class OnnxEngine:
             out = np.exp(out - out.max(axis=1, keepdims=True))
             out /= out.sum(axis=1, keepdims=True)
         return out
+
+
+class OnnxEngine(Engine):
+    """One ONNX model in an ONNX Runtime session.
+
+    Args:
+        path: ONNX file.
+        providers: execution providers in order of preference (unavailable ones are skipped
+            with a log line; onnxruntime itself falls back when one fails to initialise).
+        batch_size: images per ``session.run`` call.
+        intra_op_num_threads: threads inside an operator (0: onnxruntime's default).
+        inter_op_num_threads: threads across operators (0: default).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[Provider] = (),
+        batch_size: int = 1,
+        intra_op_num_threads: int = 0,
+        inter_op_num_threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.batch_size = max(1, int(batch_size))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(intra_op_num_threads or 0)
+        options.inter_op_num_threads = int(inter_op_num_threads or 0)
+        options.log_severity_level = 3
+        chosen = available_providers(providers or parse_providers(None))
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path),
+                sess_options=options,
+                providers=[p.name for p in chosen],
+                provider_options=[p.options for p in chosen],
+            )
+        except Exception as err:
+            raise ModelError(
+                f"{self.path}: cannot be loaded by onnxruntime: {' '.join(str(err).split())}; "
+                "give an ONNX model (hsftrain export, or a hub model)"
+            ) from err
+        used = self.session.get_providers()
+        if used and chosen and used[0] != chosen[0].name:
+            log.info(
+                "%s: %s failed to start, running on %s", self.path.name, chosen[0].name, used[0]
+            )
+        self.providers = list(used)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = decode_metadata(meta)
+        self._check()
+
+    def input_shapes(self) -> list[tuple[str, list[int | None]]]:
+        return [
+            (i.name, [d if isinstance(d, int) and d > 0 else None for d in i.shape])
+            for i in self.session.get_inputs()
+        ]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]

@@ -13,8 +13,9 @@ import numpy as np
 from hsftrain.config import ConfigError
 from hsftrain.data.labels import CA_MERGES, merge_lut, merge_probs
 from hsftrain.inference.contract import Contract
-from hsftrain.inference.engines import OnnxEngine, Provider, resolve_model
+from hsftrain.inference.engines import Engine, Provider, resolve_model
 from hsftrain.inference.fusion import Fusion, keep_largest_component
+from hsftrain.inference.openvino_engine import open_engine
 from hsftrain.inference.preprocess import pad_to_multiple, unpad, z_normalize
 from hsftrain.inference.resample import model_spacing
 from hsftrain.inference.settings import Settings
@@ -59,7 +60,7 @@ class Segmenter:
 
     def __init__(
         self,
-        engines: Sequence[OnnxEngine],
+        engines: Sequence[Engine],
         augmentation: Mapping[str, Any] | None = None,
         num_aug: int = 0,
         fusion: str = "vote",
@@ -103,7 +104,7 @@ class Segmenter:
         self.contract = Contract.from_metadata(metadata)
 
     @classmethod
-    def from_settings(cls, engines: Sequence[OnnxEngine], settings: Settings) -> Segmenter:
+    def from_settings(cls, engines: Sequence[Engine], settings: Settings) -> Segmenter:
         """The segmenter a ``segment`` run uses: its TTA, fusion, ca_mode and batch size."""
         return cls(
             engines,
@@ -202,12 +203,12 @@ def resolve_models(models: Sequence[tuple[str, Any]], models_path: str | None) -
 
 
 def with_device(providers: Sequence[Provider], device: int | None) -> list[Provider]:
-    """``providers`` with the CUDA provider's ``device_id`` set to ``device`` (if any)."""
+    """``providers`` with the GPU providers' ``device_id`` (CUDA, TensorRT) set to ``device``."""
     if device is None:
         return list(providers)
     return [
         replace(p, options={**p.options, "device_id": int(device)})
-        if p.name == "CUDAExecutionProvider"
+        if p.name in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
         else p
         for p in providers
     ]
@@ -220,14 +221,15 @@ def load_engines(
     device: int | None = None,
     models: Sequence[tuple[str, Any]] | None = None,
     quiet: bool = False,
-) -> list[OnnxEngine]:
-    """Load every configured model (resolving it first unless ``paths`` are given).
+) -> list[Engine]:
+    """Load every configured model (resolving it first unless ``paths`` are given) on the
+    engine ``hardware.engine`` asks for (:func:`hsftrain.inference.openvino_engine.open_engine`).
 
     Metadata keys a model file lacks are taken from the preset's ``model_metadata`` entry of
     the same name (the configured models only, not ``models``).
 
     Args:
-        threads: ONNX Runtime intra-op threads (None: ``hardware.engine_settings``).
+        threads: intra-op threads, OpenVINO's threads (None: ``hardware.engine_settings``).
         device: the GPU the CUDA provider runs on (None: the provider's own setting).
         models: the ``(name, spec)`` to load (default: ``settings.models``).
         quiet: log each model at debug level (worker processes), not info.
@@ -242,7 +244,8 @@ def load_engines(
         paths = resolve_models(models, settings.models_path)
     engines = []
     for (name, _), path in zip(models, paths, strict=True):
-        engine = OnnxEngine(
+        engine = open_engine(
+            settings.engine,
             path,
             with_device(settings.providers, device),
             batch_size=settings.batch_size,

@@ -15,7 +15,7 @@ from hsftrain.data.labels import CA_TYPES
 from hsftrain.inference import bids
 from hsftrain.inference.boxes import FovSettings
 from hsftrain.inference.contract import Checks
-from hsftrain.inference.engines import Provider, model_specs, parse_providers
+from hsftrain.inference.engines import ENGINES, Provider, model_specs, parse_providers
 from hsftrain.inference.fusion import FUSIONS
 from hsftrain.inference.resample import MODES as RESAMPLE_MODES
 from hsftrain.inference.roiloc import MODES
@@ -78,6 +78,8 @@ class Settings:
 
     #: ``files.layout``: hsf or bids (:mod:`hsftrain.inference.layout`)
     layout: str = "hsf"
+    #: ``hardware.engine``: auto, onnxruntime or openvino (:data:`engines.ENGINES`)
+    engine: str = "onnxruntime"
     #: ``save_probabilities``: also write each crop's mean class probabilities
     save_probabilities: bool = False
 
@@ -343,8 +345,8 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         raise ConfigError(f"resample.tolerance={tolerance}: must be >= 0 (e.g. 0.25)")
 
     engine = str(get(cfg, "hardware.engine", "onnxruntime"))
-    if engine != "onnxruntime":
-        raise ConfigError(f"hardware.engine={engine!r}: only onnxruntime is supported")
+    if engine not in ENGINES:
+        raise ConfigError(f"hardware.engine={engine!r}: use one of {', '.join(ENGINES)}")
     engine_settings = get(cfg, "hardware.engine_settings", {}) or {}
     batch_size = int(engine_settings.get("batch_size", 1) or 1)
     if batch_size < 1:
@@ -383,4 +385,5 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         layout=layout,
         save_probabilities=bool(get(cfg, "save_probabilities", False)),
         bids=selection,
+        engine=engine,
     )
