@@ -18,7 +18,7 @@ sets, MSD's 1 mm) on the held-out subjects' one-hippocampus crops (the TSE cut a
 
     .venv/bin/python benchmarks/ashs_cv.py                      # all modes, 4 folds
     .venv/bin/python benchmarks/ashs_cv.py --folds 3 --epochs 60 \
-        --msd-glob 'hippocampus_0[0-2]*.nii.gz'                # what docs/benchmarks.md shows
+        --msd-glob 'hippocampus_0[0-2]*.nii.gz'                # what docs/results.md shows
     .venv/bin/python benchmarks/ashs_cv.py --quick              # 2 folds x 2 epochs: a check
 
 Writes ``benchmarks/results/ashs_cv.json`` (``--quick``: ``ashs_cv_quick.json``).

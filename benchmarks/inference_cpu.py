@@ -16,7 +16,7 @@ For every model given with ``--model NAME=PATH.onnx``:
   pre-processed as training validation does (RAS+, z-normalised, both padded to a multiple
   of 8 by ``hsftrain.data.transforms.postprocess``), Dice on that grid.
 
-Prints a table and writes JSON (``--out``). Example (see docs/benchmarks.md)::
+Prints a table and writes JSON (``--out``). Example (docs/results.md, "Inference speed and compression")::
 
     .venv/bin/python benchmarks/inference_cpu.py \\
         --model fp32=runs/fp32/model.onnx --model int8=runs/fp32/model.int8.onnx \\

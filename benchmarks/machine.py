@@ -17,7 +17,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
 
 def cpu_model() -> tuple[str | None, list[str]]:
     """The CPU's model name and its :data:`BF16_FLAGS` (Linux ``/proc/cpuinfo``; None and
-    [] elsewhere). Sessions ran on different CPUs (an Intel Xeon with AMX, an AMD EPYC
+    [] elsewhere). Benchmarks ran on different CPUs (an Intel Xeon with AMX, an AMD EPYC
     without): the same script's timings differ by 30-50% between them."""
     try:
         text = open("/proc/cpuinfo", encoding="utf-8").read()

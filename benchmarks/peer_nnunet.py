@@ -1,6 +1,6 @@
 """nnU-Net v2 beside hsftrain: the same split, the same wall-time budget, the same scoring.
 
-What it measures (issue 11): how far nnU-Net v2, the reference self-configuring
+What it measures: how far nnU-Net v2, the reference self-configuring
 segmentation framework, gets on this machine's CPU in the wall-time budget that
 ``benchmarks/train_heldout.py --tag budget30m budget=30m`` gave hsftrain, on exactly the
 same cases:

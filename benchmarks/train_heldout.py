@@ -12,7 +12,7 @@ same script measures an older checkout too:
     python benchmarks/train_heldout.py --tag new lightning.max_epochs=10
     git worktree add /tmp/old ccf639e
     PYTHONPATH=/tmp/old/src python benchmarks/train_heldout.py --tag old lightning.max_epochs=10
-    python benchmarks/train_heldout.py --tag budget30m budget=30m     # issue 11
+    python benchmarks/train_heldout.py --tag budget30m budget=30m
     python benchmarks/train_heldout.py --summary 'scr_*'              # the recipe table
 
 Prints a table and writes ``benchmarks/results/train_heldout_<tag>.json``.

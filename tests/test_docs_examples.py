@@ -80,7 +80,7 @@ class Example:
 
 
 NETWORK = "downloads published HSF models from the hub (no network in the tests)"
-BENCH = "benchmark recipe on all 208 MSD cases, timed by hand (docs/benchmarks.md)"
+BENCH = "benchmark recipe on all 208 MSD cases, timed by hand (docs/results.md)"
 EXAMPLES: dict[str, Example] = {
     # README.md
     "hsftrain --help": Example("help"),
@@ -113,49 +113,6 @@ EXAMPLES: dict[str, Example] = {
         replace={"ref=runs/preds": "ref=data/msd_hippocampus/labelsTr"}
     ),
     "hsftrain hub list": Example("help"),
-    # docs/benchmarks.md
-    "hsftrain train datasets=msd datasets.main_path=../shared/data/msd_hippocampus "
-    "datasets.patch_size=null datasets.batch_size=1 datasets.output_path=runs logger=csv "
-    "models.hparams.f_maps=16 models.hparams.num_levels=4 lightning.max_epochs=2 "
-    "run_name=fp32": Example("compose", BENCH),
-    "hsftrain finetune datasets=msd datasets.main_path=../shared/data/msd_hippocampus "
-    "datasets.patch_size=null datasets.batch_size=1 datasets.output_path=runs logger=csv "
-    "finetuning.pretrained=runs/fp32/checkpoints/best-epoch002.ckpt "
-    "finetuning.unfreeze_frequency=0 lightning.max_epochs=1 run_name=structured "
-    "compression=structured": Example("compose", BENCH),
-    "hsftrain finetune datasets=msd datasets.main_path=../shared/data/msd_hippocampus "
-    "datasets.patch_size=null datasets.batch_size=1 datasets.output_path=runs logger=csv "
-    "finetuning.pretrained=runs/structured/checkpoints/best-epoch001.ckpt "
-    "finetuning.unfreeze_frequency=0 lightning.max_epochs=1 models.lr=5e-4 "
-    "run_name=structured_ep2": Example("compose", BENCH),
-    "hsftrain finetune datasets=msd datasets.main_path=../shared/data/msd_hippocampus "
-    "datasets.patch_size=null datasets.batch_size=1 datasets.output_path=runs logger=csv "
-    "finetuning.pretrained=runs/fp32/checkpoints/best-epoch002.ckpt "
-    "finetuning.unfreeze_frequency=0 lightning.max_epochs=1 lightning.max_epochs=2 "
-    "run_name=structured_lv compression=structured "
-    "compression.structured.ratio=[0.5,0.5,0.25,0]": Example("compose", BENCH),
-    "hsftrain finetune datasets=msd datasets.main_path=../shared/data/msd_hippocampus "
-    "datasets.patch_size=null datasets.batch_size=1 datasets.output_path=runs logger=csv "
-    "finetuning.pretrained=runs/fp32/checkpoints/best-epoch002.ckpt "
-    "finetuning.unfreeze_frequency=0 lightning.max_epochs=1 run_name=gmp50 "
-    "compression=finetuning lightning.limit_train_batches=0.5 "
-    "compression.pruning.start_epoch=0 compression.pruning.end_epoch=0.6 "
-    "compression.pruning.update_frequency=0.1": Example("compose", BENCH),
-    "hsftrain finetune datasets=msd datasets.main_path=../shared/data/msd_hippocampus "
-    "datasets.patch_size=null datasets.batch_size=1 datasets.output_path=runs logger=csv "
-    "finetuning.pretrained=runs/fp32/checkpoints/best-epoch002.ckpt "
-    "finetuning.unfreeze_frequency=0 lightning.max_epochs=1 run_name=fp32_ft1": Example(
-        "compose", BENCH
-    ),
-    "hsftrain finetune datasets=msd datasets.main_path=../shared/data/msd_hippocampus "
-    "datasets.patch_size=null datasets.batch_size=1 datasets.output_path=runs logger=csv "
-    "finetuning.pretrained=runs/fp32_ft1/checkpoints/best-epoch001.ckpt "
-    "finetuning.unfreeze_frequency=0 lightning.max_epochs=1 models.lr=5e-4 "
-    "run_name=fp32_ft2": Example("compose", BENCH),
-    "hsftrain export ckpt=runs/fp32/checkpoints/best-epoch002.ckpt "
-    "out=models/fp32.int8.onnx quantize=int8": Example("compose", BENCH),
-    "hsftrain export ckpt=runs/structured_ep2/checkpoints/best-epoch001.ckpt "
-    "out=models/structured_ep2.int8.onnx quantize=int8": Example("compose", BENCH),
     # docs/evaluation.md
     "hsftrain evaluate pred=runs/preds ref=data/msd_hippocampus/labelsTr": Example(),
     "hsftrain evaluate pred=runs/preds/*_seg.nii.gz ref=data/refs/*_lbl.nii.gz "

@@ -1,4 +1,4 @@
-"""Key descriptions come from the packaged YAML comments (issue 14, item 6)."""
+"""Key descriptions come from the packaged YAML comments."""
 
 from __future__ import annotations
 

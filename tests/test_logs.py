@@ -1,4 +1,4 @@
-"""train.log: records before the run directory exists wait for it (issue 14, item 4)."""
+"""train.log: records before the run directory exists wait for it."""
 
 from __future__ import annotations
 

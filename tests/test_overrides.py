@@ -1,4 +1,4 @@
-"""Overrides as users type them (issue 14, item 3) and strict keys (item 6)."""
+"""Overrides as users type them, and strict keys."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""scripts/setup.sh says what it does (issue 14, item 4) and stays a no-op once installed.
+"""scripts/setup.sh says what it does and stays a no-op once installed.
 
 Run against a copy of the script with a stub ``.venv/bin/python`` that records its
 arguments: nothing is installed and no network is used.

@@ -64,7 +64,7 @@ def test_ensemble_train_segment_evaluate(phantoms, tmp_path):
 
 
 def test_preset_paths_are_relative_and_survive_a_move(tmp_path):
-    """Issue 14, item 9: a run folder moved or shared keeps a working preset."""
+    """A run folder moved or shared keeps a working preset."""
     import shutil
 
     from hsftrain.config import compose

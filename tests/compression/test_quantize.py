@@ -90,7 +90,7 @@ def _differently_sized(folder: Path, n: int = 3) -> list[Path]:
 def test_every_method_calibrates_on_differently_sized_real_crops(
     tmp_path: Path, sample_dir: Path, method: str
 ) -> None:
-    """Issue 14: real MSD crops differ in size; the histogram methods stack activations."""
+    """Real MSD crops differ in size; the histogram methods stack activations."""
     images = _differently_sized(sample_dir)
     fp32 = export_onnx(
         tiny_net(seed=1), tmp_path / "m.onnx", {"num_classes": 3}, verify_shapes=None

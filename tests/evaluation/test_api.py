@@ -353,7 +353,7 @@ def test_other_label_schemes_are_mapped_before_comparing(tmp_path):
 
 
 def test_two_named_files_are_one_pair_whatever_their_names(tmp_path):
-    """Issue 14, item 7: a prediction against FreeSurfer's aparc+aseg.mgz."""
+    """A prediction against FreeSurfer's aparc+aseg.mgz."""
     from typer.testing import CliRunner
 
     from hsftrain.cli import app

@@ -1,4 +1,4 @@
-"""The training voxel size stored in exported models (issue 14, item 8)."""
+"""The training voxel size stored in exported models."""
 
 from __future__ import annotations
 

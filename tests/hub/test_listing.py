@@ -1,4 +1,4 @@
-"""``hsftrain hub list`` at 80 columns and one documented cache location (issue 14, item 9)."""
+"""``hsftrain hub list`` at 80 columns and one documented cache location."""
 
 from __future__ import annotations
 

@@ -431,7 +431,7 @@ def test_largest_component_setting(crops: Path, tiny_model: Path) -> None:
 def test_tta_volumes_do_not_depend_on_file_name_or_orientation(
     tiny_model: Path, tmp_path: Path
 ) -> None:
-    """Issue 14, item 8: one image, two names and storage orders, identical volumes."""
+    """One image, two names and storage orders, identical volumes."""
     ras = write_crop(tmp_path / "in" / "sub-01_T1w.nii.gz", seed=3)
     image = nib.load(str(ras))
     flipped = np.asarray(image.dataobj)[::-1, :, ::-1].transpose(1, 0, 2)  # LPI-like, permuted

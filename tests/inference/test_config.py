@@ -97,7 +97,7 @@ def test_cli_prints_the_composed_config() -> None:
 
 
 def test_model_paths_without_a_preset_is_one_plain_pass(tmp_path: Path) -> None:
-    """Issue 14, item 5: not the default preset's 21 views per model."""
+    """Not the default preset's 21 views per model."""
     base = [f"files.path={tmp_path}", "files.pattern=*.nii.gz", "model_paths=[/x/a.onnx]"]
     settings = settings_from_config(compose("segment", base))
     assert settings.num_aug == 0 and settings.models == [("a.onnx", "/x/a.onnx")]

@@ -1,4 +1,4 @@
-"""Crops at another voxel size than the model's (issue 14, item 8)."""
+"""Crops at another voxel size than the model's."""
 
 from __future__ import annotations
 

@@ -93,7 +93,7 @@ def test_slurm_job_array_gives_the_shard() -> None:
 
 
 def test_two_shards_give_the_bytes_of_one_run(tmp_path: Path, tiny_model: Path) -> None:
-    """Issue 16's criterion: byte-identical segmentations and one merged volumes.csv."""
+    """Shards give byte-identical segmentations and one merged volumes.csv."""
     whole = cohort(tmp_path / "whole")
     sharded = tmp_path / "sharded"
     shutil.copytree(whole, sharded)

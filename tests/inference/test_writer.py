@@ -65,7 +65,7 @@ def test_qc_png(tmp_path: Path) -> None:
 
 
 def test_qc_legend_names_each_label(tmp_path: Path) -> None:
-    """Issue 14, item 9: the QC figure says which colour is which label."""
+    """The QC figure says which colour is which label."""
     from hsftrain.inference.writer import QC_COLOURS, legend_entries
 
     labels = np.zeros((6, 6, 6), np.uint8)

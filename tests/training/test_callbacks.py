@@ -1,4 +1,4 @@
-"""The per-epoch table, the progress line (issue 14, item 4) and the run's checkpoints."""
+"""The per-epoch table, the progress line and the run's checkpoints."""
 
 from __future__ import annotations
 

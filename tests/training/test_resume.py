@@ -1,4 +1,4 @@
-"""``resume=RUN`` continues a run from its own config.yaml (issue 14, item 1)."""
+"""``resume=RUN`` continues a run from its own config.yaml."""
 
 from __future__ import annotations
 

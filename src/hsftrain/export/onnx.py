@@ -32,7 +32,7 @@ DEFAULT_OPSET = 17
 #: Largest ONNX Runtime - PyTorch probability difference accepted with float32 weights. Both
 #: compute in float32, in different orders: an f_maps 24 / 4-level network trained 30 minutes
 #: differed by up to 1.6e-4 on random inputs and on real MSD crops, with no voxel's label
-#: changed (docs/benchmarks.md, session 11); a wrongly exported op differs by far more.
+#: changed (docs/decisions.md, "Export tolerance"); a wrongly exported op differs by far more.
 FLOAT_ATOL = 1e-3
 #: Largest ONNX Runtime - PyTorch probability difference accepted with float16 weights
 #: (their rounding, relative 2^-11, moves the probabilities of random-noise inputs by up to

@@ -2,7 +2,7 @@
 
 Late in training, tiny weights, gradients and activations become denormal floats, which x86
 CPUs process many times more slowly; flushing them to zero changes no result measurably
-(docs/benchmarks.md). The flag is a per-thread CPU setting: ``torch.set_flush_denormal``
+(docs/decisions.md, "Denormal floats"). The flag is a per-thread CPU setting: ``torch.set_flush_denormal``
 sets it on the calling thread only, and torch's intra-op threads copy it when they are
 created, i.e. at the first parallel torch operation of the process. Set it before that one
 (:func:`flush_denormals` at the start of ``train``/``finetune``), or the other threads keep
