@@ -5,7 +5,7 @@ MSD), in bf16 autocast and float32, channels-last and contiguous, in ms and GFLO
 On CPUs whose bf16 convolutions block channels by 16 (oneDNN on AVX512-BF16 without AMX),
 C = 24 costs about what C = 32 does: a width that is not a multiple of 16 wastes the rest.
 
-    python benchmarks/conv_channels.py --channels 16 24 32 48 --tag amd10
+    PYTHONPATH=benchmarks python benchmarks/experiments/conv_channels.py --channels 16 24 32 48
 
 Prints a table and writes ``benchmarks/results/conv_channels[_<tag>].json`` with the
 machine, the load average and CPU seconds beside each time.

@@ -11,9 +11,9 @@ once per process). Workloads, each timed over a few repeats on inputs of denorma
   (oneDNN), in float32;
 * ``conv3d-bf16``: the same under bf16 autocast (how training runs on a CPU with AMX).
 
-    python benchmarks/denormals.py
+    PYTHONPATH=benchmarks python benchmarks/experiments/denormals.py
 
-Prints a table and writes ``benchmarks/results/denormals_cpu.json``.
+Prints a table and writes ``benchmarks/results/denormals/flush_flag.json``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from machine import machine_info  # benchmarks/ is on sys.path when run as a scr
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODES = ("off", "late", "first")
 WORKLOADS = ("mul", "conv3d", "conv3d-bf16")
 #: float32 bits of about 1e-39 (a denormal)
@@ -117,7 +117,8 @@ def main() -> dict:
         "loadavg_1m": os.getloadavg()[0],
         "machine": machine_info(),
     }
-    out = ROOT / "benchmarks" / "results" / "denormals_cpu.json"
+    out = ROOT / "benchmarks" / "results" / "denormals" / "flush_flag.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1))
     print(f"wrote {out}")
     return record

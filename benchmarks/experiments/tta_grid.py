@@ -9,7 +9,7 @@ augmentation: the mean softmax of the crop placed at phases {0, 4} per axis (8 v
 (k, k, k) for k in 0, 2, 4, 6 (4 views)), each with and without the left-right flip.
 Largest-component clean-up is applied as ``segment`` does.
 
-    python benchmarks/tta_grid.py --tag v10 /tmp/runs/v10/budget30m_v10/model.onnx
+    PYTHONPATH=benchmarks python benchmarks/experiments/tta_grid.py --tag plain /tmp/runs/budget30m/model.onnx
 
 Prints a table and writes ``benchmarks/results/tta_grid_<tag>.json``.
 """

@@ -6,10 +6,11 @@ label), then answers without touching the 42 test cases: over many random halvin
 tuning cases, the epoch with the best mean Dice on one half is compared with the last epoch
 on the other half (the half that did not choose it).
 
-    python benchmarks/train_heldout.py --tag budget30m_v22 --keep-epochs 0.6 budget=30m
-    python benchmarks/checkpoint_choice.py <run_dir> --tag budget30m_v22
+    python benchmarks/train_heldout.py --tag budget30m_epochs --keep-epochs 0.6 budget=30m
+    PYTHONPATH=benchmarks python benchmarks/experiments/checkpoint_choice.py <run_dir> --tag budget30m_epochs
 
-Prints a table and writes ``benchmarks/results/checkpoint_choice_<tag>.json``.
+Prints a table and writes ``benchmarks/results/checkpoint_choice_<tag>.json`` (filed under
+``benchmarks/results/checkpoint_choice/<machine>/``).
 """
 
 from __future__ import annotations
