@@ -1,19 +1,26 @@
-"""Seconds per subject of ``hsftrain segment`` on CPU, on real MSD hippocampus crops.
+"""Seconds per subject of ``hsftrain segment`` end to end on CPU, on real MSD hippocampus crops.
 
-Two settings, as HSF's presets:
+Each measurement runs the real command in a fresh process, as a user runs it (process
+start, imports, model loading, then every subject: read, checks, z-norm, pad, augment,
+predict, invert, fuse, write NIfTI/PNG/CSV outputs, the QC report), on a folder of MSD
+crops, and records its wall time and CPU seconds (``getrusage`` of the child). Settings:
 
-* ``single_fast``-like: one model, no test-time augmentation (1 prediction per crop);
-* ``bagging_accurate``-like: five models x (1 + ``--tta``) views (105 predictions per crop
-  with the default ``--tta 20``).
+* ``single``: one HSF-size model (random weights, eight subfield classes), no TTA;
+* ``bagging_fast``: five such models, no TTA, vote;
+* ``bagging_accurate``: five models x (1 + ``--tta``) views;
+* ``msd``: the bundled MSD model and its preset (``tta=flip``); ``msd_fast`` when that
+  preset exists.
 
-The models are ResidualUNet3D networks of realistic size (``--f-maps``, ``--levels``, eight
-HSF subfield classes) with random weights, exported to ONNX: timing does not depend on the
-weights. After one untimed warm-up subject, each subject goes through the whole per-subject path of the command (read, z-norm,
-pad, augment, predict, invert, fuse, write NIfTI/PNG/CSV outputs). Optionally the
-whole-head localisation (template registration) is timed on the shared 256^3 T1.
+Each setting runs once per ``--engines`` entry (``hardware.engine=...``); an engine the
+checkout does not know is skipped with its error line as the note. The cohort figure is
+subjects per hour on ``--cohort`` MSD crops with ``segmentation=msd`` and
+``hardware.jobs=1`` and ``2``. ``--old-commit REV`` also measures REV's code (a ``git
+worktree``, its own ``PYTHONPATH``, the same .venv) on the same crops in the same run,
+alternating with the current code: the "old vs new crops per second" figure.
 
-    .venv/bin/python benchmarks/segment_cpu.py            # prints a table, writes JSON
-    .venv/bin/python benchmarks/segment_cpu.py --subjects 2 --tta 4   # quicker
+    .venv/bin/python benchmarks/segment_cpu.py                       # the full measurement
+    .venv/bin/python benchmarks/segment_cpu.py --old-commit 792139c  # + old vs new
+    .venv/bin/python benchmarks/segment_cpu.py --quick               # seconds: a smoke run
 
 Writes ``benchmarks/results/segment_cpu.json``.
 """
@@ -21,20 +28,26 @@ Writes ``benchmarks/results/segment_cpu.json``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
-import platform
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-MSD = SHARED / "msd_hippocampus" / "imagesTr"
-WHOLEHEAD = SHARED / "wholehead_niivue" / "norm.mgz"
+MSD = ROOT.parent / "shared" / "data" / "msd_hippocampus" / "imagesTr"
 RESULTS = ROOT / "benchmarks" / "results" / "segment_cpu.json"
+SETTINGS = ("single", "bagging_fast", "bagging_accurate", "msd", "msd_fast")
 
 
 def export_models(folder: Path, n: int, f_maps: int, levels: int) -> list[Path]:
@@ -51,142 +64,196 @@ def export_models(folder: Path, n: int, f_maps: int, levels: int) -> list[Path]:
         hparams = dict(in_channels=1, out_channels=len(SUBFIELDS), f_maps=f_maps, num_levels=levels)
         net = build_model("ResidualUNet3D", hparams).eval()
         meta = {"labels_names": list(SUBFIELDS), "num_classes": len(SUBFIELDS), "ca_mode": "1/2/3"}
+        path = folder / f"bench_{seed}.onnx"
         paths.append(
             export_onnx(
-                net,
-                folder / f"bench_{seed}.onnx",
-                metadata=meta,
-                example_shape=(1, 1, 32, 48, 32),
-                verify_shapes=None,
+                net, path, metadata=meta, example_shape=(1, 1, 32, 48, 32), verify_shapes=None
             )
         )
     return paths
 
 
-def time_setting(
-    name: str, models: list[Path], num_aug: int, mris: list[Path], out: Path, threads: int
-) -> dict[str, object]:
-    """Seconds per subject of one setting (model loading timed apart)."""
-    import nibabel as nib
+def setting_overrides(name: str, models: list[Path], tta: int) -> list[str]:
+    """The ``segment`` overrides of one setting."""
+    if name.startswith("msd"):
+        return [f"segmentation={name}"]
+    bag = models[:1] if name == "single" else models
+    views = ["segmentation.tta=false"]
+    if name == "bagging_accurate":
+        views = ["segmentation.tta=true", f"segmentation.test_time_num_aug={tta}"]
+    paths = ",".join(str(m) for m in bag)
+    return ["segmentation=custom", f"model_paths=[{paths}]", "segmentation.fusion=vote", *views]
 
-    from hsftrain.config import compose
-    from hsftrain.inference import api
 
-    overrides = [
-        f"files.path={mris[0].parent}",
-        "files.pattern=*.nii.gz",
-        f"files.output_dir={out / name}",
-        "segmentation=custom",
-        f"model_paths=[{','.join(str(m) for m in models)}]",
-        f"segmentation.tta={'true' if num_aug else 'false'}",
-        f"segmentation.test_time_num_aug={num_aug}",
-        "hardware=cpu",
-        f"hardware.engine_settings.intra_op_num_threads={threads}",
-        "roiloc.mode=crop",
-    ]
-    settings = api.settings_from_config(compose("segment", overrides))
+def run_segment(src: Path, data: Path, out: Path, overrides: Sequence[str]) -> dict[str, object]:
+    """One ``hsftrain segment`` process with ``src`` on PYTHONPATH: wall and CPU seconds, or
+    the error line it stopped on."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(src), "COLUMNS": "400"}  # one line per message
+    env.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="hsftrain-mpl-"))
+    command = [sys.executable, "-m", "hsftrain.cli", "segment", f"files.path={data}"]
+    command += ["files.pattern=*.nii.gz", f"files.output_dir={out}", "hardware=cpu", *overrides]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    engines = api.load_engines(settings)
-    load_s = time.perf_counter() - start
-    segmenter = api.Segmenter.from_settings(engines, settings)
-    warm = api.outputs_for(mris[0], settings.root, out / f"{name}_warmup")
-    api.segment_subject(mris[0], warm, "warmup", segmenter, settings)  # imports, allocator
-    seconds, shapes = [], []
-    for mri in mris:
-        outputs = api.outputs_for(mri, settings.root, settings.output_dir)
-        subject = api.subject_name(mri, settings.root)
-        report = api.segment_subject(mri, outputs, subject, segmenter, settings)
-        seconds.append(report.seconds)
-        shapes.append(list(nib.load(str(mri)).shape))
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if done.returncode != 0:
+        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+        error = next((line.split("ERROR", 1)[-1].strip() for line in lines if "ERROR" in line), "")
+        return {"error": error or (lines[-1] if lines else f"exit {done.returncode}")}
+    return {"wall_s": wall, "cpu_s": cpu}
+
+
+def summarise(runs: list[dict[str, object]], subjects: int) -> dict[str, object]:
+    """Median and sd over repeats of wall seconds, seconds per subject, crops per second."""
+    walls = [float(r["wall_s"]) for r in runs]  # type: ignore[arg-type]
+    cpus = [float(r["cpu_s"]) for r in runs]  # type: ignore[arg-type]
+    median = statistics.median(walls)
     return {
-        "setting": name,
-        "models": len(models),
-        "test_time_num_aug": num_aug,
-        "predictions_per_subject": segmenter.predictions_per_crop,
-        "model_load_s": round(load_s, 3),
-        "seconds_per_subject_mean": round(statistics.mean(seconds), 3),
-        "seconds_per_subject_median": round(statistics.median(seconds), 3),
-        "seconds_per_subject_min": round(min(seconds), 3),
-        "seconds_per_subject_max": round(max(seconds), 3),
-        "seconds_per_prediction": round(
-            statistics.mean(seconds) / segmenter.predictions_per_crop, 4
-        ),
-        "subjects": len(mris),
-        "shapes": shapes,
+        "subjects": subjects,
+        "repeats": len(walls),
+        "wall_s": [round(w, 3) for w in walls],
+        "wall_s_median": round(median, 3),
+        "wall_s_sd": round(statistics.stdev(walls), 3) if len(walls) > 1 else None,
+        "cpu_s_median": round(statistics.median(cpus), 3),
+        "seconds_per_subject": round(median / subjects, 4),
+        "crops_per_second": round(subjects / median, 4),
+        "subjects_per_hour": round(3600 * subjects / median, 1),
     }
 
 
-def time_registration(repeats: int = 2) -> dict[str, object] | None:
-    """Whole-head localisation (registration of the MNI template) on the shared T1."""
-    if not WHOLEHEAD.is_file():
-        return None
-    from hsftrain.config import compose
-    from hsftrain.inference.image import load_volume
-    from hsftrain.inference.roiloc import locate_hippocampi
-
-    cfg = compose("segment", []).roiloc
-    start = time.perf_counter()
-    volume = load_volume(WHOLEHEAD)
-    load_s = time.perf_counter() - start
-    runs = []
+def measure(
+    trees: dict[str, Path], data: Path, out: Path, overrides: list[str], repeats: int
+) -> dict[str, dict[str, object]]:
+    """Each tree's summary (or its error), repeats alternating between trees."""
+    subjects = len(list(data.glob("*.nii.gz")))
+    runs: dict[str, list[dict[str, object]]] = {name: [] for name in trees}
+    errors: dict[str, object] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        boxes = locate_hippocampi(volume, cfg)
-        runs.append(time.perf_counter() - start)
+        for name, src in trees.items():
+            if name in errors:
+                continue
+            run = run_segment(src, data, out / name, overrides)
+            if "error" in run:
+                errors[name] = run["error"]
+            else:
+                runs[name].append(run)
     return {
-        "image": WHOLEHEAD.name,
-        "shape": list(volume.array.shape),
-        "load_s": round(load_s, 3),
-        "registration_and_boxes_s": round(min(runs), 3),
-        "box_shapes": [list(b.shape) for b in boxes],
+        name: {"skipped": errors[name]} if name in errors else summarise(runs[name], subjects)
+        for name in trees
     }
+
+
+def crop_folder(folder: Path, n: int) -> Path:
+    """A private copy of the first ``n`` MSD crops (outputs never land in the shared folder)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for mri in sorted(MSD.glob("hippocampus_*.nii.gz"))[:n]:
+        shutil.copyfile(mri, folder / mri.name)
+    return folder
+
+
+def old_tree(work: Path, rev: str) -> Path:
+    """A ``git worktree`` of ``rev`` (removed by :func:`drop_tree`); returns its ``src``."""
+    path = work / f"old-{rev}"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), rev],
+        check=True,
+        capture_output=True,
+    )
+    return path / "src"
+
+
+def drop_tree(src: Path) -> None:
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(src.parent)],
+        check=False,
+        capture_output=True,
+    )
+
+
+def commit(path: Path = ROOT) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--subjects", type=int, default=4, help="MSD crops to segment")
+    parser.add_argument("--subjects", type=int, default=16, help="MSD crops per setting")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated")
+    parser.add_argument("--engines", default="onnxruntime,openvino", help="hardware.engine list")
+    parser.add_argument("--cohort", type=int, default=48, help="crops of the cohort figure (0: no)")
+    parser.add_argument("--old-commit", default="", help="also measure this revision's code")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tta", type=int, default=20, help="augmentations (bagging_accurate)")
-    parser.add_argument("--bag", type=int, default=5, help="models (bagging_accurate)")
+    parser.add_argument("--bag", type=int, default=5, help="models (bagging)")
     parser.add_argument("--f-maps", type=int, default=16)
     parser.add_argument("--levels", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=0, help="intra_op_num_threads (0: all)")
+    parser.add_argument("--quick", action="store_true", help="2 crops, tiny models, 1 repeat")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-
-    os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="hsftrain-mpl-"))
+    if args.quick:
+        args.subjects, args.repeats, args.tta, args.bag = 2, 1, 2, 2
+        args.f_maps, args.levels, args.cohort = 4, 2, min(args.cohort, 2)
     if not MSD.is_dir():
         print(f"MSD crops not found in {MSD}", file=sys.stderr)
         return 1
-    import onnxruntime as ort
-    from rich.console import Console
-    from rich.table import Table
-
-    load_before = [round(x, 2) for x in os.getloadavg()]  # other work on the machine skews timings
-    mris = sorted(MSD.glob("hippocampus_*.nii.gz"))[: args.subjects]
+    settings = [s for s in args.settings.split(",") if s]
+    engines = [e for e in args.engines.split(",") if e]
+    load_before = [round(x, 2) for x in os.getloadavg()]  # other work skews timings
+    trees = {"current": ROOT / "src"}
+    results: list[dict[str, object]] = []
+    cohort: list[dict[str, object]] = []
+    old_vs_new: dict[str, object] | None = None
     with tempfile.TemporaryDirectory(prefix="hsftrain-bench-") as tmp:
         work = Path(tmp)
         models = export_models(work / "models", args.bag, args.f_maps, args.levels)
-        data = work / "data"
-        data.mkdir()
-        for mri in mris:  # a private copy: outputs never land in the shared folder
-            (data / mri.name).write_bytes(mri.read_bytes())
-        local = sorted(data.glob("*.nii.gz"))
-        results = [
-            time_setting("single_fast", models[:1], 0, local, work / "out", args.threads),
-            time_setting("bagging_accurate", models, args.tta, local, work / "out", args.threads),
-        ]
-        model_mb = round(models[0].stat().st_size / 2**20, 2)
-    registration = time_registration()
-
+        data = crop_folder(work / "data", args.subjects)
+        presets = ROOT / "src" / "hsftrain" / "conf" / "segmentation"
+        for name in settings:
+            if name.startswith("msd") and not (presets / f"{name}.yaml").is_file():
+                results.append({"setting": name, "skipped": f"no segmentation={name} preset"})
+                continue
+            for engine in engines:
+                overrides = [
+                    *setting_overrides(name, models, args.tta),
+                    f"hardware.engine={engine}",
+                ]
+                got = measure(trees, data, work / "out", overrides, args.repeats)["current"]
+                results.append({"setting": name, "engine": engine, **got})
+        if args.cohort:
+            crops = crop_folder(work / "cohort", args.cohort)
+            for jobs in (1, 2):
+                overrides = ["segmentation=msd", f"hardware.jobs={jobs}"]
+                got = measure(trees, crops, work / "out", overrides, args.repeats)["current"]
+                cohort.append({"jobs": jobs, **got})
+            if args.old_commit:
+                trees["old"] = old_tree(work, args.old_commit)
+                try:
+                    both = measure(trees, crops, work / "out", ["segmentation=msd"], args.repeats)
+                finally:
+                    drop_tree(trees["old"])
+                new, old = both["current"], both["old"]
+                speedup = None
+                if "crops_per_second" in new and "crops_per_second" in old:
+                    speedup = round(
+                        float(new["crops_per_second"]) / float(old["crops_per_second"]), 3
+                    )  # type: ignore[arg-type]
+                old_vs_new = {
+                    "old_commit": args.old_commit,
+                    "old": old,
+                    "new": new,
+                    "speedup": speedup,
+                }
     report = {
         "benchmark": "segment_cpu",
+        "commit": commit(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "onnxruntime": ort.__version__,
-            "intra_op_num_threads": args.threads,
+            **machine_info(),
             "load_average_1_5_15_min_before": load_before,
             "load_average_1_5_15_min_after": [round(x, 2) for x in os.getloadavg()],
         },
@@ -195,46 +262,58 @@ def main(argv: list[str] | None = None) -> int:
             "f_maps": args.f_maps,
             "num_levels": args.levels,
             "classes": 8,
-            "onnx_mb": model_mb,
             "weights": "random (timing only)",
         },
-        "data": f"{len(mris)} MSD Task04 crops: {', '.join(m.name for m in mris)}",
+        "measure": "hsftrain segment processes, wall time from start to exit, median of repeats",
+        "data": f"the first {args.subjects} MSD Task04 crops (cohort: {args.cohort})",
         "results": results,
-        "wholehead_localisation": registration,
+        "cohort_msd": cohort,
+        "old_vs_new_msd": old_vs_new,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-
-    table = Table(
-        title=f"hsftrain segment on CPU ({os.cpu_count()} cores, onnxruntime {ort.__version__})"
-    )
-    for column in (
-        "setting",
-        "models x views",
-        "s / subject (mean)",
-        "min-max",
-        "s / prediction",
-        "load s",
-    ):
-        table.add_column(column, justify="left" if column == "setting" else "right")
-    for r in results:
-        table.add_row(
-            str(r["setting"]),
-            f"{r['models']} x {1 + int(r['test_time_num_aug'])}",
-            f"{r['seconds_per_subject_mean']:.2f}",
-            f"{r['seconds_per_subject_min']:.2f}-{r['seconds_per_subject_max']:.2f}",
-            f"{r['seconds_per_prediction']:.3f}",
-            f"{r['model_load_s']:.2f}",
-        )
-    console = Console()
-    console.print(table)
-    if registration:
-        console.print(
-            f"whole-head localisation ({registration['image']}, {registration['shape']}): "
-            f"{registration['registration_and_boxes_s']:.2f} s (+ {registration['load_s']:.2f} s to read)"
-        )
-    console.print(f"wrote {args.out}")
+    print_table(report)
+    print(f"wrote {args.out}")
     return 0
+
+
+def print_table(report: dict[str, object]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="hsftrain segment end to end on CPU (median of repeats)")
+    for column in ("setting", "engine", "s / subject", "crops / s", "sd (s)", "CPU s", "note"):
+        table.add_column(
+            column, justify="left" if column in ("setting", "engine", "note") else "right"
+        )
+    rows = list(report["results"])  # type: ignore[call-overload]
+    rows += [{"setting": f"cohort msd, jobs={c['jobs']}", **c} for c in report["cohort_msd"]]  # type: ignore[attr-defined]
+    old_vs_new = report["old_vs_new_msd"]
+    if isinstance(old_vs_new, dict):
+        rows += [
+            {
+                "setting": f"msd {k} ({old_vs_new['old_commit'] if k == 'old' else 'HEAD'})",
+                **old_vs_new[k],
+            }
+            for k in ("old", "new")
+        ]
+    for r in rows:
+        cells = [str(r.get("setting", "")), str(r.get("engine", ""))]
+        if "skipped" in r:
+            table.add_row(*cells, "", "", "", "", f"skipped: {r['skipped']}")
+            continue
+        table.add_row(
+            *cells,
+            f"{r['seconds_per_subject']:.3f}",
+            f"{r['crops_per_second']:.2f}",
+            "" if r["wall_s_sd"] is None else f"{r['wall_s_sd']:.2f}",
+            f"{r['cpu_s_median']:.1f}",
+            "",
+        )
+    console = Console(width=max(Console().width, 140))
+    console.print(table)
+    if isinstance(old_vs_new, dict) and old_vs_new["speedup"]:
+        console.print(f"new / old crops per second: {old_vs_new['speedup']:.2f}x")
 
 
 if __name__ == "__main__":
