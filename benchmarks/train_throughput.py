@@ -48,7 +48,7 @@ from hsftrain.data.nifti import load_volume
 from hsftrain.data.transforms import augmentation, postprocess
 from hsftrain.logs import setup_logging
 from hsftrain.training.module import SegmentationModule
-from hsftrain.training.timing import train_step
+from hsftrain.planning.timing import train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 MSD = Path(os.environ.get("HSFTRAIN_MSD", ROOT.parent / "shared/data/msd_hippocampus"))

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("evaluation", "models", "losses", "optim"),
     ("compression",),
+    ("planning",),
     ("training",),
     ("export", "inference"),
     ("workflow", "collect"),

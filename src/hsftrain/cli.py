@@ -221,6 +221,13 @@ _command(
     "hsftrain.workflow:train",
 )
 _command(
+    "plan",
+    "config",
+    "Plan a training run for budget=<time> on this machine (network, batch, epochs) and "
+    "write plan_path (default ./plan.yaml) without training; then: hsftrain train plan=<file>.",
+    "hsftrain.training.plan:plan",
+)
+_command(
     "finetune",
     "config",
     "Fine-tune a pretrained model (finetuning.pretrained): new head, gradual unfreezing.",

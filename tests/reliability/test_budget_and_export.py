@@ -182,11 +182,9 @@ def test_budget_adapts_candidates_too_deep_for_tiny_volumes(
 ) -> None:
     """Candidates that all have 4 levels (the GPU's) on 8^3 volumes: planned with 3 levels,
     said in a line."""
-    from hsftrain.training import budget
-
     timed(monkeypatch)
-    monkeypatch.setattr(budget, "CPU_CANDIDATES", ((16, 4), (24, 4)))
     args = _tiny_volume_args(tiny_volumes, tmp_path / "runs", "run_name=g")
+    args.append("planning.candidates.cpu=[[16,4],[24,4]]")
     result = cli("train", *args)
     assert result.code == 0, result.output[-3000:]
     assert any("planning them with at most 3 levels" in m for m in result.infos)

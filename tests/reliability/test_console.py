@@ -87,7 +87,8 @@ def test_the_budget_plan_fits_the_terminal_and_train_log_has_it_in_full(tmp_path
     import logging
 
     from hsftrain.logs import run_log
-    from hsftrain.training.plan import Candidate, Plan
+    from hsftrain.planning.candidates import Candidate
+    from hsftrain.planning.plan import Plan
 
     chosen = Candidate(8, 3, 2, [96, 112, 96], s_per_step=0.5, val_s=3.0, steps=900, epochs=90)
     other = dataclasses.replace(chosen, f_maps=24, num_levels=4, note="a long note on why not")

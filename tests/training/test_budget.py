@@ -10,8 +10,8 @@ import torch
 from hsftrain.config import ConfigError, compose
 from hsftrain.data.cache import prepare
 from hsftrain.data.discovery import discover
+from hsftrain.planning.candidates import LIGHTNING_OVERHEAD
 from hsftrain.training.budget import Plan, make_plan
-from hsftrain.training.plan import LIGHTNING_OVERHEAD
 from hsftrain.training.validate import parse_budget
 
 
@@ -67,7 +67,13 @@ def test_plan_times_candidates_and_fits_the_budget(prepared, tmp_path: Path) -> 
 
 
 def test_recipe_only_replaces_defaults() -> None:
-    from hsftrain.training.budget import RECIPE, recipe
+    from hsftrain.planning.candidates import recipe as recipe_of
+    from hsftrain.planning.settings import planning_settings
+
+    RECIPE = planning_settings(compose("config")).recipe
+
+    def recipe(cfg):
+        return recipe_of(cfg, planning_settings(cfg))
 
     assert recipe(compose("config", ["budget=30m"])) == RECIPE
     key, value = next(iter(RECIPE.items()))
@@ -160,6 +166,7 @@ def test_finetune_plan_counts_faster_frozen_steps(
     0.4 s times the trainable share of the weights."""
     import time
 
+    from hsftrain.planning.settings import planning_settings
     from hsftrain.training import budget, finetuning
     from hsftrain.training.build import build_module
 
@@ -191,7 +198,7 @@ def test_finetune_plan_counts_faster_frozen_steps(
     )  # fmt: skip
     k = staged.check_val_every_n_epoch
     spent = sum(3 * step_s(e) + 1.0 / k for e in range(staged.epochs)) * LIGHTNING_OVERHEAD
-    assert 0.9 * 600 < spent <= 600 - budget.FIXED_RESERVE_S
+    assert 0.9 * 600 < spent <= 600 - planning_settings(cfg).reserve_max_s
     assert step_s(0) < step_s(10) < step_s(50) == 0.5
 
 
@@ -217,8 +224,10 @@ def test_a_candidate_may_give_the_channels_of_each_level(
         return 0.1, 1.0
 
     monkeypatch.setattr(budget, "time_steps", fake)
-    monkeypatch.setattr(budget, "CPU_CANDIDATES", ((8, 3), ([8, 24, 48], 3)))
-    cfg = compose("config", ["datasets=synth", "budget=10m", "lightning.accelerator=cpu"])
+    candidates = "planning.candidates.cpu=[[8,3],[[8,24,48],3]]"
+    cfg = compose(
+        "config", ["datasets=synth", "budget=10m", "lightning.accelerator=cpu", candidates]
+    )
     planned, plan = make_plan(
         cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100), time.monotonic()
     )
@@ -253,8 +262,10 @@ def test_a_larger_network_slowed_by_other_load_is_timed_again(
         return next(timings)
 
     monkeypatch.setattr(budget, "time_steps", fake)
-    monkeypatch.setattr(budget, "CPU_CANDIDATES", ((8, 3), (16, 3), (16, 4)))
-    cfg = compose("config", ["datasets=synth", "budget=10m", "lightning.accelerator=cpu"])
+    candidates = "planning.candidates.cpu=[[8,3],[16,3],[16,4]]"
+    cfg = compose(
+        "config", ["datasets=synth", "budget=10m", "lightning.accelerator=cpu", candidates]
+    )
     planned, plan = make_plan(
         cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100), time.monotonic()
     )

@@ -9,15 +9,10 @@ import torch
 
 from hsftrain.data.splits import Split
 from hsftrain.optim import AdamP, WarmupCosine, warmup_cosine, warmup_cosine_factor
-from hsftrain.training import plan as plan_module
-from hsftrain.training.plan import (
-    LIGHTNING_OVERHEAD,
-    PACE_EPOCH,
-    BudgetPace,
-    Candidate,
-    Plan,
-    stretch_schedule,
-)
+from hsftrain.planning.candidates import LIGHTNING_OVERHEAD, Candidate
+from hsftrain.planning.plan import PACE_EPOCH, Plan
+from hsftrain.training import pace as plan_module
+from hsftrain.training.pace import BudgetPace, stretch_schedule
 
 STEPS = 10  # per epoch
 

@@ -1,6 +1,7 @@
 """Timed training steps outside Lightning: what ``budget=`` measures each candidate network
 with, and what ``benchmarks/train_throughput.py`` measures throughput with (one step
-function for both, the same as training takes)."""
+function for both, the same as training takes). The caller flushes denormal floats first,
+as training does (``training.denormals``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from hsftrain.data.augment import BatchAugment
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple
 from hsftrain.data.dataset import PatchDataset, VolumeDataset
-from hsftrain.training.denormals import flush_denormals
 
 
 def train_step(
@@ -64,7 +64,6 @@ def time_steps(
     seconds for one validation pass over ``val``, in bf16 autocast when ``bf16`` (as the
     run will train)."""
     module = module.to(device)
-    flush_denormals()  # as in training (run, SegmentationModule.on_fit_start)
     optimizer = module.configure_optimizers()["optimizer"]
     augment = BatchAugment(augmentation or {}, seed=0)
     dataset = PatchDataset(train, patch, 0.33)

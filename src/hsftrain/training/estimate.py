@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple, patch_size
-from hsftrain.training.timing import time_steps
+from hsftrain.planning.timing import time_steps
+from hsftrain.training.denormals import flush_denormals
 from hsftrain.training.trainer import run_precision
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def estimate_run(
         cfg.datasets.get("patch_size"), [p.shape for p in train], input_multiple(num_levels)
     )
     state = np.random.get_state()
+    flush_denormals()  # as in training (run, SegmentationModule.on_fit_start)
     with torch.random.fork_rng():  # the run draws the same random numbers as untimed
         per_step, val_s = time_steps(
             copy.deepcopy(module),

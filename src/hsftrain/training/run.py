@@ -29,6 +29,7 @@ from hsftrain.containers import plain
 from hsftrain.data.datamodule import build_datamodule, prepare_split
 from hsftrain.data.discovery import discover
 from hsftrain.data.splits import Split, crossing_groups, make_split
+from hsftrain.data.subjects import Discovery
 from hsftrain.errors import ConfigError, UserError
 from hsftrain.files import write_text_atomic
 from hsftrain.logs import run_log
@@ -206,7 +207,7 @@ def _run(
         )
     run_dir, resume_ckpt = resolve_run_dir(cfg)
     found = discover(cfg.datasets)
-    run_classes(cfg, found, pretrained)  # classes that disagree: refused before any write
+    classes = run_classes(cfg, found, pretrained)  # disagreeing: refused before any write
     hparams = pretrained[2].hparams if pretrained else plain(cfg.models.hparams)
     from hsftrain.training.budget import plans_network  # budget= picks a depth that fits
 
@@ -217,20 +218,8 @@ def _run(
     split_file = run_dir / "split.json"
     if resume_ckpt is not None and split_file.is_file():
         split = Split.load(split_file, ids)
-    elif cfg.get("split_file"):
-        split = Split.load(str(cfg.split_file), ids)
     else:
-        d = cfg.datasets
-        split = make_split(
-            len(ids),
-            float(d.train_ratio),
-            bool(d.replace),
-            d.get("k_sample"),
-            d.get("train_val_test_idx"),
-            bool(d.train_on_all),
-            int(cfg.seed),
-            groups=found.groups,
-        )
+        split = configured_split(cfg, found)
     for group in crossing_groups(split, found.groups):
         log.warning(
             "the same subject is in both train and validation (fixed split): %s",
@@ -239,17 +228,17 @@ def _run(
 
     train_set, val_set = prepare_split(cfg, found, split)
     plan = None
-    if cfg.get("budget") and resume_ckpt is None:
-        from hsftrain.training.budget import make_plan, network_of
+    if (cfg.get("budget") or cfg.get("plan")) and resume_ckpt is None:
+        from hsftrain.training.budget import planned_run
 
-        network = network_of(pretrained[2].hparams) if pretrained is not None else None
-        cfg, plan = make_plan(
+        cfg, plan = planned_run(
             cfg,
             train_set,
             val_set,
             lambda c: build_module(c, found, 1000, pretrained),
             started,
-            network,
+            pretrained[2].hparams if pretrained is not None else None,
+            classes,
         )
 
     record = RunRecord(run_dir, split, ids, cfg, plan)
@@ -281,7 +270,7 @@ def _run(
         f = cfg.finetuning
         callbacks.append(GradualUnfreezing(str(f.mode), int(f.depth), int(f.unfreeze_frequency)))
     if plan is not None:
-        from hsftrain.training.plan import BudgetPace
+        from hsftrain.training.pace import BudgetPace
 
         callbacks.append(BudgetPace(plan, started, record.paced))
     signals = SignalState()
@@ -318,6 +307,24 @@ def _run(
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics_out, indent=1))
     _report(metrics)
     return {**metrics, "run_dir": str(run_dir), "best_checkpoint": best}  # type: ignore[dict-item]
+
+
+def configured_split(cfg: DictConfig, found: Discovery) -> Split:
+    """The split of a new run: ``split_file``'s, else a new one from ``datasets.*``."""
+    ids = [s.id for s in found.subjects]
+    if cfg.get("split_file"):
+        return Split.load(str(cfg.split_file), ids)
+    d = cfg.datasets
+    return make_split(
+        len(ids),
+        float(d.train_ratio),
+        bool(d.replace),
+        d.get("k_sample"),
+        d.get("train_val_test_idx"),
+        bool(d.train_on_all),
+        int(cfg.seed),
+        groups=found.groups,
+    )
 
 
 def _global_step(trainer: L.Trainer, checkpoint: Any) -> int:
