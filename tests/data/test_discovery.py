@@ -54,9 +54,11 @@ def test_a_map_lacking_a_class_is_used_and_named_once(tmp_path, caplog):
     assert [s.id for s in found.subjects] == ["d/p/full_img.nii.gz", "d/p/partial_img.nii.gz"]
     lacking = [r.getMessage() for r in caplog.records if "have no CA1" in r.getMessage()]
     assert lacking == [
-        "dataset d: 1 of 3 label maps have no CA1 (partial_lbl.nii.gz); they are used: there "
-        "the model learns that the crop holds no CA1"
+        "dataset d: 1 of 3 label maps have no CA1 (partial_lbl.nii.gz); they are used: "
+        "training forgives a CA1 predicted in them (with models.use_forgiving_loss=false it "
+        "trains CA1 as background there)"
     ]
+    assert found.subjects[1].lacking == (2,) and found.subjects[1].table == 1
     assert "[" not in lacking[0]  # no label arrays
     assert [p.name for p, _ in found.skipped] == ["empty_lbl.nii.gz"]
 

@@ -57,6 +57,15 @@ def crop_pad(
     return out
 
 
+def loss_table(subject: PreparedSubject) -> int:
+    """Index of the loss table of a prepared subject: the one discovery gave it when its
+    map lacks some of its dataset's classes (:attr:`hsftrain.data.subjects.Subject.table`),
+    else its dataset's."""
+    source = subject.source
+    table = source.subject.table if source is not None else None
+    return subject.dataset if table is None else int(table)
+
+
 class _SubjectDataset(Dataset[dict[str, Any]]):
     """Items made from a list of prepared subjects, one per subject."""
 
@@ -73,7 +82,8 @@ class PatchDataset(_SubjectDataset):
     With probability ``foreground_ratio`` the window is centred on a random foreground
     voxel (foreground oversampling). Items: ``{"image": (1, *patch) float32,
     "label": (*patch) uint8, "dataset": int, "id": str, "spacing": (3,) float32}``; every
-    item has the same shape, so batches need no padding.
+    item has the same shape, so batches need no padding. Items also hold ``"table"``: the
+    index of the subject's loss table (:func:`loss_table`).
 
     Args:
         transform: per-item augmentation (the torchio backend), applied to the patch.
@@ -116,6 +126,7 @@ class PatchDataset(_SubjectDataset):
             "image": image_t,
             "label": label_t,
             "dataset": subject.dataset,
+            "table": loss_table(subject),
             "id": subject.id,
             "spacing": spacing,
         }
@@ -148,6 +159,7 @@ class VolumeDataset(_SubjectDataset):
             "image": image_t,
             "label": label_t,
             "dataset": subject.dataset,
+            "table": loss_table(subject),
             "id": subject.id,
             "spacing": torch.tensor(subject.spacing, dtype=torch.float32),
         }
@@ -167,6 +179,7 @@ def pad_collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor | list[st
         "image": torch.stack([pad(it["image"], float(it["image"].min())) for it in items]),
         "label": torch.stack([pad(it["label"], 0) for it in items]),
         "dataset": torch.tensor([it["dataset"] for it in items]),
+        "table": torch.tensor([it.get("table", it["dataset"]) for it in items]),
         "id": [it["id"] for it in items],
         "spacing": torch.stack([it["spacing"] for it in items]),
     }

@@ -6,6 +6,7 @@ import glob
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,14 @@ from hsftrain.data.labels import (
     value_counts,
 )
 from hsftrain.data.nifti import DataError, check_pair, header_info, load_volume
-from hsftrain.data.subjects import DatasetSpec, Discovery, Subject, id_stem, subject_id
+from hsftrain.data.subjects import (
+    DatasetSpec,
+    Discovery,
+    Subject,
+    assign_tables,
+    id_stem,
+    subject_id,
+)
 
 __all__ = [
     "DatasetSpec",
@@ -210,13 +218,32 @@ def _check_values(spec: DatasetSpec, found: list[tuple[Subject, dict[int, int]]]
     )
 
 
+def _lacking_note(name: str, forgiving: bool | None) -> str:
+    """What training does with a class that some label maps lack (for the warning)."""
+    if forgiving is None:
+        return (
+            f"training forgives a {name} predicted in them (with models.use_forgiving_loss="
+            f"false it trains {name} as background there)"
+        )
+    if forgiving:
+        return f"{name} is forgiven there (the loss and validation Dice leave it out)"
+    return (
+        f"{name} is trained as background there (models.use_forgiving_loss=false: the "
+        f"model learns that their crops hold no {name}; validation Dice leaves it out)"
+    )
+
+
 def _kept(
-    spec: DatasetSpec, found: list[tuple[Subject, dict[int, int]]], skipped: list[tuple[Path, str]]
+    spec: DatasetSpec,
+    found: list[tuple[Subject, dict[int, int]]],
+    skipped: list[tuple[Path, str]],
+    forgiving: bool | None = None,
 ) -> list[Subject]:
     """The subjects of a dataset with ``labels_names`` that train: a map lacking some of
-    the named classes is kept (the crop does not reach them: the loss counts them as
-    absent there), with one warning per class naming the maps; a map with no labelled
-    voxel is skipped (appended to ``skipped``)."""
+    the named classes is kept (the crop does not reach them) with its lacking label
+    values (:attr:`Subject.lacking`), and one warning per class names the maps and says
+    whether the class is forgiven there (``forgiving``: ``models.use_forgiving_loss``, None
+    when unknown); a map with no labelled voxel is skipped (appended to ``skipped``)."""
     assert spec.labels_names is not None
     kept: list[Subject] = []
     lacking: dict[int, list[str]] = {}
@@ -226,16 +253,16 @@ def _kept(
             log.warning("skipping %s: %s", subject.label, reason)
             skipped.append((subject.label, reason))
             continue
-        for value in sorted(set(spec.labels_names) - set(counts)):
+        missing = tuple(sorted(set(spec.labels_names) - set(counts) - {0}))
+        for value in missing:
             lacking.setdefault(value, []).append(subject.label.name)
-        kept.append(subject)
+        kept.append(replace(subject, lacking=missing) if missing else subject)
     for value, files in sorted(lacking.items()):
+        name = spec.labels_names[value]
         shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
         log.warning(
-            "dataset %s: %d of %d label maps have no %s (%s); they are used: there the "
-            "model learns that the crop holds no %s",
-            spec.name, len(files), len(found), spec.labels_names[value], shown,
-            spec.labels_names[value],
+            "dataset %s: %d of %d label maps have no %s (%s); they are used: %s",
+            spec.name, len(files), len(found), name, shown, _lacking_note(name, forgiving),
         )  # fmt: skip
     return kept
 
@@ -249,12 +276,16 @@ def _env_of(datasets_cfg: Mapping[str, Any]) -> str | None:
     return found.group(1) if found else None
 
 
-def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
+def discover(datasets_cfg: Mapping[str, Any], forgiving: bool | None = None) -> Discovery:
     """Discover and check every subject of the ``datasets`` config group.
 
     Each pair is checked (3D, label on the image grid, label values in the mapping).
-    Subjects whose map lacks some of the dataset's ``labels_names`` are used, with one
-    warning per class naming the maps; a map with no labelled voxel is skipped. A value that would become a class no map really holds is refused:
+    Subjects whose map lacks some of the dataset's ``labels_names`` are used, each with the
+    loss table of its (dataset, lacking classes) pair (:func:`assign_tables`), and one
+    warning per class names the maps and says whether training forgives the class there
+    (``forgiving``: ``models.use_forgiving_loss``; None: not known, e.g. ``hsftrain data
+    prepare``); a map with no labelled voxel is skipped. A value that would become a class
+    no map really holds is refused:
     one outside ``labels_names``, or, in a dataset without ``labels`` and
     ``labels_names``, a stray value (:func:`hsftrain.data.labels.stray_values`).
 
@@ -281,7 +312,7 @@ def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
             found.append((Subject(sid, image, label, spec.index), label_counts(spec, label)))
         _check_values(spec, found)
         if spec.labels_names is not None:
-            result.subjects += _kept(spec, found, result.skipped)
+            result.subjects += _kept(spec, found, result.skipped, forgiving)
             names = spec.labels_names
         else:
             result.subjects.extend(s for s, _ in found)
@@ -310,5 +341,6 @@ def discover(datasets_cfg: Mapping[str, Any]) -> Discovery:
         len(specs),
         len(result.skipped),
     )
+    assign_tables(result)
     result.groups = find_duplicates(result.subjects, specs)
     return result

@@ -10,7 +10,8 @@ Two ideas live here:
   :func:`group_table` turns it into a (G, C) matrix that sums a model's C class
   probabilities into the G classes a dataset distinguishes (the forgiving loss), and
   :func:`merge_lut` / :func:`merge_probs` apply the same table to a prediction (inference
-  ``ca_mode``).
+  ``ca_mode``). :func:`without_classes` derives the table of a dataset's label maps that
+  lack some of its classes (a crop that does not reach the tail).
 
 It also holds the checks of the label values a dataset's maps hold (:func:`value_counts`,
 :func:`describe_counts`, :func:`stray_values`), so that a class no map really holds never
@@ -19,7 +20,7 @@ becomes an output class.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,6 +159,28 @@ def group_table(
             f"{list(model_names)}: rename them in `labels_names` or add the classes to the model"
         )
     return table
+
+
+def without_classes(table: np.ndarray, absent: Iterable[int]) -> np.ndarray:
+    """The group table of label maps that lack some of their dataset's classes.
+
+    The model classes that go to the dataset classes ``absent`` go to background instead,
+    as :func:`group_table` does for classes a dataset does not label at all: predicting
+    them where such a map says background is forgiven. Their rows are left empty (no model
+    class goes there; the forgiving loss counts only rows that some class reaches).
+
+    Args:
+        table: ``(G, C)`` group table of the dataset (:func:`group_table`).
+        absent: dataset label values (rows, not background) the maps lack.
+
+    Returns:
+        ``(G, C)`` float32 matrix, still with exactly one 1 per column.
+    """
+    out = np.array(table, dtype=np.float32, copy=True)
+    for g in sorted({int(v) for v in absent} - {0}):
+        out[0] += out[g]
+        out[g] = 0.0
+    return out
 
 
 def merge_lut(model_names: Sequence[str], ca_type: str) -> tuple[np.ndarray, list[str]]:

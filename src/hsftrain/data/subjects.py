@@ -8,7 +8,7 @@ what ``split.json`` lists. :func:`parse_subject_id` is its inverse.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -84,6 +84,11 @@ class Subject:
     image: Path
     label: Path
     dataset: int
+    #: label values of the dataset's ``labels_names`` that this label map does not hold
+    lacking: tuple[int, ...] = ()
+    #: index of the loss table of this subject (:attr:`Discovery.lacking_tables`) when its
+    #: map lacks classes; None: its dataset's table (index ``dataset``)
+    table: int | None = None
 
 
 @dataclass
@@ -97,6 +102,23 @@ class Discovery:
     #: subject indices to keep on one side of a split (the same subject found twice:
     #: same name or same image content; see :mod:`hsftrain.data.duplicates`)
     groups: list[list[int]] = field(default_factory=list)
+    #: loss tables of the subjects whose maps lack some of their dataset's classes: ``{table
+    #: index: (dataset index, lacking label values)}``, one per distinct pair, numbered after
+    #: the datasets (see :func:`assign_tables`)
+    lacking_tables: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
+
+
+def assign_tables(found: Discovery) -> None:
+    """Give each subject whose map lacks classes the loss table of its (dataset, lacking
+    classes) pair: indices after the datasets' own, in the order of the pairs; sets
+    :attr:`Discovery.lacking_tables` and :attr:`Subject.table` (in place)."""
+    first = max((s.index for s in found.datasets), default=-1) + 1
+    pairs = sorted({(s.dataset, s.lacking) for s in found.subjects if s.lacking})
+    index = {pair: first + i for i, pair in enumerate(pairs)}
+    found.lacking_tables = {t: pair for pair, t in index.items()}
+    found.subjects = [
+        replace(s, table=index[(s.dataset, s.lacking)]) if s.lacking else s for s in found.subjects
+    ]
 
 
 def id_stem(mri: Path, mri_pattern: str) -> str:

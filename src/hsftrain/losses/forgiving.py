@@ -7,7 +7,10 @@ dataset says "CA2/3" is not penalised; neither is HEAD where a dataset has no HE
 
 The tables of all datasets are stacked into one ``(D, G_max, C)`` buffer (rows past a
 dataset's G are zero and marked invalid), so a batch mixing datasets is handled with
-tensor indexing on the device: no per-item read of the dataset id on the host.
+tensor indexing on the device: no per-item read of the dataset id on the host. Label maps
+that lack some of their dataset's classes have tables of their own, indexed after the
+datasets' (:mod:`hsftrain.losses.tables`): the lacking classes go to background there and
+their rows, which no model class reaches, are invalid too.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ class ForgivingLoss(nn.Module):
     """Focal-Tversky on group-summed probabilities, one group table per dataset.
 
     Args:
-        tables: ``{dataset index: (G, C) table}``; a batch item of dataset ``d`` uses
-            ``tables[d]``.
+        tables: ``{table index: (G, C) table}``; a batch item of table ``d`` (its dataset's,
+            or that of its lacking classes) uses ``tables[d]``.
         base: the loss applied to ``(probs, onehot)`` of each item.
         ce_weight: weight of a cross-entropy term added to ``base`` (0: none), computed on
             the same grouped probabilities (so it forgives the same way): the mean over
@@ -41,7 +44,8 @@ class ForgivingLoss(nn.Module):
 
     Attributes:
         tables: ``(D, G_max, C)`` stacked tables (buffer), indexed by dataset index.
-        valid: ``(D, G_max)`` bool, which rows are real classes of that dataset.
+        valid: ``(D, G_max)`` bool, which rows are real classes of that dataset (rows
+            that some model class reaches).
     """
 
     tables: torch.Tensor
@@ -67,7 +71,7 @@ class ForgivingLoss(nn.Module):
         for d, table in tables.items():
             t = torch.as_tensor(table, dtype=torch.float32)
             stacked[d, : t.shape[0]] = t
-            valid[d, : t.shape[0]] = True
+            valid[d, : t.shape[0]] = t.abs().sum(1) > 0  # rows no model class reaches: out
         self.register_buffer("tables", stacked)
         self.register_buffer("valid", valid)
         self.sizes = {int(d): int(torch.as_tensor(t).shape[0]) for d, t in tables.items()}

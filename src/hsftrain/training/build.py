@@ -17,10 +17,11 @@ from hsftrain.data.subjects import DatasetSpec, Discovery
 from hsftrain.errors import ConfigError
 from hsftrain.finite import check_finite_state
 from hsftrain.hub.fetch import fetch
+from hsftrain.losses.tables import dataset_tables
 from hsftrain.models import channels_last
 from hsftrain.training.checkpoint import ModelInfo, read_checkpoint
 from hsftrain.training.distributed import compile_enabled
-from hsftrain.training.module import SegmentationModule, dataset_tables
+from hsftrain.training.module import SegmentationModule
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def run_classes(cfg: DictConfig, found: Discovery, pretrained: Pretrained | None
     ca = {s.index: s.ca_type for s in found.datasets}
     forgiving = bool(cfg.models.get("use_forgiving_loss", True))
     try:
-        dataset_tables(names, found.dataset_classes, ca, forgiving)
+        dataset_tables(names, found.dataset_classes, ca, forgiving, found.lacking_tables)
     except LabelError:
         raise
     except ValueError as err:  # more classes in a dataset than in the model
@@ -248,6 +249,7 @@ def build_module(
             compile=compile_enabled(
                 cfg.models.get("compile", "auto"), cfg.lightning.get("accelerator", "auto")
             ),
+            lacking_tables=found.lacking_tables,
         )
 
     names = run_classes(cfg, found, pretrained)

@@ -8,46 +8,19 @@ name) and reduced across processes once per epoch.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
-from hsftrain.data.labels import group_table
 from hsftrain.losses import FocalTverskyLoss, ForgivingLoss
+from hsftrain.losses.tables import LackingTables, dataset_tables
 from hsftrain.models import Network, UNet3D, build_model, channels_last
 from hsftrain.optim import AdamP, warmup_cosine
 from hsftrain.training.denormals import flush_denormals
 
 SURFACE_KEYS = ("hd95_mm", "assd_mm")
-
-
-def dataset_tables(
-    class_names: list[str],
-    dataset_classes: Mapping[int, list[str]],
-    dataset_ca: Mapping[int, str],
-    forgiving: bool,
-) -> dict[int, np.ndarray]:
-    """Group table per dataset: granularity-aware when ``forgiving``, else the identity.
-
-    Raises:
-        LabelError: a dataset class that the model cannot produce.
-        ValueError: without the forgiving loss, a dataset with more classes than the model.
-    """
-    tables = {}
-    for d, names in dataset_classes.items():
-        if forgiving:
-            tables[d] = group_table(class_names, names, dataset_ca[d])
-        else:
-            if len(names) > len(class_names):
-                raise ValueError(
-                    f"dataset {d} has {len(names)} classes but the model {len(class_names)}: "
-                    "raise models.hparams.out_channels or use the forgiving loss"
-                )
-            tables[d] = np.eye(len(class_names), dtype=np.float32)
-    return tables
 
 
 class SegmentationModule(L.LightningModule):
@@ -65,6 +38,10 @@ class SegmentationModule(L.LightningModule):
             at the last epoch; -1 = never.
         compile: run the network through ``torch.compile`` (the weights and checkpoints are
             those of the plain network).
+        lacking_tables: the loss tables of subjects whose maps lack some of their dataset's
+            classes (:attr:`hsftrain.data.subjects.Discovery.lacking_tables`): forgiven
+            there with the forgiving loss, and left out of validation Dice. Batches carry
+            each item's table index as ``"table"`` (else ``"dataset"`` is used).
 
     With ``optim["ema_decay"]`` > 0 an exponential moving average of the weights (and
     buffers) follows training; validation runs on it and checkpoints hold it as the network's
@@ -90,6 +67,7 @@ class SegmentationModule(L.LightningModule):
         config: dict[str, Any] | None = None,
         surface_every: int = 0,
         compile: bool = False,
+        lacking_tables: LackingTables | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -98,7 +76,7 @@ class SegmentationModule(L.LightningModule):
         self.class_names = class_names
         self.optim_cfg = optim
         self.total_steps = max(int(total_steps), 1)
-        self.set_datasets(dataset_classes, dataset_ca)
+        self.set_datasets(dataset_classes, dataset_ca, lacking_tables)
         self.surface_every = int(surface_every)
         self._surface: dict[str, list[float]] = defaultdict(list)
         # a compiled view of the network, kept out of the module tree (state_dict unchanged)
@@ -114,11 +92,16 @@ class SegmentationModule(L.LightningModule):
         self._ema_step = -1  # the optimiser step the average last followed
 
     def set_datasets(
-        self, dataset_classes: dict[int, list[str]], dataset_ca: dict[int, str]
+        self,
+        dataset_classes: dict[int, list[str]],
+        dataset_ca: dict[int, str],
+        lacking_tables: LackingTables | None = None,
     ) -> None:
-        """(Re)build the loss for the given datasets' label schemes."""
+        """(Re)build the loss for the given datasets' label schemes (and the tables of
+        subjects lacking classes)."""
         forgiving = bool(self.optim_cfg.get("use_forgiving_loss", True))
-        tables = dataset_tables(self.class_names, dataset_classes, dataset_ca, forgiving)
+        lacking = dict(lacking_tables or {})
+        tables = dataset_tables(self.class_names, dataset_classes, dataset_ca, forgiving, lacking)
         loss_cfg = dict(self.optim_cfg.get("loss") or {})
         ce_weight = float(loss_cfg.pop("ce_weight", 0.0) or 0.0)
         self.loss = ForgivingLoss(
@@ -127,7 +110,9 @@ class SegmentationModule(L.LightningModule):
             ce_weight,
         )
         self.dataset_classes = dataset_classes
-        # validation Dice accumulators: one slot per class name (background excluded)
+        self.lacking = {t: tuple(values) for t, (_, values) in lacking.items()}
+        # validation Dice accumulators: one slot per class name (background excluded); a
+        # class a subject's map lacks has none there (-1: not counted, neither 0 nor 1)
         self.dice_names = list(
             dict.fromkeys(n for names in dataset_classes.values() for n in names[1:])
         )
@@ -135,6 +120,9 @@ class SegmentationModule(L.LightningModule):
         for d, names in dataset_classes.items():
             for value, name in enumerate(names[1:], start=1):
                 slot[d, value] = self.dice_names.index(name)
+        for t, (d, values) in lacking.items():
+            slot[t] = slot[d]
+            slot[t, list(values)] = -1
         self.register_buffer("dice_slot", slot, persistent=False)
         self.register_buffer("dice_sum", torch.zeros(len(self.dice_names)), persistent=False)
         self.register_buffer("dice_count", torch.zeros(len(self.dice_names)), persistent=False)
@@ -156,7 +144,7 @@ class SegmentationModule(L.LightningModule):
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and the head's probabilities; in training with deep supervision, the loss is
         the weighted sum over the head and the auxiliary heads (``output_weights``)."""
-        label, dataset = batch["label"].long(), batch["dataset"]
+        label, dataset = batch["label"].long(), batch.get("table", batch["dataset"])
         if not (self.training and len(self.output_weights) > 1):
             probs = torch.softmax(self(batch["image"]).float(), dim=1)
             return self.loss(probs, label, dataset), probs
@@ -247,6 +235,11 @@ class SegmentationModule(L.LightningModule):
         checkpoint["ema_updates"] = self._ema_updates
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # the loss tables follow the data this run found (a resumed run may find other maps
+        # lacking a class, so other tables): not the saved ones, which may differ in shape
+        for name, table in self.loss.named_buffers(prefix="loss"):
+            if name in checkpoint.get("state_dict", {}):
+                checkpoint["state_dict"][name] = table.detach().clone()
         raw = checkpoint.get("ema_raw")
         if not raw:
             return
@@ -267,7 +260,7 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         loss, probs = self._step(batch)
         self._log_loss("val/epoch/loss", loss, batch, on_step=False)
-        dataset = batch["dataset"].to(self.device).long()
+        dataset = batch.get("table", batch["dataset"]).to(self.device).long()
         pred = self.loss.grouped(probs, dataset).argmax(1)
         self._accumulate_dice(pred, batch["label"].long(), dataset)
         if self._surface_now():
@@ -276,11 +269,13 @@ class SegmentationModule(L.LightningModule):
     def _accumulate_dice(
         self, pred: torch.Tensor, ref: torch.Tensor, dataset: torch.Tensor
     ) -> None:
-        """Add each item's per-class Dice (1 when both are empty) to the device sums.
+        """Add each item's per-class Dice (1 when both are empty) to the device sums; a
+        class the item's map lacks is not counted.
 
         Args:
             pred, ref: ``(B, X, Y, Z)`` label maps in each item's dataset classes.
-            dataset: ``(B,)`` dataset index of each item.
+            dataset: ``(B,)`` loss table index of each item (its dataset's, or that of the
+                classes its map lacks).
         """
         groups = self.loss.valid.shape[1]
         pred_1h = torch.nn.functional.one_hot(pred, groups).flatten(1, -2).float()
@@ -298,12 +293,14 @@ class SegmentationModule(L.LightningModule):
         """HD95 and ASSD (mm) of each item, on the CPU (only when due: they are slow)."""
         from hsftrain.evaluation.metrics import label_metrics
 
+        tables = batch.get("table", batch["dataset"])
         for b in range(pred.shape[0]):
             names = self.dataset_classes[int(batch["dataset"][b])]
+            lacking = self.lacking.get(int(tables[b]), ())
             per_label = label_metrics(
                 pred[b].cpu().numpy(),
                 batch["label"][b].cpu().numpy(),
-                range(1, len(names)),
+                [v for v in range(1, len(names)) if v not in lacking],
                 batch["spacing"][b].tolist(),
                 True,
             )

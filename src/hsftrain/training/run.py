@@ -206,7 +206,7 @@ def _run(
             ", ".join(ignored),
         )
     run_dir, resume_ckpt = resolve_run_dir(cfg)
-    found = discover(cfg.datasets)
+    found = discover(cfg.datasets, bool(cfg.models.get("use_forgiving_loss", True)))
     classes = run_classes(cfg, found, pretrained)  # disagreeing: refused before any write
     hparams = pretrained[2].hparams if pretrained else plain(cfg.models.hparams)
     from hsftrain.training.budget import plans_network  # budget= picks a depth that fits
