@@ -251,7 +251,9 @@ def _panel(
     pixels = np.ascontiguousarray(np.flipud(rgb.transpose(1, 0, 2)) * 255 + 0.5).astype(np.uint8)
     extent = np.asarray(labels.shape, dtype=float) * np.asarray(mm, dtype=float)
     width, height = np.maximum(1, extent * px).round()
-    return Image.fromarray(pixels, "RGB").resize((int(width), int(height)), Image.NEAREST)
+    return Image.fromarray(pixels, "RGB").resize(
+        (int(width), int(height)), Image.Resampling.NEAREST
+    )
 
 
 def save_qc(
