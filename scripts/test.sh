@@ -13,4 +13,4 @@ ruff format --check src tests benchmarks
 echo "[test 3/4] mypy (settings: pyproject.toml [tool.mypy])"
 mypy
 echo "[test 4/4] pytest"
-exec python -m pytest -q "$@"
+exec python -m pytest -q --durations=20 "$@"
