@@ -9,6 +9,7 @@ versions, date, commit). ``--quick``: a tiny model, one shape, two forwards (a s
 
     python benchmarks/engines.py            # minutes: run it on a quiet machine
     python benchmarks/engines.py --quick
+    python benchmarks/engines.py --gpu --tag gpu  # hardware=gpu (benchmarks/gpu_session.sh)
 """
 
 from __future__ import annotations
@@ -85,6 +86,21 @@ def models(folder: Path, quick: bool) -> list[tuple[str, Path]]:
     return out
 
 
+def gpu_providers() -> list[str]:
+    """The providers of ``hardware=gpu`` this onnxruntime build has (TensorRT, CUDA, CPU)."""
+    import onnxruntime as ort
+    import yaml
+
+    conf = Path(__file__).resolve().parents[1] / "src/hsftrain/conf/hardware/gpu.yaml"
+    wanted = yaml.safe_load(conf.read_text())["engine_settings"]["execution_providers"]
+    have = set(ort.get_available_providers())
+    return [
+        p if isinstance(p, str) else p[0]
+        for p in wanted
+        if (p if isinstance(p, str) else p[0]) in have
+    ]
+
+
 def ort_runner(path: Path, level: str, threads: int) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
@@ -93,9 +109,10 @@ def ort_runner(path: Path, level: str, threads: int) -> Callable[[np.ndarray], n
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
+    }["all" if level == "gpu" else level]
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    providers = gpu_providers() if level == "gpu" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), options, providers=providers)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
 
@@ -107,8 +124,15 @@ def openvino_runner(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarr
     return engine.run
 
 
-def configs(quick: bool) -> list[tuple[str, str, int, int]]:
-    """``(engine, setting, threads, batch)``."""
+def configs(quick: bool, gpu: bool = False) -> list[tuple[str, str, int, int]]:
+    """``(engine, setting, threads, batch)``; ``gpu``: ONNX Runtime with ``hardware=gpu``'s
+    providers (batch 1 and 4) and the CPU reference."""
+    if gpu:
+        return [
+            ("onnxruntime", "gpu", 0, 1),
+            ("onnxruntime", "gpu", 0, 4),
+            ("onnxruntime", "all", 0, 1),
+        ]
     if quick:
         return [("onnxruntime", "all", 1, 1), ("openvino", "f32", 1, 1)]
     out = [("onnxruntime", lvl, t, 1) for lvl in ("basic", "extended", "all") for t in (1, 2)]
@@ -141,6 +165,7 @@ def versions() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny model, one shape, 2 forwards")
+    parser.add_argument("--gpu", action="store_true", help="hardware=gpu's providers (ORT)")
     parser.add_argument("--forwards", type=int, default=5)
     parser.add_argument("--shapes", type=int, default=2, help="shapes per data set")
     parser.add_argument("--tag", default="", help="suffix of the result file")
@@ -156,7 +181,7 @@ def main() -> None:
             for source, shape in shapes:
                 batch4 = rng.standard_normal((4, 1, *shape)).astype(np.float32)
                 reference = ort_runner(path, "all", 2)(batch4[:1]).argmax(1)
-                for engine, setting, threads, batch in configs(args.quick):
+                for engine, setting, threads, batch in configs(args.quick, args.gpu):
                     if engine == "openvino" and versions()["openvino"] == "not installed":
                         continue
                     run = (
@@ -198,6 +223,7 @@ def main() -> None:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "commit": commit,
         "quick": args.quick,
+        "gpu_providers": gpu_providers() if args.gpu else None,
         "rows": rows,
     }
     if args.json:

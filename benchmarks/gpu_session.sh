@@ -3,7 +3,10 @@
 # prepared check within one 10-minute command:
 #   1. training throughput of the hsf_train-size network (f_maps 64, 4 levels, bf16,
 #      torch.compile) on real MSD batches;
-#   2. `budget=5m` on the fixed MSD split (145 train / 21 tuning / 42 never seen), scored on
+#   2. inference on the GPU: benchmarks/engines.py --gpu (ONNX Runtime with hardware=gpu's
+#      providers, TensorRT/CUDA, against the CPU) on the padded MSD crop shapes
+#      (SKIP_INFERENCE=1 skips it);
+#   3. `budget=5m` on the fixed MSD split (145 train / 21 tuning / 42 never seen), scored on
 #      the 42 unseen crops (issue 11: >= 0.90 on each label).
 # Result JSONs (with the GPU's name) land in benchmarks/results and in $OUT.
 # Knobs: BUDGET (5m), STEPS (30), PYTHON (python3), SKIP_THROUGHPUT=1.
@@ -30,6 +33,11 @@ if [ "${SKIP_THROUGHPUT:-0}" != 1 ]; then
     --patch 64 96 64 --batch 8 --precision bf16 --compile --steps "${STEPS:-30}" \
     --skip data-legacy data augment --tag "gpu_f64L4_$device" 2>&1 | tee "$out/throughput.log"
   status=$((status | $?))
+fi
+if [ "${SKIP_INFERENCE:-0}" != 1 ]; then
+  timeout 240 "$py" benchmarks/engines.py --gpu --shapes 1 --tag gpu 2>&1 | tee "$out/engines.log"
+  status=$((status | $?))
+  cp benchmarks/results/engines_gpu.json "$out/" 2>/dev/null
 fi
 tag="gpu_budget${BUDGET:-5m}"
 "$py" benchmarks/train_heldout.py --tag "$tag" --out /tmp/hsftrain-gpu-run \
