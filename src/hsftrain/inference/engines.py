@@ -368,4 +368,4 @@ class OnnxEngine(Engine):
         ]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        return np.asarray(self.session.run([self.output_name], {self.input_name: batch})[0])
