@@ -40,9 +40,10 @@ def _split_file_groups(overrides: Sequence[str]) -> tuple[list[str], dict[str, P
     the preset written by an ensemble run) and the ``group.key=value`` overrides that must
     be applied on top of them."""
     files: dict[str, Path] = {}
+    groups = group_options()  # not a key whose value is a YAML file (plan=, plan_path=)
     for item in overrides:
         key, _, value = item.partition("=")
-        if "." not in key and value.endswith((".yaml", ".yml")) and not key.startswith(("+", "~")):
+        if key in groups and value.endswith((".yaml", ".yml")):
             path = Path(value).expanduser()
             if not path.is_file():
                 raise ConfigError(f"{key}={value}: no such config file")
