@@ -230,6 +230,8 @@ EXAMPLES: dict[str, Example] = {
     # docs/user_guide.md
     "hsftrain data prepare datasets=msd": Example(),
     "hsftrain train datasets=msd budget=30m": Example("compose", BENCH),
+    "hsftrain plan datasets=msd budget=30m plan_path=msd_30m.yaml": Example("compose", BENCH),
+    "hsftrain train datasets=msd plan=msd_30m.yaml": Example("compose", BENCH),
     "hsftrain train datasets=msd lightning=ddp": Example(
         "compose", "needs several GPUs (DDP on CPU: tests/training/test_distributed.py)"
     ),
