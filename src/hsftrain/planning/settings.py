@@ -116,13 +116,15 @@ class _Reader:
     def networks(self, key: str) -> tuple[Network, ...]:
         value = self.value(key)
         out: list[Network] = []
-        for item in value if isinstance(value, list) else [None]:
-            ok = isinstance(item, list) and len(item) == 2 and isinstance(item[1], int)
-            f_maps = item[0] if ok else None
-            if not (isinstance(f_maps, int) or (isinstance(f_maps, list) and f_maps)):
+        items: list[Any] = value if isinstance(value, list) else [None]
+        for item in items:
+            pair: list[Any] = item if isinstance(item, list) and len(item) == 2 else [None, None]
+            f_maps, levels = pair[0], pair[1]
+            wide = isinstance(f_maps, int) or (isinstance(f_maps, list) and bool(f_maps))
+            if not wide or not isinstance(levels, int):
                 raise ConfigError(
                     f"planning.{key}={value}: give a list of [f_maps, num_levels] pairs, "
                     "e.g. [[8, 3], [16, 4]]"
                 )
-            out.append((f_maps, int(item[1])))
+            out.append((f_maps, levels))
         return tuple(out)
