@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Here, before a session's device check (issue 11's `budget=5m` on a GPU): put what the
+# Before a check on a lent GPU machine (`budget=5m` on a GPU, inference): put what the
 # GPU machine lacks into two folders that git ignores and the `run` tool carries:
 #   .whl/  Python 3.12 wheels of the packages its image does not hold (hydra-core, omegaconf,
 #          antlr4 runtime, nibabel; ~4 MB). Not torchio or SimpleITK (53 MB, over the carry

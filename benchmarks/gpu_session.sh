@@ -7,7 +7,7 @@
 #      providers, TensorRT/CUDA, against the CPU) on the padded MSD crop shapes
 #      (SKIP_INFERENCE=1 skips it);
 #   3. `budget=5m` on the fixed MSD split (145 train / 21 tuning / 42 never seen), scored on
-#      the 42 unseen crops (issue 11: >= 0.90 on each label).
+#      the 42 unseen crops (target: >= 0.90 on each label).
 # Result JSONs (with the GPU's name) land in benchmarks/results and in $OUT.
 # Knobs: BUDGET (5m), STEPS (30), PYTHON (python3), SKIP_THROUGHPUT=1.
 set -uo pipefail

@@ -8,7 +8,7 @@ flags on T2 images given to the T1 models, and the bundled models' metadata.
 ``flags`` runs the command (bundled models, their presets, default ``checks``) on:
 
 * ``demo_msd152``: ``segmentation=demo`` on the 152 MSD crops it never saw (the
-  benchmark of docs/benchmarks.md); ``msd_msd40``: ``segmentation=msd`` on 40 MSD crops;
+  benchmark of docs/results.md); ``msd_msd40``: ``segmentation=msd`` on 40 MSD crops;
 * ``{demo,msd}_heldout8``: the 8 bundled held-out crops (``assets/sample/msd_heldout``);
 * ``{demo,msd}_ashs_tse``: the 12 ASHS coronal TSE (T2) slabs as they are (whole head);
 * ``msd_ashs_t1t2``: the 12 ASHS MPRAGE (4 mm) + TSE pairs, multispectral;
