@@ -165,15 +165,15 @@ def main() -> dict:
     if not args.tag:
         parser.error("--tag is required")
     setup_logging()
-    if args.cpu_candidates:
-        from hsftrain.training import budget
+    if args.cpu_candidates:  # e.g. 16x4 or 8-24-48x3: [f_maps, num_levels] pairs
 
-        def network(text: str) -> tuple[int | list[int], int]:
+        def network(text: str) -> str:
             width, levels = text.lower().split("x")
-            sizes = [int(v) for v in width.split("-")]
-            return (sizes[0] if len(sizes) == 1 else sizes), int(levels)
+            sizes = width.split("-")
+            return f"[{sizes[0] if len(sizes) == 1 else '[' + ','.join(sizes) + ']'},{levels}]"
 
-        budget.CPU_CANDIDATES = tuple(network(c) for c in args.cpu_candidates)
+        pairs = ",".join(network(c) for c in args.cpu_candidates)
+        overrides.append(f"planning.candidates.cpu=[{pairs}]")
     if args.keep_epochs is not None:
         _keep_epochs(args.keep_epochs)
     images = sorted((MSD / "imagesTr").glob("hippocampus_*.nii.gz"))

@@ -55,7 +55,7 @@ def plan(cfg: DictConfig) -> Path:
     flush_denormals()  # before torch starts its threads (as train does)
     started = time.monotonic()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    found = discover(cfg.datasets)
+    found = discover(cfg.datasets, bool(cfg.models.get("use_forgiving_loss", True)))
     classes = run_classes(cfg, found, None)
     train_set, val_set = prepare_split(cfg, found, configured_split(cfg, found))
     _, made = make_plan(
