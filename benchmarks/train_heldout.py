@@ -155,7 +155,7 @@ def main() -> dict:
         metavar="FxL",
         nargs="+",
         help="budget= on a CPU: the networks the plan chooses among instead of "
-        "CPU_CANDIDATES, e.g. 24x4 32x4, or channels per level 16-48-96-192x4 (what a change "
+        "planning.candidates.cpu, e.g. 24x4 32x4, or channels per level 16-48-96-192x4 (what a change "
         "of the planner's list would do)",
     )
     args, overrides = parser.parse_known_args()
