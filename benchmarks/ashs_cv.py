@@ -82,7 +82,7 @@ def train(overrides: list[str], finetune: bool = False) -> Path:
     run already finished in the work folder (``--out``) is reused, an unfinished one redone."""
     import shutil
 
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.export.api import export_checkpoint
     from hsftrain.workflow import finetune as finetune_run
     from hsftrain.workflow import train as train_run
@@ -103,7 +103,7 @@ def held_out_crops(folder: Path, subjects: list[int], margin_mm: float) -> dict[
     (``datasets=ashs_test``'s classes) written to ``folder``; ``{crop: label}``."""
     import nibabel as nib
 
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.data.crop import crop_to_labels
     from hsftrain.data.discovery import read_label
     from hsftrain.data.nifti import load_volume
@@ -133,7 +133,7 @@ def dice_per_label(model: Path, crops: dict[str, Path], out: Path) -> dict[str, 
     """``hsftrain segment`` the crops with ``model`` (one plain view) and compare."""
     import nibabel as nib
 
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.inference.api import segment
     from hsftrain.inference.engines import OnnxEngine
 
@@ -171,7 +171,7 @@ def dice_per_label(model: Path, crops: dict[str, Path], out: Path) -> dict[str, 
 
 def tse_labels(subject: int) -> np.ndarray:
     """Both sides' labels on the subject's TSE grid, in ``datasets=ashs_test``'s classes."""
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.data.discovery import read_label
     from hsftrain.data.subjects import DatasetSpec
 
@@ -190,7 +190,7 @@ def multispectral_dice(
     seconds per subject."""
     import nibabel as nib
 
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.inference.api import segment
     from hsftrain.inference.engines import OnnxEngine
 

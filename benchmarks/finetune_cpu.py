@@ -37,11 +37,11 @@ from rich.console import Console
 from rich.table import Table
 from train_cpu import machine_info  # benchmarks/ is on sys.path when run as a script
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
+from hsftrain.core.logs import setup_logging
 from hsftrain.data.nifti import load_volume, save_volume
 from hsftrain.evaluation.api import evaluate
 from hsftrain.inference.api import segment
-from hsftrain.logs import setup_logging
 from hsftrain.workflow import finetune, train
 
 ROOT = Path(__file__).resolve().parents[1]

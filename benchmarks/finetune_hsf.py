@@ -36,10 +36,10 @@ from rich.console import Console
 from rich.table import Table
 from train_cpu import machine_info
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
+from hsftrain.core.logs import setup_logging
 from hsftrain.export.onnx import export_onnx
 from hsftrain.hub import fetch
-from hsftrain.logs import setup_logging
 from hsftrain.models import build_model
 from hsftrain.training.checkpoint import read_checkpoint
 from hsftrain.workflow import finetune, train

@@ -78,7 +78,7 @@ def link(files: list[Path], folder: Path) -> Path:
 
 def run(folder: Path, pattern: str, preset: str, out: Path, *extra: str) -> dict:
     """``hsftrain segment`` on ``folder``; flagged subjects counted per check."""
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.inference.api import segment
 
     overrides = [

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import onnx
 
+from hsftrain.core.atomic import atomic_path
+from hsftrain.core.onnx_metadata import FIELD_OF_VIEW_KEY as KEY
+from hsftrain.core.onnx_metadata import decode_metadata, write_metadata
 from hsftrain.export.field_of_view import median_field_of_view
-from hsftrain.files import atomic_path
 from hsftrain.hub.fetch import file_hash
-from hsftrain.onnx_metadata import FIELD_OF_VIEW_KEY as KEY
-from hsftrain.onnx_metadata import decode_metadata, write_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "src" / "hsftrain" / "assets"

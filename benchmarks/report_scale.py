@@ -33,7 +33,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "report_scale.json"
 
 def cohort(root: Path, n: int) -> tuple[Path, Path]:
     """``n`` segmented crops: the 8 held-out ones segmented once, then repeated."""
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.inference.api import segment
 
     first, images, pred = root / "first", root / "images", root / "pred"

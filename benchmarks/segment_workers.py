@@ -58,7 +58,7 @@ def digest(folder: Path) -> str:
 
 
 def time_jobs(inputs: Path, out: Path, model: Path, jobs: int, tta: int) -> dict[str, object]:
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.inference.api import segment
 
     cfg = compose(

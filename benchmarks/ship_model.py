@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from hsftrain.core.logs import setup_logging
 from hsftrain.export.api import export_checkpoint
 from hsftrain.hub.fetch import file_hash
-from hsftrain.logs import setup_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "src" / "hsftrain" / "assets" / "models"

@@ -19,8 +19,8 @@ from machine import machine_info  # benchmarks/ is on sys.path when run as a scr
 from rich.console import Console
 from rich.table import Table
 
-from hsftrain.config import compose
-from hsftrain.logs import setup_logging
+from hsftrain.config.compose import compose
+from hsftrain.core.logs import setup_logging
 from hsftrain.workflow import train
 
 DEMO = [

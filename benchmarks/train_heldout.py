@@ -36,8 +36,8 @@ from rich.console import Console
 from rich.table import Table
 
 import hsftrain
-from hsftrain.config import compose
-from hsftrain.logs import setup_logging
+from hsftrain.config.compose import compose
+from hsftrain.core.logs import setup_logging
 
 try:
     from hsftrain.workflow import train

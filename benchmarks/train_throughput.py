@@ -39,16 +39,16 @@ from machine import (  # benchmarks/ is on sys.path when run as a script
 from rich.console import Console
 from rich.table import Table
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
+from hsftrain.core.logs import setup_logging
 from hsftrain.data.augment import BatchAugment
 from hsftrain.data.cache import PrepareSettings, prepare
 from hsftrain.data.dataset import PatchDataset
 from hsftrain.data.discovery import discover, read_label
 from hsftrain.data.nifti import load_volume
 from hsftrain.data.transforms import augmentation, postprocess
-from hsftrain.logs import setup_logging
-from hsftrain.training.module import SegmentationModule
 from hsftrain.planning.timing import train_step
+from hsftrain.training.module import SegmentationModule
 
 ROOT = Path(__file__).resolve().parents[1]
 MSD = Path(os.environ.get("HSFTRAIN_MSD", ROOT.parent / "shared/data/msd_hippocampus"))

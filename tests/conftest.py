@@ -89,7 +89,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, phantoms: Path) -> Path:
 
     Holds config.yaml, split.json and checkpoints/last.ckpt, as ``hsftrain train`` writes.
     """
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.training.run import run
 
     out = tmp_path_factory.mktemp("export_runs")

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
+from hsftrain.cli.app import app
 from tests.conftest import SAMPLE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
+from hsftrain.cli.app import app
 from tests.conftest import TINY
 
 
@@ -67,7 +67,7 @@ def test_preset_paths_are_relative_and_survive_a_move(tmp_path):
     """A run folder moved or shared keeps a working preset."""
     import shutil
 
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.workflow import write_preset
 
     root = tmp_path / "runs" / "bag"
@@ -90,8 +90,8 @@ def test_preset_paths_are_relative_and_survive_a_move(tmp_path):
 def test_failed_export_after_training_names_the_kept_checkpoint(tmp_path, monkeypatch):
     """A run whose export check fails says where its trained checkpoints are."""
     import hsftrain.workflow as workflow
-    from hsftrain.config import compose
-    from hsftrain.errors import ExportError
+    from hsftrain.config.compose import compose
+    from hsftrain.core.errors import ExportError
 
     best = tmp_path / "run" / "checkpoints" / "best-epoch022.ckpt"
     best.parent.mkdir(parents=True)

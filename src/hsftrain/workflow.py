@@ -26,11 +26,11 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hsftrain.errors import ConfigError, ExportError, NonFiniteError
+from hsftrain.core.atomic import write_text_atomic
+from hsftrain.core.errors import ConfigError, ExportError, NonFiniteError
+from hsftrain.core.logs import run_log
 from hsftrain.export.api import export_checkpoint
-from hsftrain.files import write_text_atomic
 from hsftrain.hub.fetch import file_hash
-from hsftrain.logs import run_log
 from hsftrain.training.distributed import is_rank_zero
 from hsftrain.training.run import run
 from hsftrain.training.validate import parse_budget

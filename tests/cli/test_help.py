@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
-from hsftrain.cli_help import keys_text
+from hsftrain.cli.app import app
+from hsftrain.cli.help import keys_text
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hsftrain.compression.callbacks import (
+from hsftrain.compression.pruning import (
     GradualMagnitudePruning,
     StructuredPruning,
     compression_callbacks,
@@ -21,7 +21,7 @@ from hsftrain.compression.sparsity import (
     prunable_modules,
     weight_sparsity,
 )
-from hsftrain.config import ConfigError, compose
+from hsftrain.config.compose import ConfigError, compose
 from tests.conftest import tiny_net
 
 # s_t = s_f + (s_i - s_f) (1 - (t - t0) / (n dt))^3 with t0 = 0, n dt = 10, dt = 2,
@@ -150,9 +150,9 @@ def test_tiny_lightning_run_prunes_and_cuts(tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
+    from hsftrain.core.onnx_metadata import read_metadata
     from hsftrain.data.dataset import pad_collate
     from hsftrain.export.api import export_checkpoint
-    from hsftrain.onnx_metadata import read_metadata
     from hsftrain.training.checkpoint import load_network
     from hsftrain.training.module import SegmentationModule
 
@@ -210,7 +210,7 @@ def test_tiny_lightning_run_prunes_and_cuts(tmp_path: Path) -> None:
 def test_train_with_compression_and_resume(tmp_path: Path, phantoms: Path) -> None:
     """``train`` with ``compression=structured`` (+ magnitude pruning), then ``resume``:
     the resumed run rebuilds the cut network from the checkpoint and is not cut again."""
-    from hsftrain.onnx_metadata import read_metadata
+    from hsftrain.core.onnx_metadata import read_metadata
     from hsftrain.training.checkpoint import load_network
     from hsftrain.workflow import train
 

@@ -15,11 +15,11 @@ from hsftrain.compression.quantize import (
     preprocess,
     quantize_int8,
 )
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
+from hsftrain.core.onnx_metadata import read_metadata
 from hsftrain.export.api import export_checkpoint
 from hsftrain.export.calibration import glob_images
 from hsftrain.export.onnx import export_onnx
-from hsftrain.onnx_metadata import read_metadata
 from tests.conftest import tiny_net
 
 

@@ -145,8 +145,8 @@ def test_hsf_train_network_is_refused_with_a_config_error() -> None:
     at the callback's setup (before any epoch) as well as in the functions."""
     from types import SimpleNamespace
 
-    from hsftrain.compression.callbacks import StructuredPruning
-    from hsftrain.config import ConfigError
+    from hsftrain.compression.pruning import StructuredPruning
+    from hsftrain.config.compose import ConfigError
 
     net = build_model("HSFResidualUNet3D", {"f_maps": 4, "num_levels": 2, "out_channels": 3})
     with pytest.raises(ConfigError, match="compression.structured cannot cut HSFResidualUNet3D"):

@@ -1,4 +1,4 @@
-"""hsftrain.validate: typed config values and output paths; bad values name the key."""
+"""hsftrain.config.checks: typed config values and output paths; bad values name the key."""
 
 from __future__ import annotations
 
@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from hsftrain.config import ConfigError
-from hsftrain.validate import as_bool, as_float, as_int, check_output_dir, check_output_file, choice
+from hsftrain.config.checks import (
+    as_bool,
+    as_float,
+    as_int,
+    check_output_dir,
+    check_output_file,
+    choice,
+)
+from hsftrain.config.compose import ConfigError
 
 
 def test_numbers() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsftrain.config import ConfigError, compose, group_options
+from hsftrain.config.compose import ConfigError, compose, group_options
 
 TRAIN_GROUPS = [
     "datasets",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hsftrain.keydocs import key_docs, yaml_comments
+from hsftrain.config.keydocs import key_docs, yaml_comments
 
 COMMANDS = ["config", "export", "segment", "evaluate"]
 

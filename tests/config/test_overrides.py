@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
-from hsftrain.config import ConfigError, compose
-from hsftrain.overrides import is_path_key, path_value, prepare
+from hsftrain.cli.app import app
+from hsftrain.config.compose import ConfigError, compose
+from hsftrain.config.overrides import is_path_key, path_value, prepare
 
 HOME = os.path.expanduser("~")
 

@@ -1,11 +1,11 @@
-"""hsftrain.containers: OmegaConf values as plain Python, dotted keys of nested mappings."""
+"""hsftrain.config.values: OmegaConf values as plain Python, dotted keys of nested mappings."""
 
 from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
 
-from hsftrain.containers import leaves, plain, plain_dict
+from hsftrain.config.values import leaves, plain, plain_dict
 
 
 def test_plain_resolves_containers_and_leaves_the_rest() -> None:

@@ -1,4 +1,4 @@
-"""hsftrain.files: atomic writes (nothing half-written, normal permissions)."""
+"""hsftrain.core.atomic: atomic writes (nothing half-written, normal permissions)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hsftrain.core.atomic import atomic_path, write_text_atomic
 from hsftrain.data.nifti import load_volume, save_volume
-from hsftrain.files import atomic_path, write_text_atomic
 
 
 def _mode(path: Path) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hsftrain.logs import RUN_LOG, run_log, setup_logging
+from hsftrain.core.logs import RUN_LOG, run_log, setup_logging
 
 
 def test_run_log_buffers_until_the_folder_exists(tmp_path: Path) -> None:

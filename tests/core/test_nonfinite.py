@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hsftrain.errors import NonFiniteError, UserError
-from hsftrain.finite import check_finite_state, nonfinite_tensors
+from hsftrain.core.errors import NonFiniteError, UserError
+from hsftrain.core.nonfinite import check_finite_state, nonfinite_tensors
 
 
 def test_nonfinite_tensors_names_the_bad_ones() -> None:

@@ -1,4 +1,4 @@
-"""hsftrain.onnx_metadata: metadata written and read back the same by every stage."""
+"""hsftrain.core.onnx_metadata: metadata written and read back the same by every stage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from hsftrain.onnx_metadata import (
+from hsftrain.core.onnx_metadata import (
     INPUT_NAME,
     OUTPUT_NAME,
     decode_metadata,

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
 from hsftrain.data.cache import PrepareSettings, cache_dir, prepare
 from hsftrain.data.discovery import discover
 from hsftrain.data.nifti import DataError

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
 from hsftrain.data.cache import entry_key, prepare
 from hsftrain.data.crop import crop_to_labels, label_box
 from hsftrain.data.discovery import discover

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hsftrain.config import ConfigError, compose
+from hsftrain.config.compose import ConfigError, compose
 from hsftrain.data.cache import prepare
 from hsftrain.data.datamodule import SegmentationDataModule, patch_size
 from hsftrain.data.dataset import (

@@ -119,7 +119,7 @@ def test_corrupt_and_4d_files(tmp_path):
 
 
 def test_real_sample_discovered(sample_dir):
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
 
     cfg = compose("config", ["datasets=sample"])
     found = discover(cfg.datasets)

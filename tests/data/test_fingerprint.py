@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
 from hsftrain.data.cache import prepare
 from hsftrain.data.discovery import discover
 from hsftrain.data.fingerprint import fingerprint

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import yaml
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
 from hsftrain.data.discovery import discover
 from tests.reliability.conftest import assert_user_error, cli
 

@@ -23,7 +23,7 @@ def test_write_phantoms_layout(tmp_path):
 def test_synth_cli(tmp_path):
     from typer.testing import CliRunner
 
-    from hsftrain.cli import app
+    from hsftrain.cli.app import app
 
     result = CliRunner().invoke(
         app, ["data", "synth", "--out", str(tmp_path), "--n", "2", "--shape", "16x16x16"]

@@ -15,7 +15,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from hsftrain.config import ConfigError, compose  # noqa: E402
+from hsftrain.config.compose import ConfigError, compose  # noqa: E402
 from hsftrain.evaluation.api import (  # noqa: E402
     EvaluationError,
     evaluate,
@@ -273,7 +273,7 @@ def test_evaluate_from_composed_config(dataset):
 def test_cli_end_to_end(dataset):
     from typer.testing import CliRunner
 
-    from hsftrain.cli import app
+    from hsftrain.cli.app import app
 
     out = dataset["root"] / "cli_out"
     result = CliRunner().invoke(
@@ -356,7 +356,7 @@ def test_two_named_files_are_one_pair_whatever_their_names(tmp_path):
     """A prediction against FreeSurfer's aparc+aseg.mgz."""
     from typer.testing import CliRunner
 
-    from hsftrain.cli import app
+    from hsftrain.cli.app import app
 
     pred = write(tmp_path / "out" / "sub-01_T1w_hippocampus_seg.nii.gz", reference())
     aseg = np.where(reference() == 1, 17, 0).astype(np.uint8)  # FreeSurfer's left hippocampus

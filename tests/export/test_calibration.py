@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.export.calibration import glob_images, pick, run_training_images
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
-from hsftrain.onnx_metadata import read_metadata
+from hsftrain.cli.app import app
+from hsftrain.core.onnx_metadata import read_metadata
 
 
 def test_cli_export_int8(tiny_ckpt: Path, tmp_path: Path) -> None:

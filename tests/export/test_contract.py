@@ -7,9 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
+from hsftrain.core.onnx_metadata import read_metadata
 from hsftrain.export.api import export_checkpoint
 from hsftrain.inference.contract import Contract
-from hsftrain.onnx_metadata import read_metadata
 
 
 def test_exported_model_records_its_training_contract(tiny_ckpt: Path, tmp_path: Path) -> None:

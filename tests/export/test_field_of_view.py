@@ -49,8 +49,8 @@ def test_training_field_of_view_is_the_median_of_the_run_training_images(tmp_pat
 
 
 def test_exported_model_carries_the_training_field_of_view(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from hsftrain.core.onnx_metadata import read_metadata
     from hsftrain.export.api import export_checkpoint
-    from hsftrain.onnx_metadata import read_metadata
 
     path = export_checkpoint(tiny_ckpt, tmp_path / "m.onnx")
     assert read_metadata(path)["field_of_view_mm"] == [16.0, 20.0, 16.0]  # the phantoms, 1 mm

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from hsftrain import __version__
-from hsftrain.errors import ExportError
+from hsftrain.core.errors import ExportError
+from hsftrain.core.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
 from hsftrain.export.api import config_hash, export_checkpoint, fp32_companion
 from hsftrain.export.onnx import SoftmaxModel, export_onnx, verify_onnx
-from hsftrain.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
 from tests.conftest import tiny_net
 
 

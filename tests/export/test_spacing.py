@@ -33,8 +33,8 @@ def test_training_spacing_is_the_median_of_the_run_training_images(tmp_path: Pat
 
 
 def test_exported_model_carries_the_training_spacing(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from hsftrain.core.onnx_metadata import read_metadata
     from hsftrain.export.api import export_checkpoint
-    from hsftrain.onnx_metadata import read_metadata
 
     path = export_checkpoint(tiny_ckpt, tmp_path / "m.onnx")
     meta = read_metadata(path)

@@ -8,8 +8,8 @@ import pytest
 import xxhash
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
-from hsftrain.config import ConfigError
+from hsftrain.cli.app import app
+from hsftrain.config.compose import ConfigError
 from hsftrain.hub import cache_name, catalog, load_registry
 from hsftrain.hub import registry as registry_module
 

@@ -23,7 +23,7 @@ import pytest
 import xxhash
 from omegaconf import OmegaConf
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.hub import (
     REGISTRY_PATH,
     DownloadError,

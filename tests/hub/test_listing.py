@@ -7,7 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
+from hsftrain.cli.app import app
 from hsftrain.hub.catalog import models, presets
 from hsftrain.hub.fetch import CACHE_LOCATION
 from hsftrain.hub.listing import listing

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
 from hsftrain.hub.fetch import file_hash
 from hsftrain.hub.publish import NO_LICENSE, PublishError, publish
 from hsftrain.hub.registry import fetch_spec, resolve

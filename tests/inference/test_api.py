@@ -12,8 +12,8 @@ import pytest
 import xxhash
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
-from hsftrain.config import compose
+from hsftrain.cli.app import app
+from hsftrain.config.compose import compose
 from hsftrain.data.labels import SUBFIELDS, merge_probs
 from hsftrain.inference import api
 from hsftrain.inference.api import Segmenter, find_mris, segment, settings_from_config

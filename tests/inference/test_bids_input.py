@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hsftrain.config import ConfigError, compose
+from hsftrain.config.compose import ConfigError, compose
 from hsftrain.inference.bids import (
     BidsError,
     NotBidsName,

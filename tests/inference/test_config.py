@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from hsftrain.config import CONF_DIR, compose, group_options
+from hsftrain.config.compose import CONF_DIR, compose, group_options
 from hsftrain.hub.registry import load_registry
 from hsftrain.inference.api import settings_from_config
 from hsftrain.inference.engines import model_specs
@@ -88,7 +88,7 @@ def test_model_paths_shortcut_replaces_the_preset(tmp_path: Path) -> None:
 def test_cli_prints_the_composed_config() -> None:
     from typer.testing import CliRunner
 
-    from hsftrain.cli import app
+    from hsftrain.cli.app import app
 
     result = CliRunner().invoke(app, ["segment", "segmentation=single_fast", "--cfg", "job"])
     assert result.exit_code == 0 and "arunet_4.0.0_single" in result.output

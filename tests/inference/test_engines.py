@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.data.labels import SUBFIELDS
 from hsftrain.inference.engines import (
     OnnxEngine,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
 from hsftrain.inference.api import segment
 from hsftrain.inference.segmenter import load_engines
 from hsftrain.inference.settings import settings_from_config

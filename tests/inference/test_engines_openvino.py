@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from hsftrain.config import ConfigError, compose
+from hsftrain.config.compose import ConfigError, compose
 from hsftrain.inference.api import segment
 from hsftrain.inference.engines import OnnxEngine, Provider
 from hsftrain.inference.openvino_engine import OpenVinoEngine, open_engine

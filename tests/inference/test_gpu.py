@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
 from hsftrain.inference.api import segment
 from hsftrain.inference.engines import OnnxEngine, parse_providers
 

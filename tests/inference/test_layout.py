@@ -18,8 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from hsftrain import __version__
-from hsftrain.cli import app
-from hsftrain.config import ConfigError
+from hsftrain.cli.app import app
+from hsftrain.config.compose import ConfigError
 from hsftrain.data.labels import SUBFIELDS
 from hsftrain.inference.layout import bids_outputs, choose_layout, outputs_of
 from hsftrain.inference.luts import dseg_tsv, freesurfer_text, itksnap_text

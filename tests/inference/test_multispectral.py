@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
-from hsftrain.config import ConfigError, compose
+from hsftrain.cli.app import app
+from hsftrain.config.compose import ConfigError, compose
 from hsftrain.inference.alignment import map_onto, register_rigid
 from hsftrain.inference.api import SegmentError, segment, settings_from_config
 from hsftrain.inference.discovery import pair_t2

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
-from hsftrain.config import compose
+from hsftrain.cli.app import app
+from hsftrain.config.compose import compose
 from hsftrain.inference.api import settings_from_config
 from hsftrain.inference.engines import OnnxEngine
 from hsftrain.inference.image import load_volume

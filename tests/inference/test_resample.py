@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
 from hsftrain.inference.api import segment
 from hsftrain.inference.resample import differs, model_spacing, plan, resample
 

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from hsftrain.config import ConfigError, compose
+from hsftrain.config.compose import ConfigError, compose
 from hsftrain.inference.image import Volume, load_volume
 from hsftrain.inference.roiloc import (
     Box,

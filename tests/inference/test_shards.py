@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
-from hsftrain.config import ConfigError, compose
+from hsftrain.cli.app import app
+from hsftrain.config.compose import ConfigError, compose
 from hsftrain.inference.api import segment
 from hsftrain.inference.shards import (
     Shard,

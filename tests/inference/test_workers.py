@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hsftrain.config import ConfigError, compose
+from hsftrain.config.compose import ConfigError, compose
 from hsftrain.inference.api import SegmentError, segment, settings_from_config
 from hsftrain.inference.workers import threads_per_worker, usable_cores
 from hsftrain.inference.writer import read_volumes

@@ -56,7 +56,9 @@ def test_plan_then_train_from_it(
     args = [*_data(phantoms, tmp_path / "runs"), f"plan={path}", "run_name=r"]
     trained = cli("train", *args)
     assert trained.code == 0, trained.output[-3000:]
-    assert timings == [] and not trained.warnings, trained.warnings
+    # the denormals warning depends on which test started torch's threads first in this process
+    warnings = [w for w in trained.warnings if not w.startswith("denormal floats")]
+    assert timings == [] and not warnings, warnings
     run = OmegaConf.load(tmp_path / "runs" / "r" / "config.yaml")
     paced = {"lightning.max_epochs"}  # re-fitted to the run's own pace, as with budget=
     for key, value in plan.overrides.items():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hsftrain.config import ConfigError, compose
+from hsftrain.config.compose import ConfigError, compose
 from hsftrain.planning.candidates import LIGHTNING_OVERHEAD, Candidate
 from hsftrain.planning.plan import Plan
 from hsftrain.planning.planner import decide, fit_all, select, with_compiled

@@ -15,7 +15,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
+from hsftrain.cli.app import app
 from tests.conftest import TINY
 
 

@@ -84,7 +84,7 @@ def test_explicit_epochs_replaced_with_a_warning_and_resume_extends_the_time_cap
 
 def test_resume_keeps_a_time_cap_the_user_gives(tmp_path: Path) -> None:
     """``lightning.max_time`` given with ``resume=``: the user's cap, nothing scaled."""
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
 
     run = tmp_path / "b"
     run.mkdir()

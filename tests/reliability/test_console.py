@@ -86,7 +86,7 @@ def test_the_budget_plan_fits_the_terminal_and_train_log_has_it_in_full(tmp_path
     import io
     import logging
 
-    from hsftrain.logs import run_log
+    from hsftrain.core.logs import run_log
     from hsftrain.planning.candidates import Candidate
     from hsftrain.planning.plan import Plan
 

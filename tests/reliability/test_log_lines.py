@@ -35,7 +35,7 @@ def test_a_long_error_stays_one_line_when_piped_at_80_columns(tmp_path: Path) ->
 def test_a_multi_line_message_keeps_its_lines_under_the_first(capsys) -> None:  # type: ignore[no-untyped-def]
     import logging
 
-    from hsftrain.logs import setup_logging
+    from hsftrain.core.logs import setup_logging
 
     setup_logging()
     logging.getLogger("hsftrain.test").warning("first line " + "x" * 150 + "\nsecond line")

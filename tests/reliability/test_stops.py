@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsftrain import errors
+from hsftrain.core import errors
 from hsftrain.training import run as run_module
 from hsftrain.training.guards import FiniteGuard
 from tests.inference.conftest import MSD_NAMES, export_tiny, write_crop

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.inference.boxes import crop_extent, fov_box, model_field_of_view
 from hsftrain.inference.roiloc import template_path
 from tests.inference.test_roiloc import volume

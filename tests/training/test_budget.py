@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsftrain.config import ConfigError, compose
+from hsftrain.config.compose import ConfigError, compose
 from hsftrain.data.cache import prepare
 from hsftrain.data.discovery import discover
 from hsftrain.planning.candidates import LIGHTNING_OVERHEAD

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hsftrain.config import compose
+from hsftrain.config.compose import compose
 from hsftrain.models import HSFResidualUNet3D
 from hsftrain.training.checkpoint import load_network, read_checkpoint
 

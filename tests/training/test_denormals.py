@@ -53,7 +53,7 @@ def test_run_sets_the_flag_before_torch_starts_its_threads(phantoms, tmp_path):
         f"""
         import torch
         torch.set_num_threads(2)
-        from hsftrain.config import compose
+        from hsftrain.config.compose import compose
         from hsftrain.training import run as module
         from hsftrain.training.denormals import all_threads_flush
         module._run = lambda cfg, finetune=False, attempt=None: {{"flush": all_threads_flush()}}

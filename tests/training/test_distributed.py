@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
+from hsftrain.cli.app import app
 from hsftrain.training.distributed import compile_enabled, shared_run_name
 from tests.conftest import TINY
 

@@ -104,7 +104,7 @@ def _val_dice(net, run_dir, found, cache):
 def test_finetune_new_label_scheme(phantoms, tmp_path):
     import shutil
 
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.data.discovery import discover
     from hsftrain.data.nifti import load_volume, save_volume
     from hsftrain.training.checkpoint import load_network, read_checkpoint
@@ -171,7 +171,7 @@ def test_finetune_new_label_scheme(phantoms, tmp_path):
 
 
 def test_pretrained_by_url_is_fetched_and_verified(tmp_path):
-    from hsftrain.config import ConfigError, compose
+    from hsftrain.config.compose import ConfigError, compose
     from hsftrain.hub import file_hash
     from hsftrain.training.build import pretrained_path
 
@@ -190,7 +190,7 @@ def test_pretrained_by_url_is_fetched_and_verified(tmp_path):
 
 
 def test_bad_pretrained_writes_no_run_directory(phantoms, tmp_path):
-    from hsftrain.config import ConfigError, compose
+    from hsftrain.config.compose import ConfigError, compose
     from hsftrain.workflow import finetune
 
     data = ["datasets=synth", f"datasets.main_path={phantoms}", f"datasets.output_path={tmp_path}"]
@@ -235,7 +235,7 @@ def hsf_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @needs_reference
 def test_default_pretrained_is_hsf_4_0_0_from_the_registry(hsf_registry: Path) -> None:
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.training.build import read_pretrained
 
     cfg = compose("config")
@@ -255,7 +255,7 @@ def _found(names: list[str], ca_type: str = "1/2/3") -> Any:
 
 
 def test_finetune_classes_keep_the_pretrained_names_when_the_data_fits() -> None:
-    from hsftrain.config import ConfigError, compose
+    from hsftrain.config.compose import ConfigError, compose
     from hsftrain.data.labels import SUBFIELDS
     from hsftrain.training.build import finetune_classes
 
@@ -311,10 +311,10 @@ def test_guide_command_finetunes_hsf_4_0_0_exports_and_segments(
     through the CLI, then `hsftrain segment` with the exported model."""
     from typer.testing import CliRunner
 
-    from hsftrain.cli import app
+    from hsftrain.cli.app import app
+    from hsftrain.core.onnx_metadata import read_metadata
     from hsftrain.data.labels import SUBFIELDS
     from hsftrain.inference.writer import read_volumes
-    from hsftrain.onnx_metadata import read_metadata
     from hsftrain.training.checkpoint import read_checkpoint
 
     root = _custom_dataset(phantoms, tmp_path / "data")
@@ -374,11 +374,11 @@ def test_guide_command_finetunes_hsf_4_0_0_exports_and_segments(
 def test_hsf_classes_carried_into_the_finetuned_model(phantoms: Path, tmp_path: Path) -> None:
     """Labels at the 1/23 granularity with the forgiving loss: HSF's six classes and head
     are kept, so the exported model merges CA2/CA3 with ca_mode and reports volumes."""
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
+    from hsftrain.core.onnx_metadata import read_metadata
     from hsftrain.data.nifti import load_volume, save_volume
     from hsftrain.inference.api import segment
     from hsftrain.inference.writer import read_volumes
-    from hsftrain.onnx_metadata import read_metadata
     from hsftrain.workflow import finetune
 
     folder = tmp_path / "folder"
@@ -431,7 +431,7 @@ def test_hsf_classes_carried_into_the_finetuned_model(phantoms: Path, tmp_path: 
 def test_hparams_given_for_a_finetuning_are_reported_as_not_used() -> None:
     """Fine-tuning keeps the pretrained network: a models.hparams value you gave that it
     does not have is named (the run warns), defaults and matching values are not."""
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.training.build import ignored_hparams
     from hsftrain.training.checkpoint import ModelInfo
 

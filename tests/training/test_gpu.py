@@ -18,7 +18,7 @@ def train_and_check(phantoms: Path, out: Path, accelerator: str, precision: str)
     and export an ONNX model that reproduces it."""
     import torch
 
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.training.trainer import trainer_kwargs
     from hsftrain.workflow import train
 

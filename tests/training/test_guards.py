@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hsftrain.errors import SAME_SIGNAL_S, Interrupted
+from hsftrain.core.errors import SAME_SIGNAL_S, Interrupted
 from hsftrain.training.guards import SignalState, catch_signals
 
 
@@ -60,7 +60,7 @@ def test_an_error_in_a_spawned_process_is_shown_as_in_one_process(tmp_path: Path
     trainer = SimpleNamespace(default_root_dir=str(tmp_path))
     preemption = Preemption(SignalState(), "hsftrain train resume=runs/x")
     stop = _spawned_error(
-        _spawned("hsftrain.errors.Interrupted: SIGINT: training stopped at epoch 2, batch 1"),
+        _spawned("hsftrain.core.errors.Interrupted: SIGINT: training stopped at epoch 2, batch 1"),
         trainer,  # type: ignore[arg-type]
         preemption,
     )

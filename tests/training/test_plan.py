@@ -147,7 +147,7 @@ def test_budget_run_follows_its_pace(phantoms, tmp_path, monkeypatch: pytest.Mon
     import yaml
     from typer.testing import CliRunner
 
-    from hsftrain.cli import app
+    from hsftrain.cli.app import app
     from hsftrain.training import budget
 
     monkeypatch.setattr(budget, "time_steps", lambda *a, **k: (10.0, 1.0))

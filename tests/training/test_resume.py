@@ -11,8 +11,8 @@ import xxhash
 import yaml
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
-from hsftrain.config import ConfigError, compose
+from hsftrain.cli.app import app
+from hsftrain.config.compose import ConfigError, compose
 from tests.conftest import TINY
 
 

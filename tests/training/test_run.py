@@ -6,8 +6,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hsftrain.cli import app
-from hsftrain.config import compose
+from hsftrain.cli.app import app
+from hsftrain.config.compose import compose
 from tests.conftest import TINY
 
 
@@ -53,7 +53,7 @@ def test_cli_train_writes_run_and_resumes(phantoms, tmp_path):
 
 
 def test_bagging_run_writes_bootstrap_split(phantoms, tmp_path):
-    from hsftrain.config import compose
+    from hsftrain.config.compose import compose
     from hsftrain.workflow import train
 
     cfg = compose(

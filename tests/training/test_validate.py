@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hsftrain.config import ConfigError, compose, group_options
+from hsftrain.config.compose import ConfigError, compose, group_options
 from hsftrain.training.validate import check_depth, deepest_voxels, max_levels, validate_training
 
 

@@ -16,11 +16,11 @@ from typing import Annotated
 import typer
 from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.cli_loop import register as register_loop_commands
-from hsftrain.config import CONF_DIR, compose, group_options
-from hsftrain.errors import Terminated, UserError, is_out_of_memory, sigterm_unwinds
+from hsftrain.cli.loop import register as register_loop_commands
+from hsftrain.config.compose import CONF_DIR, compose, group_options
+from hsftrain.core.errors import Terminated, UserError, is_out_of_memory, sigterm_unwinds
+from hsftrain.core.logs import setup_logging
 from hsftrain.hub.fetch import CACHE_LOCATION, DownloadError
-from hsftrain.logs import setup_logging
 
 app = typer.Typer(
     help=(
@@ -202,7 +202,7 @@ def _command(
         _run(config_name, overrides, cfg, verbose, call)
 
     command.__doc__ = summary + _groups_help(config_name)
-    from hsftrain.cli_help import keys_help_command
+    from hsftrain.cli.help import keys_help_command
 
     settings = {"allow_extra_args": False, "ignore_unknown_options": prepare is not None}
     parent.command(name, context_settings=settings, cls=keys_help_command(config_name))(command)
@@ -309,8 +309,8 @@ def _synth_options(out: str, n: int, shape: str) -> tuple[int, int, int]:
         ConfigError: ``--n`` below 1, a ``--shape`` that is not three sizes >= 8, or an
             ``--out`` that is an existing file or cannot be created.
     """
-    from hsftrain.config import ConfigError
-    from hsftrain.validate import check_output_dir
+    from hsftrain.config.checks import check_output_dir
+    from hsftrain.config.compose import ConfigError
 
     if n < 1:
         raise ConfigError(f"--n {n}: give the number of phantoms to write, at least 1")
@@ -380,6 +380,3 @@ def volumes_merge(
 
 
 register_loop_commands(data_app, hub_app, _user_errors, app)  # report, collect, publish
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

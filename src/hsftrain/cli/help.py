@@ -1,5 +1,5 @@
 """``--help`` of the config commands: typer's help, then every config key with its default
-and description (read from the packaged YAML comments by :mod:`hsftrain.keydocs`)."""
+and description (read from the packaged YAML comments by :mod:`hsftrain.config.keydocs`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from typer.core import TyperCommand
 
-from hsftrain.keydocs import key_docs
+from hsftrain.config.keydocs import key_docs
 
 
 def keys_text(config_name: str, width: int | None = None) -> str:

@@ -1,7 +1,7 @@
 """The retraining loop's commands: ``hsftrain report``, ``hsftrain data collect`` and
 ``hsftrain hub publish``.
 
-Registered by :mod:`hsftrain.cli` on the app and its ``data`` and ``hub`` groups
+Registered by :mod:`hsftrain.cli.app` on the app and its ``data`` and ``hub`` groups
 (:func:`register`); each command sets up logging, turns user errors into one line (the
 ``user_errors`` context manager the CLI passes) and calls one API function.
 """
@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from hsftrain.logs import setup_logging
+from hsftrain.core.logs import setup_logging
 
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 SegDir = Annotated[str, typer.Argument(help="Output folder of hsftrain segment.")]

@@ -28,7 +28,7 @@ import xxhash
 
 from hsftrain.collect.outputs import NO_SIDE, CollectError, SegmentedCrop, find_crops
 from hsftrain.collect.ratings import check_known, read_ratings, write_ratings
-from hsftrain.files import EXTENSIONS, atomic_path, write_text_atomic
+from hsftrain.core.atomic import EXTENSIONS, atomic_path, write_text_atomic
 from hsftrain.hub.fetch import file_hash
 
 log = logging.getLogger(__name__)

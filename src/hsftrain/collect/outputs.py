@@ -24,8 +24,8 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from hsftrain.errors import UserError
-from hsftrain.files import EXTENSIONS
+from hsftrain.core.atomic import EXTENSIONS
+from hsftrain.core.errors import UserError
 from hsftrain.inference.layout import BidsOutputs
 from hsftrain.inference.writer import MARKER, Outputs
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hsftrain.collect.outputs import NO_SIDE, SIDES, CollectError, SegmentedCrop
-from hsftrain.files import write_text_atomic
+from hsftrain.core.atomic import write_text_atomic
 
 COLUMNS: tuple[str, ...] = ("subject", "side", "rating", "note")
 RATINGS: tuple[str, ...] = ("pass", "fix", "fail")

@@ -51,8 +51,8 @@ from hsftrain.compression.sparsity import (
     weight_sparsity,
 )
 from hsftrain.compression.structured import fold_masks, like_layout, require_prunable
-from hsftrain.containers import plain
-from hsftrain.errors import ConfigError
+from hsftrain.config.values import plain
+from hsftrain.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from hsftrain.core.atomic import atomic_path
+from hsftrain.core.errors import ConfigError, ExportError
+from hsftrain.core.onnx_metadata import INPUT_NAME, OUTPUT_NAME, decode_metadata, write_metadata
 from hsftrain.data.intensity import pad_to_multiple, z_normalize
-from hsftrain.errors import ConfigError, ExportError
-from hsftrain.files import atomic_path
-from hsftrain.onnx_metadata import INPUT_NAME, OUTPUT_NAME, decode_metadata, write_metadata
 
 log = logging.getLogger(__name__)
 

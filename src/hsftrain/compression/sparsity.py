@@ -3,7 +3,7 @@
 :func:`apply_sparsity` raises the fraction of zero weights of the Conv3d / ConvTranspose3d
 layers to a target with ``torch.nn.utils.prune`` masks (L1 magnitude, global or per layer;
 masks only grow); :func:`cubic_sparsity` is the schedule of Zhu & Gupta (2017) that
-:class:`hsftrain.compression.callbacks.GradualMagnitudePruning` follows;
+:class:`hsftrain.compression.pruning.GradualMagnitudePruning` follows;
 :func:`make_permanent` turns the masks into plain zeroed weights.
 """
 

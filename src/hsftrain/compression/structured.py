@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.models.blocks import AttentionGate
 from hsftrain.models.norms import SwitchNorm3d
 from hsftrain.models.unet import MODELS, DecoderLevel, UNet3D, channels_last

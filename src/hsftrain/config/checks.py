@@ -18,8 +18,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.containers import plain
-from hsftrain.errors import ConfigError
+from hsftrain.config.values import plain
+from hsftrain.core.errors import ConfigError
 
 #: What :func:`get_value` returns for a key the config does not have.
 ABSENT = object()

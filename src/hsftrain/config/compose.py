@@ -9,10 +9,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hsftrain import overrides as ov
-from hsftrain import resume
-from hsftrain.containers import leaves
-from hsftrain.errors import ConfigError
+from hsftrain.config import overrides as ov
+from hsftrain.config import resume
+from hsftrain.config.values import leaves
+from hsftrain.core.errors import ConfigError
 
 __all__ = [
     "COLLAPSED",
@@ -26,7 +26,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).parent / "conf"
+CONF_DIR = Path(__file__).parents[1] / "conf"
 #: Mappings listed as one key (their entries are the user's: datasets, models of a preset).
 COLLAPSED: tuple[str, ...] = (
     "datasets.datasets",
@@ -65,10 +65,10 @@ def compose(config_name: str = "config", overrides: Sequence[str] = ()) -> DictC
     file is merged over the group's default option, then ``group.key=value`` overrides apply.
 
     Values of path and glob keys are taken as typed (``~`` expanded, brackets and spaces
-    kept: :mod:`hsftrain.overrides`); a key the config does not have is an error (strict
+    kept: :mod:`hsftrain.config.overrides`); a key the config does not have is an error (strict
     keys), except in the mappings meant to grow and ``lightning.<Trainer argument>``.
     ``resume=RUN`` (train / finetune) composes the run's own ``config.yaml`` instead of the
-    defaults (:func:`hsftrain.resume.resume_config`).
+    defaults (:func:`hsftrain.config.resume.resume_config`).
 
     Raises:
         ConfigError: unknown config group option or unknown key (with the valid choices),
@@ -224,7 +224,7 @@ def require(cfg: DictConfig, key: str, hint: str = "") -> object:
 
 
 def _assets(name: str = "") -> str:
-    return str(Path(__file__).parent / "assets" / name)
+    return str(Path(__file__).parents[1] / "assets" / name)
 
 
 if not OmegaConf.has_resolver("hsftrain_assets"):

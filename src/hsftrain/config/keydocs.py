@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from hsftrain.config import COLLAPSED, CONF_DIR, compose
-from hsftrain.containers import leaves
+from hsftrain.config.compose import COLLAPSED, CONF_DIR, compose
+from hsftrain.config.values import leaves
 
 _KEY = re.compile(
     r"^(?P<indent>\s*)(?:-\s+)?(?P<key>[A-Za-z_][\w./-]*|\"[^\"]+\")\s*:(?P<rest>.*)$"

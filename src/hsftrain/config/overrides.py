@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hsftrain.errors import ConfigError
+from hsftrain.core.errors import ConfigError
 
 #: Last components of keys whose values are file paths, folders or globs.
 PATH_KEYS: frozenset[str] = frozenset(

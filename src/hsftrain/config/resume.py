@@ -26,8 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.containers import leaves, plain
-from hsftrain.errors import ConfigError
+from hsftrain.config.values import leaves, plain
+from hsftrain.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def resume_config(
     Args:
         target: the ``resume`` value (run directory or checkpoint).
         saved: :func:`saved_config` of ``target``.
-        others: the other prepared overrides (:func:`hsftrain.overrides.prepare`).
+        others: the other prepared overrides (:func:`hsftrain.config.overrides.prepare`).
         asked: the packaged config composed with ``others``.
 
     Raises:

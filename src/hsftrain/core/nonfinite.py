@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from hsftrain.errors import NonFiniteError
+from hsftrain.core.errors import NonFiniteError
 
 
 def nonfinite_tensors(tensors: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[str]:

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from hsftrain.core.errors import stop_on_signals
 from hsftrain.data.discovery import discover
 from hsftrain.data.entry import (
     DTYPES,
@@ -48,7 +49,6 @@ from hsftrain.data.manifest import write_error as cache_write_error
 from hsftrain.data.nifti import DataError
 from hsftrain.data.subjects import DatasetSpec, Discovery, Subject
 from hsftrain.data.voxel_sizes import warn_if_mixed
-from hsftrain.errors import stop_on_signals
 
 __all__ = [
     "DTYPES",

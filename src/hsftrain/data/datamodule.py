@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, default_collate
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.data.augment import BatchAugment
 from hsftrain.data.cache import (
     PreparedSubject,

@@ -21,13 +21,13 @@ from typing import Any
 import numpy as np
 import xxhash
 
+from hsftrain.core.atomic import write_text_atomic
 from hsftrain.data.crop import crop_to_labels
 from hsftrain.data.discovery import read_label
 from hsftrain.data.intensity import z_normalize
 from hsftrain.data.manifest import BrokenEntry, check, discard, stamps
 from hsftrain.data.nifti import DataError, load_volume
 from hsftrain.data.subjects import DatasetSpec, Subject
-from hsftrain.files import write_text_atomic
 from hsftrain.hub.fetch import file_hash
 
 log = logging.getLogger(__name__)

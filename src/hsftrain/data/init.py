@@ -20,10 +20,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from hsftrain.core.atomic import write_text_atomic
+from hsftrain.core.errors import ConfigError
 from hsftrain.data.labels import SUBFIELDS, value_counts
 from hsftrain.data.nifti import DataError
-from hsftrain.errors import ConfigError
-from hsftrain.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 

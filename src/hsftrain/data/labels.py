@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hsftrain.errors import UserError
+from hsftrain.core.errors import UserError
 
 BACKGROUND = "background"
 

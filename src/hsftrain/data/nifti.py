@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
-from hsftrain.errors import UserError
-from hsftrain.files import atomic_path
+from hsftrain.core.atomic import atomic_path
+from hsftrain.core.errors import UserError
 
 
 class DataError(UserError, ValueError):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsftrain.files import write_text_atomic
+from hsftrain.core.atomic import write_text_atomic
 
 
 @dataclass(frozen=True)

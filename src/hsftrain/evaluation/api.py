@@ -24,9 +24,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.config import require
-from hsftrain.containers import plain
-from hsftrain.errors import ConfigError
+from hsftrain.config.compose import require
+from hsftrain.config.values import plain
+from hsftrain.core.errors import ConfigError
 from hsftrain.evaluation.pairing import (
     DEFAULT_ID_REGEX,
     Unpaired,
@@ -187,7 +187,7 @@ def evaluate_files(
         pairing = pair_files(preds, refs, id_regex, pred_spec=str(pred), ref_spec=str(ref))
     pred_files = [p.pred for p in pairing.pairs]
     out_dir = Path(out).expanduser() if out is not None else default_out(pred_files)
-    from hsftrain.validate import check_output_dir
+    from hsftrain.config.checks import check_output_dir
 
     check_output_dir(out_dir, "out")  # a file there, or read-only: before any work
 

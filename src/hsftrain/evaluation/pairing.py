@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hsftrain.errors import UserError
+from hsftrain.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsftrain.files import atomic_path, write_text_atomic
+from hsftrain.core.atomic import atomic_path, write_text_atomic
 
 #: Metrics summarised and plotted, with their display names.
 REPORTED: dict[str, str] = {

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hsftrain.core.errors import UserError
 from hsftrain.data.labels import remap_labels
-from hsftrain.errors import UserError
 from hsftrain.evaluation.classes import (
     ASEG_HIPPOCAMPI,
     WHOLE,

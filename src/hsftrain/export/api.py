@@ -11,11 +11,11 @@ from typing import Any
 import xxhash
 from omegaconf import DictConfig
 
-from hsftrain.config import require
-from hsftrain.containers import plain
-from hsftrain.errors import ConfigError, ExportError
+from hsftrain.config.compose import require
+from hsftrain.config.values import plain
+from hsftrain.core.errors import ConfigError, ExportError
+from hsftrain.core.nonfinite import check_finite_state
 from hsftrain.export.onnx import export_onnx
-from hsftrain.finite import check_finite_state
 from hsftrain.training.checkpoint import load_network
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def export(cfg: DictConfig) -> Path:
         raise FileNotFoundError(f"ckpt={ckpt}: no such checkpoint")
     quantize = cfg.get("quantize")
     out = cfg.get("out")
-    from hsftrain.validate import check_output_file
+    from hsftrain.config.checks import check_output_file
 
     if out is not None:
         check_output_file(str(out), "out", example="model.onnx")

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from hsftrain.core.errors import ConfigError
 from hsftrain.data.subjects import parse_subject_id
-from hsftrain.errors import ConfigError
 
 
 def run_training_images(ckpt: str | Path, config: Mapping[str, Any]) -> list[Path]:

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
+from hsftrain.core.errors import ConfigError
+from hsftrain.core.onnx_metadata import CONTRASTS_KEY, FINGERPRINT_KEY, VOLUME_RANGE_KEY, WHOLE
 from hsftrain.data.contrast import contrast_index, contrast_name
 from hsftrain.data.nifti import DataError
 from hsftrain.data.subjects import DatasetSpec
-from hsftrain.errors import ConfigError
-from hsftrain.onnx_metadata import CONTRASTS_KEY, FINGERPRINT_KEY, VOLUME_RANGE_KEY, WHOLE
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hsftrain.onnx_metadata import FIELD_OF_VIEW_KEY as KEY
+from hsftrain.core.onnx_metadata import FIELD_OF_VIEW_KEY as KEY
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def median_field_of_view(images: Sequence[str | Path]) -> tuple[float, float, fl
 def field_of_view_metadata(ckpt: str | Path, config: Mapping[str, Any] | None) -> dict[str, Any]:
     """``{"field_of_view_mm": [x, y, z]}`` for the run of ``ckpt``; empty (logged) when its
     training images cannot be found or a dataset was cropped to its labels."""
-    from hsftrain.errors import ConfigError
+    from hsftrain.core.errors import ConfigError
     from hsftrain.export.calibration import run_training_images
 
     entries = ((config or {}).get("datasets") or {}).get("datasets") or {}

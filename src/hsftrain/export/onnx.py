@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from hsftrain import __version__
-from hsftrain.errors import ExportError
-from hsftrain.files import atomic_path
-from hsftrain.onnx_metadata import INPUT_NAME, OUTPUT_NAME, write_metadata
+from hsftrain.core.atomic import atomic_path
+from hsftrain.core.errors import ExportError
+from hsftrain.core.onnx_metadata import INPUT_NAME, OUTPUT_NAME, write_metadata
 
 __all__ = [
     "DEFAULT_OPSET",

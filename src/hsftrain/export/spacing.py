@@ -40,8 +40,8 @@ def spacing_metadata(ckpt: str | Path, config: Mapping[str, Any] | None) -> dict
     """``{"spacing_mm": median, "spacing_mm_counts": [...]}`` for the run of ``ckpt``
     (logged, with a warning when the sizes are mixed); empty (logged) when its training
     images cannot be found (a checkpoint moved away from its run)."""
+    from hsftrain.core.errors import ConfigError
     from hsftrain.data.voxel_sizes import describe, median_size, mixed_warning, size_counts
-    from hsftrain.errors import ConfigError
     from hsftrain.export.calibration import run_training_images
 
     try:

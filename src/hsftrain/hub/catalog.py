@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsftrain.config import CONF_DIR, ConfigError
+from hsftrain.config.compose import CONF_DIR, ConfigError
 from hsftrain.hub.fetch import cache_path, fetch
 from hsftrain.hub.registry import ASSETS_DIR, load_registry
 

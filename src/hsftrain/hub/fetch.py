@@ -28,9 +28,9 @@ from typing import Any, BinaryIO
 import xxhash
 
 from hsftrain import __version__
-from hsftrain.containers import plain
-from hsftrain.errors import ConfigError, UserError
-from hsftrain.files import atomic_path
+from hsftrain.config.values import plain
+from hsftrain.core.atomic import atomic_path
+from hsftrain.core.errors import ConfigError, UserError
 from hsftrain.hub.registry import HASH_RE, fetch_spec, load_registry
 
 log = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from typing import Any
 
 import yaml
 
-from hsftrain.errors import UserError
-from hsftrain.files import write_text_atomic
+from hsftrain.core.atomic import write_text_atomic
+from hsftrain.core.errors import UserError
+from hsftrain.core.onnx_metadata import read_metadata
 from hsftrain.hub.fetch import file_hash
-from hsftrain.onnx_metadata import read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def _preset_metadata(segmentation: str | None, file: str) -> dict[str, Any]:
     """The ``model_metadata`` of ``file`` in the packaged preset ``segmentation``."""
     if segmentation is None:
         return {}
-    from hsftrain.config import CONF_DIR
+    from hsftrain.config.compose import CONF_DIR
 
     path = CONF_DIR / "segmentation" / f"{segmentation}.yaml"
     if not path.is_file():

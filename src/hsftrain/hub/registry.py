@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hsftrain.containers import plain
-from hsftrain.errors import ConfigError
+from hsftrain.config.values import plain
+from hsftrain.core.errors import ConfigError
 
 REGISTRY_PATH = Path(__file__).parent / "presets" / "models.yaml"
 REQUIRED_KEYS = ("xxh3_64",)

@@ -13,7 +13,7 @@ A subject that fails (corrupt or 4D file, ...) is logged with its file name and 
 goes on; failures are listed at the end and :func:`segment` then raises
 :class:`SegmentError` (the command exits with status 1). SIGTERM or Ctrl+C stops the run
 once the subjects in progress are written: the volumes table lists the finished ones and
-:class:`~hsftrain.errors.Interrupted` says how many are left (exit 143 / 130); rerunning
+:class:`~hsftrain.core.errors.Interrupted` says how many are left (exit 143 / 130); rerunning
 the same command segments the rest.
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hsftrain.config import ConfigError
-from hsftrain.errors import Interrupted, StopRequest, signal_name, stop_on_signals
+from hsftrain.config.compose import ConfigError
+from hsftrain.core.errors import Interrupted, StopRequest, signal_name, stop_on_signals
 from hsftrain.inference.bids import find_bids_mris
 from hsftrain.inference.boxes import model_field_of_view
 from hsftrain.inference.discovery import find_mris, pair_t2, subject_name

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 
 log = logging.getLogger(__name__)
 

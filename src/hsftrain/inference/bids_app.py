@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 
 #: The BIDS-App options and the key each stands for.
 OPTIONS = {

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
+from hsftrain.core.onnx_metadata import FIELD_OF_VIEW_KEY as FOV_KEY
 from hsftrain.inference.image import Volume
-from hsftrain.onnx_metadata import FIELD_OF_VIEW_KEY as FOV_KEY
 
 log = logging.getLogger(__name__)
 

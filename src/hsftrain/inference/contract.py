@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from hsftrain.core.onnx_metadata import CONTRASTS_KEY, FINGERPRINT_KEY, VOLUME_RANGE_KEY, WHOLE
 from hsftrain.data.contrast import contrast_index
-from hsftrain.onnx_metadata import CONTRASTS_KEY, FINGERPRINT_KEY, VOLUME_RANGE_KEY, WHOLE
 
 
 @dataclass(frozen=True)

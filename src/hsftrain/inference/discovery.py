@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.data.discovery import id_stem
 from hsftrain.inference.image import strip_extension
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from hsftrain.containers import plain
+from hsftrain.config.values import plain
+from hsftrain.core.errors import ConfigError, NonFiniteError, UserError
+from hsftrain.core.onnx_metadata import decode_metadata
 from hsftrain.data.labels import HSF_MODEL_CLASSES, SUBFIELDS, class_names
-from hsftrain.errors import ConfigError, NonFiniteError, UserError
-from hsftrain.onnx_metadata import decode_metadata
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hsftrain.errors import UserError
+from hsftrain.core.errors import UserError
 
 FUSIONS: tuple[str, ...] = ("vote", "mean")
 

@@ -14,8 +14,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as ornt
 
+from hsftrain.core.atomic import EXTENSIONS, atomic_path
 from hsftrain.data.nifti import DataError, canonical_zooms, read_image, save_volume, to_canonical
-from hsftrain.files import EXTENSIONS, atomic_path
 
 __all__ = ["EXTENSIONS", "InputError", "Volume", "atomic_path", "load_volume", "save_nifti"]
 

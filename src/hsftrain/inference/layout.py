@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.inference.bids import ENTITY_ORDER
 from hsftrain.inference.discovery import subject_name
 from hsftrain.inference.image import strip_extension

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.inference.alignment import (
     NoOverlapError,
     box_corners,

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from hsftrain.errors import UserError
+from hsftrain.core.errors import UserError
+from hsftrain.core.onnx_metadata import decode_metadata
 from hsftrain.inference.engines import Engine, OnnxEngine, Provider
-from hsftrain.onnx_metadata import decode_metadata
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from hsftrain.errors import UserError
-from hsftrain.files import write_text_atomic
+from hsftrain.core.atomic import write_text_atomic
+from hsftrain.core.errors import UserError
 from hsftrain.inference.layout import BidsOutputs
 from hsftrain.inference.pipeline import SubjectReport
 from hsftrain.inference.results import read_tsv, wide_tsv

@@ -23,7 +23,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from hsftrain.files import write_text_atomic
+from hsftrain.core.atomic import write_text_atomic
 from hsftrain.inference import luts, provenance
 from hsftrain.inference.image import Volume, atomic_path, save_nifti
 from hsftrain.inference.layout import HEMI, BidsOutputs

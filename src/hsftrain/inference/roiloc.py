@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.inference.boxes import Box as Box  # re-exported: callers import it from here
 from hsftrain.inference.boxes import FovSettings, crop_extent, fov_box
 from hsftrain.inference.boxes import box_from_points as box_from_points

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.data.labels import CA_MERGES, merge_lut, merge_probs
 from hsftrain.inference.contract import Contract
 from hsftrain.inference.engines import Engine, Provider, resolve_model

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.data.labels import CA_TYPES
 from hsftrain.inference import bids
 from hsftrain.inference.boxes import FovSettings
@@ -287,7 +287,7 @@ def settings_from_config(cfg: DictConfig) -> Settings:
     layout = choose_layout(get(cfg, "files.layout"), bool(get(cfg, "files.bids", False)))
     table_name = "volumes.tsv" if layout == "bids" else "volumes.csv"
     volumes = Path(str(volumes_csv)).expanduser() if volumes_csv else base / table_name
-    from hsftrain.validate import check_output_dir, check_output_file
+    from hsftrain.config.checks import check_output_dir, check_output_file
 
     if out is not None:
         check_output_dir(out, "files.output_dir")

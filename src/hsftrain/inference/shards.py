@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from hsftrain.config import ConfigError
-from hsftrain.files import write_text_atomic
+from hsftrain.config.compose import ConfigError
+from hsftrain.core.atomic import write_text_atomic
 from hsftrain.inference.writer import VOLUME_COLUMNS, rows_to_csv
 
 #: The header of tables written before the provenance columns.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hsftrain.errors import UserError
+from hsftrain.core.errors import UserError
 from hsftrain.inference.multispectral import T1T2Crops
 from hsftrain.inference.pipeline import CropMethod, SubjectReport, segment_subject
 from hsftrain.inference.segmenter import ProgressHook, Segmenter
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 def failure_line(mri: Path, err: Exception) -> str:
     """One line saying why ``mri`` failed: the error's own message (naming the file) for
     a user error; for anything else its type too, and what to try for out-of-memory."""
-    from hsftrain.errors import is_out_of_memory
+    from hsftrain.core.errors import is_out_of_memory
 
     text = " ".join(str(err).split())
     if not isinstance(err, UserError | OSError):

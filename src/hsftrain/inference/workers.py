@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hsftrain.errors import StopRequest
+from hsftrain.core.errors import StopRequest
 from hsftrain.inference.pipeline import SubjectReport
 from hsftrain.inference.settings import Settings
 from hsftrain.inference.subject import run_subject
@@ -110,7 +110,7 @@ def _start(
     break the pool with no message)."""
     _leave_signals_to_parent()
     try:
-        from hsftrain.logs import setup_logging
+        from hsftrain.core.logs import setup_logging
 
         setup_logging(level <= logging.DEBUG)
         logging.getLogger("hsftrain").setLevel(level)
@@ -170,7 +170,7 @@ def run_parallel(
         paths: the resolved model files (resolved once, by the caller).
         t2_paths: the resolved T2 model files of a multispectral run (None: the same).
         on_done: called in this process with each report as it arrives.
-        stop: the run's :func:`~hsftrain.errors.stop_on_signals` request.
+        stop: the run's :func:`~hsftrain.core.errors.stop_on_signals` request.
     """
     stop = stop if stop is not None else StopRequest()
     workers = max(1, min(settings.jobs, len(jobs)))

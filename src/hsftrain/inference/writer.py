@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from hsftrain.files import write_text_atomic
+from hsftrain.core.atomic import write_text_atomic
 from hsftrain.inference.image import atomic_path, strip_extension
 
 #: Every file hsftrain segment writes contains this (used to skip our own outputs).

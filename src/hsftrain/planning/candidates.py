@@ -17,8 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.config import compose, defaults_like
-from hsftrain.containers import plain
+from hsftrain.config.compose import compose, defaults_like
+from hsftrain.config.values import plain
 from hsftrain.data.datamodule import input_multiple, patch_size
 from hsftrain.models.blocks import feature_sizes
 from hsftrain.planning.settings import Network, PlanningSettings

@@ -20,9 +20,9 @@ from typing import Any, TextIO
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hsftrain.containers import plain
-from hsftrain.errors import ConfigError
-from hsftrain.files import write_text_atomic
+from hsftrain.config.values import plain
+from hsftrain.core.atomic import write_text_atomic
+from hsftrain.core.errors import ConfigError
 from hsftrain.planning.candidates import (
     LIGHTNING_OVERHEAD,
     Candidate,

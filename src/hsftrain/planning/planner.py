@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hsftrain.errors import ConfigError
+from hsftrain.core.errors import ConfigError
 from hsftrain.planning.candidates import Candidate
 from hsftrain.planning.plan import Plan
 from hsftrain.planning.settings import PlanningSettings

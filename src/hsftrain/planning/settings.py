@@ -9,9 +9,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hsftrain.config import compose
-from hsftrain.containers import plain
-from hsftrain.errors import ConfigError
+from hsftrain.config.compose import compose
+from hsftrain.config.values import plain
+from hsftrain.core.errors import ConfigError
 
 #: A candidate network: (f_maps, num_levels); f_maps an int (doubled at each level) or the
 #: channels of each level.

@@ -14,11 +14,11 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from hsftrain.collect.outputs import CollectError, find_crops
-from hsftrain.files import atomic_path
+from hsftrain.config.checks import as_bool
+from hsftrain.core.atomic import atomic_path
 from hsftrain.inference.reporting import SegmentError
 from hsftrain.report.cohort import crop_row, failed_rows, score_rows
 from hsftrain.report.page import write_page, write_plots, write_viewer_data
-from hsftrain.validate import as_bool
 
 log = logging.getLogger(__name__)
 

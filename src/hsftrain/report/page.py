@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hsftrain.files import atomic_path, write_text_atomic
+from hsftrain.core.atomic import atomic_path, write_text_atomic
 from hsftrain.inference.writer import QC_COLOURS
 from hsftrain.report.cohort import Row
 

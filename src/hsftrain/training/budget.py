@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hsftrain.config import ConfigError
+from hsftrain.config.compose import ConfigError
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.fingerprint import fingerprint
 from hsftrain.planning.candidates import (

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from hsftrain.containers import plain
+from hsftrain.config.values import plain
+from hsftrain.core.errors import ConfigError
+from hsftrain.core.nonfinite import check_finite_state
 from hsftrain.data.labels import LabelError, group_table
 from hsftrain.data.labels import class_names as names_from_table
 from hsftrain.data.subjects import DatasetSpec, Discovery
-from hsftrain.errors import ConfigError
-from hsftrain.finite import check_finite_state
 from hsftrain.hub.fetch import fetch
 from hsftrain.losses.tables import dataset_tables
 from hsftrain.models import channels_last
@@ -191,7 +191,7 @@ def ignored_hparams(cfg: DictConfig, info: ModelInfo) -> list[str]:
     """``models.hparams`` values given for a fine-tuning (changed from the default of the
     same models group) that the pretrained network does not have: fine-tuning keeps the
     pretrained network, so they are not used (``key=given (pretrained: value)``)."""
-    from hsftrain.config import defaults_like
+    from hsftrain.config.compose import defaults_like
 
     defaults = defaults_like(cfg)
     if defaults is None:

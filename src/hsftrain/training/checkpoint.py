@@ -116,8 +116,8 @@ def published_hparams() -> dict[str, Any]:
     """``hparams`` of the packaged ``models=hsf_arunet`` config (HSF 4.0.0's settings)."""
     from omegaconf import OmegaConf
 
-    from hsftrain.config import CONF_DIR
-    from hsftrain.containers import plain_dict
+    from hsftrain.config.compose import CONF_DIR
+    from hsftrain.config.values import plain_dict
 
     cfg = OmegaConf.load(CONF_DIR / "models" / "hsf_arunet.yaml")
     return plain_dict(cfg.hparams)

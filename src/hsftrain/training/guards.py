@@ -7,7 +7,7 @@
 * :class:`Preemption` with :func:`catch_signals`: SIGTERM (a SLURM pre-emption, ``kill``)
   or SIGINT (Ctrl+C) asks the run to stop; at the end of the current batch the state of
   the epoch in progress is saved to ``checkpoints/last.ckpt`` (atomically, and only if
-  every weight is finite) and :class:`~hsftrain.errors.Interrupted` says how to resume.
+  every weight is finite) and :class:`~hsftrain.core.errors.Interrupted` says how to resume.
   The command exits with 128 + the signal number (143 for SIGTERM, 130 for SIGINT).
   A second Ctrl+C stops at once, without saving (the processes training are killed).
 * Several processes (``lightning=ddp``): every process that trains catches the signals
@@ -30,7 +30,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from hsftrain.errors import (
+from hsftrain.core.errors import (
     Interrupted,
     NonFiniteError,
     StopRequest,
@@ -38,7 +38,7 @@ from hsftrain.errors import (
     signal_name,
     stop_on_signals,
 )
-from hsftrain.finite import nonfinite_tensors
+from hsftrain.core.nonfinite import nonfinite_tensors
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
+from hsftrain.core.errors import ConfigError
 from hsftrain.data.datamodule import prepare_split
 from hsftrain.data.discovery import discover
-from hsftrain.errors import ConfigError
 from hsftrain.training.budget import make_plan
 from hsftrain.training.build import build_module, run_classes
 from hsftrain.training.denormals import flush_denormals

@@ -24,15 +24,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hsftrain.compression.callbacks import compression_callbacks
-from hsftrain.containers import plain
+from hsftrain.compression.pruning import compression_callbacks
+from hsftrain.config.values import plain
+from hsftrain.core.atomic import write_text_atomic
+from hsftrain.core.errors import ConfigError, UserError
+from hsftrain.core.logs import run_log
 from hsftrain.data.datamodule import build_datamodule, prepare_split
 from hsftrain.data.discovery import discover
 from hsftrain.data.splits import Split, crossing_groups, make_split
 from hsftrain.data.subjects import Discovery
-from hsftrain.errors import ConfigError, UserError
-from hsftrain.files import write_text_atomic
-from hsftrain.logs import run_log
 from hsftrain.training.build import build_module, ignored_hparams, read_pretrained, run_classes
 from hsftrain.training.callbacks import (
     EpochBar,
@@ -137,7 +137,7 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
 
     A resume that fails before training starts (e.g. a checkpoint that does not load)
     leaves the run directory as it was (only ``train.log`` records the attempt). A new run
-    refused before training starts (a :class:`~hsftrain.errors.UserError`) removes the run
+    refused before training starts (a :class:`~hsftrain.core.errors.UserError`) removes the run
     directory it created (and the empty folders it made above it); a folder that existed
     before is never removed.
 

@@ -11,8 +11,8 @@ import torch
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
-from hsftrain.containers import plain
-from hsftrain.errors import ConfigError
+from hsftrain.config.values import plain
+from hsftrain.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

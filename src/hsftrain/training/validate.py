@@ -17,11 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from hsftrain.data.nifti import header_info
-from hsftrain.errors import ConfigError
-from hsftrain.models import MODELS
-from hsftrain.models.blocks import LAYER_LETTERS, feature_sizes
-from hsftrain.validate import (
+from hsftrain.config.checks import (
     ABSENT,
     Checker,
     as_bool,
@@ -32,6 +28,10 @@ from hsftrain.validate import (
     get_value,
     invalid,
 )
+from hsftrain.core.errors import ConfigError
+from hsftrain.data.nifti import header_info
+from hsftrain.models import MODELS
+from hsftrain.models.blocks import LAYER_LETTERS, feature_sizes
 
 PRECISIONS = frozenset(
     {"32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true"}

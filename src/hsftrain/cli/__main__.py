@@ -1,0 +1,5 @@
+"""``python -m hsftrain.cli``: the ``hsftrain`` command."""
+
+from hsftrain.cli.app import app
+
+app()
