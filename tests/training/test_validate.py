@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from hsftrain.config.compose import ConfigError, compose, group_options
-from hsftrain.training.validate import check_depth, deepest_voxels, max_levels, validate_training
+from hsftrain.training.depth import check_depth, deepest_voxels, max_levels
+from hsftrain.training.validate import validate_training
 
 
 @pytest.mark.parametrize("group", ["datasets", "models", "lightning", "logger", "compression"])

@@ -42,6 +42,7 @@ from hsftrain.training.callbacks import (
     StepProgress,
 )
 from hsftrain.training.denormals import flush_denormals
+from hsftrain.training.depth import check_network_fits
 from hsftrain.training.distributed import is_rank_zero, publish_run_name, shared_run_name
 from hsftrain.training.finetuning import GradualUnfreezing
 from hsftrain.training.guards import (
@@ -53,7 +54,7 @@ from hsftrain.training.guards import (
     spawned_forward,
 )
 from hsftrain.training.trainer import QUIET, make_logger, trainer_kwargs
-from hsftrain.training.validate import check_network_fits, validate_training
+from hsftrain.training.validate import validate_training
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,16 @@
-"""Up-front checks of a ``train`` / ``finetune`` configuration and of the network's depth.
+"""Up-front checks of a ``train`` / ``finetune`` configuration, returned as typed settings.
 
 :func:`validate_training` checks the type and range of every key a run uses before
 anything is read or written, so that a zero batch size or a negative number of epochs
-fails in a second with one line naming the key, not after minutes with a traceback.
-:func:`check_depth` checks, once the data are known, that the network is not too deep
-for the volumes (a 1-voxel deepest level has no normalisation statistics: NaN).
+fails in a second with one line naming the key, not after minutes with a traceback, and
+returns the values it parsed as a :class:`~hsftrain.training.settings.TrainingSettings`.
+The network's depth against the data is checked once the data are known
+(:mod:`hsftrain.training.depth`).
 """
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,34 @@ from hsftrain.config.checks import (
     get_value,
     invalid,
 )
+from hsftrain.config.values import plain
 from hsftrain.core.errors import ConfigError
-from hsftrain.data.nifti import header_info
 from hsftrain.models import MODELS
 from hsftrain.models.blocks import LAYER_LETTERS, feature_sizes
-
-PRECISIONS = frozenset(
-    {"32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true"}
-    | {"64", "transformer-engine", "transformer-engine-float16"}
+from hsftrain.training.settings import (
+    Accelerator,
+    AugmentBackend,
+    AugmentDevice,
+    AugmentSettings,
+    BudgetSettings,
+    CacheDtype,
+    DataSettings,
+    FinetuneMode,
+    FinetuneSettings,
+    LoggerKind,
+    LossSettings,
+    NetworkSettings,
+    NonFinite,
+    OptimiserSettings,
+    Precision,
+    RunKind,
+    TrainerSettings,
+    TrainingSettings,
 )
-ACCELERATORS = frozenset({"auto", "cpu", "gpu", "cuda", "mps", "tpu"})
-LOGGERS = ("tensorboard", "csv", "wandb")
+
+PRECISIONS = frozenset(Precision)
+ACCELERATORS = frozenset(Accelerator)
+LOGGERS = tuple(LoggerKind)
 
 
 def parse_budget(value: Any) -> float:
@@ -123,8 +139,9 @@ def _probability(key: str, value: Any) -> float:
     return as_float(key, value, 0, 1)
 
 
-def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
-    """Check every key a ``train`` / ``finetune`` run uses: type and range.
+def validate_training(cfg: DictConfig, finetune: bool = False) -> TrainingSettings:
+    """Check every key a ``train`` / ``finetune`` run uses (type and range) and return
+    them typed, once, as :class:`~hsftrain.training.settings.TrainingSettings`.
 
     Keys absent from ``cfg`` are skipped (their code defaults apply). Nothing is read or
     written.
@@ -133,42 +150,119 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
         ConfigError: the first invalid key, with its value and what it must be.
     """
     c = Checker(cfg)
-    c("seed", lambda k, v: as_int(k, v))
+    seed = c("seed", lambda k, v: as_int(k, v))
     c("run_name", lambda k, v: _run_name(k, v), optional=True)
-    c("export_onnx", as_bool)
-    c("budget", _budget, optional=True)
-    # datasets
-    c("datasets.batch_size", lambda k, v: as_int(k, v, 1, " (images per training step)"))
-    c("datasets.num_workers", lambda k, v: as_int(k, v, 0))
-    c("datasets.pin_memory", _auto_or_bool)
-    c("datasets.foreground_ratio", _probability, optional=True)
-    c("datasets.cache_dtype", choice(("float16", "float32")), optional=True)
-    c("datasets.nonfinite", choice(("error", "clean")), optional=True)
-    c("datasets.train_ratio", lambda k, v: as_float(k, v, 0, 1, low_open=True, high_open=True))
-    c("datasets.replace", as_bool)
-    c("datasets.k_sample", lambda k, v: as_int(k, v, 1), optional=True)
-    c("datasets.train_on_all", as_bool)
-    c("datasets.patch_size", _shape3, optional=True)
-    # lightning
-    c("lightning.max_epochs", lambda k, v: as_int(k, v, 1, " (epochs to train)"))
+    export_onnx = c("export_onnx", as_bool)
+    seconds = c("budget", _budget, optional=True)
+    data = _data_settings(c)
+    trainer = _trainer_settings(c)
+    network = _network_settings(c, cfg)
+    loss, optimiser = _loss_settings(c), _optimiser_settings(c)
+    surface_every = c(
+        "validation.surface_every", lambda k, v: as_int(k, v, -1, " (-1: never, 0: last epoch)")
+    )
+    members = c("ensemble.members", lambda k, v: as_int(k, v, 1))
+    logger = c("logger.name", choice(LOGGERS))
+    augment = _augment_settings(c, cfg)
+    tuning = _finetune_settings(c) if finetune else None
+    _check_files(cfg)
+    return TrainingSettings(
+        kind=RunKind.FINETUNE if finetune else RunKind.TRAIN,
+        seed=_or(seed, 0),
+        data=data,
+        network=network,
+        loss=loss,
+        optimiser=optimiser,
+        trainer=trainer,
+        augment=augment,
+        finetune=tuning,
+        budget=BudgetSettings(seconds, _plan(cfg)),
+        logger=LoggerKind(_or(logger, LoggerKind.TENSORBOARD)),
+        surface_every=_or(surface_every, 0),
+        members=_or(members, 1),
+        export_onnx=_or(export_onnx, True),
+        config=plain(cfg),
+    )
+
+
+def _or(value: Any, default: Any) -> Any:
+    """``value``, or ``default`` for a key the config does not have (or has null)."""
+    return default if value is None else value
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    """The values of the keys the config has (absent ones keep the settings' defaults)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _plan(cfg: DictConfig) -> str | None:
+    value = get_value(cfg, "plan")
+    return None if value in (ABSENT, None) or not value else str(value)
+
+
+def _data_settings(c: Checker) -> DataSettings:
+    """``datasets.*``."""
+    return DataSettings(
+        **_given(
+            {
+                "batch_size": c(
+                    "datasets.batch_size",
+                    lambda k, v: as_int(k, v, 1, " (images per training step)"),
+                ),
+                "num_workers": c("datasets.num_workers", lambda k, v: as_int(k, v, 0)),
+                "pin_memory": c("datasets.pin_memory", _auto_or_bool),
+                "foreground_ratio": c("datasets.foreground_ratio", _probability, optional=True),
+                "cache_dtype": _enum(
+                    CacheDtype, c("datasets.cache_dtype", choice(CacheDtype), optional=True)
+                ),
+                "nonfinite": _enum(
+                    NonFinite, c("datasets.nonfinite", choice(NonFinite), optional=True)
+                ),
+                "train_ratio": c(
+                    "datasets.train_ratio",
+                    lambda k, v: as_float(k, v, 0, 1, low_open=True, high_open=True),
+                ),
+                "replace": c("datasets.replace", as_bool),
+                "k_sample": c("datasets.k_sample", lambda k, v: as_int(k, v, 1), optional=True),
+                "train_on_all": c("datasets.train_on_all", as_bool),
+                "patch_size": _tuple(c("datasets.patch_size", _shape3, optional=True)),
+            }
+        )
+    )
+
+
+def _trainer_settings(c: Checker) -> TrainerSettings:
+    """``lightning.*`` (every key is checked; those a run reads itself are kept)."""
+    values = {
+        "max_epochs": c("lightning.max_epochs", lambda k, v: as_int(k, v, 1, " (epochs to train)"))
+    }
     c("lightning.min_epochs", lambda k, v: as_int(k, v, 0), optional=True)
-    c("lightning.accumulate_grad_batches", lambda k, v: as_int(k, v, 1))
-    c("lightning.check_val_every_n_epoch", lambda k, v: as_int(k, v, 1), optional=True)
-    c("lightning.log_every_n_steps", lambda k, v: as_int(k, v, 1), optional=True)
-    c("lightning.limit_train_batches", _limit, optional=True)
+    values["accumulate_grad_batches"] = c(
+        "lightning.accumulate_grad_batches", lambda k, v: as_int(k, v, 1)
+    )
+    for name in ("check_val_every_n_epoch", "log_every_n_steps"):
+        values[name] = c(f"lightning.{name}", lambda k, v: as_int(k, v, 1), optional=True)
+    values["limit_train_batches"] = c("lightning.limit_train_batches", _limit, optional=True)
     c("lightning.limit_val_batches", _limit, optional=True)
-    c("lightning.precision", choice(sorted(PRECISIONS)), optional=True)
-    c("lightning.accelerator", choice(sorted(ACCELERATORS)), optional=True)
+    precision = c("lightning.precision", choice(sorted(PRECISIONS)), optional=True)
+    accelerator = c("lightning.accelerator", choice(sorted(ACCELERATORS)), optional=True)
     c("lightning.devices", _devices, optional=True)
-    c("lightning.enable_progress_bar", as_bool, optional=True)
+    values["enable_progress_bar"] = c("lightning.enable_progress_bar", as_bool, optional=True)
     c("lightning.deterministic", lambda k, v: v if v == "warn" else as_bool(k, v), optional=True)
     c("lightning.gradient_clip_val", lambda k, v: as_float(k, v, 0), optional=True)
-    # models
-    c("models.name", choice(sorted(MODELS)))
+    values["precision"] = _enum(Precision, precision)
+    values["accelerator"] = _enum(Accelerator, accelerator)
+    return TrainerSettings(**_given(values))
+
+
+def _network_settings(c: Checker, cfg: DictConfig) -> NetworkSettings:
+    """``models.name``, ``models.hparams.*`` and ``models.compile`` (``models.lr`` and
+    ``models.use_forgiving_loss`` are checked here too, in the order of the config)."""
+    name = c("models.name", choice(sorted(MODELS)))
     c("models.lr", lambda k, v: as_float(k, v, 0, low_open=True, what=" (learning rate)"))
     c("models.use_forgiving_loss", as_bool)
     c("models.ema_decay", lambda k, v: as_float(k, v, 0, 1, high_open=True), optional=True)
-    c("models.compile", _auto_or_bool, optional=True)
+    compile_ = c("models.compile", _auto_or_bool, optional=True)
     c("models.hparams.in_channels", _in_channels, optional=True)
     c("models.hparams.out_channels", lambda k, v: as_int(k, v, 2), optional=True)
     c("models.hparams.f_maps", _f_maps)
@@ -184,33 +278,84 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
                 "models.hparams.deep_supervision=true needs at least 3 levels "
                 "(models.hparams.num_levels): set 3 or more, or deep_supervision=false"
             )
-    for name in ("alpha", "beta"):
-        c(f"models.loss.{name}", lambda k, v: as_float(k, v, 0))
-    c("models.loss.gamma", lambda k, v: as_float(k, v, 0, low_open=True))
-    c("models.loss.include_background", as_bool)
-    c("models.optimizer.betas", _betas)
-    c("models.optimizer.weight_decay", lambda k, v: as_float(k, v, 0))
-    c("models.optimizer.agc_clipping", lambda k, v: as_float(k, v, 0), optional=True)
+    hparams = get_value(cfg, "models.hparams")
+    return NetworkSettings(
+        **_given(
+            {
+                "name": name,
+                "hparams": dict(hparams) if isinstance(hparams, dict) else None,
+                "compile": compile_,
+            }
+        )
+    )
+
+
+def _loss_settings(c: Checker) -> LossSettings:
+    """``models.loss.*`` (``use_forgiving_loss`` was checked with the network's keys)."""
+    values = {
+        name: c(f"models.loss.{name}", lambda k, v: as_float(k, v, 0)) for name in ("alpha", "beta")
+    }
+    values["gamma"] = c("models.loss.gamma", lambda k, v: as_float(k, v, 0, low_open=True))
+    values["include_background"] = c("models.loss.include_background", as_bool)
+    values["forgiving"] = c("models.use_forgiving_loss", as_bool)
+    return LossSettings(**_given(values))
+
+
+def _optimiser_settings(c: Checker) -> OptimiserSettings:
+    """``models.optimizer.*``, ``models.scheduler.*``, ``models.lr`` and ``models.ema_decay``."""
+    betas = c("models.optimizer.betas", _betas)
+    values: dict[str, Any] = {
+        "betas": tuple(betas) if betas is not None else None,
+        "weight_decay": c("models.optimizer.weight_decay", lambda k, v: as_float(k, v, 0)),
+        "agc_clipping": c(
+            "models.optimizer.agc_clipping", lambda k, v: as_float(k, v, 0), optional=True
+        ),
+    }
     for name in ("demon", "use_gc", "adanorm", "nesterov"):
-        c(f"models.optimizer.{name}", as_bool)
-    c("models.scheduler.warmup_ratio", _probability)
-    c("models.scheduler.min_factor", _probability)
-    # the rest of the run
-    c("validation.surface_every", lambda k, v: as_int(k, v, -1, " (-1: never, 0: last epoch)"))
-    c("ensemble.members", lambda k, v: as_int(k, v, 1))
-    c("logger.name", choice(LOGGERS))
-    c("augmentation.backend", choice(("torch", "torchio")), optional=True)
-    c("augmentation.device", choice(("auto", "cpu", "cuda")), optional=True)
+        values[name] = c(f"models.optimizer.{name}", as_bool)
+    values["warmup_ratio"] = c("models.scheduler.warmup_ratio", _probability)
+    values["min_factor"] = c("models.scheduler.min_factor", _probability)
+    values["lr"] = c("models.lr", lambda k, v: as_float(k, v, 0, low_open=True))
+    values["ema_decay"] = c(
+        "models.ema_decay", lambda k, v: as_float(k, v, 0, 1, high_open=True), optional=True
+    )
+    return OptimiserSettings(**_given(values))
+
+
+def _augment_settings(c: Checker, cfg: DictConfig) -> AugmentSettings:
+    """``augmentation.backend``, ``.device`` and each transform's probability."""
+    backend = c("augmentation.backend", choice(AugmentBackend), optional=True)
+    device = c("augmentation.device", choice(AugmentDevice), optional=True)
     for name in ("flip", "motion", "blur", "noise", "gamma", "affine", "elastic"):
         c(f"augmentation.{name}.p", _probability, optional=True)
-    if finetune:
-        c("finetuning.out_channels", lambda k, v: as_int(k, v, 2), optional=True)
-        c("finetuning.mode", choice(("encoder", "decoder")))
-        c("finetuning.depth", lambda k, v: as_int(k, v, -1, " (-1: every level)"))
-        c(
+    spec = get_value(cfg, "augmentation")
+    return AugmentSettings(
+        **_given(
+            {
+                "backend": _enum(AugmentBackend, backend),
+                "device": _enum(AugmentDevice, device),
+                "spec": dict(spec) if isinstance(spec, dict) else None,
+            }
+        )
+    )
+
+
+def _finetune_settings(c: Checker) -> FinetuneSettings:
+    """``finetuning.*`` (fine-tuning only)."""
+    values = {
+        "out_channels": c("finetuning.out_channels", lambda k, v: as_int(k, v, 2), optional=True),
+        "mode": _enum(FinetuneMode, c("finetuning.mode", choice(FinetuneMode))),
+        "depth": c("finetuning.depth", lambda k, v: as_int(k, v, -1, " (-1: every level)")),
+        "unfreeze_frequency": c(
             "finetuning.unfreeze_frequency",
             lambda k, v: as_int(k, v, 0, " (epochs; 0: all at once)"),
-        )
+        ),
+    }
+    return FinetuneSettings(**_given(values))
+
+
+def _check_files(cfg: DictConfig) -> None:
+    """``split_file`` exists; ``datasets.output_path`` can be written (a new run)."""
     for key in ("split_file",):
         value = get_value(cfg, key)
         if value not in (ABSENT, None) and not Path(str(value)).expanduser().is_file():
@@ -219,6 +364,15 @@ def validate_training(cfg: DictConfig, finetune: bool = False) -> None:
         output = get_value(cfg, "datasets.output_path")
         if output is not ABSENT:
             check_output_dir(output if output is not None else ".", "datasets.output_path")
+
+
+def _enum(kind: Any, value: Any) -> Any:
+    """``value`` as the :class:`enum.StrEnum` ``kind`` (None stays None)."""
+    return None if value is None else kind(value)
+
+
+def _tuple(value: Any) -> Any:
+    return None if value is None else tuple(value)
 
 
 def _run_name(key: str, value: Any) -> str:
@@ -234,78 +388,3 @@ def _in_channels(key: str, value: Any) -> int:
     if as_int(key, value, 1) != 1:
         raise invalid(key, value, "1: hsftrain trains on one image (one channel) per subject")
     return 1
-
-
-def deepest_voxels(shape: Sequence[int], num_levels: int) -> int:
-    """Voxels of the deepest feature map of a ``num_levels`` U-Net on an input of
-    ``shape`` (the network pads each axis to a multiple of ``2 ** (num_levels - 1)``)."""
-    m = 2 ** (int(num_levels) - 1)
-    return math.prod(math.ceil(int(s) / m) for s in shape)
-
-
-def max_levels(shape: Sequence[int]) -> int:
-    """The most levels a U-Net can have on ``shape`` with more than one deepest voxel."""
-    levels = 1
-    while deepest_voxels(shape, levels + 1) > 1:
-        levels += 1
-    return levels
-
-
-def check_depth(
-    num_levels: int,
-    shapes: Sequence[Sequence[int]],
-    patch_size: Sequence[int] | None,
-    key: str = "models.hparams.num_levels",
-) -> None:
-    """Refuse a network too deep for its inputs: a deepest level of one voxel has no
-    normalisation statistics, and training produces NaN from the first step.
-
-    Args:
-        num_levels: the network's levels.
-        shapes: the training volumes' shapes (used when ``patch_size`` is None: each
-            volume is then padded to a multiple of 8).
-        patch_size: the crop every volume is brought to, if set.
-
-    Raises:
-        ConfigError: names the key, the smallest input and the largest usable depth.
-    """
-    if patch_size:
-        inputs = [tuple(int(s) for s in patch_size)]
-        where = f"datasets.patch_size={list(inputs[0])}"
-    else:
-        inputs = [tuple(int(s) + (-int(s)) % 8 for s in shape) for shape in shapes]
-        where = "the smallest training volume"
-    if not inputs:
-        return
-    smallest = min(inputs, key=lambda s: (max(s), math.prod(s)))
-    if deepest_voxels(smallest, num_levels) > 1:
-        return
-    size = "x".join(map(str, smallest))
-    shown = num_levels if key.endswith("num_levels") else f"{num_levels} levels"
-    raise ConfigError(
-        f"`{key}`={shown} is too deep for {where} ({size} voxels after padding): the "
-        f"deepest level would be a single voxel and training would produce NaN; use at "
-        f"most {max_levels(smallest)} levels (models.hparams.num_levels) or a larger "
-        "datasets.patch_size"
-    )
-
-
-def check_network_fits(
-    hparams: dict[str, Any], images: Sequence[Path], patch_size: Sequence[int] | None
-) -> None:
-    """:func:`check_depth` for a network's ``hparams`` (``f_maps`` list or ``num_levels``)
-    and the training ``images`` (shapes from their headers; not read when ``patch_size``
-    is set).
-
-    Raises:
-        ConfigError: the network is too deep (see :func:`check_depth`).
-    """
-    f_maps = hparams.get("f_maps")
-    levels = len(f_maps) if isinstance(f_maps, list | tuple) else int(hparams.get("num_levels", 1))
-    shapes: list[tuple[int, ...]] = []
-    if not patch_size:
-        shapes = [header_info(Path(p))[0] for p in images]
-    key = (
-        "models.hparams.f_maps" if isinstance(f_maps, list | tuple) else "models.hparams.num_levels"
-    )
-    check_depth(levels, shapes, patch_size, key)
