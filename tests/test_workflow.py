@@ -92,6 +92,7 @@ def test_failed_export_after_training_names_the_kept_checkpoint(tmp_path, monkey
     import hsftrain.workflow as workflow
     from hsftrain.config.compose import compose
     from hsftrain.core.errors import ExportError
+    from hsftrain.training.run import RunResult
 
     best = tmp_path / "run" / "checkpoints" / "best-epoch022.ckpt"
     best.parent.mkdir(parents=True)
@@ -99,7 +100,7 @@ def test_failed_export_after_training_names_the_kept_checkpoint(tmp_path, monkey
     monkeypatch.setattr(
         workflow,
         "run",
-        lambda cfg, finetune=False: {"run_dir": best.parent.parent, "best_checkpoint": best},
+        lambda cfg, finetune=False: RunResult(best.parent.parent, str(best), {}),
     )
 
     def failing_export(ckpt, out):

@@ -32,7 +32,7 @@ from hsftrain.core.logs import run_log
 from hsftrain.export.api import export_checkpoint
 from hsftrain.hub.fetch import file_hash
 from hsftrain.training.distributed import is_rank_zero
-from hsftrain.training.run import run
+from hsftrain.training.run import RunResult, run
 from hsftrain.training.validate import parse_budget
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,12 @@ def train_and_export(cfg: DictConfig, finetune: bool = False) -> dict[str, Any]:
         ConfigError, DataError, FileNotFoundError: with the key or file to fix.
         ExportError, NonFiniteError: the best checkpoint cannot be exported.
     """
-    out = run(cfg, finetune=finetune)
-    best = out.get("best_checkpoint")
+    result = run(cfg, finetune=finetune)
+    out = as_record(result)
+    best = result.best_checkpoint
     if not (cfg.get("export_onnx", True) and best and is_rank_zero()):
         return out
-    run_dir = Path(str(out["run_dir"]))
+    run_dir = result.run_dir
     try:
         with run_log(run_dir):
             onnx_path = export_checkpoint(str(best), run_dir / "model.onnx")
@@ -93,6 +94,16 @@ def train_and_export(cfg: DictConfig, finetune: bool = False) -> dict[str, Any]:
     metrics["onnx"] = str(onnx_path)
     write_text_atomic(record, json.dumps(metrics, indent=1))
     return out
+
+
+def as_record(result: RunResult) -> dict[str, Any]:
+    """A run's result as the workflow returns it: its validation metrics with ``run_dir``
+    and ``best_checkpoint``."""
+    return {
+        **result.metrics,
+        "run_dir": str(result.run_dir),
+        "best_checkpoint": result.best_checkpoint,
+    }
 
 
 def member_budget(cfg: DictConfig, members: int) -> str | None:

@@ -40,7 +40,7 @@ def prepared(phantoms: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_plan_times_candidates_and_fits_the_budget(prepared, tmp_path: Path) -> None:
     import time
 
-    from hsftrain.training.build import build_module
+    from hsftrain.training.build import module_for
 
     found, subjects = prepared
     cfg = compose(
@@ -49,7 +49,7 @@ def test_plan_times_candidates_and_fits_the_budget(prepared, tmp_path: Path) -> 
     )
     started = time.monotonic()
     planned, plan = make_plan(
-        cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100), started
+        cfg, subjects[:6], subjects[6:], lambda c: module_for(c, found, 100), started
     )
     assert isinstance(plan, Plan) and plan.epochs >= 1 and plan.steps == plan.epochs * 3
     timed = [c for c in plan.candidates if c.s_per_step == c.s_per_step]
@@ -95,7 +95,7 @@ def test_cpu_plan_compiles_when_it_pays(
     import types
 
     from hsftrain.training import budget
-    from hsftrain.training.build import build_module
+    from hsftrain.training.build import module_for
 
     found, subjects = prepared
     monkeypatch.setattr(budget, "time_steps", lambda *a, **k: (0.5, 1.0))
@@ -112,7 +112,7 @@ def test_cpu_plan_compiles_when_it_pays(
     monkeypatch.setattr(budget, "_compile_trial", trial)
     cfg = compose("config", ["datasets=synth", "budget=30m", "lightning.accelerator=cpu"])
     planned, plan = make_plan(
-        cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100), time.monotonic()
+        cfg, subjects[:6], subjects[6:], lambda c: module_for(c, found, 100), time.monotonic()
     )
     eager = next(c for c in plan.candidates if c.name == "f24/L4/b2")
     compiled = next(c for c in plan.candidates if c.compiled)
@@ -168,7 +168,7 @@ def test_finetune_plan_counts_faster_frozen_steps(
 
     from hsftrain.planning.settings import planning_settings
     from hsftrain.training import budget, finetuning
-    from hsftrain.training.build import build_module
+    from hsftrain.training.build import module_for
 
     found, subjects = prepared
 
@@ -186,14 +186,14 @@ def test_finetune_plan_counts_faster_frozen_steps(
         if not stages:  # the old plan: every epoch at the all-trainable step time
             monkeypatch.setattr(budget, "thawing_step_s", lambda *a: None)
         _, plans[stages] = make_plan(
-            cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100),
+            cfg, subjects[:6], subjects[6:], lambda c: module_for(c, found, 100),
             time.monotonic(), network=(4, 3),
         )  # fmt: skip
     staged, flat = plans[True], plans[False]
     assert staged.epochs > flat.epochs >= 1
     # the staged plan still fits: each epoch's 3 steps at its stage's time, and validation
     step_s = finetuning.thawing_step_s(
-        build_module(cfg, found, 100), cfg.finetuning, 0.5, time.monotonic() + 60,
+        module_for(cfg, found, 100), cfg.finetuning, 0.5, time.monotonic() + 60,
         lambda m: fake(m)[0],
     )  # fmt: skip
     k = staged.check_val_every_n_epoch
@@ -214,7 +214,7 @@ def test_a_candidate_may_give_the_channels_of_each_level(
     from torch import nn
 
     from hsftrain.training import budget
-    from hsftrain.training.build import build_module
+    from hsftrain.training.build import module_for
 
     found, subjects = prepared
     widths: list[set[int]] = []
@@ -229,7 +229,7 @@ def test_a_candidate_may_give_the_channels_of_each_level(
         "config", ["datasets=synth", "budget=10m", "lightning.accelerator=cpu", candidates]
     )
     planned, plan = make_plan(
-        cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100), time.monotonic()
+        cfg, subjects[:6], subjects[6:], lambda c: module_for(c, found, 100), time.monotonic()
     )
     assert [c.name for c in plan.candidates] == ["f8/L3/b2", "f8-24-48/L3/b2"]
     assert {8, 16, 32} <= widths[0] and {8, 24, 48} <= widths[1] and 16 not in widths[1]
@@ -251,7 +251,7 @@ def test_a_larger_network_slowed_by_other_load_is_timed_again(
     import time
 
     from hsftrain.training import budget
-    from hsftrain.training.build import build_module
+    from hsftrain.training.build import module_for
 
     found, subjects = prepared
     timings = iter([(0.1, 1.0), (0.1, 1.0), (5.0, 1.0), (second_s, 1.0)])
@@ -267,7 +267,7 @@ def test_a_larger_network_slowed_by_other_load_is_timed_again(
         "config", ["datasets=synth", "budget=10m", "lightning.accelerator=cpu", candidates]
     )
     planned, plan = make_plan(
-        cfg, subjects[:6], subjects[6:], lambda c: build_module(c, found, 100), time.monotonic()
+        cfg, subjects[:6], subjects[6:], lambda c: module_for(c, found, 100), time.monotonic()
     )
     assert calls == [3, 3, 4, 4]  # only the rejected larger network is timed again
     larger = plan.candidates[2]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -36,6 +36,9 @@ from hsftrain.data.splits import Split
 from hsftrain.data.subjects import Discovery
 from hsftrain.data.transforms import torchio_transform
 from hsftrain.data.voxel_sizes import warn_if_mixed
+
+if TYPE_CHECKING:
+    from hsftrain.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -207,32 +210,37 @@ def input_multiple(num_levels: int) -> int:
 
 
 def build_datamodule(
-    cfg: Mapping[str, Any],
+    settings: TrainingSettings,
     train: Sequence[PreparedSubject],
     val: Sequence[PreparedSubject],
     num_levels: int,
 ) -> SegmentationDataModule:
-    """The data module: training patches of ``datasets.patch_size`` (automatic when null)
-    and whole validation volumes.
+    """The data module of a run's ``settings``: training patches of
+    ``datasets.patch_size`` (automatic when null) and whole validation volumes.
 
     Raises:
         ConfigError: bad ``datasets``/``augmentation`` values.
     """
-    datasets_cfg = cfg["datasets"]
+    data = settings.data
     multiple = input_multiple(num_levels)
-    patch = patch_size(datasets_cfg.get("patch_size"), [p.shape for p in train], multiple)
+    patch = patch_size(data.patch_size, [p.shape for p in train], multiple)
     log.info(
         "training on %s patches (datasets.patch_size%s), median volume %s",
         "x".join(map(str, patch)),
-        "" if datasets_cfg.get("patch_size") is not None else ": automatic",
+        "" if data.patch_size is not None else ": automatic",
         "x".join(map(str, median_shape(train))),
     )
+    loading = {
+        "batch_size": data.batch_size,
+        "num_workers": data.num_workers,
+        "pin_memory": data.pin_memory,
+        "foreground_ratio": data.foreground_ratio,
+    }
+    augment = {
+        **settings.augment.spec,
+        "backend": str(settings.augment.backend),
+        "device": str(settings.augment.device),
+    }
     return SegmentationDataModule(
-        train,
-        val,
-        patch,
-        datasets_cfg,
-        cfg.get("augmentation"),
-        seed=int(cfg.get("seed", 0)),
-        multiple=multiple,
+        train, val, patch, loading, augment, seed=settings.seed, multiple=multiple
     )

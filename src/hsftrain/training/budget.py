@@ -51,6 +51,7 @@ from hsftrain.planning.timing import time_steps
 from hsftrain.training.denormals import flush_denormals
 from hsftrain.training.distributed import compile_enabled
 from hsftrain.training.finetuning import thawing_step_s
+from hsftrain.training.settings import steps_per_epoch
 from hsftrain.training.trainer import run_precision
 from hsftrain.training.validate import parse_budget
 
@@ -117,7 +118,8 @@ def from_file(
     }
     warn_replaced(cfg, {k: v for k, v in overrides.items() if k not in settings.recipe}, where)
     planned = applied(cfg, overrides)
-    plan.restore_pace(max(len(train) // int(planned.datasets.batch_size), 1))
+    limit = planned.lightning.get("limit_train_batches")
+    plan.restore_pace(steps_per_epoch(len(train), int(planned.datasets.batch_size), limit))
     log.info(
         "%s: %s for %d epochs (%d steps), planned for a %.0f s budget on %s; no timing",
         where, plan.chosen, plan.epochs, plan.steps, plan.budget_s, plan.device,
@@ -178,7 +180,7 @@ def make_plan(
     if min(c.num_levels for c in candidates) < 3:  # no decoder level to supervise
         extra.pop("models.hparams.deep_supervision", None)
     cfg = _with_recipe(cfg, extra)
-    steps_per_epoch = max(len(train) // batch, 1)  # full batches only (drop_last)
+    epoch_steps = steps_per_epoch(len(train), batch, cfg.lightning.get("limit_train_batches"))
     timing_limit = settings.timing_share * budget
     flush_denormals()  # as in training (run, SegmentationModule.on_fit_start)
 
@@ -212,10 +214,8 @@ def make_plan(
     del module
 
     def refit() -> tuple[Candidate, str]:
-        fit_all(
-            candidates, budget - (time.monotonic() - started) - reserve, steps_per_epoch, thawing
-        )
-        return select(candidates, settings, cfg.budget, steps_per_epoch)
+        fit_all(candidates, budget - (time.monotonic() - started) - reserve, epoch_steps, thawing)
+        return select(candidates, settings, cfg.budget, epoch_steps)
 
     chosen, why = refit()
     # Something else running on the machine while a larger network was timed makes it look
@@ -237,7 +237,7 @@ def make_plan(
         candidates.append(compiled)
         left = budget - (time.monotonic() - started) - reserve
         chosen, why = with_compiled(
-            chosen, compiled, left, steps_per_epoch, why, settings, mode == "always"
+            chosen, compiled, left, epoch_steps, why, settings, mode == "always"
         )
     plan = decide(
         chosen, why, candidates, fp, budget, time.monotonic() - started, settings,

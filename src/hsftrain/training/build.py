@@ -22,6 +22,7 @@ from hsftrain.models import channels_last
 from hsftrain.training.checkpoint import ModelInfo, read_checkpoint
 from hsftrain.training.distributed import compile_enabled
 from hsftrain.training.module import SegmentationModule
+from hsftrain.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +230,18 @@ def run_classes(cfg: DictConfig, found: Discovery, pretrained: Pretrained | None
 
 
 def build_module(
-    cfg: DictConfig, found: Discovery, total_steps: int, pretrained: Pretrained | None = None
+    settings: TrainingSettings,
+    found: Discovery,
+    classes: list[str],
+    total_steps: int,
+    pretrained: Pretrained | None = None,
 ) -> SegmentationModule:
-    """The LightningModule for this run; from ``pretrained`` (weights, new head when the
-    classes differ) when fine-tuning."""
-    optim = plain(cfg.models)
+    """The LightningModule for this run, of the model's ``classes`` (:func:`run_classes`);
+    from ``pretrained`` (weights, new head when the classes differ) when fine-tuning.
+
+    Its hyper-parameters (what checkpoints store) are those of every earlier version:
+    ``optim`` is the ``models`` group and ``config`` the whole config, as plain values."""
+    network = settings.network
 
     def make(name: str, hparams: dict[str, Any], names: list[str]) -> SegmentationModule:
         return SegmentationModule(
@@ -242,20 +250,18 @@ def build_module(
             names,
             found.dataset_classes,
             {s.index: s.ca_type for s in found.datasets},
-            optim,
+            dict(settings.config["models"]),
             total_steps,
-            config=plain(cfg),
-            surface_every=int(cfg.get("validation", {}).get("surface_every", 0)),
-            compile=compile_enabled(
-                cfg.models.get("compile", "auto"), cfg.lightning.get("accelerator", "auto")
-            ),
+            config=dict(settings.config),
+            surface_every=settings.surface_every,
+            compile=compile_enabled(network.compile, str(settings.trainer.accelerator)),
             lacking_tables=found.lacking_tables,
         )
 
-    names = run_classes(cfg, found, pretrained)
+    names = list(classes)
     if pretrained is None:
-        hparams = {**optim["hparams"], "out_channels": len(names)}
-        return make(str(cfg.models.name), hparams, names)
+        hparams = {**network.hparams, "out_channels": len(names)}
+        return make(network.name, hparams, names)
     path, state, info = pretrained
     hparams = {**info.hparams, "out_channels": len(info.class_names)}
     module = make(info.name, hparams, names)
@@ -271,3 +277,16 @@ def build_module(
         module.hparams["model_hparams"]["out_channels"] = len(names)
     log.info("fine-tuning from %s (%s)", path, info.name)
     return module
+
+
+def module_for(
+    cfg: DictConfig, found: Discovery, total_steps: int, pretrained: Pretrained | None = None
+) -> SegmentationModule:
+    """:func:`build_module` for a composed config (checked into settings, its classes
+    found): how planning builds the module of each candidate config."""
+    from hsftrain.training.validate import validate_training
+
+    settings = validate_training(cfg, pretrained is not None)
+    return build_module(
+        settings, found, run_classes(cfg, found, pretrained), total_steps, pretrained
+    )

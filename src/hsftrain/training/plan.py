@@ -19,9 +19,9 @@ from hsftrain.core.errors import ConfigError
 from hsftrain.data.datamodule import prepare_split
 from hsftrain.data.discovery import discover
 from hsftrain.training.budget import make_plan
-from hsftrain.training.build import build_module, run_classes
+from hsftrain.training.build import module_for, run_classes
 from hsftrain.training.denormals import flush_denormals
-from hsftrain.training.run import configured_split
+from hsftrain.training.record import configured_split
 from hsftrain.training.validate import validate_training
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def plan(cfg: DictConfig) -> Path:
     classes = run_classes(cfg, found, None)
     train_set, val_set = prepare_split(cfg, found, configured_split(cfg, found))
     _, made = make_plan(
-        cfg, train_set, val_set, lambda c: build_module(c, found, 1000), started, None, classes
+        cfg, train_set, val_set, lambda c: module_for(c, found, 1000), started, None, classes
     )
     made.save(path)
     log.info(

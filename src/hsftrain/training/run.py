@@ -1,6 +1,7 @@
 """``train`` and ``finetune``: one code path from a composed config to a trained model.
 
-``run(cfg, finetune)`` discovers the data, splits it (bagging when ``replace``), builds the
+``run(cfg, finetune)`` checks the config into typed settings
+(:func:`~hsftrain.training.validate.validate_training`), discovers the data, splits it (bagging when ``replace``), builds the
 model (from a pretrained checkpoint when fine-tuning) and trains with Lightning.
 Everything a run needs to be reproduced or resumed is in its run directory:
 ``config.yaml``, ``split.json``, ``checkpoints/``, logs and ``metrics.json``. Exporting the
@@ -11,29 +12,35 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 from hsftrain.compression.pruning import compression_callbacks
-from hsftrain.config.values import plain
 from hsftrain.core.atomic import write_text_atomic
 from hsftrain.core.errors import ConfigError, UserError
 from hsftrain.core.logs import run_log
+from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import build_datamodule, prepare_split
 from hsftrain.data.discovery import discover
-from hsftrain.data.splits import Split, crossing_groups, make_split
+from hsftrain.data.splits import Split, crossing_groups
 from hsftrain.data.subjects import Discovery
-from hsftrain.training.build import build_module, ignored_hparams, read_pretrained, run_classes
+from hsftrain.training.build import (
+    Pretrained,
+    build_module,
+    ignored_hparams,
+    module_for,
+    read_pretrained,
+    run_classes,
+)
 from hsftrain.training.callbacks import (
     EpochBar,
     EpochTable,
@@ -53,76 +60,31 @@ from hsftrain.training.guards import (
     fit,
     spawned_forward,
 )
+from hsftrain.training.record import (
+    RunRecord,
+    configured_split,
+    first_missing,
+    remove_refused,
+    resolve_run_dir,
+    resume_command,
+)
+from hsftrain.training.settings import (
+    RunKind,
+    TrainingSettings,
+    optimiser_steps,
+    steps_per_epoch,
+)
 from hsftrain.training.trainer import QUIET, make_logger, trainer_kwargs
 from hsftrain.training.validate import validate_training
 
 log = logging.getLogger(__name__)
 
 
-def resolve_run_dir(cfg: DictConfig) -> tuple[Path, Path | None]:
-    """Run directory and the checkpoint to resume from (if ``resume`` is set).
-
-    Raises:
-        FileNotFoundError: ``resume`` names nothing usable.
-    """
-    if cfg.get("resume"):
-        target = Path(str(cfg.resume)).expanduser()
-        if target.is_dir():
-            ckpt = target / "checkpoints" / "last.ckpt"
-            if not ckpt.is_file():
-                raise FileNotFoundError(f"resume={target}: no checkpoints/last.ckpt in it")
-            return target, ckpt
-        if target.is_file():
-            return target.parent.parent, target
-        raise FileNotFoundError(f"resume={target}: no such checkpoint file or run directory")
-    name = cfg.get("run_name") or time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(str(cfg.datasets.output_path)).expanduser() / str(name)
-    if (run_dir / "checkpoints").exists() and is_rank_zero():
-        raise FileExistsError(
-            f"{run_dir} already holds a run: choose another run_name, or continue it with "
-            f"resume={run_dir}"
-        )
-    return run_dir, None
-
-
-def _total_steps(n_train: int, cfg: DictConfig) -> int:
-    batch = int(cfg.datasets.batch_size)
-    batches = n_train // batch if n_train > batch else 1  # full batches only (drop_last)
-    limit = cfg.lightning.get("limit_train_batches")
-    if isinstance(limit, int) and limit > 1:
-        batches = min(batches, limit)
-    elif isinstance(limit, float):
-        batches = max(1, int(batches * limit))
-    steps = math.ceil(batches / int(cfg.lightning.get("accumulate_grad_batches") or 1))
-    return steps * int(cfg.lightning.max_epochs)
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost folder of ``path`` (``path`` included) that does not exist yet."""
-    missing = None
-    for folder in (path, *path.parents):
-        if folder.exists():
-            break
-        missing = folder
-    return missing
-
-
-def _remove_refused(run_dir: Path, created: Path) -> None:
-    """Remove the run directory a refused run created, then the folders above it up to
-    ``created`` that it left empty. A directory holding a checkpoint is kept."""
-    if any((run_dir / "checkpoints").glob("*.ckpt")):
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    for folder in run_dir.parents:
-        if folder != created and created not in folder.parents:
-            break
-        try:
-            folder.rmdir()  # only when empty
-        except OSError:
-            break
-        if folder == created:
-            break
-    log.info("refused before training: removed the run directory %s it had created", run_dir)
+def total_steps(n_train: int, settings: TrainingSettings) -> int:
+    """Optimiser steps of the whole run (for the schedule and Demon)."""
+    t = settings.trainer
+    batches = steps_per_epoch(n_train, settings.data.batch_size, t.limit_train_batches)
+    return optimiser_steps(batches, t.accumulate_grad_batches, t.max_epochs)
 
 
 @dataclass
@@ -132,9 +94,20 @@ class _Attempt:
     started: bool = False
 
 
-def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
-    """Train (or fine-tune) as configured, logging into ``<run>/train.log``. Returns the
-    last validation metrics.
+@dataclass(frozen=True)
+class RunResult:
+    """What a run gives back: its directory, best checkpoint, steps and last metrics."""
+
+    run_dir: Path
+    #: the best checkpoint (else the last one); empty when none was written
+    best_checkpoint: str
+    #: the last validation (and training) metrics, as logged
+    metrics: dict[str, float]
+    global_step: int = 0
+
+
+def run(cfg: DictConfig, finetune: bool = False) -> RunResult:
+    """Train (or fine-tune) as configured, logging into ``<run>/train.log``.
 
     A resume that fails before training starts (e.g. a checkpoint that does not load)
     leaves the run directory as it was (only ``train.log`` records the attempt). A new run
@@ -145,7 +118,7 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
     Raises:
         ConfigError, DataError, FileNotFoundError: with the key or file to fix.
     """
-    validate_training(cfg, finetune)  # before anything is read or written
+    settings = validate_training(cfg, finetune)  # before anything is read or written
     flush_denormals()  # before torch starts its threads, which copy the flag (all of them)
     if not cfg.get("resume") and not cfg.get("run_name"):  # one name for the whole run
         cfg = cfg.copy()
@@ -153,26 +126,30 @@ def run(cfg: DictConfig, finetune: bool = False) -> dict[str, float]:
             cfg.run_name = shared_run_name() or time.strftime("%Y%m%d-%H%M%S")
         publish_run_name(str(cfg.run_name))  # DDP processes launched later use it too
     run_dir, resume_ckpt = resolve_run_dir(cfg)
-    created = _first_missing(run_dir) if resume_ckpt is None else None
+    created = first_missing(run_dir) if resume_ckpt is None else None
     attempt = _Attempt()
     try:
-        return _logged_run(cfg, finetune, run_dir, resume_ckpt, attempt)
+        return _logged_run(cfg, settings, run_dir, resume_ckpt, attempt)
     except UserError:
         if created is not None and not attempt.started and is_rank_zero() and run_dir.exists():
-            _remove_refused(run_dir, created)
+            remove_refused(run_dir, created)
         raise
 
 
 def _logged_run(
-    cfg: DictConfig, finetune: bool, run_dir: Path, resume_ckpt: Path | None, attempt: _Attempt
-) -> dict[str, float]:
+    cfg: DictConfig,
+    settings: TrainingSettings,
+    run_dir: Path,
+    resume_ckpt: Path | None,
+    attempt: _Attempt,
+) -> RunResult:
     """:func:`_run` logging into ``<run>/train.log``; a resume that fails before training
     leaves the run directory as it was."""
     before = set(run_dir.iterdir()) if resume_ckpt is not None else set()
     stamp = resume_ckpt.stat().st_mtime_ns if resume_ckpt is not None else 0
     with run_log(run_dir) as log_file:
         try:
-            return _run(cfg, finetune, attempt)
+            return _run(cfg, settings, attempt)
         except BaseException as err:
             if resume_ckpt is None or resume_ckpt.stat().st_mtime_ns != stamp:
                 raise
@@ -187,17 +164,81 @@ def _logged_run(
             raise
 
 
-def _run(
-    cfg: DictConfig, finetune: bool = False, attempt: _Attempt | None = None
-) -> dict[str, float]:
-    """Train (or fine-tune) as configured. Returns the last validation metrics; sets
-    ``attempt.started`` once training starts.
+@dataclass
+class _Setup:
+    """A run once its data are discovered and split (and its plan applied)."""
+
+    cfg: DictConfig
+    settings: TrainingSettings
+    run_dir: Path
+    resume_ckpt: Path | None
+    found: Discovery
+    pretrained: Pretrained | None
+    classes: list[str]
+    split: Split
+    train_set: list[PreparedSubject]
+    val_set: list[PreparedSubject]
+    plan: Any = None
+
+    @property
+    def finetune(self) -> bool:
+        return self.settings.kind is RunKind.FINETUNE
+
+    @property
+    def num_levels(self) -> int:
+        """Levels of the network trained (the pretrained one when fine-tuning)."""
+        if self.pretrained is not None:
+            return int(self.pretrained[2].hparams.get("num_levels", 4))
+        return int(self.settings.network.hparams.get("num_levels", 4))
+
+
+def _run(cfg: DictConfig, settings: TrainingSettings, attempt: _Attempt | None = None) -> RunResult:
+    """Train (or fine-tune) as configured; sets ``attempt.started`` once training starts.
 
     Raises:
         ConfigError, DataError, FileNotFoundError: with the key or file to fix.
     """
     started = time.monotonic()
-    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    setup = _discover(cfg, settings)
+    if settings.plans and setup.resume_ckpt is None:
+        setup = _planned(setup, started)
+    record = RunRecord(setup.run_dir, setup.split, _ids(setup.found), setup.cfg, setup.plan)
+    if setup.resume_ckpt is None and is_rank_zero():  # a resume writes them once restored
+        record.write()
+    log.info(
+        "run directory %s: %d train / %d val subjects",
+        setup.run_dir, len(setup.split.train), len(setup.split.val),
+    )  # fmt: skip
+    settings = setup.settings
+    data = build_datamodule(settings, setup.train_set, setup.val_set, setup.num_levels)
+    total = total_steps(len(setup.split.train), settings)
+    module = build_module(settings, setup.found, setup.classes, total, setup.pretrained)
+    if setup.resume_ckpt is None and is_rank_zero():
+        from hsftrain.training.estimate import estimate_run
+
+        estimate_run(setup.cfg, module, setup.train_set, setup.val_set, setup.num_levels, total)
+    checkpoint = RunCheckpoints(str(setup.run_dir / "checkpoints"))
+    signals = SignalState()
+    preemption = Preemption(signals, resume_command(setup.run_dir, setup.finetune))
+    callbacks = _callbacks(setup, checkpoint, record, attempt, started)
+    trainer = _trainer(setup, [*callbacks, FiniteGuard(), preemption])
+    with warnings.catch_warnings(), catch_signals(signals, spawned_forward(trainer)):
+        for pattern in QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+        resume = str(setup.resume_ckpt) if setup.resume_ckpt else None
+        fit(trainer, module, data, resume, preemption)
+    return _finish(setup, trainer, checkpoint)
+
+
+def _ids(found: Discovery) -> list[str]:
+    return [s.id for s in found.subjects]
+
+
+def _discover(cfg: DictConfig, settings: TrainingSettings) -> _Setup:
+    """The pretrained network (fine-tuning), the data, the classes and the split: all
+    checked before anything is written."""
+    finetune = settings.kind is RunKind.FINETUNE
     # the pretrained model first (fetched and verified): a wrong spec writes no run directory
     pretrained = read_pretrained(cfg) if finetune else None
     if pretrained is not None and (ignored := ignored_hparams(cfg, pretrained[2])):
@@ -207,15 +248,15 @@ def _run(
             ", ".join(ignored),
         )
     run_dir, resume_ckpt = resolve_run_dir(cfg)
-    found = discover(cfg.datasets, bool(cfg.models.get("use_forgiving_loss", True)))
+    found = discover(cfg.datasets, settings.loss.forgiving)
     classes = run_classes(cfg, found, pretrained)  # disagreeing: refused before any write
-    hparams = pretrained[2].hparams if pretrained else plain(cfg.models.hparams)
+    hparams = pretrained[2].hparams if pretrained else dict(settings.network.hparams)
     from hsftrain.training.budget import plans_network  # budget= picks a depth that fits
 
     if pretrained is not None or resume_ckpt is not None or not plans_network(cfg):
         images = [s.image for s in found.subjects]
-        check_network_fits(hparams, images, cfg.datasets.get("patch_size"))
-    ids = [s.id for s in found.subjects]
+        check_network_fits(hparams, images, settings.data.patch_size)
+    ids = _ids(found)
     split_file = run_dir / "split.json"
     if resume_ckpt is not None and split_file.is_file():
         split = Split.load(split_file, ids)
@@ -226,73 +267,80 @@ def _run(
             "the same subject is in both train and validation (fixed split): %s",
             " = ".join(ids[i] for i in group),
         )
-
     train_set, val_set = prepare_split(cfg, found, split)
-    plan = None
-    if (cfg.get("budget") or cfg.get("plan")) and resume_ckpt is None:
-        from hsftrain.training.budget import planned_run
-
-        cfg, plan = planned_run(
-            cfg,
-            train_set,
-            val_set,
-            lambda c: build_module(c, found, 1000, pretrained),
-            started,
-            pretrained[2].hparams if pretrained is not None else None,
-            classes,
-        )
-
-    record = RunRecord(run_dir, split, ids, cfg, plan)
-    if resume_ckpt is None and is_rank_zero():  # a resume writes them once restored
-        record.write()
-    log.info(
-        "run directory %s: %d train / %d val subjects", run_dir, len(split.train), len(split.val)
+    return _Setup(
+        cfg, settings, run_dir, resume_ckpt, found, pretrained, classes, split, train_set, val_set
     )
 
-    levels = (pretrained[2].hparams if pretrained else cfg.models.hparams).get("num_levels", 4)
-    data = build_datamodule(cfg, train_set, val_set, int(levels))
-    total = _total_steps(len(split.train), cfg)
-    module = build_module(cfg, found, total, pretrained)
-    if resume_ckpt is None and is_rank_zero():
-        from hsftrain.training.estimate import estimate_run
 
-        estimate_run(cfg, module, train_set, val_set, int(levels), total)
-    checkpoint = RunCheckpoints(str(run_dir / "checkpoints"))
-    callbacks: list[L.Callback] = [checkpoint, EpochTable(), *compression_callbacks(cfg)]
-    bar = bool(cfg.lightning.get("enable_progress_bar", True))
-    callbacks.append(StepProgress(int(cfg.lightning.get("log_every_n_steps") or 10), not bar))
+def _planned(setup: _Setup, started: float) -> _Setup:
+    """``setup`` with the plan of ``budget=`` / ``plan=`` applied (its settings rebuilt
+    from the planned config)."""
+    from hsftrain.training.budget import planned_run
+
+    pretrained, finetune = setup.pretrained, setup.finetune
+    cfg, plan = planned_run(
+        setup.cfg,
+        setup.train_set,
+        setup.val_set,
+        lambda c: module_for(c, setup.found, 1000, pretrained),
+        started,
+        pretrained[2].hparams if pretrained is not None else None,
+        setup.classes,
+    )
+    return replace(setup, cfg=cfg, settings=validate_training(cfg, finetune), plan=plan)
+
+
+def _callbacks(
+    setup: _Setup,
+    checkpoint: RunCheckpoints,
+    record: RunRecord,
+    attempt: _Attempt | None,
+    started: float,
+) -> list[L.Callback]:
+    """The run's callbacks, before the guards (NaN, preemption) that come last."""
+    settings = setup.settings
+    callbacks: list[L.Callback] = [checkpoint, EpochTable(), *compression_callbacks(setup.cfg)]
+    bar = settings.trainer.enable_progress_bar
+    callbacks.append(StepProgress(settings.trainer.log_every_n_steps, not bar))
     if bar:
         callbacks.append(EpochBar())
-    if resume_ckpt is not None:
+    if setup.resume_ckpt is not None:
         callbacks.append(OnTrainStart(record.write))
     if attempt is not None:
         callbacks.append(OnTrainStart(partial(setattr, attempt, "started", True)))
-    if finetune:
-        f = cfg.finetuning
-        callbacks.append(GradualUnfreezing(str(f.mode), int(f.depth), int(f.unfreeze_frequency)))
-    if plan is not None:
+    if settings.finetune is not None:
+        f = settings.finetune
+        callbacks.append(GradualUnfreezing(str(f.mode), f.depth, f.unfreeze_frequency))
+    if setup.plan is not None:
         from hsftrain.training.pace import BudgetPace
 
-        callbacks.append(BudgetPace(plan, started, record.paced))
-    signals = SignalState()
-    preemption = Preemption(signals, resume_command(run_dir, finetune))
-    callbacks += [FiniteGuard(), preemption]
-    kwargs = trainer_kwargs(cfg)
-    batches = math.ceil(len(split.train) / int(cfg.datasets.batch_size))
+        callbacks.append(BudgetPace(setup.plan, started, record.paced))
+    return callbacks
+
+
+def _trainer(setup: _Setup, callbacks: list[L.Callback]) -> L.Trainer:
+    """The Lightning ``Trainer`` of the run, logging into its directory."""
+    settings = setup.settings
+    kwargs = trainer_kwargs(setup.cfg)
+    batches = steps_per_epoch(
+        len(setup.split.train), settings.data.batch_size, settings.trainer.limit_train_batches
+    )
     kwargs["log_every_n_steps"] = max(1, min(int(kwargs.get("log_every_n_steps", 10)), batches))
-    trainer = L.Trainer(
-        default_root_dir=str(run_dir),
-        logger=make_logger(cfg, run_dir),
+    return L.Trainer(
+        default_root_dir=str(setup.run_dir),
+        logger=make_logger(setup.cfg, setup.run_dir),
         callbacks=callbacks,
         num_sanity_val_steps=0,
         enable_model_summary=False,
         **kwargs,
     )
-    with warnings.catch_warnings(), catch_signals(signals, spawned_forward(trainer)):
-        for pattern in QUIET:
-            warnings.filterwarnings("ignore", message=pattern)
-        fit(trainer, module, data, str(resume_ckpt) if resume_ckpt else None, preemption)
+
+
+def _finish(setup: _Setup, trainer: L.Trainer, checkpoint: RunCheckpoints) -> RunResult:
+    """The run's result; rank 0 writes ``metrics.json`` and logs the validation Dice."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    plan = setup.plan
     if plan is not None and trainer.current_epoch < plan.epochs and is_rank_zero():
         log.warning(
             "stopped at the budget after %d of %d planned epochs: the best checkpoint so far "
@@ -301,31 +349,13 @@ def _run(
             plan.epochs,
         )
     best = checkpoint.best_model_path or checkpoint.last_model_path
-    metrics_out = {"best_checkpoint": best, "global_step": _global_step(trainer, checkpoint)}
-    metrics_out.update(metrics)
+    result = RunResult(setup.run_dir, best, metrics, _global_step(trainer, checkpoint))
     if not is_rank_zero():  # the record is rank 0's to write
-        return {**metrics, "run_dir": str(run_dir), "best_checkpoint": best}  # type: ignore[dict-item]
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics_out, indent=1))
+        return result
+    record = {"best_checkpoint": best, "global_step": result.global_step, **metrics}
+    write_text_atomic(setup.run_dir / "metrics.json", json.dumps(record, indent=1))
     _report(metrics)
-    return {**metrics, "run_dir": str(run_dir), "best_checkpoint": best}  # type: ignore[dict-item]
-
-
-def configured_split(cfg: DictConfig, found: Discovery) -> Split:
-    """The split of a new run: ``split_file``'s, else a new one from ``datasets.*``."""
-    ids = [s.id for s in found.subjects]
-    if cfg.get("split_file"):
-        return Split.load(str(cfg.split_file), ids)
-    d = cfg.datasets
-    return make_split(
-        len(ids),
-        float(d.train_ratio),
-        bool(d.replace),
-        d.get("k_sample"),
-        d.get("train_val_test_idx"),
-        bool(d.train_on_all),
-        int(cfg.seed),
-        groups=found.groups,
-    )
+    return result
 
 
 def _global_step(trainer: L.Trainer, checkpoint: Any) -> int:
@@ -336,40 +366,6 @@ def _global_step(trainer: L.Trainer, checkpoint: Any) -> int:
         return int(trainer.global_step)
     saved = torch.load(last, map_location="cpu", weights_only=False)
     return int(saved.get("global_step", 0))
-
-
-@dataclass
-class RunRecord:
-    """Writes a run's record: ``split.json``, ``config.yaml`` (and ``plan.yaml``). Its
-    methods are what callbacks call, so it is picklable: ``ddp_spawn`` sends the callbacks
-    to the processes that train (a local function could not go)."""
-
-    run_dir: Path
-    split: Split
-    ids: list[str]
-    cfg: DictConfig
-    plan: Any = None
-
-    def write(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.split.save(self.run_dir / "split.json", self.ids, int(self.cfg.seed))
-        self.write_config()
-
-    def write_config(self) -> None:
-        write_text_atomic(self.run_dir / "config.yaml", OmegaConf.to_yaml(self.cfg, resolve=True))
-        if self.plan is not None:
-            self.plan.save(self.run_dir / "plan.yaml")
-
-    def paced(self, epochs: int) -> None:
-        """The budget changed the number of epochs (the split does not change)."""
-        OmegaConf.update(self.cfg, "lightning.max_epochs", epochs)
-        if is_rank_zero():
-            self.write_config()
-
-
-def resume_command(run_dir: Path, finetune: bool) -> str:
-    """The command that continues the run in ``run_dir``."""
-    return f"hsftrain {'finetune' if finetune else 'train'} resume={run_dir}"
 
 
 def _report(metrics: dict[str, float]) -> None:
