@@ -16,26 +16,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from hsftrain.config.values import plain
+from hsftrain.config.keys import ABSENT, get_value
 from hsftrain.core.errors import ConfigError
-
-#: What :func:`get_value` returns for a key the config does not have.
-ABSENT = object()
-
-
-def get_value(cfg: DictConfig, key: str) -> Any:
-    """Plain value of dotted ``key`` (:data:`ABSENT` when the config has no such key).
-
-    Raises:
-        ConfigError: a ``???`` value or an interpolation that does not resolve.
-    """
-    try:
-        value = OmegaConf.select(cfg, key, default=ABSENT, throw_on_missing=True)
-    except Exception as err:  # an interpolation that does not resolve, a ??? value
-        raise ConfigError(f"`{key}`: {err}") from err
-    return plain(value)
 
 
 def invalid(key: str, value: Any, what: str) -> ConfigError:

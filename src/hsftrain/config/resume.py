@@ -26,7 +26,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hsftrain.config.values import leaves, plain
+from hsftrain.config.keys import value_as_written
+from hsftrain.config.values import leaves
 from hsftrain.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -80,14 +81,6 @@ def run_dir_of(target: str | Path) -> Path:
     raise FileNotFoundError(f"resume={target}: no such checkpoint file or run directory")
 
 
-def _value(cfg: DictConfig, key: str) -> Any:
-    try:
-        value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-    except Exception:  # an interpolation that does not resolve: compare its text
-        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-    return plain(value)
-
-
 def _keys_set(item: str, asked: DictConfig) -> list[str]:
     """Leaves of the config that override ``item`` sets."""
     key = item.partition("=")[0].lstrip("+~").split("@")[0]
@@ -123,7 +116,8 @@ def budget_time_cap(target: str, saved: DictConfig, changed: dict[str, Any]) -> 
     """The time cap of a ``budget=`` run (it has ``plan.yaml``) resumed with more epochs:
     its ``lightning.max_time`` scaled by new epochs / planned epochs (Lightning counts the
     training time of every session of the run against it), logged; None otherwise."""
-    cap, old = _value(saved, "lightning.max_time"), _value(saved, "lightning.max_epochs")
+    cap = value_as_written(saved, "lightning.max_time")
+    old = value_as_written(saved, "lightning.max_epochs")
     new = changed.get("lightning.max_epochs")
     if not (cap and old and new) or int(new) <= int(old):
         return None
@@ -169,7 +163,7 @@ def resume_config(
             given.add(key)
             if any(key == k or key.startswith(k + ".") for k in IGNORED):
                 continue
-            mine, theirs = _value(asked, key), _value(saved, key)
+            mine, theirs = (value_as_written(c, key) for c in (asked, saved))
             if mine == theirs:
                 continue
             if _safe(key):
@@ -189,7 +183,7 @@ def resume_config(
             OmegaConf.update(cfg, key, OmegaConf.select(saved, key), merge=False)
     for key, value in changed.items():
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
-        log.info("resume: %s = %r (the run had %r)", key, value, _value(saved, key))
+        log.info("resume: %s = %r (the run had %r)", key, value, value_as_written(saved, key))
     if "lightning.max_time" not in given and (cap := budget_time_cap(target, saved, changed)):
         OmegaConf.update(cfg, "lightning.max_time", cap, merge=False)
     OmegaConf.update(cfg, "resume", str(target), force_add=True)

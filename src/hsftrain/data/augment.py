@@ -2,8 +2,9 @@
 
 ``augmentation.backend=torch`` (the default) runs :class:`BatchAugment` on whole batches:
 on the GPU right after the batch is transferred (``augmentation.device=auto`` or ``cuda``), or
-on the CPU in the data-loader workers (``augmentation.device=cpu``). It reads the same keys
-and probabilities as the torchio backend (:mod:`hsftrain.data.transforms`):
+on the CPU in the data-loader workers (``augmentation.device=cpu``). It reads the
+:class:`~hsftrain.data.augmentation_spec.AugmentationSpec` (keys, probabilities and defaults)
+that the torchio backend (:mod:`hsftrain.data.transforms`) and test-time augmentation read:
 
 - spatial: ``flip`` (exact, by index), then ``affine`` (scales, rotation in degrees,
   translation in mm) and ``elastic`` (a smooth random displacement of at most
@@ -30,28 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-#: Anatomical axis names of a RAS+ (canonical) volume -> array dimension.
-AXES = {"L": 0, "R": 0, "LR": 0, "A": 1, "P": 1, "AP": 1, "S": 2, "I": 2, "SI": 2}
+from hsftrain.data.augmentation_spec import AugmentationSpec, Transform, flip_dims
 
-
-def flip_dims(axes: Sequence[Any]) -> list[int]:
-    """Array dimensions of ``flip.axes`` (anatomical letters of RAS+ data, or 0/1/2).
-
-    Raises:
-        ValueError: an axis that is neither.
-    """
-    dims = []
-    for axis in axes:
-        key = str(axis).upper()
-        if key in ("0", "1", "2"):
-            dims.append(int(key))
-        elif key in AXES:
-            dims.append(AXES[key])
-        else:
-            raise ValueError(
-                f"augmentation.flip.axes: {axis!r} is not an axis; use LR, AP, SI or 0, 1, 2"
-            )
-    return sorted(set(dims))
+__all__ = ["BatchAugment", "flip_dims", "gaussian_blur", "rotation_matrices"]
 
 
 def _pair(value: Any, symmetric: bool = True) -> tuple[float, float]:
@@ -103,20 +85,17 @@ class BatchAugment:
     """Random augmentation of ``(image (B, 1, X, Y, Z), label (B, X, Y, Z))`` batches.
 
     Args:
-        cfg: the ``augmentation`` config group (keys as in the module docstring; a missing
-            key or ``p: 0`` disables a transform).
+        cfg: the ``augmentation`` config group or its spec (a missing transform or
+            ``p: 0`` disables it; :mod:`hsftrain.data.augmentation_spec`).
         seed: seeds the generator of the random parameters.
     """
 
-    def __init__(self, cfg: Mapping[str, Any], seed: int = 0) -> None:
-        def group(name: str) -> dict[str, Any]:
-            value = cfg.get(name) or {}
-            return dict(value) if float(value.get("p", 0) or 0) > 0 else {}
-
-        self.flip, self.affine, self.elastic = group("flip"), group("affine"), group("elastic")
-        self.motion, self.blur, self.gamma = group("motion"), group("blur"), group("gamma")
-        self.noise = group("noise")
-        self.flip_dims = flip_dims(self.flip.get("axes") or ["LR"]) if self.flip else []
+    def __init__(self, cfg: Mapping[str, Any] | AugmentationSpec, seed: int = 0) -> None:
+        spec = AugmentationSpec.from_config(cfg)
+        self.flip, self.affine, self.elastic = spec["flip"], spec["affine"], spec["elastic"]
+        self.motion, self.blur, self.gamma = spec["motion"], spec["blur"], spec["gamma"]
+        self.noise = spec["noise"]
+        self.flip_dims = flip_dims(self.flip["axes"]) if self.flip.on else []
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         self._worker: int | None = None
@@ -142,9 +121,8 @@ class BatchAugment:
     @property
     def enabled(self) -> bool:
         """Whether any transform is on."""
-        return any(
-            (self.flip, self.affine, self.elastic, self.motion, self.blur, self.gamma, self.noise)
-        )
+        transforms = (self.flip, self.affine, self.elastic, self.motion, self.blur, self.gamma)
+        return any(t.on for t in (*transforms, self.noise))
 
     def _rand(self, *shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator, dtype=torch.float64)
@@ -157,11 +135,11 @@ class BatchAugment:
         low, high = _per_axis(value, symmetric)
         return low + (high - low) * self._rand(batch, 3)
 
-    def _chosen(self, params: Mapping[str, Any], batch: int) -> torch.Tensor:
+    def _chosen(self, transform: Transform, batch: int) -> torch.Tensor:
         """``(B,)`` bool on the CPU: which items get this transform."""
-        if not params:
+        if not transform.on:
             return torch.zeros(batch, dtype=torch.bool)
-        return self._rand(batch) < float(params["p"])
+        return self._rand(batch) < transform.p
 
     def _reseed_in_worker(self) -> None:
         """Data-loader workers hold copies of this object: give each its own stream."""
@@ -268,14 +246,14 @@ class BatchAugment:
     def _affine_params(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 3, 3)`` matrices and ``(B, 3)`` shifts (mm) mapping output to input."""
         a = self.affine
-        if not a:
+        if not a.on:
             return torch.eye(3, dtype=torch.float64).repeat(batch, 1, 1), torch.zeros(batch, 3)
-        scale_range = a.get("scales", (0.9, 1.1))
+        scale_range = a["scales"]
         if isinstance(scale_range, int | float):  # torchio: d means U(1 - d, 1 + d)
             scale_range = (1 - float(scale_range), 1 + float(scale_range))
         scales = self._uniform_axes(scale_range, batch, symmetric=False)
-        degrees = self._uniform_axes(a.get("degrees", 10), batch)
-        shifts = self._uniform_axes(a.get("translation", 0), batch)
+        degrees = self._uniform_axes(a["degrees"], batch)
+        shifts = self._uniform_axes(a["translation"], batch)
         # the forward transform (torchio's convention: scales > 1 enlarge, positive shifts
         # move the anatomy towards +axis) is x -> R S x + t; grid_sample needs its inverse
         rotation = rotation_matrices(degrees * math.pi / 180)
@@ -285,10 +263,10 @@ class BatchAugment:
     def _elastic_params(self, batch: int) -> torch.Tensor:
         """``(B, 3, n, n, n)`` control-point displacements in mm, zero on the border."""
         e = self.elastic
-        if not e:
+        if not e.on:
             return torch.zeros(batch, 3, 1, 1, 1, dtype=torch.float64)
-        n = max(int(e.get("num_control_points", 7)), 4)
-        limit = float(e.get("max_displacement", 3))
+        n = max(int(e["num_control_points"]), 4)
+        limit = float(e["max_displacement"])
         field = self._uniform(-limit, limit, batch, 3, n, n, n)
         inner = torch.zeros_like(field)
         inner[:, :, 1:-1, 1:-1, 1:-1] = 1
@@ -302,8 +280,8 @@ class BatchAugment:
         m = self.motion
         if not bool(chosen.any()):
             return image, chosen
-        moves = max(int(m.get("num_transforms", 2)), 1)
-        degrees, shift = _pair(m.get("degrees", 5)), _pair(m.get("translation", 5))
+        moves = max(int(m["num_transforms"]), 1)
+        degrees, shift = _pair(m["degrees"]), _pair(m["translation"])
         out = image.clone()
         for b in torch.nonzero(chosen).flatten().tolist():
             angles = self._uniform(*degrees, moves, 3) * math.pi / 180
@@ -333,7 +311,7 @@ class BatchAugment:
         self, image: torch.Tensor, spacing: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = self._chosen(self.blur, image.shape[0])
-        stds = self._uniform(*_pair(self.blur.get("std", (0, 0.5)), False), image.shape[0], 3)
+        stds = self._uniform(*_pair(self.blur["std"], False), image.shape[0], 3)
         if not bool(chosen.any()):
             return image, chosen
         out = image.clone()
@@ -345,7 +323,7 @@ class BatchAugment:
         self, image: torch.Tensor, spacing: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         chosen = self._chosen(self.gamma, image.shape[0])
-        log_gamma = self._uniform(*_pair(self.gamma.get("log_gamma", (-0.3, 0.3))), image.shape[0])
+        log_gamma = self._uniform(*_pair(self.gamma["log_gamma"]), image.shape[0])
         if not bool(chosen.any()):
             return image, chosen
         gamma = log_gamma.exp().to(image.device, image.dtype)[:, None, None, None, None]
@@ -356,7 +334,7 @@ class BatchAugment:
 
     def _noise(self, image: torch.Tensor) -> torch.Tensor:
         chosen = self._chosen(self.noise, image.shape[0])
-        stds = self._uniform(*_pair(self.noise.get("std", (0, 0.05)), False), image.shape[0])
+        stds = self._uniform(*_pair(self.noise["std"], False), image.shape[0])
         if not bool(chosen.any()):
             return image
         seed = int(torch.randint(2**62, (), generator=self.generator))

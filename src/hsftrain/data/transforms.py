@@ -18,59 +18,59 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hsftrain.data.augmentation_spec import AugmentationSpec, Transform
 from hsftrain.data.intensity import z_normalize
 
 if TYPE_CHECKING:
     import torchio as tio
 
-#: The torchio transform (class name) of each ``augmentation`` key, with its parameters and
-#: their defaults (a key's ``p`` is the probability it is applied; noise: :func:`add_noise`).
+#: The torchio transform (class name) of each ``augmentation`` key, and the torchio arguments
+#: it sets besides the key's parameters (:mod:`hsftrain.data.augmentation_spec`); a key's
+#: ``p`` is the probability it is applied; noise: :func:`add_noise`.
 TORCHIO: dict[str, tuple[str, dict[str, Any]]] = {
-    "flip": ("RandomFlip", {"axes": ("LR",), "flip_probability": 1.0}),
-    "affine": ("RandomAffine", {"scales": (0.9, 1.1), "degrees": 10, "translation": 0}),
-    "elastic": ("RandomElasticDeformation", {"num_control_points": 7, "max_displacement": 3}),
-    "motion": ("RandomMotion", {"degrees": 5, "translation": 5, "num_transforms": 2}),
-    "blur": ("RandomBlur", {"std": (0, 0.5)}),
-    "gamma": ("RandomGamma", {"log_gamma": (-0.3, 0.3)}),
+    "flip": ("RandomFlip", {"flip_probability": 1.0}),
+    "affine": ("RandomAffine", {}),
+    "elastic": ("RandomElasticDeformation", {}),
+    "motion": ("RandomMotion", {}),
+    "blur": ("RandomBlur", {}),
+    "gamma": ("RandomGamma", {}),
 }
 
 
-def augmentation(cfg: Mapping[str, Any]) -> tio.Compose | None:
+def augmentation(cfg: Mapping[str, Any] | AugmentationSpec) -> tio.Compose | None:
     """Random spatial then intensity transforms (:data:`TORCHIO`, in that order), each
     applied with its probability ``p``.
 
     A missing key or ``p: 0`` disables a transform; a parameter missing or null takes its
-    default (noise is added after normalisation, see :func:`postprocess`). Returns None
-    when everything is disabled.
+    default (:data:`hsftrain.data.augmentation_spec.DEFAULTS`; noise is added after
+    normalisation, see :func:`postprocess`). Returns None when everything is disabled.
+
+    Raises:
+        ConfigError: an invalid ``augmentation`` key (names it).
     """
     import torchio as tio
 
+    spec = AugmentationSpec.from_config(cfg)
     out: list[tio.Transform] = []
-    for name, (transform, defaults) in TORCHIO.items():
-        section = cfg.get(name) or {}
-        p = float(section.get("p", 0.0))
-        if not p:
-            continue
-        kwargs = {}
-        for key, default in defaults.items():
-            value = section.get(key)
-            value = default if value is None else value
-            kwargs[key] = tuple(value) if isinstance(value, list | tuple) else value
-        out.append(getattr(tio, transform)(**kwargs, p=p))
+    for name, (transform, extra) in TORCHIO.items():
+        section = spec[name]
+        if section.on:
+            out.append(getattr(tio, transform)(**section.params, **extra, p=section.p))
     return tio.Compose(out) if out else None
 
 
 def torchio_transform(
-    cfg: Mapping[str, Any],
+    cfg: Mapping[str, Any] | AugmentationSpec,
 ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
     """Per-patch augmentation with torchio: the transforms of :func:`augmentation`, then
     the patch's mean and std restored (the cache has z-normalised it), then noise.
 
     Returns None when everything is disabled.
     """
-    compose = augmentation(cfg)
-    noise = cfg.get("noise")
-    if compose is None and not float((noise or {}).get("p", 0)):
+    spec = AugmentationSpec.from_config(cfg)
+    compose = augmentation(spec)
+    noise = spec["noise"]
+    if compose is None and not noise.on:
         return None
 
     def apply(
@@ -99,13 +99,16 @@ def torchio_transform(
 
 def add_noise(
     image: torch.Tensor,
-    noise: Mapping[str, Any] | None,
+    noise: Mapping[str, Any] | Transform | None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Gaussian noise with probability ``noise.p`` and a std drawn in ``noise.std``."""
-    if noise and float(noise.get("p", 0)):
-        if float(torch.rand((), generator=generator)) < float(noise["p"]):
-            low, high = (float(v) for v in noise.get("std", (0.0, 0.05)))
+    """Gaussian noise with probability ``noise.p`` and a std drawn in ``noise.std``
+    (``noise``: the ``augmentation.noise`` section or its :class:`Transform`)."""
+    if noise is not None and not isinstance(noise, Transform):
+        noise = Transform.from_config("noise", noise)
+    if noise is not None and noise.on:
+        if float(torch.rand((), generator=generator)) < noise.p:
+            low, high = (float(v) for v in noise["std"])
             std = low + (high - low) * float(torch.rand((), generator=generator))
             image = image + std * torch.randn(image.shape, generator=generator)
     return image
@@ -141,7 +144,7 @@ def postprocess(
     image: torch.Tensor,
     label: torch.Tensor,
     patch_size: Sequence[int] | None,
-    noise: Mapping[str, Any] | None = None,
+    noise: Mapping[str, Any] | Transform | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Z-normalise (:func:`hsftrain.data.intensity.z_normalize`), add Gaussian noise with

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from hsftrain.config.compose import ConfigError
+from hsftrain.data.augmentation_spec import AugmentationSpec
 from hsftrain.data.labels import CA_MERGES, merge_lut, merge_probs
 from hsftrain.inference.contract import Contract
 from hsftrain.inference.engines import Engine, Provider, resolve_model
@@ -41,34 +42,45 @@ def _ca_names(ca_mode: str) -> set[str]:
     return set(table) | set(table.values())
 
 
-class Segmenter:
-    """Models + test-time augmentation + subfield merging + fusion, for one crop at a time.
+@dataclass(frozen=True)
+class SegmenterOptions:
+    """How a :class:`Segmenter` predicts and fuses.
 
-    Args:
-        engines: loaded models, all with the same class names.
-        augmentation: the ``augmentation`` config (flip/affine/elastic).
+    Attributes:
+        augmentation: the ``augmentation`` group (flip/affine/elastic) or its spec.
         num_aug: augmented predictions per model, on top of the plain one.
         fusion: "vote" or "mean".
         ca_mode: subfield granularity ("" keeps the model's classes).
         batch_size: augmented copies stacked per model call.
         largest_component: keep only the largest connected foreground component of each
             crop (one hippocampus per crop).
-
-    Raises:
-        ConfigError: the models disagree on their classes.
+        probabilities: also keep each crop's mean class probabilities.
     """
 
-    def __init__(
-        self,
-        engines: Sequence[Engine],
-        augmentation: Mapping[str, Any] | None = None,
-        num_aug: int = 0,
-        fusion: str = "vote",
-        ca_mode: str = "",
-        batch_size: int = 1,
-        largest_component: bool = False,
-        probabilities: bool = False,
-    ) -> None:
+    augmentation: Mapping[str, Any] | AugmentationSpec | None = None
+    num_aug: int = 0
+    fusion: str = "vote"
+    ca_mode: str = ""
+    batch_size: int = 1
+    largest_component: bool = False
+    probabilities: bool = False
+
+
+class Segmenter:
+    """Models + test-time augmentation + subfield merging + fusion, for one crop at a time.
+
+    Args:
+        engines: loaded models, all with the same class names.
+        options: TTA, fusion, subfields, batch size (:class:`SegmenterOptions`).
+
+    Raises:
+        ConfigError: the models disagree on their classes, or an invalid
+            ``augmentation`` key.
+    """
+
+    def __init__(self, engines: Sequence[Engine], options: SegmenterOptions | None = None) -> None:
+        options = options or SegmenterOptions()
+        probabilities, ca_mode = options.probabilities, options.ca_mode
         self.probabilities = probabilities
         self.engines = list(engines)
         names = self.engines[0].labels_names
@@ -92,11 +104,11 @@ class Segmenter:
                 self.engines[0].path.name,
                 ", ".join(n for n in names[1:]),
             )
-        self.augmentation = dict(augmentation or {})
-        self.num_aug = int(num_aug)
-        self.fusion = fusion
-        self.batch_size = max(1, int(batch_size))
-        self.largest_component = bool(largest_component)
+        self.augmentation = AugmentationSpec.from_config(options.augmentation)
+        self.num_aug = int(options.num_aug)
+        self.fusion = options.fusion
+        self.batch_size = max(1, int(options.batch_size))
+        self.largest_component = bool(options.largest_component)
         #: voxel size (mm, RAS axes) the models were trained at; None: unknown
         metadata = [getattr(e, "metadata", {}) or {} for e in self.engines]
         self.spacing = model_spacing(metadata)
@@ -106,8 +118,7 @@ class Segmenter:
     @classmethod
     def from_settings(cls, engines: Sequence[Engine], settings: Settings) -> Segmenter:
         """The segmenter a ``segment`` run uses: its TTA, fusion, ca_mode and batch size."""
-        return cls(
-            engines,
+        options = SegmenterOptions(
             settings.augmentation,
             settings.num_aug,
             settings.fusion,
@@ -116,6 +127,7 @@ class Segmenter:
             settings.largest_component,
             settings.save_probabilities,
         )
+        return cls(engines, options)
 
     @property
     def predictions_per_crop(self) -> int:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hsftrain.config.compose import ConfigError
+from hsftrain.config.keys import KeyReader, parse_devices
+from hsftrain.data.augmentation_spec import AugmentationSpec
 from hsftrain.data.labels import CA_TYPES
 from hsftrain.inference import bids
 from hsftrain.inference.boxes import FovSettings
@@ -54,7 +56,7 @@ class Settings:
     ca_mode: str
     fusion: str
     num_aug: int
-    augmentation: dict[str, Any]
+    augmentation: AugmentationSpec
     providers: list[Provider]
     batch_size: int
     intra_op_num_threads: int
@@ -89,16 +91,6 @@ class Settings:
         return self.shard.table(self.volumes_csv) if self.shard else self.volumes_csv
 
 
-def get(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    """Value at dotted ``key`` as plain Python; ``???`` and absent keys give ``default``."""
-    if OmegaConf.is_missing(cfg, key.split(".")[0]):
-        return default
-    value = OmegaConf.select(cfg, key, default=default, throw_on_missing=False)
-    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
-
-
 def _int(key: str, value: Any, low: int) -> int:
     try:
         out = int(value)
@@ -109,25 +101,26 @@ def _int(key: str, value: Any, low: int) -> int:
     return out
 
 
-def _devices(value: Any) -> list[int] | None:
-    """``hardware.devices``: null, one GPU id or a list of them.
+def _gpu_ids(value: Any) -> list[int] | None:
+    """``hardware.devices`` (:func:`~hsftrain.config.keys.parse_devices`): null or auto
+    (None), one GPU id, or a list of them (``[0,1]``, ``"0,1"``).
 
     Raises:
-        ConfigError: anything else.
+        ConfigError: anything else, or a negative id.
     """
-    if value is None:
-        return None
-    items = value if isinstance(value, list) else [value]
     try:
-        ids = [int(v) for v in items]
-    except (TypeError, ValueError):
-        ids = []
-    if not ids or any(i < 0 for i in ids) or any(isinstance(v, bool) for v in items):
+        devices = parse_devices(value)
+    except ValueError:
+        devices = None
+    if devices is not None and devices.auto:
+        return None
+    ids = None if devices is None else list(devices.ids or (devices.count,))
+    if ids is None or any(i is None or i < 0 for i in ids):
         raise ConfigError(
             f"hardware.devices={value!r}: give GPU ids, e.g. hardware.devices=[0,1] (workers "
             "are spread over them), or null"
         )
-    return ids
+    return ids  # type: ignore[return-value]
 
 
 def _weight(value: Any) -> float:
@@ -148,13 +141,13 @@ def _weight(value: Any) -> float:
     return weight
 
 
-def _threshold(cfg: DictConfig, key: str, default: float, low: float, high: float) -> float | None:
+def _threshold(get: KeyReader, key: str, default: float, low: float, high: float) -> float | None:
     """``checks.<key>``: null (check off) or a number in ``[low, high]``.
 
     Raises:
         ConfigError: anything else (names the key).
     """
-    value = get(cfg, f"checks.{key}", default)
+    value = get(f"checks.{key}", default)
     if value is None:
         return None
     try:
@@ -169,7 +162,7 @@ def _threshold(cfg: DictConfig, key: str, default: float, low: float, high: floa
     return number
 
 
-def _checks(cfg: DictConfig) -> Checks:
+def _checks(get: KeyReader) -> Checks:
     """The ``checks`` thresholds (see :mod:`hsftrain.inference.contract`).
 
     Raises:
@@ -177,29 +170,29 @@ def _checks(cfg: DictConfig) -> Checks:
     """
     defaults = Checks()
     inf = float("inf")
-    empty = get(cfg, "checks.empty_class", defaults.empty_class)
+    empty = get("checks.empty_class", defaults.empty_class)
     if not isinstance(empty, bool):
         raise ConfigError(
             f"checks.empty_class={empty!r}: use true (flag a crop where a class has no voxel) "
             "or false"
         )
     return Checks(
-        contrast_tolerance=_threshold(cfg, "contrast_tolerance", 0.5, 0.0, inf),
-        volume_factor=_threshold(cfg, "volume_factor", 3.0, 1.0, inf),
-        max_asymmetry=_threshold(cfg, "max_asymmetry", 0.5, 0.0, 2.0),
-        max_uncertainty=_threshold(cfg, "max_uncertainty", 0.3, 0.0, 1.0),
+        contrast_tolerance=_threshold(get, "contrast_tolerance", 0.5, 0.0, inf),
+        volume_factor=_threshold(get, "volume_factor", 3.0, 1.0, inf),
+        max_asymmetry=_threshold(get, "max_asymmetry", 0.5, 0.0, 2.0),
+        max_uncertainty=_threshold(get, "max_uncertainty", 0.3, 0.0, 1.0),
         empty_class=empty,
     )
 
 
-def _model_metadata(cfg: DictConfig, shortcut: bool) -> dict[str, dict[str, Any]]:
+def _model_metadata(get: KeyReader, shortcut: bool) -> dict[str, dict[str, Any]]:
     """``segmentation.model_metadata``: ``{model name: {metadata key: value}}`` (none when
     the models come from ``model_paths``: they are not the preset's).
 
     Raises:
         ConfigError: not a mapping of mappings.
     """
-    value = get(cfg, "segmentation.model_metadata")
+    value = get("segmentation.model_metadata")
     if shortcut or not value:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
@@ -210,14 +203,14 @@ def _model_metadata(cfg: DictConfig, shortcut: bool) -> dict[str, dict[str, Any]
     return {str(name): dict(meta) for name, meta in value.items()}
 
 
-def _multispectral(cfg: DictConfig, selection: bids.Selection | None) -> Multispectral | None:
+def _multispectral(get: KeyReader, selection: bids.Selection | None) -> Multispectral | None:
     """The multispectral settings when ``files.t2_pattern`` is set (or, for a BIDS input,
     ``files.suffix=[T1w,T2w]``).
 
     Raises:
         ConfigError: an absolute ``files.t2_pattern`` or a bad ``multispectral`` value.
     """
-    pattern = get(cfg, "files.t2_pattern")
+    pattern = get("files.t2_pattern")
     if selection is not None:
         pattern = "*_T2w.nii[.gz] of the T1w's session" if selection.with_t2 else None
     if not pattern:
@@ -228,18 +221,18 @@ def _multispectral(cfg: DictConfig, selection: bids.Selection | None) -> Multisp
             "files.t2_pattern='{id}_T2w.nii.gz' ({id}: the T1's name minus the fixed end "
             "of files.pattern)"
         )
-    t2_paths = get(cfg, "multispectral.t2_model_paths")
-    registration_mm = get(cfg, "multispectral.registration_mm", 2.0)
+    t2_paths = get("multispectral.t2_model_paths")
+    registration_mm = get("multispectral.registration_mm", 2.0)
     try:
         registration_mm = float(registration_mm)
     except (TypeError, ValueError):
         registration_mm = -1.0
     if not registration_mm > 0:
         raise ConfigError(
-            f"multispectral.registration_mm={get(cfg, 'multispectral.registration_mm')!r}: "
+            f"multispectral.registration_mm={get('multispectral.registration_mm')!r}: "
             "must be a voxel size in mm > 0, e.g. 2"
         )
-    min_quality = get(cfg, "multispectral.min_quality", 0.05)
+    min_quality = get("multispectral.min_quality", 0.05)
     try:
         min_quality = float(min_quality)
     except (TypeError, ValueError):
@@ -249,42 +242,56 @@ def _multispectral(cfg: DictConfig, selection: bids.Selection | None) -> Multisp
     return Multispectral(
         t2_pattern=str(pattern),
         t2_models=model_specs(t2_paths) if t2_paths else None,
-        t2_space=bool(get(cfg, "multispectral.t2_space", False)),
+        t2_space=bool(get("multispectral.t2_space", False)),
         registration_mm=registration_mm,
-        iterations=_int("multispectral.iterations", get(cfg, "multispectral.iterations", 100), 1),
+        iterations=_int("multispectral.iterations", get("multispectral.iterations", 100), 1),
         min_quality=min_quality,
-        t2_weight=_weight(get(cfg, "multispectral.t2_weight", 1.0)),
+        t2_weight=_weight(get("multispectral.t2_weight", 1.0)),
     )
 
 
-def settings_from_config(cfg: DictConfig) -> Settings:
-    """Check the ``segment`` config and gather what a run needs.
+@dataclass(frozen=True)
+class _Files:
+    """What ``files.*`` says: the inputs and where the results go."""
+
+    root: Path
+    pattern: str | None
+    masks: list[str]
+    selection: bids.Selection | None
+    output_dir: Path | None
+    volumes: Path
+    layout: str
+
+
+def _files(get: KeyReader) -> _Files:
+    """The ``files`` keys, output paths checked (nothing is created).
 
     Raises:
-        ConfigError: a missing or invalid key (the message names it).
+        ConfigError: ``files.path`` or ``files.pattern`` unset, an output path that cannot
+            be written.
     """
-    root = get(cfg, "files.path")
+    root = get("files.path")
     if not root:
         raise ConfigError("`files.path` must be set: the folder (or file) of MRIs to segment")
     root_path = Path(str(root)).expanduser()
-    pattern = get(cfg, "files.pattern")
-    selection = bids.selection(get(cfg, "files", {}) or {}, root_path)
+    pattern = get("files.pattern")
+    selection = bids.selection(get("files", {}) or {}, root_path)
     if selection is None and root_path.is_dir() and not pattern:
         raise ConfigError(
             "`files.pattern` must be set: a glob below files.path, e.g. files.pattern='**/*T1w.nii.gz'"
         )
-    masks = get(cfg, "files.mask_pattern") or []
+    masks = get("files.mask_pattern") or []
     masks = [masks] if isinstance(masks, str) else [str(m) for m in masks]
-    output_dir = get(cfg, "files.output_dir")
+    output_dir = get("files.output_dir")
     out = Path(str(output_dir)).expanduser() if output_dir else None
     if selection is not None:
         out = out or root_path / "derivatives" / "hsftrain"
         bids.check_output(root_path, out)
     base = out if out else (root_path if root_path.is_dir() else root_path.parent)
-    volumes_csv = get(cfg, "files.volumes_csv")
+    volumes_csv = get("files.volumes_csv")
     from hsftrain.inference.layout import choose_layout
 
-    layout = choose_layout(get(cfg, "files.layout"), bool(get(cfg, "files.bids", False)))
+    layout = choose_layout(get("files.layout"), bool(get("files.bids", False)))
     table_name = "volumes.tsv" if layout == "bids" else "volumes.csv"
     volumes = Path(str(volumes_csv)).expanduser() if volumes_csv else base / table_name
     from hsftrain.config.checks import check_output_dir, check_output_file
@@ -295,35 +302,39 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         check_output_file(volumes, "files.volumes_csv", example="volumes.csv")
     elif not out:  # results go next to the inputs
         check_output_dir(base, "files.output_dir (unset: results go next to the MRIs)")
+    pattern = str(pattern) if pattern else None
+    return _Files(root_path, pattern, masks, selection, out, volumes, layout)
 
-    roiloc = get(cfg, "roiloc", {}) or {}
-    mode = str(roiloc.get("mode", "auto"))
-    if mode not in MODES:
-        raise ConfigError(f"roiloc.mode={mode!r}: use one of {', '.join(MODES)}")
-    FovSettings.from_config(roiloc)  # roiloc.model_fov*: checked before any subject
 
-    shortcut = get(cfg, "model_paths")
-    models = model_specs(shortcut if shortcut else get(cfg, "segmentation.models"))
-    ca_mode = get(cfg, "segmentation.ca_mode", "")
-    ca_mode = "" if ca_mode is None else str(ca_mode)
-    if ca_mode not in ("", *CA_TYPES):
-        raise ConfigError(
-            f"segmentation.ca_mode={ca_mode!r}: use one of '', {', '.join(map(repr, CA_TYPES))}"
-        )
-    fusion = str(get(cfg, "segmentation.fusion", "vote"))
-    if fusion not in FUSIONS:
-        raise ConfigError(f"segmentation.fusion={fusion!r}: use one of {', '.join(FUSIONS)}")
-    num_aug = get(cfg, "segmentation.test_time_num_aug")
+def _choice(get: KeyReader, key: str, default: str, options: Sequence[str]) -> str:
+    """``key`` as one of ``options``.
+
+    Raises:
+        ConfigError: another value.
+    """
+    value = str(get(key, default))
+    if value not in options:
+        raise ConfigError(f"{key}={value!r}: use one of {', '.join(options)}")
+    return value
+
+
+def _tta(get: KeyReader, fusion: str, n_models: int) -> tuple[int, AugmentationSpec]:
+    """``segmentation.tta`` / ``test_time_num_aug``: augmented views per model and how
+    they are drawn (``tta=flip``: the plain view and its mirror, no random draw).
+
+    Raises:
+        ConfigError: a bad ``segmentation.tta``, a negative count or augmentation key.
+    """
+    num_aug = get("segmentation.test_time_num_aug")
     if num_aug is None:
-        num_aug = get(cfg, "augmentation.test_time_num_aug", 0)
-    tta = get(cfg, "segmentation.tta", True)
-    augmentation = get(cfg, "augmentation", {}) or {}
+        num_aug = get("augmentation.test_time_num_aug", 0)
+    tta = get("segmentation.tta", True)
+    spec = AugmentationSpec.from_config(get("augmentation", {}) or {})
     if str(tta).lower() == "flip":
         # deterministic: the plain view and its mirror along the training flip axes (all
         # flipped at once), fused with the rest; no random draw
-        axes = list((augmentation.get("flip") or {}).get("axes") or ["LR"])
-        augmentation, num_aug = {"flip": {"p": 1.0, "axes": axes}}, 1
-        if fusion == "vote" and len(models) == 1:
+        spec, num_aug = spec.flip_only(), 1
+        if fusion == "vote" and n_models == 1:
             log.warning(
                 "segmentation.tta=flip with segmentation.fusion=vote: one model gives two "
                 "views, whose disagreements tie; segmentation.fusion=mean averages them"
@@ -334,56 +345,96 @@ def settings_from_config(cfg: DictConfig) -> Settings:
         raise ConfigError(f"segmentation.tta={tta!r}: use true, false or flip")
     if num_aug < 0:
         raise ConfigError(f"segmentation.test_time_num_aug={num_aug}: must be >= 0")
+    return num_aug, spec
 
-    resample_mode = str(get(cfg, "resample.mode", "auto"))
-    if resample_mode not in RESAMPLE_MODES:
-        raise ConfigError(
-            f"resample.mode={resample_mode!r}: use one of {', '.join(RESAMPLE_MODES)}"
-        )
-    tolerance = float(get(cfg, "resample.tolerance", 0.25))
-    if not tolerance >= 0:
-        raise ConfigError(f"resample.tolerance={tolerance}: must be >= 0 (e.g. 0.25)")
 
-    engine = str(get(cfg, "hardware.engine", "onnxruntime"))
-    if engine not in ENGINES:
-        raise ConfigError(f"hardware.engine={engine!r}: use one of {', '.join(ENGINES)}")
-    engine_settings = get(cfg, "hardware.engine_settings", {}) or {}
+def _engine(get: KeyReader) -> dict[str, Any]:
+    """The ``hardware`` keys of :class:`Settings` (engine, providers, batch, threads).
+
+    Raises:
+        ConfigError: an unknown engine or a batch size < 1.
+    """
+    engine = _choice(get, "hardware.engine", "onnxruntime", ENGINES)
+    engine_settings = get("hardware.engine_settings", {}) or {}
     batch_size = int(engine_settings.get("batch_size", 1) or 1)
     if batch_size < 1:
         raise ConfigError("hardware.engine_settings.batch_size must be >= 1")
+    return {
+        "engine": engine,
+        "providers": parse_providers(engine_settings.get("execution_providers")),
+        "batch_size": batch_size,
+        "intra_op_num_threads": int(engine_settings.get("intra_op_num_threads", 0) or 0),
+        "inter_op_num_threads": int(engine_settings.get("inter_op_num_threads", 0) or 0),
+        "jobs": _int("hardware.jobs", get("hardware.jobs", 1), 1),
+        "devices": _gpu_ids(get("hardware.devices")),
+    }
+
+
+def _segmentation(get: KeyReader) -> dict[str, Any]:
+    """The ``roiloc``, models, ``segmentation`` and ``resample`` keys of :class:`Settings`.
+
+    Raises:
+        ConfigError: a value out of its choices or range (names the key).
+    """
+    roiloc = get("roiloc", {}) or {}
+    mode = str(roiloc.get("mode", "auto"))
+    if mode not in MODES:
+        raise ConfigError(f"roiloc.mode={mode!r}: use one of {', '.join(MODES)}")
+    FovSettings.from_config(roiloc)  # roiloc.model_fov*: checked before any subject
+    shortcut = get("model_paths")
+    models = model_specs(shortcut if shortcut else get("segmentation.models"))
+    ca_mode = get("segmentation.ca_mode", "")
+    ca_mode = "" if ca_mode is None else str(ca_mode)
+    if ca_mode not in ("", *CA_TYPES):
+        raise ConfigError(
+            f"segmentation.ca_mode={ca_mode!r}: use one of '', {', '.join(map(repr, CA_TYPES))}"
+        )
+    fusion = _choice(get, "segmentation.fusion", "vote", FUSIONS)
+    num_aug, augmentation = _tta(get, fusion, len(models))
+    resample_mode = _choice(get, "resample.mode", "auto", RESAMPLE_MODES)
+    tolerance = float(get("resample.tolerance", 0.25))
+    if not tolerance >= 0:
+        raise ConfigError(f"resample.tolerance={tolerance}: must be >= 0 (e.g. 0.25)")
+    return {
+        "roiloc": roiloc,
+        "models": models,
+        "models_path": get("segmentation.models_path"),
+        "ca_mode": ca_mode,
+        "fusion": fusion,
+        "num_aug": num_aug,
+        "augmentation": augmentation,
+        "resample_mode": resample_mode,
+        "resample_tolerance": tolerance,
+        "largest_component": bool(get("segmentation.largest_component", True)),
+        "description": str(get("segmentation.description", "") or ""),
+        "model_metadata": _model_metadata(get, bool(shortcut)),
+    }
+
+
+def settings_from_config(cfg: DictConfig) -> Settings:
+    """Check the ``segment`` config and gather what a run needs.
+
+    Raises:
+        ConfigError: a missing or invalid key (the message names it).
+    """
+    get = KeyReader(cfg)
+    files = _files(get)
     return Settings(
-        root=root_path,
-        pattern=str(pattern) if pattern else None,
-        mask_patterns=masks,
-        output_dir=out,
-        overwrite=bool(get(cfg, "files.overwrite", False)),
-        volumes_csv=volumes,
-        roiloc=roiloc,
-        models=models,
-        models_path=get(cfg, "segmentation.models_path"),
-        ca_mode=ca_mode,
-        fusion=fusion,
-        num_aug=num_aug,
-        augmentation=augmentation,
-        providers=parse_providers(engine_settings.get("execution_providers")),
-        batch_size=batch_size,
-        intra_op_num_threads=int(engine_settings.get("intra_op_num_threads", 0) or 0),
-        inter_op_num_threads=int(engine_settings.get("inter_op_num_threads", 0) or 0),
-        seed=int(get(cfg, "seed", 0) or 0),
-        qc=bool(get(cfg, "qc", True)),
-        save_crops=bool(get(cfg, "save_crops", True)),
-        largest_component=bool(get(cfg, "segmentation.largest_component", True)),
-        resample_mode=resample_mode,
-        resample_tolerance=tolerance,
-        shard=choose_shard(get(cfg, "files.shard")),
-        jobs=_int("hardware.jobs", get(cfg, "hardware.jobs", 1), 1),
-        devices=_devices(get(cfg, "hardware.devices")),
-        multispectral=_multispectral(cfg, selection),
-        description=str(get(cfg, "segmentation.description", "") or ""),
-        checks=_checks(cfg),
-        model_metadata=_model_metadata(cfg, bool(shortcut)),
-        layout=layout,
-        save_probabilities=bool(get(cfg, "save_probabilities", False)),
-        bids=selection,
-        engine=engine,
+        root=files.root,
+        pattern=files.pattern,
+        mask_patterns=files.masks,
+        output_dir=files.output_dir,
+        overwrite=bool(get("files.overwrite", False)),
+        volumes_csv=files.volumes,
+        **_segmentation(get),
+        **_engine(get),
+        seed=int(get("seed", 0) or 0),
+        qc=bool(get("qc", True)),
+        save_crops=bool(get("save_crops", True)),
+        shard=choose_shard(get("files.shard")),
+        multispectral=_multispectral(get, files.selection),
+        checks=_checks(get),
+        layout=files.layout,
+        save_probabilities=bool(get("save_probabilities", False)),
+        bids=files.selection,
     )

@@ -1,7 +1,7 @@
 """Test-time augmentation (TTA) on canonical RAS arrays, and its inverse on predictions.
 
-An :class:`Augmentation` is drawn from the ``augmentation`` config group (the same one
-training uses) and applied to the z-normalised, padded input; the model's probabilities
+An :class:`Augmentation` is drawn from the ``augmentation`` config group (the same
+:class:`~hsftrain.data.augmentation_spec.AugmentationSpec` training reads, defaults included) and applied to the z-normalised, padded input; the model's probabilities
 are then mapped back onto the original grid with :meth:`Augmentation.invert`:
 
 * **flip** (``flip.axes``, each with probability ``flip.p``): inverted exactly.
@@ -30,19 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-AXES = {"LR": 0, "RL": 0, "L": 0, "R": 0, "AP": 1, "PA": 1, "A": 1, "P": 1}
-AXES.update({"IS": 2, "SI": 2, "I": 2, "S": 2})
-
-
-def _axis(name: Any) -> int:
-    if isinstance(name, int):
-        return name
-    key = str(name).upper()
-    if key.isdigit():
-        return int(key)
-    if key not in AXES:
-        raise ValueError(f"unknown augmentation.flip.axes entry {name!r}: use LR, AP, IS or 0-2")
-    return AXES[key]
+from hsftrain.data.augmentation_spec import AugmentationSpec, flip_dims
 
 
 @dataclass(frozen=True)
@@ -197,53 +185,43 @@ def elastic_displacement(
     return field_
 
 
-def _section(cfg: Mapping[str, Any], name: str) -> Mapping[str, Any]:
-    value = cfg.get(name) or {}
-    return value if isinstance(value, Mapping) else {}
-
-
 def sample_augmentation(
-    aug_cfg: Mapping[str, Any],
+    aug_cfg: Mapping[str, Any] | AugmentationSpec,
     shape: Sequence[int],
     zooms: Sequence[float],
     rng: np.random.Generator,
     max_draws: int = 20,
 ) -> Augmentation:
-    """Draw one augmentation from the ``augmentation`` config (flip, affine, elastic)."""
-    flip = _section(aug_cfg, "flip")
-    affine = _section(aug_cfg, "affine")
-    elastic = _section(aug_cfg, "elastic")
-    draws = [float(s.get("p", 0.0)) for s in (flip, affine, elastic)]
-    if not any(draws):
+    """Draw one augmentation from the ``augmentation`` config (flip, affine, elastic).
+
+    Raises:
+        ConfigError: an invalid ``augmentation`` key (names it).
+    """
+    spec = AugmentationSpec.from_config(aug_cfg)
+    flip, affine, elastic = spec["flip"], spec["affine"], spec["elastic"]
+    if not (flip.on or affine.on or elastic.on):
         return Augmentation()
+    axes = flip_dims(flip["axes"])
     augmentation = Augmentation()
     for _ in range(max_draws):
-        flip_axes = tuple(
-            sorted(
-                {
-                    _axis(a)
-                    for a in (flip.get("axes") or ["LR"])
-                    if rng.random() < float(flip.get("p", 0.0))
-                }
-            )
-        )
+        flip_axes = tuple(sorted({a for a in axes if rng.random() < flip.p}))
         matrix = None
-        if rng.random() < float(affine.get("p", 0.0)):
-            scales = rng.uniform(*_pair(affine.get("scales", 0.0), 1.0), size=3)
-            degrees = rng.uniform(*_pair(affine.get("degrees", 0.0), 0.0), size=3)
-            translation = rng.uniform(*_pair(affine.get("translation", 0.0), 0.0), size=3)
+        if rng.random() < affine.p:
+            scales = rng.uniform(*_pair(affine["scales"], 1.0), size=3)
+            degrees = rng.uniform(*_pair(affine["degrees"], 0.0), size=3)
+            translation = rng.uniform(*_pair(affine["translation"], 0.0), size=3)
             matrix = affine_matrix(
                 shape, zooms, scales.tolist(), degrees.tolist(), translation.tolist()
             )
         displacement = None
-        if rng.random() < float(elastic.get("p", 0.0)):
+        if rng.random() < elastic.p:
             displacement = elastic_displacement(
                 shape,
                 zooms,
                 rng,
-                num_control_points=elastic.get("num_control_points", 7),
-                max_displacement=elastic.get("max_displacement", 3.0),
-                locked_borders=int(elastic.get("locked_borders", 2)),
+                num_control_points=elastic["num_control_points"],
+                max_displacement=elastic["max_displacement"],
+                locked_borders=int(elastic["locked_borders"]),
             )
         augmentation = Augmentation(flip_axes, matrix, displacement)
         if not augmentation.is_identity:
@@ -252,11 +230,12 @@ def sample_augmentation(
 
 
 def sample_augmentations(
-    aug_cfg: Mapping[str, Any],
+    aug_cfg: Mapping[str, Any] | AugmentationSpec,
     n: int,
     shape: Sequence[int],
     zooms: Sequence[float],
     rng: np.random.Generator,
 ) -> list[Augmentation]:
     """The plain (identity) view followed by ``n`` random augmentations."""
-    return [Augmentation()] + [sample_augmentation(aug_cfg, shape, zooms, rng) for _ in range(n)]
+    spec = AugmentationSpec.from_config(aug_cfg)
+    return [Augmentation()] + [sample_augmentation(spec, shape, zooms, rng) for _ in range(n)]

@@ -17,16 +17,15 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hsftrain.config.checks import (
-    ABSENT,
     Checker,
     as_bool,
     as_float,
     as_int,
     check_output_dir,
     choice,
-    get_value,
     invalid,
 )
+from hsftrain.config.keys import ABSENT, get_value, parse_devices
 from hsftrain.config.values import plain
 from hsftrain.core.errors import ConfigError
 from hsftrain.models import MODELS
@@ -119,11 +118,17 @@ def _limit(key: str, value: Any) -> float:
     return as_int(key, value, 1, " (a number of batches) or a fraction in (0, 1]")
 
 
-def _devices(key: str, value: Any) -> Any:
-    if value == "auto" or isinstance(value, list):
-        return value
-    if as_int(key, value, -1, ' (-1: all) or "auto" or a list of device indices') == 0:
-        raise invalid(key, value, 'at least 1, -1 (all), "auto" or a list of device indices')
+def _lightning_devices(key: str, value: Any) -> Any:
+    """``lightning.devices`` (:func:`~hsftrain.config.keys.parse_devices`): auto, a count
+    (-1: all) or device ids; returned as given (Lightning reads it)."""
+    try:
+        devices = parse_devices(value)
+    except ValueError:
+        devices = None
+    if devices is None or devices.count is not None:
+        count = as_int(key, value, -1, ' (-1: all) or "auto" or a list of device indices')
+        if count == 0:
+            raise invalid(key, value, 'at least 1, -1 (all), "auto" or a list of device indices')
     return value
 
 
@@ -246,7 +251,7 @@ def _trainer_settings(c: Checker) -> TrainerSettings:
     c("lightning.limit_val_batches", _limit, optional=True)
     precision = c("lightning.precision", choice(sorted(PRECISIONS)), optional=True)
     accelerator = c("lightning.accelerator", choice(sorted(ACCELERATORS)), optional=True)
-    c("lightning.devices", _devices, optional=True)
+    c("lightning.devices", _lightning_devices, optional=True)
     values["enable_progress_bar"] = c("lightning.enable_progress_bar", as_bool, optional=True)
     c("lightning.deterministic", lambda k, v: v if v == "warn" else as_bool(k, v), optional=True)
     c("lightning.gradient_clip_val", lambda k, v: as_float(k, v, 0), optional=True)
