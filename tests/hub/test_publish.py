@@ -12,7 +12,7 @@ import yaml
 
 from hsftrain.config.compose import compose
 from hsftrain.hub.fetch import file_hash
-from hsftrain.hub.publish import NO_LICENSE, PublishError, publish
+from hsftrain.hub.publish import NO_LICENSE, PublishError, PublishOptions, publish
 from hsftrain.hub.registry import fetch_spec, resolve
 
 BUNDLED = Path(__file__).resolve().parents[2] / "src/hsftrain/assets/models"
@@ -42,7 +42,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 def test_run_directory_without_url_runs_locally(run_dir: Path) -> None:
-    preset, card = publish(run_dir, license="CC-BY-SA-4.0")
+    preset, card = publish(run_dir, PublishOptions(license="CC-BY-SA-4.0"))
     assert preset == run_dir / "model.preset.yaml"
     data = yaml.safe_load(preset.read_text())
     spec = data["models"]["model.onnx"]
@@ -70,7 +70,7 @@ def test_run_directory_without_url_runs_locally(run_dir: Path) -> None:
 
 def test_url_makes_a_hub_spec_and_entry(run_dir: Path, tmp_path: Path) -> None:
     url = "https://example.org/models/ft.onnx"
-    preset, card = publish(run_dir, url=url, out=tmp_path / "pub")
+    preset, card = publish(run_dir, PublishOptions(url=url, out=tmp_path / "pub"))
     spec = yaml.safe_load(preset.read_text())["models"]["model.onnx"]
     assert spec == {"url": url, "xxh3_64": file_hash(run_dir / "model.onnx")}
     assert fetch_spec(spec) == spec
@@ -92,9 +92,9 @@ def test_republishing_other_content_needs_overwrite(run_dir: Path) -> None:
     _, card = publish(run_dir)
     card.write_text(card.read_text() + "\nmy notes\n")
     with pytest.raises(PublishError, match=r"model\.card\.md.*--overwrite"):
-        publish(run_dir, url="https://example.org/m.onnx")
+        publish(run_dir, PublishOptions(url="https://example.org/m.onnx"))
     assert "my notes" in card.read_text()
-    publish(run_dir, url="https://example.org/m.onnx", overwrite=True)
+    publish(run_dir, PublishOptions(url="https://example.org/m.onnx", overwrite=True))
     assert "my notes" not in card.read_text()
 
 

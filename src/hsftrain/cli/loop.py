@@ -29,6 +29,13 @@ def register(
     data_app: typer.Typer, hub_app: typer.Typer, user_errors: UserErrors, app: typer.Typer
 ) -> None:
     """Add ``report`` to ``app``, ``collect`` to ``data_app`` and ``publish`` to ``hub_app``."""
+    _register_report(app, user_errors)
+    _register_collect(data_app, user_errors)
+    _register_publish(hub_app, user_errors)
+
+
+def _register_report(app: typer.Typer, user_errors: UserErrors) -> None:
+    """``hsftrain report``."""
 
     @app.command("report")
     def report(
@@ -47,6 +54,10 @@ def register(
             from hsftrain.report.api import report as write_report
 
             write_report(seg_dir, out, images)
+
+
+def _register_collect(data_app: typer.Typer, user_errors: UserErrors) -> None:
+    """``hsftrain data collect``."""
 
     @data_app.command("collect")
     def data_collect(
@@ -80,6 +91,10 @@ def register(
                 raise CollectError("--out: give the training folder to write")
             api.collect(seg_dir, ratings, out, corrected, images, overwrite)
 
+
+def _register_publish(hub_app: typer.Typer, user_errors: UserErrors) -> None:
+    """``hsftrain hub publish``."""
+
     @hub_app.command("publish")
     def hub_publish(
         source: Annotated[str, typer.Argument(help="A run directory or an .onnx file.")],
@@ -106,8 +121,9 @@ def register(
         hsftrain segment segmentation=<it>) and a model card (<stem>.card.md)."""
         setup_logging(verbose)
         with user_errors(verbose):
-            from hsftrain.hub.publish import publish
+            from hsftrain.hub.publish import PublishOptions, publish
 
-            publish(
-                source, url, license, out, name, description, intended_use, overwrite, segmentation
+            options = PublishOptions(
+                url, license, out, name, description, intended_use, overwrite, segmentation
             )
+            publish(source, options)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hsftrain.config import overrides as ov
 from hsftrain.config import resume
+from hsftrain.config.keys import get_value
 from hsftrain.config.values import leaves
 from hsftrain.core.errors import ConfigError
 
@@ -217,7 +218,7 @@ def require(cfg: DictConfig, key: str, hint: str = "") -> object:
     Raises:
         ConfigError: the key is missing or null.
     """
-    value = OmegaConf.select(cfg, key, default=None)
+    value = get_value(cfg, key, None, missing="default")
     if value is None:
         raise ConfigError(f"`{key}` must be set{': ' + hint if hint else ''}")
     return value

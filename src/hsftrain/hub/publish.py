@@ -18,11 +18,13 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from hsftrain.config.keys import value_as_written
 from hsftrain.core.atomic import write_text_atomic
 from hsftrain.core.errors import UserError
 from hsftrain.core.onnx_metadata import read_metadata
@@ -93,16 +95,46 @@ def find_model(source: str | os.PathLike[str]) -> tuple[Path, Path | None]:
     return path, run
 
 
+@dataclass(frozen=True)
+class PublishOptions:
+    """What ``hsftrain hub publish`` is told besides the model (its options).
+
+    Attributes:
+        url: where the model file is uploaded (None: the preset names it by a path).
+        license: the model's licence (the card says none was given when None).
+        out: folder to write into (None: beside the model).
+        name: model name (None: the run's or the file's name).
+        description: one line on the model (None: its classes and network).
+        intended_use: the card's intended use (None: a default text).
+        overwrite: replace a preset or card whose content differs.
+        segmentation: a packaged preset that already runs the model.
+    """
+
+    url: str | None = None
+    license: str | None = None
+    out: str | os.PathLike[str] | None = None
+    name: str | None = None
+    description: str | None = None
+    intended_use: str | None = None
+    overwrite: bool = False
+    segmentation: str | None = None
+
+
+@dataclass(frozen=True)
+class _Published:
+    """The model a card describes."""
+
+    name: str
+    description: str
+    path: Path
+    digest: str
+    spec: dict[str, Any]
+    metadata: Mapping[str, Any]
+    run: Path | None
+
+
 def publish(
-    source: str | os.PathLike[str],
-    url: str | None = None,
-    license: str | None = None,
-    out: str | os.PathLike[str] | None = None,
-    name: str | None = None,
-    description: str | None = None,
-    intended_use: str | None = None,
-    overwrite: bool = False,
-    segmentation: str | None = None,
+    source: str | os.PathLike[str], options: PublishOptions | None = None
 ) -> tuple[Path, Path]:
     """Write the preset YAML and the model card of ``source``; returns their paths.
 
@@ -113,16 +145,18 @@ def publish(
         PublishError: see :func:`find_model`; an unknown ``segmentation``; a URL that is not http(s) or file; a preset
             or card already there with other content (without ``overwrite``).
     """
+    options = options or PublishOptions()
+    url, segmentation = options.url, options.segmentation
     model, run = find_model(source)
     if url is not None and not url.startswith(("http://", "https://", "file://")):
         raise PublishError(f"--url {url}: give an http(s):// or file:// URL of the uploaded file")
-    folder = Path(out).expanduser() if out else model.parent
+    folder = Path(options.out).expanduser() if options.out else model.parent
     stem = model.name.removesuffix(".onnx")
-    name = name or (run.name if run is not None and stem == "model" else stem)
+    name = options.name or (run.name if run is not None and stem == "model" else stem)
     digest = file_hash(model)
     metadata = {**_preset_metadata(segmentation, model.name), **read_metadata(model)}
-    description = (
-        description or f"{name}: {_classes_text(metadata)} ({metadata.get('model_name', 'ONNX')})"
+    description = options.description or (
+        f"{name}: {_classes_text(metadata)} ({metadata.get('model_name', 'ONNX')})"
     )
     if url is not None:
         spec: dict[str, Any] = {"url": url, "xxh3_64": digest}
@@ -133,23 +167,13 @@ def publish(
         }
     preset_path = folder / f"{stem}.preset.yaml"
     card_path = folder / f"{stem}.card.md"
+    published = _Published(name, description, model, digest, spec, metadata, run)
     texts = {
         preset_path: _preset_text(name, description, model.name, spec, url),
-        card_path: _card(
-            name,
-            description,
-            model,
-            digest,
-            spec,
-            metadata,
-            run,
-            license,
-            intended_use,
-            segmentation or preset_path.name,
-        ),
+        card_path: _card(published, options, segmentation or preset_path.name),
     }
     changed = [p for p, t in texts.items() if p.is_file() and p.read_text() != t]
-    if changed and not overwrite:
+    if changed and not options.overwrite:
         raise PublishError(
             f"{', '.join(map(str, changed))}: already written with other content (edited, or "
             "another model or URL); nothing was written; add --overwrite to replace it"
@@ -209,15 +233,6 @@ def _preset_text(
     return "\n".join(head) + "\n" + yaml.safe_dump(preset, sort_keys=False)
 
 
-def _dotted(cfg: Mapping[str, Any], key: str) -> Any:
-    value: Any = cfg
-    for part in key.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
 def _load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
@@ -239,18 +254,15 @@ def _scores(run: Path | None) -> dict[str, float]:
     }
 
 
-def _card(
-    name: str,
-    description: str,
-    model: Path,
-    digest: str,
-    spec: dict[str, Any],
-    metadata: Mapping[str, Any],
-    run: Path | None,
-    license: str | None,
-    intended_use: str | None,
-    preset: str,
-) -> str:
+def _card(published: _Published, options: PublishOptions, preset: str) -> str:
+    """The model card (markdown) of ``published``."""
+    name, description, model = published.name, published.description, published.path
+    digest, spec, metadata, run = (
+        published.digest,
+        published.spec,
+        published.metadata,
+        published.run,
+    )
     lines = [f"# {name}", "", description, "", "## Model", ""]
     lines += [
         f"- file: `{model.name}` ({model.stat().st_size / 1e6:.1f} MB), xxh3_64 `{digest}`",
@@ -272,14 +284,14 @@ def _card(
         "- not recorded in the model file (exported before these metadata keys)"
     ]
     cfg = _load_yaml(run / "config.yaml") if run is not None else {}
-    datasets = _dotted(cfg, "datasets.datasets")
+    datasets = value_as_written(cfg, "datasets.datasets")
     if isinstance(datasets, Mapping):
         lines.append(f"- training datasets: {', '.join(f'`{d}`' for d in datasets)}")
     lines += ["", "## Training", ""]
     if run is None:
         lines.append("- not recorded with this file (no run directory beside it)")
     else:
-        settings = [(k, _dotted(cfg, k)) for k in TRAINING_KEYS]
+        settings = [(k, value_as_written(cfg, k)) for k in TRAINING_KEYS]
         lines += [f"- `{k}`: `{json.dumps(v)}`" for k, v in settings if v is not None]
         plan = _load_yaml(run / "plan.yaml")
         if plan:
@@ -290,8 +302,8 @@ def _card(
     lines += [f"- `{k}`: {v:.4f}" for k, v in scores.items()] or [
         "- not recorded (no metrics.json in a run directory)"
     ]
-    lines += ["", "## Intended use", "", intended_use or DEFAULT_USE, ""]
-    lines += ["## License", "", license or NO_LICENSE, ""]
+    lines += ["", "## Intended use", "", options.intended_use or DEFAULT_USE, ""]
+    lines += ["## License", "", options.license or NO_LICENSE, ""]
     entry = {name: {"kind": "onnx", "description": description, **spec}}
     if "path" in spec:
         entry[name] = {

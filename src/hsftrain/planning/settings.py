@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hsftrain.config.compose import compose
+from hsftrain.config.keys import ABSENT, get_value
 from hsftrain.config.values import plain
 from hsftrain.core.errors import ConfigError
 
@@ -97,11 +98,9 @@ class _Reader:
         self.data = data
 
     def value(self, key: str) -> Any:
-        node: Any = self.data
-        for part in key.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                raise ConfigError(f"planning.{key} is missing: restore it (conf/planning)")
-            node = node[part]
+        node = get_value(self.data, key)
+        if node is ABSENT:
+            raise ConfigError(f"planning.{key} is missing: restore it (conf/planning)")
         return node
 
     def number(self, key: str, kind: type = float, low: float = 0) -> Any:
