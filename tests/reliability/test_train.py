@@ -212,7 +212,7 @@ def test_nan_voxels_in_a_training_image(phantoms: Path, tmp_path: Path) -> None:
 
 def test_same_subject_in_two_datasets_stays_on_one_side(phantoms: Path, tmp_path: Path) -> None:
     from hsftrain.data.discovery import discover
-    from hsftrain.data.splits import make_split
+    from hsftrain.data.splits import SplitSettings, make_split
 
     for name in ("a", "b"):  # the same four subjects copied into two folders
         (tmp_path / name).mkdir()
@@ -227,6 +227,6 @@ def test_same_subject_in_two_datasets_stays_on_one_side(phantoms: Path, tmp_path
     )
     assert len(found.subjects) == 8 and len(found.groups) == 4
     for seed in range(5):
-        split = make_split(len(found.subjects), 0.5, seed=seed, groups=found.groups)
+        split = make_split(len(found.subjects), SplitSettings(0.5, seed=seed), groups=found.groups)
         for group in found.groups:
             assert set(group) <= set(split.train) or set(group) <= set(split.val)

@@ -71,23 +71,38 @@ def units_of(n: int, groups: Sequence[Sequence[int]] | None) -> list[list[int]]:
     return units
 
 
+@dataclass(frozen=True)
+class SplitSettings:
+    """How :func:`make_split` draws a new split (the ``datasets.*`` keys and ``seed``).
+
+    Attributes:
+        train_ratio: the share of subjects in train (``datasets.train_ratio``).
+        replace: bagging (``datasets.replace``).
+        k_sample: draws with replacement for train (None: the number of units).
+        train_on_all: every subject in train and in val.
+        seed: seeds the draw.
+    """
+
+    train_ratio: float = 0.8
+    replace: bool = False
+    k_sample: int | None = None
+    train_on_all: bool = False
+    seed: int = 42
+
+
 def make_split(
     n: int,
-    train_ratio: float = 0.8,
-    replace: bool = False,
-    k_sample: int | None = None,
+    settings: SplitSettings = SplitSettings(),
     explicit: Sequence[Sequence[int]] | None = None,
-    train_on_all: bool = False,
-    seed: int = 42,
     groups: Sequence[Sequence[int]] | None = None,
 ) -> Split:
     """Split ``n`` subjects.
 
     * ``explicit``: ``[[train], [val], [test]]`` indices used as given.
-    * ``train_on_all``: every subject in train and in val.
-    * ``replace``: bagging: ``k_sample`` (default: the number of units) draws with
+    * ``settings.train_on_all``: every subject in train and in val.
+    * ``settings.replace``: bagging: ``k_sample`` (default: the number of units) draws with
       replacement for train; the subjects never drawn (out-of-bag) are the validation set.
-    * otherwise: a shuffled ``train_ratio`` / rest split.
+    * otherwise: a shuffled ``settings.train_ratio`` / rest split.
 
     ``groups`` (the same subject found twice, :mod:`hsftrain.data.duplicates`) are drawn
     as one unit, so each lands on one side; without groups the result is as it always was.
@@ -101,7 +116,8 @@ def make_split(
         if bad:
             raise ValueError(f"datasets.train_val_test_idx: indices {bad} out of range 0..{n - 1}")
         return Split(*parts[:3])
-    if train_on_all:
+    train_ratio, replace, k_sample = settings.train_ratio, settings.replace, settings.k_sample
+    if settings.train_on_all:
         return Split(list(range(n)), list(range(n)), [])
     if n < 2:
         raise ValueError(f"only {n} subject found: need at least 2 to split (or train_on_all=true)")
@@ -111,7 +127,7 @@ def make_split(
             f"the {n} subjects are all the same subject (see the duplicate warning): "
             "need at least 2 different ones to split (or train_on_all=true)"
         )
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(settings.seed)
     if replace:
         drawn = rng.choice(len(units), size=k_sample or len(units), replace=True)
         train = sorted(i for u in drawn for i in units[int(u)])

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hsftrain.core.atomic import write_text_atomic
-from hsftrain.data.splits import Split, make_split
+from hsftrain.data.splits import Split, SplitSettings, make_split
 from hsftrain.data.subjects import Discovery
 from hsftrain.training.distributed import is_rank_zero
 
@@ -81,16 +81,14 @@ def configured_split(cfg: DictConfig, found: Discovery) -> Split:
     if cfg.get("split_file"):
         return Split.load(str(cfg.split_file), ids)
     d = cfg.datasets
-    return make_split(
-        len(ids),
+    how = SplitSettings(
         float(d.train_ratio),
         bool(d.replace),
         d.get("k_sample"),
-        d.get("train_val_test_idx"),
         bool(d.train_on_all),
         int(cfg.seed),
-        groups=found.groups,
     )
+    return make_split(len(ids), how, d.get("train_val_test_idx"), groups=found.groups)
 
 
 @dataclass
