@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 from hsftrain.config.compose import ConfigError, compose  # noqa: E402
 from hsftrain.evaluation.api import (  # noqa: E402
     EvaluationError,
+    EvaluationOptions,
     evaluate,
     evaluate_files,
     parse_labels,
@@ -87,7 +88,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_end_to_end_known_values_outputs_and_unpaired(dataset, records):
     out = dataset["root"] / "report"
     summary = evaluate_files(
-        dataset["preds"], str(dataset["refs"] / "*_lbl.nii.gz"), out=out, show=False
+        dataset["preds"],
+        str(dataset["refs"] / "*_lbl.nii.gz"),
+        EvaluationOptions(out=out, show=False),
     )
 
     assert summary.subjects == ["s01", "s02"]
@@ -148,7 +151,9 @@ def test_end_to_end_known_values_outputs_and_unpaired(dataset, records):
 
 def test_labels_mapping_names_and_default_out(dataset):
     summary = evaluate_files(
-        dataset["preds"], dataset["refs"], labels={1: "DG", 3: "CA1"}, plots=False, show=False
+        dataset["preds"],
+        dataset["refs"],
+        EvaluationOptions(labels={1: "DG", 3: "CA1"}, plots=False, show=False),
     )
     assert summary.out_dir == dataset["preds"].resolve() / "evaluation"
     rows = read_csv(summary.metrics_csv)
@@ -168,7 +173,7 @@ def test_shape_mismatch_names_both_files(tmp_path):
     pred = write(tmp_path / "p" / "a_seg.nii.gz", np.zeros((4, 4, 4), np.uint8))
     ref = write(tmp_path / "r" / "a_lbl.nii.gz", np.zeros((4, 4, 5), np.uint8))
     with pytest.raises(EvaluationError, match="shape") as err:
-        evaluate_files(pred.parent, ref.parent, out=tmp_path / "o", show=False)
+        evaluate_files(pred.parent, ref.parent, EvaluationOptions(out=tmp_path / "o", show=False))
     assert str(pred) in str(err.value) and str(ref) in str(err.value)
 
 
@@ -177,7 +182,7 @@ def test_nothing_pairs_names_both_globs_and_the_fix(tmp_path):
     write(tmp_path / "r" / "b_lbl.nii.gz", np.zeros((4, 4, 4), np.uint8))
     pred_glob, ref_glob = str(tmp_path / "p" / "*.nii.gz"), str(tmp_path / "r" / "*.nii.gz")
     with pytest.raises(PairingError) as err:
-        evaluate_files(pred_glob, ref_glob, show=False)
+        evaluate_files(pred_glob, ref_glob, EvaluationOptions(show=False))
     message = str(err.value)
     assert pred_glob in message and ref_glob in message and "id_regex" in message
 
@@ -185,18 +190,20 @@ def test_nothing_pairs_names_both_globs_and_the_fix(tmp_path):
 def test_no_files_and_duplicate_ids(tmp_path):
     write(tmp_path / "r" / "a_lbl.nii.gz", np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(FileNotFoundError, match="`pred`"):
-        evaluate_files(tmp_path / "missing" / "*.nii.gz", tmp_path / "r", show=False)
+        evaluate_files(
+            tmp_path / "missing" / "*.nii.gz", tmp_path / "r", EvaluationOptions(show=False)
+        )
     write(tmp_path / "p" / "a_seg.nii.gz", np.zeros((4, 4, 4), np.uint8))
     write(tmp_path / "p" / "a_img.nii.gz", np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(PairingError, match="both have the subject id"):
-        evaluate_files(tmp_path / "p", tmp_path / "r", show=False)
+        evaluate_files(tmp_path / "p", tmp_path / "r", EvaluationOptions(show=False))
 
 
 def test_probabilities_are_rejected(tmp_path):
     write(tmp_path / "p" / "a.nii.gz", np.full((4, 4, 4), 0.3, np.float32))
     write(tmp_path / "r" / "a.nii.gz", np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(EvaluationError, match="not a label map"):
-        evaluate_files(tmp_path / "p", tmp_path / "r", show=False)
+        evaluate_files(tmp_path / "p", tmp_path / "r", EvaluationOptions(show=False))
 
 
 @pytest.mark.parametrize(
@@ -302,7 +309,7 @@ def test_real_msd_label_against_itself(tmp_path):
     path = MSD_LABELS / "hippocampus_001.nii.gz"
     if not path.is_file():
         pytest.skip(f"{MSD_LABELS} not available")
-    summary = evaluate_files(path, path, out=tmp_path, plots=False, show=False)
+    summary = evaluate_files(path, path, EvaluationOptions(out=tmp_path, plots=False, show=False))
     assert summary.subjects == ["hippocampus_001"]
     assert [r.label for r in summary.results] == [1, 2]
     for r in summary.results:
@@ -345,7 +352,9 @@ def test_other_label_schemes_are_mapped_before_comparing(tmp_path):
     cfg = compose("evaluate", [*cfg_base(tmp_path), *merged])
     assert evaluate(cfg).results[0].dice == pytest.approx(1.0)
     unmapped = evaluate_files(
-        tmp_path / "preds", tmp_path / "refs", labels=[3, 17], plots=False, show=False
+        tmp_path / "preds",
+        tmp_path / "refs",
+        EvaluationOptions(labels=[3, 17], plots=False, show=False),
     )
     assert [r.dice for r in unmapped.results] == [0.0, 0.0]  # without the maps nothing matches
     with pytest.raises(ConfigError, match="ref_map"):
@@ -366,11 +375,9 @@ def test_two_named_files_are_one_pair_whatever_their_names(tmp_path):
     summary = evaluate_files(
         pred,
         ref,
-        labels={1: "hippocampus"},
-        ref_map={17: 1},
-        out=tmp_path / "e",
-        show=False,
-        plots=False,
+        EvaluationOptions(
+            labels={1: "hippocampus"}, ref_map={17: 1}, out=tmp_path / "e", show=False, plots=False
+        ),
     )
     assert summary.subjects == ["sub-01_T1w"]
     assert summary.mean("dice", 1) == pytest.approx(1.0)

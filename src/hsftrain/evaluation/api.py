@@ -29,6 +29,7 @@ from hsftrain.config.values import plain
 from hsftrain.core.errors import ConfigError
 from hsftrain.evaluation.pairing import (
     DEFAULT_ID_REGEX,
+    Pairing,
     Unpaired,
     find_files,
     pair_files,
@@ -142,25 +143,11 @@ def default_out(preds: Sequence[Path]) -> Path:
     return Path(os.path.commonpath([str(p.parent.resolve()) for p in preds])) / DEFAULT_OUT
 
 
-def evaluate_files(
-    pred: str | Path,
-    ref: str | Path,
-    labels: Mapping[int, str] | Sequence[int] | None = None,
-    out: str | Path | None = None,
-    id_regex: str = DEFAULT_ID_REGEX,
-    pattern: str = "*.nii*",
-    surface: bool = True,
-    plots: bool = True,
-    show: bool = True,
-    pred_map: Mapping[int, int] | None = None,
-    ref_map: Mapping[int, int] | None = None,
-) -> EvaluationSummary:
-    """Evaluate every prediction against the reference of the same subject.
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """What :func:`evaluate_files` compares and writes (the keys of ``hsftrain evaluate``).
 
-    Args:
-        pred: folder (its files matching ``pattern``) or glob of predicted label maps;
-            or one file, compared with the one file ``ref`` whatever their names.
-        ref: folder or glob of reference segmentations, or one file.
+    Attributes:
         labels: ``{value: name}`` or values to evaluate; None: every class of the
             prediction's model (:mod:`~hsftrain.evaluation.classes`) and every non-zero
             value present in either image of each pair.
@@ -173,39 +160,84 @@ def evaluate_files(
         pred_map, ref_map: ``{value: new value}`` relabelling of the predictions /
             references before comparing (values not listed become background), e.g. to
             compare with another tool's label scheme.
+    """
+
+    labels: Mapping[int, str] | Sequence[int] | None = None
+    out: str | Path | None = None
+    id_regex: str = DEFAULT_ID_REGEX
+    pattern: str = "*.nii*"
+    surface: bool = True
+    plots: bool = True
+    show: bool = True
+    pred_map: Mapping[int, int] | None = None
+    ref_map: Mapping[int, int] | None = None
+
+
+def evaluate_files(
+    pred: str | Path, ref: str | Path, options: EvaluationOptions | None = None
+) -> EvaluationSummary:
+    """Evaluate every prediction against the reference of the same subject.
+
+    Args:
+        pred: folder (its files matching ``options.pattern``) or glob of predicted label
+            maps; or one file, compared with the one file ``ref`` whatever their names.
+        ref: folder or glob of reference segmentations, or one file.
+        options: labels, output folder, pairing and outputs (:class:`EvaluationOptions`).
 
     Raises:
         FileNotFoundError: ``pred`` or ``ref`` matches no file.
         PairingError: no subject pairs, or two files of one side share an id.
         EvaluationError: a pair with different shapes, or an unreadable file.
     """
-    table = parse_labels(labels)
-    pairing = single_pair(pred, ref, id_regex)  # two named files: one pair, any names
+    o = options or EvaluationOptions()
+    pairing = single_pair(pred, ref, o.id_regex)  # two named files: one pair, any names
     if pairing is None:
-        preds = find_files(pred, pattern, "pred")
-        refs = find_files(ref, pattern, "ref")
-        pairing = pair_files(preds, refs, id_regex, pred_spec=str(pred), ref_spec=str(ref))
+        preds = find_files(pred, o.pattern, "pred")
+        refs = find_files(ref, o.pattern, "ref")
+        pairing = pair_files(preds, refs, o.id_regex, pred_spec=str(pred), ref_spec=str(ref))
     pred_files = [p.pred for p in pairing.pairs]
-    out_dir = Path(out).expanduser() if out is not None else default_out(pred_files)
+    out_dir = Path(o.out).expanduser() if o.out is not None else default_out(pred_files)
     from hsftrain.config.checks import check_output_dir
 
     check_output_dir(out_dir, "out")  # a file there, or read-only: before any work
 
     from rich.progress import track
 
+    table = parse_labels(o.labels)
     results: list[LabelResult] = []
     facts: list[PairFacts] = []
-    for item in track(pairing.pairs, description="evaluating", transient=True, disable=not show):
-        results.extend(evaluate_pair(item, table, surface, pred_map, ref_map, facts))
+    for item in track(pairing.pairs, description="evaluating", transient=True, disable=not o.show):
+        results.extend(evaluate_pair(item, table, o.surface, o.pred_map, o.ref_map, facts))
     report_facts(facts, results)
+    summary = _write_summary(results, pairing, out_dir, o.plots)
+    if o.show:
+        from rich.console import Console
 
+        Console().print(
+            summary_table(summary.stats, title=f"Evaluation of {len(summary.subjects)} subjects")
+        )
+    log.info(
+        "wrote %s, %s, %s and %d plots",
+        summary.metrics_csv,
+        summary.summary_csv.name,
+        summary.unpaired_csv.name,
+        len(summary.plots),
+    )
+    return summary
+
+
+def _write_summary(
+    results: list[LabelResult], pairing: Pairing, out_dir: Path, plots: bool
+) -> EvaluationSummary:
+    """Write ``metrics.csv``, ``summary.csv``, ``unpaired.csv`` (and the box plots) into
+    ``out_dir``; the summary of what was written."""
     stats = summarize(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_csv = write_csv(results, RESULT_COLUMNS, out_dir / "metrics.csv")
     summary_csv = write_csv(stats, STATS_COLUMNS, out_dir / "summary.csv")
     unpaired_csv = write_csv(pairing.unpaired, UNPAIRED_COLUMNS, out_dir / "unpaired.csv")
     plot_paths = plot_boxplots(results, out_dir) if plots and results else {}
-    summary = EvaluationSummary(
+    return EvaluationSummary(
         out_dir=out_dir,
         metrics_csv=metrics_csv,
         summary_csv=summary_csv,
@@ -217,20 +249,6 @@ def evaluate_files(
         unpaired_pred=pairing.unpaired_pred,
         unpaired_ref=pairing.unpaired_ref,
     )
-    if show:
-        from rich.console import Console
-
-        Console().print(
-            summary_table(stats, title=f"Evaluation of {len(summary.subjects)} subjects")
-        )
-    log.info(
-        "wrote %s, %s, %s and %d plots",
-        metrics_csv,
-        summary_csv.name,
-        unpaired_csv.name,
-        len(plot_paths),
-    )
-    return summary
 
 
 def evaluate(cfg: DictConfig) -> EvaluationSummary:
@@ -244,9 +262,7 @@ def evaluate(cfg: DictConfig) -> EvaluationSummary:
     pred = require(cfg, "pred", hint.format(key="pred"))
     ref = require(cfg, "ref", hint.format(key="ref"))
     out = OmegaConf.select(cfg, "out", default=None)
-    return evaluate_files(
-        pred=str(pred),
-        ref=str(ref),
+    options = EvaluationOptions(
         labels=parse_labels(OmegaConf.select(cfg, "labels", default=None)),
         out=str(out) if out is not None else None,
         id_regex=str(OmegaConf.select(cfg, "id_regex", default=None) or DEFAULT_ID_REGEX),
@@ -257,3 +273,4 @@ def evaluate(cfg: DictConfig) -> EvaluationSummary:
         pred_map=parse_value_map(OmegaConf.select(cfg, "pred_map", default=None), "pred_map"),
         ref_map=parse_value_map(OmegaConf.select(cfg, "ref_map", default=None), "ref_map"),
     )
+    return evaluate_files(str(pred), str(ref), options)
