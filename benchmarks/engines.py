@@ -61,7 +61,7 @@ def crop_shapes(limit: int) -> list[tuple[str, tuple[int, ...]]]:
 def export(folder: Path, name: str, f_maps: int, levels: int) -> Path:
     import torch
 
-    from hsftrain.export.onnx import export_onnx
+    from hsftrain.export.onnx import OnnxOptions, export_onnx
     from hsftrain.models import build_model
 
     torch.manual_seed(0)
@@ -70,7 +70,10 @@ def export(folder: Path, name: str, f_maps: int, levels: int) -> Path:
     path = folder / f"{name}_f{f_maps}_l{levels}.onnx"
     meta = {"num_classes": CLASSES}
     return export_onnx(
-        net, path, metadata=meta, example_shape=(1, 1, 32, 48, 32), verify_shapes=None
+        net,
+        path,
+        metadata=meta,
+        options=OnnxOptions(example_shape=(1, 1, 32, 48, 32), verify_shapes=None),
     )
 
 

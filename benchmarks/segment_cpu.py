@@ -55,7 +55,7 @@ def export_models(folder: Path, n: int, f_maps: int, levels: int) -> list[Path]:
     import torch
 
     from hsftrain.data.labels import SUBFIELDS
-    from hsftrain.export.onnx import export_onnx
+    from hsftrain.export.onnx import OnnxOptions, export_onnx
     from hsftrain.models import build_model
 
     paths = []
@@ -67,7 +67,10 @@ def export_models(folder: Path, n: int, f_maps: int, levels: int) -> list[Path]:
         path = folder / f"bench_{seed}.onnx"
         paths.append(
             export_onnx(
-                net, path, metadata=meta, example_shape=(1, 1, 32, 48, 32), verify_shapes=None
+                net,
+                path,
+                metadata=meta,
+                options=OnnxOptions(example_shape=(1, 1, 32, 48, 32), verify_shapes=None),
             )
         )
     return paths

@@ -19,7 +19,7 @@ from hsftrain.config.compose import ConfigError
 from hsftrain.core.onnx_metadata import read_metadata
 from hsftrain.export.api import export_checkpoint
 from hsftrain.export.calibration import glob_images
-from hsftrain.export.onnx import export_onnx
+from hsftrain.export.onnx import OnnxOptions, export_onnx
 from tests.conftest import tiny_net
 
 
@@ -60,7 +60,10 @@ def test_bad_quantization_keys() -> None:
 
 def test_int8_model_runs_and_stays_close(tmp_path: Path, phantoms: Path) -> None:
     fp32 = export_onnx(
-        tiny_net(seed=3), tmp_path / "m.onnx", {"num_classes": 3}, verify_shapes=None
+        tiny_net(seed=3),
+        tmp_path / "m.onnx",
+        {"num_classes": 3},
+        options=OnnxOptions(verify_shapes=None),
     )
     images = glob_images(phantoms, "*_img.nii.gz")
     int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", images[:4], QuantConfig(num_images=4))
@@ -93,7 +96,10 @@ def test_every_method_calibrates_on_differently_sized_real_crops(
     """Real MSD crops differ in size; the histogram methods stack activations."""
     images = _differently_sized(sample_dir)
     fp32 = export_onnx(
-        tiny_net(seed=1), tmp_path / "m.onnx", {"num_classes": 3}, verify_shapes=None
+        tiny_net(seed=1),
+        tmp_path / "m.onnx",
+        {"num_classes": 3},
+        options=OnnxOptions(verify_shapes=None),
     )
     calib = QuantConfig(num_images=3, method=method)
     int8 = quantize_int8(fp32, tmp_path / "m.int8.onnx", images, calib)

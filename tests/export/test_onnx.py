@@ -13,7 +13,7 @@ from hsftrain import __version__
 from hsftrain.core.errors import ExportError
 from hsftrain.core.onnx_metadata import INPUT_NAME, OUTPUT_NAME, read_metadata
 from hsftrain.export.api import config_hash, export_checkpoint, fp32_companion
-from hsftrain.export.onnx import SoftmaxModel, export_onnx, verify_onnx
+from hsftrain.export.onnx import OnnxOptions, SoftmaxModel, export_onnx, verify_onnx
 from tests.conftest import tiny_net
 
 
@@ -24,7 +24,9 @@ from tests.conftest import tiny_net
 )
 def test_round_trip_matches_torch_on_odd_shapes(tmp_path: Path, hparams: dict) -> None:
     net = tiny_net(**hparams)
-    path = export_onnx(net, tmp_path / "m.onnx", {"num_classes": 3}, verify_shapes=None)
+    path = export_onnx(
+        net, tmp_path / "m.onnx", {"num_classes": 3}, options=OnnxOptions(verify_shapes=None)
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(1)
     for shape in [(1, 1, 17, 23, 19), (2, 1, 9, 30, 13)]:
@@ -40,7 +42,9 @@ def test_round_trip_matches_torch_on_odd_shapes(tmp_path: Path, hparams: dict) -
 
 def test_metadata_written_and_read_back(tmp_path: Path) -> None:
     meta = {"labels_names": ["background", "a", "b"], "num_classes": 3, "ca_mode": "1/2/3"}
-    path = export_onnx(tiny_net(), tmp_path / "m.onnx", meta, verify_shapes=[(1, 1, 8, 8, 8)])
+    path = export_onnx(
+        tiny_net(), tmp_path / "m.onnx", meta, options=OnnxOptions(verify_shapes=[(1, 1, 8, 8, 8)])
+    )
     read = read_metadata(path)
     assert read["labels_names"] == ["background", "a", "b"]
     assert read["num_classes"] == 3
@@ -99,5 +103,9 @@ class _NaNNet(torch.nn.Module):
 def test_non_finite_outputs_fail_the_verification(tmp_path: Path) -> None:
     out = tmp_path / "nan.onnx"
     with pytest.raises(ExportError, match="NaN/Inf"):
-        export_onnx(_NaNNet(), out, example_shape=(1, 1, 8, 8, 8), verify_shapes=[(1, 1, 8, 8, 8)])
+        export_onnx(
+            _NaNNet(),
+            out,
+            options=OnnxOptions(example_shape=(1, 1, 8, 8, 8), verify_shapes=[(1, 1, 8, 8, 8)]),
+        )
     assert not out.exists() and not list(tmp_path.iterdir())  # nothing, not even a temporary

@@ -24,7 +24,7 @@ def export_tiny(path: Path, out_channels: int, names: list[str], seed: int = 0) 
     """Export a ResidualUNet3D (f_maps 4, 2 levels) with random weights to ONNX."""
     import torch
 
-    from hsftrain.export.onnx import export_onnx
+    from hsftrain.export.onnx import OnnxOptions, export_onnx
     from hsftrain.models import build_model
 
     torch.manual_seed(seed)
@@ -34,7 +34,10 @@ def export_tiny(path: Path, out_channels: int, names: list[str], seed: int = 0) 
     ).eval()
     meta = {"labels_names": names, "num_classes": out_channels, "ca_mode": ""}
     return export_onnx(
-        net, path, metadata=meta, example_shape=(1, 1, 16, 16, 16), verify_shapes=None
+        net,
+        path,
+        metadata=meta,
+        options=OnnxOptions(example_shape=(1, 1, 16, 16, 16), verify_shapes=None),
     )
 
 

@@ -44,14 +44,19 @@ def test_differs_and_model_spacing() -> None:
 def one_mm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from hsftrain.export.onnx import export_onnx
+    from hsftrain.export.onnx import OnnxOptions, export_onnx
     from hsftrain.models import build_model
 
     torch.manual_seed(0)
     net = build_model("ResidualUNet3D", dict(in_channels=1, out_channels=3, f_maps=4, num_levels=2))
     meta = {"labels_names": MSD_NAMES, "num_classes": 3, "ca_mode": "", "spacing_mm": [1, 1, 1]}
     path = tmp_path_factory.mktemp("m") / "one_mm.onnx"
-    return export_onnx(net.eval(), path, meta, example_shape=(1, 1, 16, 16, 16), verify_shapes=None)
+    return export_onnx(
+        net.eval(),
+        path,
+        meta,
+        options=OnnxOptions(example_shape=(1, 1, 16, 16, 16), verify_shapes=None),
+    )
 
 
 @pytest.mark.parametrize("mode", ["auto", "warn"])

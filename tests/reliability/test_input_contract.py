@@ -44,11 +44,14 @@ class Threshold(nn.Module):
 
 @pytest.fixture(scope="module")
 def threshold_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hsftrain.export.onnx import export_onnx
+    from hsftrain.export.onnx import OnnxOptions, export_onnx
 
     path = tmp_path_factory.mktemp("contract_model") / "t1_threshold.onnx"
     return export_onnx(
-        Threshold(4.0), path, T1_METADATA, example_shape=(1, 1, 16, 16, 16), verify_shapes=None
+        Threshold(4.0),
+        path,
+        T1_METADATA,
+        options=OnnxOptions(example_shape=(1, 1, 16, 16, 16), verify_shapes=None),
     )
 
 

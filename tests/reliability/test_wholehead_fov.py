@@ -30,7 +30,7 @@ def _model(path: Path, field_of_view: object | None) -> Path:
     """A tiny 3-class ONNX model, with ``field_of_view_mm`` in its metadata when given."""
     import torch
 
-    from hsftrain.export.onnx import export_onnx
+    from hsftrain.export.onnx import OnnxOptions, export_onnx
     from hsftrain.models import build_model
 
     torch.manual_seed(0)
@@ -44,7 +44,9 @@ def _model(path: Path, field_of_view: object | None) -> Path:
     }
     if field_of_view is not None:
         meta["field_of_view_mm"] = field_of_view
-    return export_onnx(net, path, meta, example_shape=(1, 1, 16, 16, 16), verify_shapes=None)
+    return export_onnx(
+        net, path, meta, options=OnnxOptions(example_shape=(1, 1, 16, 16, 16), verify_shapes=None)
+    )
 
 
 @pytest.fixture(scope="module")

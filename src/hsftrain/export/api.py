@@ -15,7 +15,7 @@ from hsftrain.config.compose import require
 from hsftrain.config.values import plain
 from hsftrain.core.errors import ConfigError, ExportError
 from hsftrain.core.nonfinite import check_finite_state
-from hsftrain.export.onnx import export_onnx
+from hsftrain.export.onnx import OnnxOptions, export_onnx
 from hsftrain.training.checkpoint import load_network
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,33 @@ def export_checkpoint(
             above :data:`~hsftrain.export.onnx.FLOAT_ATOL`) or the fp32 model (int8: see
             :func:`hsftrain.compression.quantize.verify_quantized`).
     """
+    _check_formats(quantize, weights)
+    ckpt = Path(ckpt)
+    default_suffix = ".int8.onnx" if quantize else ".onnx"
+    out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(ckpt.suffix) + default_suffix)
+    if quantize:
+        check_companion_free(out)  # refused before the (slow) export
+    net, info = load_network(ckpt)
+    check_finite_state(net.state_dict(), ckpt)
+    metadata = _model_metadata(ckpt, info)
+    if not quantize:
+        path = export_onnx(
+            net, out, metadata, options=OnnxOptions(half_weights=weights == "float16")
+        )
+        log.info("exported %s -> %s", ckpt, path)
+        return path
+    from hsftrain.compression.quantize import QuantConfig
+
+    calib = QuantConfig.from_mappings(quantization, calibration)
+    return _export_int8(ckpt, (net, info), out, metadata, calib, verify)
+
+
+def _check_formats(quantize: str | None, weights: str) -> None:
+    """``quantize`` and ``weights``: known values, not both set.
+
+    Raises:
+        ConfigError: an unknown value, or float16 weights with int8.
+    """
     if quantize is not None and str(quantize) not in QUANTIZE:
         raise ConfigError(f"quantize={quantize!r}: use null (fp32) or one of {list(QUANTIZE)}")
     if weights not in ("float32", "float16"):
@@ -93,13 +120,11 @@ def export_checkpoint(
         raise ConfigError(
             "weights=float16 with quantize=int8: int8 stores its own weights; drop one"
         )
-    ckpt = Path(ckpt)
-    default_suffix = ".int8.onnx" if quantize else ".onnx"
-    out = Path(out) if out else ckpt.with_name(ckpt.name.removesuffix(ckpt.suffix) + default_suffix)
-    if quantize:
-        check_companion_free(out)  # refused before the (slow) export
-    net, info = load_network(ckpt)
-    check_finite_state(net.state_dict(), ckpt)
+
+
+def _model_metadata(ckpt: Path, info: Any) -> dict[str, Any]:
+    """What the exported model records about its training (classes, network, spacing,
+    training contract, field of view)."""
     metadata = {
         "labels_names": info.class_names,
         "num_classes": len(info.class_names),
@@ -118,15 +143,28 @@ def export_checkpoint(
     from hsftrain.export.field_of_view import field_of_view_metadata
 
     metadata.update(field_of_view_metadata(ckpt, info.config))  # field_of_view_mm
-    if not quantize:
-        path = export_onnx(net, out, metadata, half_weights=weights == "float16")
-        log.info("exported %s -> %s", ckpt, path)
-        return path
+    return metadata
 
-    from hsftrain.compression.quantize import QuantConfig, quantize_int8, verify_quantized
+
+def _export_int8(
+    ckpt: Path,
+    loaded: tuple[Any, Any],
+    out: Path,
+    metadata: dict[str, Any],
+    calib: Any,
+    verify: Mapping[str, Any] | None,
+) -> Path:
+    """The fp32 model beside ``out``, then its int8 quantization at ``out``, checked
+    against it (the int8 file is removed when the check fails).
+
+    Raises:
+        ConfigError: no calibration images, or a file where the fp32 model would go.
+        ExportError: the int8 model disagrees with the fp32 one.
+    """
+    from hsftrain.compression.quantize import quantize_int8, verify_quantized
     from hsftrain.export.calibration import glob_images, pick, run_training_images
 
-    calib = QuantConfig.from_mappings(quantization, calibration)
+    net, info = loaded
     # Find the calibration images before the (slower) export, to fail early.
     if calib.path:
         candidates = glob_images(calib.path, calib.pattern)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,35 +52,51 @@ class SoftmaxModel(nn.Module):
         return torch.softmax(self.net(x), dim=1)
 
 
+@dataclass(frozen=True)
+class OnnxOptions:
+    """How :func:`export_onnx` traces, stores and verifies a network.
+
+    Attributes:
+        example_shape: the input traced (batch and spatial axes stay dynamic).
+        opset: the ONNX opset.
+        verify_shapes: inputs on which ONNX Runtime is compared with PyTorch (None: none).
+        atol: the largest difference accepted.
+        half_weights: weights stored in float16 (half the file; ONNX Runtime casts them
+            back to float32 once, when the session is created, and computes in float32);
+            checked against PyTorch with ``max(atol, HALF_ATOL)``.
+    """
+
+    example_shape: Sequence[int] = (2, 1, 24, 32, 24)
+    opset: int = DEFAULT_OPSET
+    verify_shapes: Sequence[Sequence[int]] | None = ((1, 1, 24, 32, 24), (2, 1, 19, 27, 33))
+    atol: float = FLOAT_ATOL
+    half_weights: bool = False
+
+
 def export_onnx(
     net: nn.Module,
     path: str | Path,
     metadata: Mapping[str, Any] | None = None,
-    example_shape: Sequence[int] = (2, 1, 24, 32, 24),
-    opset: int = DEFAULT_OPSET,
-    verify_shapes: Sequence[Sequence[int]] | None = ((1, 1, 24, 32, 24), (2, 1, 19, 27, 33)),
-    atol: float = FLOAT_ATOL,
-    half_weights: bool = False,
+    options: OnnxOptions | None = None,
 ) -> Path:
     """Export a logits network as an ONNX model of softmax probabilities.
 
     Input ``cropped_hippocampus`` ``(B, 1, X, Y, Z)``, output ``segmented_hippocampus``
     ``(B, C, X, Y, Z)``, batch and spatial axes dynamic. ``metadata`` values are stored as
     JSON strings in the model's metadata_props, with ``hsftrain_version`` added. The file is
-    written atomically, then verified against PyTorch on ``verify_shapes``.
-
-    ``half_weights``: weights stored in float16 (half the file; ONNX Runtime casts them
-    back to float32 once, when the session is created, and computes in float32); checked
-    against PyTorch with ``max(atol, HALF_ATOL)``.
+    written atomically, then verified against PyTorch on ``options.verify_shapes``
+    (:class:`OnnxOptions`).
 
     Raises:
         ExportError: ONNX Runtime differs from PyTorch by more than ``atol``.
     """
     import onnx
 
+    o = options or OnnxOptions()
+    atol = o.atol
     path = Path(path)
     model = SoftmaxModel(net).eval().cpu()
-    example = torch.randn(*example_shape)
+    example = torch.randn(*o.example_shape)
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
     with atomic_path(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -90,18 +107,18 @@ def export_onnx(
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-            opset_version=opset,
+            opset_version=o.opset,
             dynamo=False,
         )
         proto = onnx.load(str(tmp))
         meta = {"hsftrain_version": __version__, **(metadata or {})}
         write_metadata(proto, meta)
-        if half_weights:
+        if o.half_weights:
             store_weights_half(proto)
             atol = max(atol, HALF_ATOL)
         onnx.save(proto, str(tmp))
-        if verify_shapes:
-            diff = verify_onnx(net, tmp, verify_shapes, name=path)
+        if o.verify_shapes:
+            diff = verify_onnx(net, tmp, o.verify_shapes, name=path)
             if not diff <= atol:  # NaN compares false: a non-finite difference fails too
                 raise ExportError(
                     f"ONNX Runtime differs from PyTorch by {diff:.2e} (> {atol:.0e}) for {path}; "
