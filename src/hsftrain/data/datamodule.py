@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lightning as L
 import torch
@@ -36,9 +36,6 @@ from hsftrain.data.splits import Split
 from hsftrain.data.subjects import Discovery
 from hsftrain.data.transforms import torchio_transform
 from hsftrain.data.voxel_sizes import warn_if_mixed
-
-if TYPE_CHECKING:
-    from hsftrain.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
@@ -210,12 +207,14 @@ def input_multiple(num_levels: int) -> int:
 
 
 def build_datamodule(
-    settings: TrainingSettings,
+    settings: Any,
     train: Sequence[PreparedSubject],
     val: Sequence[PreparedSubject],
     num_levels: int,
 ) -> SegmentationDataModule:
-    """The data module of a run's ``settings``: training patches of
+    """The data module of a run's ``settings`` (its
+    :class:`~hsftrain.training.settings.TrainingSettings`, typed there: the data layer
+    does not import training): training patches of
     ``datasets.patch_size`` (automatic when null) and whole validation volumes.
 
     Raises:
