@@ -196,16 +196,7 @@ def _run_here(
         for job in todo:
             if stop.signum is not None:
                 break
-            report = run_subject(
-                job.mri,
-                job.outputs,
-                job.subject,
-                segmenter,
-                settings,
-                hook,
-                t2_segmenter,
-                list(job.t2_candidates),
-            )
+            report = run_subject(job, segmenter, settings, hook, t2_segmenter)
             reports.append(report)
             progress.advance(subjects_task)
     return reports

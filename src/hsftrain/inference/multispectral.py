@@ -155,7 +155,6 @@ class T1T2Crops:
         settings: Settings,
         subject: str,
         t2: Volume | None,
-        t2_to_t1: np.ndarray | None,
         t2_outputs: Outputs | None,
         flags: list[str],
     ) -> None:
@@ -165,7 +164,8 @@ class T1T2Crops:
         self.options: Multispectral = settings.multispectral  # type: ignore[assignment]
         self.subject = subject
         self.t2 = t2
-        self.t2_to_t1 = t2_to_t1
+        #: the T2 -> T1 registration, made on the first crop (:meth:`_register`)
+        self.t2_to_t1: np.ndarray | None = None
         self.t2_outputs = t2_outputs
         self.flags = flags
         self.sides: list[SideConsensus] = []
@@ -197,10 +197,10 @@ class T1T2Crops:
             )
         if not candidates:
             flag = f"no T2 matches files.t2_pattern={options.t2_pattern!r}: segmented from the T1 alone"
-            return cls(t1_segmenter, t2_segmenter, settings, subject, None, None, None, [flag])
+            return cls(t1_segmenter, t2_segmenter, settings, subject, None, None, [flag])
         t2 = read_checked(candidates[0])
         t2_outputs = outputs_for(candidates[0], settings.root, settings.output_dir)
-        return cls(t1_segmenter, t2_segmenter, settings, subject, t2, None, t2_outputs, [])
+        return cls(t1_segmenter, t2_segmenter, settings, subject, t2, t2_outputs, [])
 
     def _register(self, t1: Volume) -> None:
         """Register the T2 to ``t1`` (once per subject); flags a poor registration, and a T2

@@ -28,7 +28,7 @@ from hsftrain.inference.boxes import model_field_of_view
 from hsftrain.inference.contract import asymmetry_flag
 from hsftrain.inference.image import InputError, Volume, load_volume, save_nifti
 from hsftrain.inference.resample import Plan, differs, plan, resample
-from hsftrain.inference.results import write_probabilities, write_results
+from hsftrain.inference.results import ModelsUsed, write_probabilities, write_results
 from hsftrain.inference.roiloc import Box, is_crop, localize
 from hsftrain.inference.segmenter import CropResult, ProgressHook, Segmenter
 from hsftrain.inference.settings import Settings
@@ -215,6 +215,54 @@ def segment_subject(
     start = time.perf_counter()
     for stale in outputs.stale_temporaries():
         stale.unlink(missing_ok=True)
+    volume, boxes, flags = _read_and_locate(mri, segmenter, settings)
+    run = _SubjectRun(
+        subject,
+        outputs,
+        volume,
+        segmenter,
+        settings,
+        method or PlainCrops(segmenter, settings, subject),
+        boxes,
+        flags,
+        SubjectReport(subject, mri, "done", flags=list(flags)),
+    )
+    canonical = np.zeros(volume.array.shape, dtype=np.uint8)
+    rows: list[dict[str, object]] = []
+    placed: list[tuple[Box, np.ndarray]] = []
+    for box in boxes:
+        labels, side_rows = run.segment_side(box, bar)
+        rows += side_rows
+        region = canonical[box.slices]
+        free = (labels > 0) & (region == 0)  # overlapping boxes: the first side keeps its labels
+        region[free] = labels[free]
+        placed.append((box, labels))
+    report = run.report
+    report.flags += [f for f in dict.fromkeys(run.method.flags) if f not in report.flags]
+    asymmetry = asymmetry_flag(report.volumes_mm3, settings.checks)
+    if asymmetry:  # a flag of the head: on the rows of both sides
+        report.flags.append(asymmetry)
+        for row in rows:
+            row["flag"] = "; ".join(f for f in (str(row["flag"]), asymmetry) if f)
+    run.method.finish(volume, canonical)
+    models = [engine.path for engine in segmenter.engines]
+    used = ModelsUsed(segmenter.names, models, settings.description)
+    write_results(outputs, volume, canonical, placed, rows, used)
+    report.seconds = time.perf_counter() - start
+    if report.flags:
+        report.status = "flagged"
+        log.warning("%s: flagged: %s", mri, "; ".join(report.flags))
+    return report
+
+
+def _read_and_locate(
+    mri: Path, segmenter: Segmenter, settings: Settings
+) -> tuple[Volume, list[Box], list[str]]:
+    """The checked image, its hippocampus boxes and the flags of the whole image.
+
+    Raises:
+        InputError: unreadable or unusable input, or a box that missed the head.
+    """
     volume = read_checked(mri)
     flags = []
     if volume.nonfinite_voxels:
@@ -229,26 +277,72 @@ def segment_subject(
                 f"{mri}: the {box.side} hippocampus crop {problem}: the box missed the "
                 "head; check the image and the roiloc settings (roiloc.mode=crop for crops)"
             )
-    method = method or PlainCrops(segmenter, settings, subject)
-    crop_input = boxes[0].side == "crop"
-    voxel_mm3 = float(abs(np.linalg.det(volume.affine[:3, :3])))
-    canonical = np.zeros(volume.array.shape, dtype=np.uint8)
-    rows: list[dict[str, object]] = []
-    placed: list[tuple[Box, np.ndarray]] = []
-    report = SubjectReport(subject, mri, "done", flags=list(flags))
-    for box in boxes:
+    return volume, list(boxes), flags
+
+
+@dataclass
+class _SubjectRun:
+    """One subject being segmented: what each side's step needs."""
+
+    subject: str
+    outputs: Outputs
+    volume: Volume
+    segmenter: Segmenter
+    settings: Settings
+    method: CropMethod
+    boxes: list[Box]
+    flags: list[str]
+    report: SubjectReport
+
+    @property
+    def crop_input(self) -> bool:
+        return self.boxes[0].side == "crop"
+
+    @property
+    def voxel_mm3(self) -> float:
+        return float(abs(np.linalg.det(self.volume.affine[:3, :3])))
+
+    def segment_side(
+        self, box: Box, bar: ProgressHook | None
+    ) -> tuple[np.ndarray, list[dict[str, object]]]:
+        """Segment ``box``, write its crop files, flag it; its label map and volume rows."""
+        volume, report = self.volume, self.report
         image = volume.array[box.slices]
-        result = method.segment_box(volume, box, bar)
+        result = self.method.segment_box(volume, box, bar)
+        labels = result.label_map
+        self._write_side(box, image, result)
+        others = [f"{b.side} crop" for b in self.boxes if b.side != box.side]  # their own flags
+        side_flags = self.flags + [f for f in self.method.flags if not any(o in f for o in others)]
+        if not (labels > 0).any():
+            side_flags.append(f"no hippocampus found in the {box.side} crop")
+            report.flags.append(side_flags[-1])
+        contract, checks = self.segmenter.contract, self.settings.checks
+        where = "crop" if self.crop_input else f"{box.side} crop"
+        names, voxel_mm3 = self.segmenter.names, self.voxel_mm3
+        checked = [contract.contrast_flag(image, volume.zooms, checks, where)]
+        checked += contract.crop_flags(labels, result.uncertainty, names, voxel_mm3, checks, where)
+        side_flags += [f for f in checked if f]
+        report.flags += [f for f in checked if f]
+        side_rows = volume_rows(
+            self.subject, box.side, labels, names, voxel_mm3, "; ".join(side_flags)
+        )
+        report.sides.append(box.side)
+        report.volumes_mm3[box.side] = float(sum(float(r["volume_mm3"]) for r in side_rows))  # type: ignore[arg-type,misc]
+        return labels, side_rows
+
+    def _write_side(self, box: Box, image: np.ndarray, result: CropResult) -> None:
+        """The crop's files: probabilities, image and label crops, uncertainty, QC figure."""
+        volume, outputs, settings = self.volume, self.outputs, self.settings
         labels = result.label_map
         affine = box.affine(volume.affine)
         if result.probabilities is not None:
             write_probabilities(outputs, volume, box, result.probabilities)
-        if not crop_input:
+        if not self.crop_input:
             if settings.save_crops:
                 save_nifti(image.astype(np.float32), affine, outputs.image_crop(box.side))
             save_nifti(labels, affine, outputs.segmentation_crop(box.side))
         if result.uncertainty is not None:
-            if crop_input:
+            if self.crop_input:
                 save_nifti(
                     volume.native(result.uncertainty),
                     volume.native_affine,
@@ -263,43 +357,6 @@ def segment_subject(
                 labels,
                 volume.zooms,
                 outputs.qc(box.side),
-                f"{subject} ({box.side})",
-                segmenter.names,
+                f"{self.subject} ({box.side})",
+                self.segmenter.names,
             )
-        others = [f"{b.side} crop" for b in boxes if b.side != box.side]  # their own flags
-        side_flags = flags + [f for f in method.flags if not any(o in f for o in others)]
-        if not (labels > 0).any():
-            side_flags.append(f"no hippocampus found in the {box.side} crop")
-            report.flags.append(side_flags[-1])
-        contract, where = segmenter.contract, "crop" if crop_input else f"{box.side} crop"
-        checked = [contract.contrast_flag(image, volume.zooms, settings.checks, where)]
-        checked += contract.crop_flags(
-            labels, result.uncertainty, segmenter.names, voxel_mm3, settings.checks, where
-        )
-        side_flags += [f for f in checked if f]
-        report.flags += [f for f in checked if f]
-        side_rows = volume_rows(
-            subject, box.side, labels, segmenter.names, voxel_mm3, "; ".join(side_flags)
-        )
-        rows += side_rows
-        report.sides.append(box.side)
-        report.volumes_mm3[box.side] = float(sum(float(r["volume_mm3"]) for r in side_rows))  # type: ignore[arg-type,misc]
-        region = canonical[box.slices]
-        free = (labels > 0) & (region == 0)  # overlapping boxes: the first side keeps its labels
-        region[free] = labels[free]
-        placed.append((box, labels))
-    report.flags += [f for f in dict.fromkeys(method.flags) if f not in report.flags]
-    asymmetry = asymmetry_flag(report.volumes_mm3, settings.checks)
-    if asymmetry:  # a flag of the head: on the rows of both sides
-        report.flags.append(asymmetry)
-        for row in rows:
-            row["flag"] = "; ".join(f for f in (str(row["flag"]), asymmetry) if f)
-    method.finish(volume, canonical)
-    models = [engine.path for engine in segmenter.engines]
-    names, description = segmenter.names, settings.description
-    write_results(outputs, volume, canonical, placed, rows, names, models, description)
-    report.seconds = time.perf_counter() - start
-    if report.flags:
-        report.status = "flagged"
-        log.warning("%s: flagged: %s", mri, "; ".join(report.flags))
-    return report

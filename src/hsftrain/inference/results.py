@@ -17,6 +17,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +60,28 @@ PROVENANCE = ("hsftrain_version", "models", "preset")
 TOTAL = "hippocampus"
 
 
+@dataclass(frozen=True)
+class ModelsUsed:
+    """What the results record about the models (look-up tables and provenance).
+
+    Attributes:
+        names: class names by label value.
+        paths: the model files.
+        description: the preset's description.
+    """
+
+    names: Sequence[str]
+    paths: Sequence[Path]
+    description: str
+
+
 def write_results(
     outputs: Outputs | BidsOutputs,
     volume: Volume,
     canonical: np.ndarray,
     placed: Sequence[tuple[Box, np.ndarray]],
     rows: list[dict[str, object]],
-    names: Sequence[str],
-    models: Sequence[Path],
-    description: str,
+    used: ModelsUsed,
 ) -> None:
     """Write the native segmentations (each side apart), the volumes table (with the
     provenance columns), the look-up tables and, last, the file marking the subject done.
@@ -76,8 +90,9 @@ def write_results(
         canonical: ``(X, Y, Z)`` both sides' labels, canonical orientation.
         placed: each crop's box and label map.
         rows: the subject's volumes rows (:func:`hsftrain.inference.writer.volume_rows`).
-        names: class names by label value; models: the model files (for the provenance).
+        used: the models' class names, files and description (for the provenance).
     """
+    names, models, description = used.names, used.paths, used.description
     prov = provenance.columns(models, description)
     for row in rows:
         row.update(prov)

@@ -6,6 +6,7 @@ goes on with the other subjects. Used by one process and by the worker processes
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from hsftrain.core.errors import UserError
@@ -35,19 +36,34 @@ def failure_line(mri: Path, err: Exception) -> str:
     return text if str(mri) in text else f"{mri}: {text}"
 
 
+@dataclass(frozen=True)
+class Job:
+    """One subject to segment.
+
+    ``entities``: for a BIDS input (``files.bids=true``), the entities of ``mri``'s file
+    name as :func:`hsftrain.inference.bids.parse_entities` gives them (``sub``, ``ses``
+    when the dataset has sessions, ``acq``, ``run``, ... in file-name order, then
+    ``suffix``, e.g. ``"T1w"``, and ``extension``, e.g. ``".nii.gz"``); None for a
+    folder + glob input."""
+
+    mri: Path
+    outputs: Outputs
+    subject: str
+    t2_candidates: tuple[Path, ...] = ()
+    entities: dict[str, str] | None = None
+
+
 def run_subject(
-    mri: Path,
-    outputs: Outputs,
-    subject: str,
+    job: Job,
     segmenter: Segmenter,
     settings: Settings,
     bar: ProgressHook | None = None,
     t2_segmenter: Segmenter | None = None,
-    t2_candidates: list[Path] | None = None,
 ) -> SubjectReport:
     """:func:`segment_subject` (multispectral when ``settings.multispectral``), with any
     failure turned into a ``failed`` report (logged; internal errors with their
     traceback) so that the run goes on with the other subjects."""
+    mri, outputs, subject = job.mri, job.outputs, job.subject
     try:
         method: CropMethod | None = None
         if settings.multispectral is not None:
@@ -58,7 +74,7 @@ def run_subject(
                 segmenter,
                 t2_segmenter or segmenter,
                 settings,
-                t2_candidates or [],
+                list(job.t2_candidates),
             )
         report = segment_subject(mri, outputs, subject, segmenter, settings, bar, method)
         report.outputs = outputs

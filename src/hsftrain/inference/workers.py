@@ -29,37 +29,18 @@ import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hsftrain.core.errors import StopRequest
 from hsftrain.inference.pipeline import SubjectReport
 from hsftrain.inference.settings import Settings
-from hsftrain.inference.subject import run_subject
-from hsftrain.inference.writer import Outputs
+from hsftrain.inference.subject import Job, run_subject
 
 log = logging.getLogger(__name__)
 
 #: Linux ``prctl`` option: the signal a process gets when its parent ends.
 PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class Job:
-    """One subject to segment.
-
-    ``entities``: for a BIDS input (``files.bids=true``), the entities of ``mri``'s file
-    name as :func:`hsftrain.inference.bids.parse_entities` gives them (``sub``, ``ses``
-    when the dataset has sessions, ``acq``, ``run``, ... in file-name order, then
-    ``suffix``, e.g. ``"T1w"``, and ``extension``, e.g. ``".nii.gz"``); None for a
-    folder + glob input."""
-
-    mri: Path
-    outputs: Outputs
-    subject: str
-    t2_candidates: tuple[Path, ...] = ()
-    entities: dict[str, str] | None = None
 
 
 def usable_cores() -> int:
@@ -139,14 +120,7 @@ def _run(job: Job) -> SubjectReport:
         error = failure_line(job.mri, _WORKER["error"])
         return SubjectReport(job.subject, job.mri, "failed", error=error, outputs=job.outputs)
     return run_subject(
-        job.mri,
-        job.outputs,
-        job.subject,
-        _WORKER["segmenter"],
-        _WORKER["settings"],
-        None,
-        _WORKER["t2_segmenter"],
-        list(job.t2_candidates),
+        job, _WORKER["segmenter"], _WORKER["settings"], None, _WORKER["t2_segmenter"]
     )
 
 
