@@ -35,8 +35,8 @@ def test_plan_then_train_from_it(
 
     timings: list[int] = []
 
-    def fake(module, train, val, patch, batch_size, num_levels, *args):
-        timings.append(num_levels)
+    def fake(module, train, val, shape, *args):
+        timings.append(shape.num_levels)
         return 10.0, 1.0  # 3 steps an epoch: a 2-minute plan holds a few epochs
 
     monkeypatch.setattr(budget, "time_steps", fake)

@@ -257,8 +257,8 @@ def test_a_larger_network_slowed_by_other_load_is_timed_again(
     timings = iter([(0.1, 1.0), (0.1, 1.0), (5.0, 1.0), (second_s, 1.0)])
     calls: list[int] = []
 
-    def fake(module, train, val, patch, batch_size, num_levels, *args):
-        calls.append(num_levels)
+    def fake(module, train, val, shape, *args):
+        calls.append(shape.num_levels)
         return next(timings)
 
     monkeypatch.setattr(budget, "time_steps", fake)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -48,21 +49,38 @@ def train_step(
     return loss
 
 
+@dataclass(frozen=True)
+class StepShape:
+    """What one timed training step is made of, as the run will train.
+
+    Attributes:
+        patch: the patch size.
+        batch_size: patches per step.
+        num_levels: the network's levels (volumes are padded to its input multiple).
+        augmentation: the ``augmentation`` group (None: none).
+        bf16: bf16 autocast.
+    """
+
+    patch: Sequence[int]
+    batch_size: int
+    num_levels: int
+    augmentation: Any = None
+    bf16: bool = False
+
+
 def time_steps(
     module: Any,
     train: Sequence[PreparedSubject],
     val: Sequence[PreparedSubject],
-    patch: Sequence[int],
-    batch_size: int,
-    num_levels: int,
-    augmentation: Any,
+    shape: StepShape,
     device: torch.device,
     steps: int,
-    bf16: bool = False,
 ) -> tuple[float, float]:
     """Seconds per training step (data, augmentation, forward, backward, optimiser) and
-    seconds for one validation pass over ``val``, in bf16 autocast when ``bf16`` (as the
-    run will train)."""
+    seconds for one validation pass over ``val``, in bf16 autocast when ``shape.bf16`` (as
+    the run will train)."""
+    patch, batch_size, num_levels = shape.patch, shape.batch_size, shape.num_levels
+    augmentation, bf16 = shape.augmentation, shape.bf16
     module = module.to(device)
     optimizer = module.configure_optimizers()["optimizer"]
     augment = BatchAugment(augmentation or {}, seed=0)

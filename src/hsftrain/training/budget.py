@@ -47,7 +47,7 @@ from hsftrain.planning.candidates import (
 from hsftrain.planning.plan import Plan, applied, warn_replaced
 from hsftrain.planning.planner import close_call, decide, fit_all, select, with_compiled
 from hsftrain.planning.settings import Network, PlanningSettings, planning_settings
-from hsftrain.planning.timing import time_steps
+from hsftrain.planning.timing import StepShape, time_steps
 from hsftrain.training.denormals import flush_denormals
 from hsftrain.training.distributed import compile_enabled
 from hsftrain.training.finetuning import thawing_step_s
@@ -191,10 +191,8 @@ def make_plan(
             "validation pass", cfg.models.get("name", "the network"), c.f_maps, c.num_levels,
             c.batch_size, "x".join(map(str, c.patch)), n,
         )  # fmt: skip
-        return module, time_steps(
-            module, train, subjects, c.patch, c.batch_size, c.num_levels,
-            cfg.get("augmentation"), device, n, bf16,
-        )  # fmt: skip
+        shape = StepShape(c.patch, c.batch_size, c.num_levels, cfg.get("augmentation"), bf16)
+        return module, time_steps(module, train, subjects, shape, device, n)
 
     module = None
     steps = settings.timed_steps(cuda, budget)
@@ -277,10 +275,8 @@ def _timed(
     bf16: bool,
 ) -> float:
     """Seconds per training step of ``module`` as candidate ``c``."""
-    return time_steps(
-        module, train, val, c.patch, c.batch_size, c.num_levels, cfg.get("augmentation"),
-        device, steps, bf16,
-    )[0]  # fmt: skip
+    shape = StepShape(c.patch, c.batch_size, c.num_levels, cfg.get("augmentation"), bf16)
+    return time_steps(module, train, val, shape, device, steps)[0]
 
 
 def _compile_mode(

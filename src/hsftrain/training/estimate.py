@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from hsftrain.data.cache import PreparedSubject
 from hsftrain.data.datamodule import input_multiple, patch_size
-from hsftrain.planning.timing import time_steps
+from hsftrain.planning.timing import StepShape, time_steps
 from hsftrain.training.denormals import flush_denormals
 from hsftrain.training.trainer import run_precision
 
@@ -57,17 +57,11 @@ def estimate_run(
     state = np.random.get_state()
     flush_denormals()  # as in training (run, SegmentationModule.on_fit_start)
     with torch.random.fork_rng():  # the run draws the same random numbers as untimed
+        bf16 = run_precision(cfg).startswith("bf16")
+        batch_size = int(cfg.datasets.batch_size)
+        shape = StepShape(patch, batch_size, num_levels, cfg.get("augmentation"), bf16)
         per_step, val_s = time_steps(
-            copy.deepcopy(module),
-            train,
-            val,
-            patch,
-            int(cfg.datasets.batch_size),
-            num_levels,
-            cfg.get("augmentation"),
-            torch.device("cpu"),
-            TIMED_STEPS,
-            run_precision(cfg).startswith("bf16"),
+            copy.deepcopy(module), train, val, shape, torch.device("cpu"), TIMED_STEPS
         )
     np.random.set_state(state)
     epochs = int(cfg.lightning.max_epochs)
