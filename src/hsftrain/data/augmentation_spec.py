@@ -34,7 +34,7 @@ DEFAULTS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     }
 )
 #: Keys of the group that are not transforms.
-OTHER_KEYS = {"backend": "torch", "device": "auto", "test_time_num_aug": 4}
+OTHER_KEYS: dict[str, Any] = {"backend": "torch", "device": "auto", "test_time_num_aug": 4}
 #: Anatomical axis names of a RAS+ (canonical) volume -> array dimension.
 AXES = {"L": 0, "R": 0, "LR": 0, "RL": 0, "A": 1, "P": 1, "AP": 1, "PA": 1}
 AXES.update({"S": 2, "I": 2, "SI": 2, "IS": 2})

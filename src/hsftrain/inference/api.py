@@ -50,8 +50,8 @@ from hsftrain.inference.segmenter import (
 )
 from hsftrain.inference.settings import Settings, settings_from_config
 from hsftrain.inference.shards import merge_if_complete
-from hsftrain.inference.subject import run_subject
-from hsftrain.inference.workers import Job, run_parallel
+from hsftrain.inference.subject import Job, run_subject
+from hsftrain.inference.workers import run_parallel
 from hsftrain.inference.writer import outputs_for
 
 __all__ = [

@@ -61,7 +61,8 @@ from hsftrain.inference.pipeline import (
 from hsftrain.inference.resample import plan, resample
 from hsftrain.inference.roiloc import Box
 from hsftrain.inference.segmenter import CropResult, ProgressHook, Segmenter
-from hsftrain.inference.settings import Multispectral, Settings
+from hsftrain.inference.settings import Settings
+from hsftrain.inference.settings_parts import Multispectral
 from hsftrain.inference.writer import Outputs, outputs_for
 
 log = logging.getLogger(__name__)
