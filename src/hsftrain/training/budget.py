@@ -14,7 +14,7 @@ A network or batch size you set yourself is kept (only the epochs are planned); 
 validation interval and time cap you set are replaced, with a warning for each
 (:data:`~hsftrain.planning.candidates.KEPT`).
 ``plan=<plan.yaml>`` (made by ``hsftrain plan``) applies a saved plan instead, without timing
-(:func:`from_file`). After its second epoch (and at 25/50/75% of the plan) the run re-fits
+(:func:`~hsftrain.training.plan.from_file`). After its second epoch (and at 25/50/75% of the plan) the run re-fits
 its epochs to its own measured pace (:class:`~hsftrain.training.pace.BudgetPace`). Lightning's
 ``max_time`` is set as a safety net: a run about to overrun stops at the budget with its best
 checkpoint, and says so.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,12 +38,12 @@ from hsftrain.planning.candidates import (
     KEPT,
     Candidate,
     candidates_for,
-    network_of,
     recipe,
     too_small,
     user_network,
     user_values,
 )
+from hsftrain.planning.candidates import network_of as network_of  # re-exported
 from hsftrain.planning.plan import Plan, applied, warn_replaced
 from hsftrain.planning.planner import close_call, decide, fit_all, select, with_compiled
 from hsftrain.planning.settings import Network, PlanningSettings, planning_settings
@@ -71,62 +71,6 @@ def _device(cfg: DictConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def planned_run(
-    cfg: DictConfig,
-    train: Sequence[PreparedSubject],
-    val: Sequence[PreparedSubject],
-    build: Callable[[DictConfig], Any],
-    started: float,
-    pretrained: Mapping[str, Any] | None = None,
-    classes: Sequence[str] = (),
-) -> tuple[DictConfig, Plan]:
-    """The run's config with its plan applied: the saved plan of ``plan=``
-    (:func:`from_file`), else one made now for ``budget=`` (:func:`make_plan`);
-    ``pretrained``: the hparams of the pretrained network (fine-tuning).
-
-    Raises:
-        ConfigError: both ``budget=`` and ``plan=``, or what the two functions raise.
-    """
-    if cfg.get("plan"):
-        if cfg.get("budget"):
-            raise ConfigError(
-                f"budget={cfg.budget} and plan={cfg.plan}: give one (plan= trains from a "
-                "saved plan, budget= plans now)"
-            )
-        return from_file(cfg, Path(str(cfg.plan)).expanduser(), train, classes)
-    network = network_of(pretrained) if pretrained is not None else None
-    return make_plan(cfg, train, val, build, started, network, classes)
-
-
-def from_file(
-    cfg: DictConfig, path: Path, train: Sequence[PreparedSubject], classes: Sequence[str] = ()
-) -> tuple[DictConfig, Plan]:
-    """``cfg`` with the plan saved in ``path`` applied as ``budget=`` applies its own: the
-    recipe values only where yours are left at their default, every other value of the plan
-    in place of yours (a warning each). Plan made on other data: a warning.
-
-    Raises:
-        ConfigError: not a plan file, or a plan for other classes.
-    """
-    plan = Plan.load(path)
-    where = f"plan={path}"
-    plan.check_data(where, fingerprint(train), classes)
-    settings = planning_settings(cfg)
-    at_default = recipe(cfg, settings)
-    overrides = {
-        k: v for k, v in plan.overrides.items() if k not in settings.recipe or k in at_default
-    }
-    warn_replaced(cfg, {k: v for k, v in overrides.items() if k not in settings.recipe}, where)
-    planned = applied(cfg, overrides)
-    limit = planned.lightning.get("limit_train_batches")
-    plan.restore_pace(steps_per_epoch(len(train), int(planned.datasets.batch_size), limit))
-    log.info(
-        "%s: %s for %d epochs (%d steps), planned for a %.0f s budget on %s; no timing",
-        where, plan.chosen, plan.epochs, plan.steps, plan.budget_s, plan.device,
-    )  # fmt: skip
-    return planned, plan
-
-
 def make_plan(
     cfg: DictConfig,
     train: Sequence[PreparedSubject],
@@ -136,7 +80,8 @@ def make_plan(
     network: Network | None = None,
     classes: Sequence[str] = (),
 ) -> tuple[DictConfig, Plan]:
-    """Plan a run that ends within ``cfg.budget``.
+    """Plan a run that ends within ``cfg.budget``, in named steps: fingerprint the data and
+    list the candidates, time them, pick one, time it compiled, apply the plan.
 
     Args:
         train, val: the prepared subjects of the split.
@@ -155,9 +100,72 @@ def make_plan(
         ConfigError: a budget too short for even the smallest candidate, or data (a
             ``datasets.patch_size``) too small for any network of 2 levels.
     """
+    p, candidates = _fingerprint(cfg, _Data(train, val, build, classes), started, network)
+    flush_denormals()  # as in training (run, SegmentationModule.on_fit_start)
+    thawing = _time_candidates(p, candidates)
+    chosen, why = _pick(p, candidates, thawing)
+    chosen, why, compile = _compile_step(p, candidates, chosen, why)
+    return _apply(p, candidates, chosen, why, compile)
+
+
+@dataclass(frozen=True)
+class _Data:
+    """What a plan is timed on: the split's prepared subjects, the run's module constructor
+    and its class names."""
+
+    train: Sequence[PreparedSubject]
+    val: Sequence[PreparedSubject]
+    build: Callable[[DictConfig], Any]
+    classes: Sequence[str]
+
+
+@dataclass(frozen=True)
+class _Planning:
+    """A plan in the making: what each step of :func:`make_plan` reads."""
+
+    cfg: DictConfig  # the run's, budget recipe applied
+    data: _Data
+    settings: PlanningSettings
+    device: torch.device
+    bf16: bool  # the run trains in bf16 autocast
+    budget: float  # seconds
+    started: float  # time.monotonic() when the run started
+    network: Network | None  # pretrained or set in models.hparams; None: candidates
+    finetune: bool  # network is the pretrained one
+    extra: dict[str, Any]  # the budget recipe values set
+    fp: dict[str, Any]  # the data's fingerprint
+    epoch_steps: int  # as Lightning counts them (lightning.limit_train_batches)
+
+    def time(
+        self, module: Any, c: Candidate, val: Sequence[PreparedSubject], steps: int
+    ) -> tuple[float, float]:
+        """Seconds per training step of ``module`` as candidate ``c``, and for one
+        validation pass over ``val``."""
+        shape = _shape(c, self.cfg, self.bf16)
+        return time_steps(module, self.data.train, val, shape, self.device, steps)
+
+    @property
+    def deadline(self) -> float:
+        """``time.monotonic()`` after which nothing more is timed."""
+        return self.started + self.settings.timing_share * self.budget
+
+    def left(self) -> float:
+        """Seconds of the budget left for training, validation and export."""
+        elapsed = time.monotonic() - self.started
+        return self.budget - elapsed - self.settings.reserve_s(self.budget)
+
+
+def _fingerprint(
+    cfg: DictConfig, data: _Data, started: float, network: Network | None
+) -> tuple[_Planning, list[Candidate]]:
+    """The data's fingerprint, the budget recipe set (one line each) and the candidate
+    networks that fit the data, smallest first.
+
+    Raises:
+        ConfigError: no candidate fits the data.
+    """
     settings = planning_settings(cfg)
     budget = parse_budget(cfg.budget)
-    reserve = settings.reserve_s(budget)
     finetune = network is not None
     extra = recipe(cfg, settings) if not finetune else {}
     kept = {} if finetune else user_values(cfg, KEPT)
@@ -167,85 +175,118 @@ def make_plan(
             "only its epochs are planned", cfg.budget, network[0], network[1],
         )  # fmt: skip
     device = _device(cfg)
-    fp = fingerprint(train)
+    fp = fingerprint(data.train)
     cuda = device.type == "cuda"
     bf16 = run_precision(cfg).startswith("bf16")
     own_batch = finetune or "datasets.batch_size" in kept
     batch = int(cfg.datasets.batch_size) if own_batch else settings.batch(cuda)
     pairs = (network,) if network else settings.networks(cuda)
-    shapes = [s.shape for s in train]
+    shapes = [s.shape for s in data.train]
     candidates = candidates_for(cfg, pairs, shapes, batch, fp["median_shape"], not network)
     if not candidates:
         raise ConfigError(too_small(cfg, fp, network, finetune))
     if min(c.num_levels for c in candidates) < 3:  # no decoder level to supervise
         extra.pop("models.hparams.deep_supervision", None)
     cfg = _with_recipe(cfg, extra)
-    epoch_steps = steps_per_epoch(len(train), batch, cfg.lightning.get("limit_train_batches"))
-    timing_limit = settings.timing_share * budget
-    flush_denormals()  # as in training (run, SegmentationModule.on_fit_start)
+    limit = cfg.lightning.get("limit_train_batches")
+    epoch_steps = steps_per_epoch(len(data.train), batch, limit)
+    p = _Planning(
+        cfg, data, settings, device, bf16, budget, started, network, finetune, extra, fp,
+        epoch_steps,
+    )  # fmt: skip
+    return p, candidates
 
-    def time_candidate(c: Candidate, subjects: Sequence[PreparedSubject], n: int) -> Any:
-        module = build(_with(cfg, c))
-        log.info(
-            "budget: timing %s f_maps %s, %d levels, batch %d, patch %s: %d steps and a "
-            "validation pass", cfg.models.get("name", "the network"), c.f_maps, c.num_levels,
-            c.batch_size, "x".join(map(str, c.patch)), n,
-        )  # fmt: skip
-        shape = StepShape(c.patch, c.batch_size, c.num_levels, cfg.get("augmentation"), bf16)
-        return module, time_steps(module, train, subjects, shape, device, n)
 
+def _time_candidate(p: _Planning, c: Candidate) -> tuple[Any, tuple[float, float]]:
+    """A module of candidate ``c``, and its seconds per step and per validation pass."""
+    module = p.data.build(_with(p.cfg, c))
+    steps = p.settings.timed_steps(p.device.type == "cuda", p.budget)
+    log.info(
+        "budget: timing %s f_maps %s, %d levels, batch %d, patch %s: %d steps and a "
+        "validation pass", p.cfg.models.get("name", "the network"), c.f_maps, c.num_levels,
+        c.batch_size, "x".join(map(str, c.patch)), steps,
+    )  # fmt: skip
+    return module, p.time(module, c, p.data.val, steps)
+
+
+def _time_candidates(p: _Planning, candidates: list[Candidate]) -> Callable[[int], float] | None:
+    """Time each candidate while planning time is left (the others noted as not timed);
+    fine-tuning: the seconds per step of each thawing stage too (:func:`thawing_step_s`)."""
     module = None
-    steps = settings.timed_steps(cuda, budget)
     for c in candidates:
-        if time.monotonic() - started > timing_limit:
+        if time.monotonic() > p.deadline:
             c.note = "not timed: planning time used up"
             continue
         module = None  # the previous candidate's, freed before the next is built
-        module, (c.s_per_step, c.val_s) = time_candidate(c, val, steps)
-    thawing = None
-    if finetune and module is not None:  # fine-tuning: the one network, timed
-        net = candidates[0]
-        thawing = thawing_step_s(
-            module, cfg.finetuning, net.s_per_step, started + timing_limit,
-            lambda m: _timed(m, net, train, val[:1], cfg, device, settings.thawing_steps, bf16),
-        )  # fmt: skip
-    del module
+        module, (c.s_per_step, c.val_s) = _time_candidate(p, c)
+    if not p.finetune or module is None:
+        return None
+    net = candidates[0]  # fine-tuning: the one network, timed
+    return thawing_step_s(
+        module, p.cfg.finetuning, net.s_per_step, p.deadline,
+        lambda m: p.time(m, net, p.data.val[:1], p.settings.thawing_steps)[0],
+    )  # fmt: skip
+
+
+def _pick(
+    p: _Planning, candidates: list[Candidate], thawing: Callable[[int], float] | None
+) -> tuple[Candidate, str]:
+    """The candidate that fits the time left best, and why (:func:`select`).
+
+    Something else running on the machine while a larger network was timed makes it look
+    slower than it is (one busy core of two doubled a step's time): the next larger
+    networks get a second timing, the faster one kept, while one of them becomes the choice.
+    """
 
     def refit() -> tuple[Candidate, str]:
-        fit_all(candidates, budget - (time.monotonic() - started) - reserve, epoch_steps, thawing)
-        return select(candidates, settings, cfg.budget, epoch_steps)
+        fit_all(candidates, p.left(), p.epoch_steps, thawing)
+        return select(candidates, p.settings, p.cfg.budget, p.epoch_steps)
 
     chosen, why = refit()
-    # Something else running on the machine while a larger network was timed makes it look
-    # slower than it is (one busy core of two doubled a step's time): the next larger
-    # networks get a second timing, the faster one kept, while one of them becomes the choice.
     for c in candidates[candidates.index(chosen) + 1 :]:
-        if not close_call(chosen, c, settings) or time.monotonic() - started > timing_limit:
+        if not close_call(chosen, c, p.settings) or time.monotonic() > p.deadline:
             break
-        module, again = time_candidate(c, val, steps)
+        module, again = _time_candidate(p, c)
         del module
         c.s_per_step, c.val_s = min(c.s_per_step, again[0]), min(c.val_s, again[1])
         c.note = "timed twice, the faster kept"
         chosen, why = refit()
         if chosen is not c:
             break
-    mode = _compile_mode(cfg, device, budget, settings)
-    if not finetune and mode != "never":
-        compiled = _compile_trial(cfg, chosen, train, val, build, device, bf16)
+    return chosen, why
+
+
+def _compile_step(
+    p: _Planning, candidates: list[Candidate], chosen: Candidate, why: str
+) -> tuple[Candidate, str, bool]:
+    """The choice, timed compiled too (listed with the candidates) where the run compiles
+    or compiling may pay (:func:`_compile_mode`); and whether the plan compiles."""
+    mode = _compile_mode(p.cfg, p.device, p.budget, p.settings)
+    if not p.finetune and mode != "never":
+        d = p.data
+        compiled = _compile_trial(p.cfg, chosen, d.train, d.val, d.build, p.device, p.bf16)
         candidates.append(compiled)
-        left = budget - (time.monotonic() - started) - reserve
+        always = mode == "always"
         chosen, why = with_compiled(
-            chosen, compiled, left, epoch_steps, why, settings, mode == "always"
+            chosen, compiled, p.left(), p.epoch_steps, why, p.settings, always
         )
+    return chosen, why, mode != "never"
+
+
+def _apply(
+    p: _Planning, candidates: list[Candidate], chosen: Candidate, why: str, compile: bool
+) -> tuple[DictConfig, Plan]:
+    """The plan (:func:`decide`), shown, and the run's config with it and the budget
+    recipe applied (a warning for each value of yours it replaces)."""
     plan = decide(
-        chosen, why, candidates, fp, budget, time.monotonic() - started, settings,
-        device=device, compile=mode != "never", network=network, classes=classes,
-        planning_s=time.monotonic() - started,
+        chosen, why, candidates, p.fp, p.budget, time.monotonic() - p.started, p.settings,
+        device=p.device, compile=compile, network=p.network, classes=p.data.classes,
+        planning_s=time.monotonic() - p.started,
     )  # fmt: skip
-    warn_replaced(cfg, plan.overrides, f"budget={cfg.budget}")
-    plan.overrides.update(extra)  # recorded in plan.yaml with the plan's own choices
-    planned = applied(cfg, plan.overrides)
-    plan.show(cfg.budget)
+    warn_replaced(p.cfg, plan.overrides, f"budget={p.cfg.budget}")
+    plan.overrides.update(p.extra)  # recorded in plan.yaml with the plan's own choices
+    planned = applied(p.cfg, plan.overrides)
+    plan.show(p.cfg.budget)
     return planned, plan
 
 
@@ -262,21 +303,6 @@ def _with_recipe(cfg: DictConfig, extra: Mapping[str, Any]) -> DictConfig:
             )  # fmt: skip
             OmegaConf.update(cfg, key, value, force_add=True)
     return cfg
-
-
-def _timed(
-    module: Any,
-    c: Candidate,
-    train: Sequence[PreparedSubject],
-    val: Sequence[PreparedSubject],
-    cfg: DictConfig,
-    device: torch.device,
-    steps: int,
-    bf16: bool,
-) -> float:
-    """Seconds per training step of ``module`` as candidate ``c``."""
-    shape = StepShape(c.patch, c.batch_size, c.num_levels, cfg.get("augmentation"), bf16)
-    return time_steps(module, train, val, shape, device, steps)[0]
 
 
 def _compile_mode(
@@ -316,13 +342,18 @@ def _compile_trial(
     start = time.monotonic()
     try:
         module = build(trial)
-        c.s_per_step = _timed(module, c, train, val[:1], cfg, device, steps, bf16)
+        c.s_per_step = time_steps(module, train, val[:1], _shape(c, cfg, bf16), device, steps)[0]
     except Exception as error:  # noqa: BLE001 - any compiler failure means: train eagerly
         log.warning("budget: torch.compile failed on this machine, training eagerly (%s)", error)
         c.note = "compile failed"
         return c
     c.compile_s = time.monotonic() - start - steps * c.s_per_step
     return c
+
+
+def _shape(c: Candidate, cfg: DictConfig, bf16: bool) -> StepShape:
+    """A training step of candidate ``c`` as the run (``cfg``) trains."""
+    return StepShape(c.patch, c.batch_size, c.num_levels, cfg.get("augmentation"), bf16)
 
 
 def _with(cfg: DictConfig, c: Candidate) -> DictConfig:

@@ -276,7 +276,7 @@ def _discover(cfg: DictConfig, settings: TrainingSettings) -> _Setup:
 def _planned(setup: _Setup, started: float) -> _Setup:
     """``setup`` with the plan of ``budget=`` / ``plan=`` applied (its settings rebuilt
     from the planned config)."""
-    from hsftrain.training.budget import planned_run
+    from hsftrain.training.plan import planned_run
 
     pretrained, finetune = setup.pretrained, setup.finetune
     cfg, plan = planned_run(
