@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from hsftrain.config.values import plain
 from hsftrain.core.errors import ConfigError
 
 #: Parameters of each transform and their defaults (a transform's ``p`` defaults to 0: off).
@@ -151,7 +152,9 @@ class AugmentationSpec:
         """
         if isinstance(cfg, AugmentationSpec):
             return cfg
-        cfg = cfg or {}
+        cfg = plain(cfg) or {}  # a DictConfig as dicts and lists
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"augmentation={cfg!r}: give the augmentation group (a mapping)")
         for key in cfg:
             if key not in DEFAULTS and key not in OTHER_KEYS:
                 raise ConfigError(
