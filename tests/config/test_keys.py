@@ -34,7 +34,7 @@ def test_get_value_names_the_key_of_a_missing_value_or_broken_interpolation() ->
     cfg = OmegaConf.create(CFG)
     with pytest.raises(ConfigError, match=r"^`b\.c`: Missing mandatory value"):
         get_value(cfg, "b.c")
-    with pytest.raises(ConfigError, match=r"^`b\.d`: Interpolation key 'nope' not found"):
+    with pytest.raises(ConfigError, match=r"^`b\.d`: Interpolation key 'nope' not found$"):
         get_value(cfg, "b.d", missing="default")
     assert get_value(cfg, "a.x", 5, missing="default") == 5
 

@@ -63,7 +63,8 @@ def get_value(
             for part in key.split("."):
                 node = node.get(part, default) if isinstance(node, Mapping) else default
             return node
-        raise ConfigError(f"`{key}`: {err}") from err
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"`{key}`: {first}") from err
 
 
 class KeyReader:
