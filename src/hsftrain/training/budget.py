@@ -134,7 +134,7 @@ class _Planning:
     finetune: bool  # network is the pretrained one
     extra: dict[str, Any]  # the budget recipe values set
     fp: dict[str, Any]  # the data's fingerprint
-    epoch_steps: int  # as Lightning counts them (lightning.limit_train_batches)
+    epoch_steps: int  # of a whole epoch: lightning.limit_train_batches leaves plans alone
 
     def time(
         self, module: Any, c: Candidate, val: Sequence[PreparedSubject], steps: int
@@ -188,8 +188,7 @@ def _fingerprint(
     if min(c.num_levels for c in candidates) < 3:  # no decoder level to supervise
         extra.pop("models.hparams.deep_supervision", None)
     cfg = _with_recipe(cfg, extra)
-    limit = cfg.lightning.get("limit_train_batches")
-    epoch_steps = steps_per_epoch(len(data.train), batch, limit)
+    epoch_steps = steps_per_epoch(len(data.train), batch)  # whole epochs, as planned
     p = _Planning(
         cfg, data, settings, device, bf16, budget, started, network, finetune, extra, fp,
         epoch_steps,

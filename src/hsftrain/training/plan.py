@@ -125,8 +125,7 @@ def from_file(
     }
     warn_replaced(cfg, {k: v for k, v in overrides.items() if k not in settings.recipe}, where)
     planned = applied(cfg, overrides)
-    limit = planned.lightning.get("limit_train_batches")
-    plan.restore_pace(steps_per_epoch(len(train), int(planned.datasets.batch_size), limit))
+    plan.restore_pace(steps_per_epoch(len(train), int(planned.datasets.batch_size)))
     log.info(
         "%s: %s for %d epochs (%d steps), planned for a %.0f s budget on %s; no timing",
         where, plan.chosen, plan.epochs, plan.steps, plan.budget_s, plan.device,
