@@ -14,7 +14,7 @@ flags on T2 images given to the T1 models, and the bundled models' metadata.
 * ``msd_ashs_t1t2``: the 12 ASHS MPRAGE (4 mm) + TSE pairs, multispectral;
 
 and prints, per set, how many subjects were flagged and for which check. Writes
-``benchmarks/results/input_checks.json``.
+``benchmarks/results/input_checks/epyc-2core/input_checks.json``.
 """
 
 from __future__ import annotations

@@ -52,10 +52,22 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def machine_slug() -> str:
+    """Short name of this machine for result folders, e.g. ``epyc-2core`` or ``xeon-2core``."""
+    model, _ = cpu_model()
+    words = (model or platform.machine() or "cpu").lower().replace("(r)", " ").split()
+    family = next((w for w in words if w in ("epyc", "xeon", "ryzen", "core", "neoverse")), "cpu")
+    if torch.cuda.is_available():
+        family = torch.cuda.get_device_name(0).lower().replace("nvidia", "").split()[0]
+        return f"{family}-gpu"
+    return f"{family}-{os.cpu_count()}core"
+
+
 def write_result(name: str, tag: str, out: dict) -> Path:
-    """``out`` as ``benchmarks/results/<name>[_<tag>].json``; returns the path."""
-    suffix = f"_{tag}" if tag else ""
-    path = Path(__file__).resolve().parent / "results" / f"{name}{suffix}.json"
-    path.parent.mkdir(exist_ok=True)
+    """``out`` as ``benchmarks/results/<name>/<machine>/<tag or name>.json``; returns the path.
+
+    Results are stored by benchmark and machine (:func:`machine_slug`), never by run."""
+    path = Path(__file__).resolve().parent / "results" / name / machine_slug() / f"{tag or name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     return path

@@ -22,7 +22,7 @@ alternating with the current code: the "old vs new crops per second" figure.
     .venv/bin/python benchmarks/segment_cpu.py --old-commit 792139c  # + old vs new
     .venv/bin/python benchmarks/segment_cpu.py --quick               # seconds: a smoke run
 
-Writes ``benchmarks/results/segment_cpu.json``.
+Writes ``benchmarks/results/segment_cpu/<machine>/segment_cpu.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info, machine_slug  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MSD = ROOT.parent / "shared" / "data" / "msd_hippocampus" / "imagesTr"
-RESULTS = ROOT / "benchmarks" / "results" / "segment_cpu.json"
+RESULTS = ROOT / "benchmarks" / "results" / "segment_cpu" / machine_slug() / "segment_cpu.json"
 SETTINGS = ("single", "bagging_fast", "bagging_accurate", "msd", "msd_fast")
 
 

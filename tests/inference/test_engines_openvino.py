@@ -16,7 +16,7 @@ import pytest
 from hsftrain.config.compose import ConfigError, compose
 from hsftrain.inference.api import segment
 from hsftrain.inference.engines import OnnxEngine, Provider
-from hsftrain.inference.openvino_engine import OpenVinoEngine, open_engine
+from hsftrain.inference.openvino_engine import OPENVINO_MIN_VIEWS, OpenVinoEngine, open_engine
 from hsftrain.inference.preprocess import pad_to_multiple
 from hsftrain.inference.segmenter import load_engines
 from hsftrain.inference.settings import settings_from_config
@@ -88,15 +88,31 @@ def test_segment_on_openvino_gives_the_onnxruntime_segmentation(
             assert abs(a - b) <= 1e-3 * max(abs(b), 1.0), (subject, key, a, b)
 
 
-def test_auto_is_openvino_on_the_cpu_default(tmp_path: Path, tiny_model: Path) -> None:
+def test_auto_is_openvino_on_the_cpu_with_test_time_augmentation(
+    tmp_path: Path, tiny_model: Path
+) -> None:
     args = [f"files.path={tmp_path}", "files.pattern=*.nii.gz", f"model_paths=[{tiny_model}]"]
-    cfg = compose("segment", [*args, "hardware=cpu"])
+    tta = ["segmentation.tta=true", "segmentation.test_time_num_aug=20"]
+    cfg = compose("segment", [*args, *tta, "hardware=cpu"])
     settings = settings_from_config(cfg)
     assert settings.engine == "auto"
     (engine,) = load_engines(settings, [tiny_model], threads=1)
     assert isinstance(engine, OpenVinoEngine)
     assert engine.config["INFERENCE_NUM_THREADS"] == 1  # the intra-op threads (a worker's share)
     assert engine.config["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+@pytest.mark.parametrize("tta", [["segmentation.tta=false"], ["segmentation.tta=flip"]])
+def test_auto_is_onnxruntime_for_a_view_or_two(
+    tmp_path: Path, tiny_model: Path, tta: list[str]
+) -> None:
+    """One or two views per crop: OpenVINO's compilation of each crop shape would cost more
+    than it saves, so auto keeps ONNX Runtime (the choice depends on the settings only)."""
+    args = [f"files.path={tmp_path}", "files.pattern=*.nii.gz", f"model_paths=[{tiny_model}]"]
+    settings = settings_from_config(compose("segment", [*args, *tta]))
+    assert settings.engine == "auto" and 1 + settings.num_aug < OPENVINO_MIN_VIEWS
+    (engine,) = load_engines(settings, [tiny_model], threads=1)
+    assert isinstance(engine, OnnxEngine) and not isinstance(engine, OpenVinoEngine)
 
 
 def test_bad_engine_names_the_key_and_the_choices(tmp_path: Path) -> None:

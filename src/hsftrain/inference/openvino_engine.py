@@ -33,6 +33,13 @@ CACHE_SIZE = 8
 #: What the log line "model X: path on ..." says for a model on OpenVINO.
 DESCRIPTION = "OpenVINO CPU"
 CPU = "CPUExecutionProvider"
+#: Views per model and crop from which ``hardware.engine=auto`` runs a model on OpenVINO.
+#: OpenVINO compiles each input shape once (about 0.3-0.5 s for an HSF-size network, on one
+#: core) and then runs it 1.4-2.3x faster than ONNX Runtime: with test-time augmentation
+#: (21 views) it won end to end (5 x 21 views: 13.7 against 19.5 s per crop), with one or
+#: two views per crop the compilations cost more than they saved on a folder of MSD crops
+#: (docs/decisions.md, CPU inference engine).
+OPENVINO_MIN_VIEWS = 8
 
 
 def _reason(err: BaseException) -> str:
@@ -126,6 +133,16 @@ class OpenVinoEngine(Engine):
             self.path, [Provider(CPU, {})], self.batch_size, self.threads, self.inter_op_num_threads
         )
         self.providers = list(self.fallback.providers)
+
+
+def auto_engine(engine: str, views: int) -> str:
+    """The engine ``hardware.engine=auto`` means for a run of ``views`` views per model and
+    crop: ``auto`` (OpenVINO on a CPU) from :data:`OPENVINO_MIN_VIEWS` views, else
+    ``onnxruntime``; other engines as asked. Decided by the settings alone, so the same
+    run gives the same outputs whatever the order or the number of workers."""
+    if engine == "auto" and views < OPENVINO_MIN_VIEWS:
+        return "onnxruntime"
+    return engine
 
 
 def _first_available(providers: Sequence[Provider]) -> str:

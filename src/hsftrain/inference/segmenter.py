@@ -16,7 +16,7 @@ from hsftrain.data.labels import CA_MERGES, merge_lut, merge_probs
 from hsftrain.inference.contract import Contract
 from hsftrain.inference.engines import Engine, Provider, resolve_model
 from hsftrain.inference.fusion import Fusion, keep_largest_component
-from hsftrain.inference.openvino_engine import open_engine
+from hsftrain.inference.openvino_engine import auto_engine, open_engine
 from hsftrain.inference.preprocess import pad_to_multiple, unpad, z_normalize
 from hsftrain.inference.resample import model_spacing
 from hsftrain.inference.settings import Settings
@@ -255,9 +255,10 @@ def load_engines(
     if paths is None:
         paths = resolve_models(models, settings.models_path)
     engines = []
+    engine_name = auto_engine(settings.engine, 1 + settings.num_aug)
     for (name, _), path in zip(models, paths, strict=True):
         engine = open_engine(
-            settings.engine,
+            engine_name,
             path,
             with_device(settings.providers, device),
             batch_size=settings.batch_size,
