@@ -67,7 +67,9 @@ def write_result(name: str, tag: str, out: dict) -> Path:
     """``out`` as ``benchmarks/results/<name>/<machine>/<tag or name>.json``; returns the path.
 
     Results are stored by benchmark and machine (:func:`machine_slug`), never by run."""
-    path = Path(__file__).resolve().parent / "results" / name / machine_slug() / f"{tag or name}.json"
+    path = (
+        Path(__file__).resolve().parent / "results" / name / machine_slug() / f"{tag or name}.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     return path
