@@ -3,11 +3,13 @@
 One fixed split of the 208 MSD crops (seed 0): 145 train, 21 validation (checkpoint
 selection), 42 test (never seen in training or tuning). The run trains with the given
 overrides, exports its best checkpoint (lowest validation loss) to ONNX, and that model is
-scored on the 42 test cases with ONNX Runtime: z-normalised crop, padded to a multiple of
-8 with its minimum (as ``segment`` does for hsftrain models), argmax, Dice per label.
+scored on the 42 test cases through hsftrain segment + evaluate: the cases segmented by
+``hsftrain.inference.api.segment`` with that model alone (ONNX Runtime; the test-time flip
+through ``segmentation.tta=flip``), Dice per label by ``hsftrain.evaluation.api``: what
+``hsftrain segment`` + ``hsftrain evaluate`` give a user.
 
-Only the public API that every hsftrain version has is used (``compose``, ``train``), so the
-same script measures an older checkout too:
+Only the public API is used (``compose``, ``train``, ``segment``, ``evaluate_files``), so
+the same script measures an older checkout that has it too:
 
     python benchmarks/train_heldout.py --tag new lightning.max_epochs=10
     git worktree add /tmp/old ccf639e
@@ -30,7 +32,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import onnxruntime as ort
 from machine import machine_info, write_result  # benchmarks/ is on sys.path (script)
 from rich.console import Console
 from rich.table import Table
@@ -38,11 +39,6 @@ from rich.table import Table
 import hsftrain
 from hsftrain.config.compose import compose
 from hsftrain.core.logs import setup_logging
-
-try:
-    from hsftrain.workflow import train
-except ImportError:  # checkouts before hsftrain.workflow (train -> export) existed
-    from hsftrain.training.run import train  # type: ignore[no-redef]
 
 ROOT = Path(__file__).resolve().parents[1]
 MSD = Path(os.environ.get("HSFTRAIN_MSD", ROOT.parent / "shared/data/msd_hippocampus"))
@@ -70,37 +66,72 @@ def canonical(path: Path) -> np.ndarray:
     return np.asanyarray(nib.as_closest_canonical(nib.load(str(path))).dataobj)
 
 
-def score(onnx_path: Path, cases: list[Path], flip: bool = False) -> dict[str, list[float]]:
-    """Dice per label of the exported model on each case; ``flip``: the mean of the
-    softmax of the image and of its left-right mirror (test-time flip, axis 0 in RAS+)."""
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    dice: dict[str, list[float]] = {v: [] for v in NAMES.values()}
-    for image_path in cases:
-        image = canonical(image_path).astype(np.float32)
-        label = canonical(MSD / "labelsTr" / image_path.name).astype(np.int64)
-        std = float(image.std())
-        image = (image - image.mean()) / (std if std > 0 else 1.0)
-        pads = [(0, (-s) % 8) for s in image.shape]
-        crop = tuple(slice(0, s) for s in image.shape)
-        views = [image, image[::-1]] if flip else [image]
-        probs = 0.0
-        for k, view in enumerate(views):
-            padded = np.pad(np.ascontiguousarray(view), pads, constant_values=float(view.min()))
-            logits = session.run(None, {name: padded[None, None]})[0][0][(slice(None), *crop)]
-            e = np.exp(logits - logits.max(0, keepdims=True))
-            p = e / e.sum(0, keepdims=True)
-            probs = probs + (p[:, ::-1] if k == 1 else p)
-        pred = np.asarray(probs).argmax(0)
-        for value, label_name in NAMES.items():
-            p, r = pred == value, label == value
-            denom = int(p.sum() + r.sum())
-            dice[label_name].append(1.0 if denom == 0 else 2 * float((p & r).sum()) / denom)
-    return dice
+def product_dice(
+    model: Path,
+    images: list[Path],
+    references: list[Path],
+    out: Path,
+    labels: dict[int, str],
+    flip: bool = False,
+) -> tuple[dict[str, list[float]], list[Path]]:
+    """Dice per label of ``hsftrain segment`` + ``hsftrain evaluate`` on ``images``: the
+    crops segmented with ``model`` alone (``model_paths``, ONNX Runtime, roiloc.mode=crop;
+    ``flip``: ``segmentation.tta=flip`` with the mean of the two views), each segmentation
+    scored against its reference by :func:`hsftrain.evaluation.api.evaluate_files`.
+
+    Returns:
+        ``{label name: [Dice of each image, in order]}`` and the segmentations, in order.
+    """
+    from hsftrain.evaluation.api import EvaluationOptions, evaluate_files
+    from hsftrain.evaluation.pairing import subject_id
+    from hsftrain.inference.api import segment
+
+    crops, refs, segs = out / "crops", out / "references", out / "segmentations"
+    for folder, files in ((crops, images), (refs, references)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for file in files:  # the cases asked for, under their own names
+            (folder / file.name).unlink(missing_ok=True)
+            (folder / file.name).symlink_to(file.resolve())
+    overrides = [
+        f"files.path={crops}",
+        "files.pattern=*.nii.gz",
+        f"files.output_dir={segs}",
+        "files.overwrite=true",
+        f"model_paths=[{model}]",
+        "roiloc.mode=crop",
+        "hardware=onnxruntime",
+        "qc=false",
+        "report=false",
+    ]
+    if flip:
+        overrides += ["segmentation.tta=flip", "segmentation.fusion=mean"]
+    outputs = {subject_id(p): p for p in segment(compose("segment", overrides))}
+    options = EvaluationOptions(
+        labels=labels, out=out / "evaluation", surface=False, plots=False, show=False
+    )
+    results = evaluate_files(str(segs / "*_hippocampus_seg.nii.gz"), refs, options)
+    by_case = {(r.subject, r.label): r.dice for r in results.results}
+    ids = [subject_id(image) for image in images]
+    dice = {name: [by_case[(i, value)] for i in ids] for value, name in labels.items()}
+    return dice, [outputs[i] for i in ids]
+
+
+def score(
+    onnx_path: Path, cases: list[Path], flip: bool = False, references: list[Path] | None = None
+) -> dict[str, list[float]]:
+    """Dice per label of the exported model on each case, scored through ``hsftrain
+    segment`` + ``hsftrain evaluate`` (:func:`product_dice`); ``flip``: with the test-time
+    flip (``segmentation.tta=flip``). ``references``: the label of each case (default: its
+    namesake in the MSD ``labelsTr/``)."""
+    refs = references or [MSD / "labelsTr" / image.name for image in cases]
+    with tempfile.TemporaryDirectory(prefix="hsftrain-score-") as tmp:
+        return product_dice(onnx_path, cases, refs, Path(tmp), NAMES, flip)[0]
 
 
 def _means(dice: dict[str, list[float]]) -> dict[str, float]:
-    return {k: round(float(np.mean(v)), 4) for k, v in dice.items()}
+    """Mean Dice per label, as ``hsftrain evaluate`` averages (a class in neither image:
+    NaN, left out)."""
+    return {k: round(float(np.nanmean(v)), 4) for k, v in dice.items()}
 
 
 def summary(pattern: str) -> None:
@@ -190,6 +221,11 @@ def main() -> dict:
         f"run_name={args.tag}",
         *overrides,
     ]
+    try:
+        from hsftrain.workflow import train
+    except ImportError:  # checkouts before hsftrain.workflow (train -> export) existed
+        from hsftrain.training.run import train  # type: ignore[no-redef]
+
     load_before = os.getloadavg()[0]
     start, cpu0 = time.perf_counter(), _cpu()
     metrics = train(compose("config", cfg_args))
