@@ -10,11 +10,13 @@ For every model given with ``--model NAME=PATH.onnx``:
   is created) minus its resident memory at that point: model + ONNX Runtime arenas +
   activations;
 * size: the ONNX file in bytes, and the fraction of exactly-zero conv weights;
-* quality: Dice of the argmax segmentation against the reference labels, per label and
-  mean, on the validation subjects of ``--split`` (a run's split.json) found under
-  ``--data`` (the MSD Task04 folder with imagesTr/ and labelsTr/); image and label
-  pre-processed as training validation does (RAS+, z-normalised, both padded to a multiple
-  of 8 by ``hsftrain.data.transforms.postprocess``), Dice on that grid.
+* quality: Dice of the segmentation against the reference labels, per label and mean, on
+  the validation subjects of ``--split`` (a run's split.json) found under ``--data`` (the
+  MSD Task04 folder with imagesTr/ and labelsTr/), scored through hsftrain segment +
+  evaluate: each model alone segments the crops with ``hsftrain.inference.api.segment``
+  (ONNX Runtime, no test-time augmentation) and ``hsftrain.evaluation.api`` compares them
+  with the labels, on the crop's own grid: what ``hsftrain segment`` + ``hsftrain
+  evaluate`` give a user. The timings above use their own ONNX Runtime sessions.
 
 Prints a table and writes JSON (``--out``). Example (docs/results.md, "Inference speed and compression")::
 
@@ -162,48 +164,30 @@ def validation_cases(split: Path, data: Path, limit: int | None) -> list[tuple[s
     return cases[:limit] if limit else cases
 
 
-def load_case(image: Path, label: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Image ``(1, 1, X, Y, Z)`` and label ``(X, Y, Z)`` as training validation sees them:
-    RAS+, z-normalised, both padded the same way to a multiple of 8
-    (:func:`hsftrain.data.transforms.postprocess`; padded voxels are background)."""
-    import torch
-
-    from hsftrain.data.nifti import load_volume
-    from hsftrain.data.transforms import postprocess
-
-    data, _ = load_volume(image, np.float32, canonical=True)
-    ref, _ = load_volume(label, canonical=True)
-    x, y = postprocess(
-        torch.from_numpy(np.ascontiguousarray(data))[None],
-        torch.from_numpy(np.rint(ref).astype(np.int64)),
-        None,
-    )
-    return x[None].numpy().astype(np.float32), y.numpy()
-
-
 def dice_scores(model: Path, cases: list[tuple[str, Path, Path]], labels: list[int]) -> dict:
-    import onnxruntime as ort
+    """Dice per label and mean of ``model`` on ``cases``, scored through hsftrain segment +
+    evaluate (:func:`train_heldout.product_dice`: ``hsftrain.inference.api.segment`` with
+    ``model_paths=[model]``, ONNX Runtime, no test-time augmentation; Dice by
+    ``hsftrain.evaluation.api``); ``_pred``: each case's segmentation (native grid)."""
+    import tempfile
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    per_label: dict[int, list[float]] = {v: [] for v in labels}
-    predictions = {}
-    for case, image, label in cases:
-        x, ref = load_case(image, label)
-        pred = session.run(None, {name: x})[0][0].argmax(0)
-        predictions[case] = pred
-        for v in labels:
-            p, r = pred == v, ref == v
-            denom = int(p.sum() + r.sum())
-            per_label[v].append(1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom)
-    dice = {str(v): float(np.mean(s)) for v, s in per_label.items()}
+    import nibabel as nib
+    from train_heldout import product_dice  # benchmarks/ is on sys.path (script)
+
+    with tempfile.TemporaryDirectory(prefix="hsftrain-inference-cpu-") as tmp:
+        images, refs = [c[1] for c in cases], [c[2] for c in cases]
+        names = {v: str(v) for v in labels}
+        per_label, segs = product_dice(model, images, refs, Path(tmp), names)
+        predictions = {
+            case: np.asarray(nib.load(str(seg)).dataobj)
+            for (case, _, _), seg in zip(cases, segs, strict=True)
+        }
+    dice = {str(v): float(np.nanmean(per_label[str(v)])) for v in labels}
     return {
         "dice": dice,
         "dice_mean": float(np.mean(list(dice.values()))),
         "dice_per_case_mean": [
-            float(np.mean([per_label[v][i] for v in labels])) for i in range(len(cases))
+            float(np.nanmean([per_label[str(v)][i] for v in labels])) for i in range(len(cases))
         ],
         "_pred": predictions,
     }
