@@ -4,10 +4,14 @@ A 4-level U-Net downsamples by 8, so padding a crop to a multiple of 8 with its 
 before or after it places the anatomy at a different phase of that grid. This scores one
 exported MSD model (e.g. a ``train_heldout.py`` run's ``model.onnx``) on the same 21 tuning
 and 42 test cases, with the padding placed: evenly (as ``hsftrain segment``), at the end
-(as ``train_heldout.py`` scores), and averaged over several phases (a "shift" test-time
+(the setting named "end (train_heldout)": a hand-written scorer's placement, kept for
+comparison; ``train_heldout.py`` scores through hsftrain segment + evaluate), and averaged over several phases (a "shift" test-time
 augmentation: the mean softmax of the crop placed at phases {0, 4} per axis (8 views) or
 (k, k, k) for k in 0, 2, 4, 6 (4 views)), each with and without the left-right flip.
-Largest-component clean-up is applied as ``segment`` does.
+Largest-component clean-up is applied as ``segment`` does. Padding placements other than
+segment's own are not something ``hsftrain segment`` offers, so this experiment pads and runs
+the model itself; the crops are z-normalised and scored with the product's own functions
+(``hsftrain.data.intensity.z_normalize``, ``hsftrain.evaluation.metrics.dice``).
 
     PYTHONPATH=benchmarks python benchmarks/experiments/tta_grid.py --tag plain /tmp/runs/budget30m/model.onnx
 
