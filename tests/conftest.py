@@ -56,9 +56,18 @@ def tiny_net(seed: int = 0, **hparams: object) -> torch.nn.Module:
     return build_model(name, params).eval()
 
 
+#: Tests that drive the CLI end to end, as a user runs it (many of them, a few seconds each):
+#: all marked ``slow``, so that ``pytest -m "not slow"`` is the fast lane (about 2 minutes on 2
+#: cores); ``scripts/test.sh`` and CI run everything.
+END_TO_END = ("tests/reliability/", "tests/test_docs_examples.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 
+    for item in items:
+        if item.nodeid.startswith(END_TO_END):
+            item.add_marker(pytest.mark.slow)
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA GPU")
         for item in items:
