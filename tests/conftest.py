@@ -56,10 +56,24 @@ def tiny_net(seed: int = 0, **hparams: object) -> torch.nn.Module:
     return build_model(name, params).eval()
 
 
-#: Tests that drive the CLI end to end, as a user runs it (many of them, a few seconds each):
-#: all marked ``slow``, so that ``pytest -m "not slow"`` is the fast lane (about 2 minutes on 2
-#: cores); ``scripts/test.sh`` and CI run everything.
-END_TO_END = ("tests/reliability/", "tests/test_docs_examples.py")
+#: Tests that drive the CLI or a training run end to end, as a user runs them (a second to a
+#: few seconds each): all marked ``slow``, so that ``pytest -m "not slow"`` is the fast lane
+#: (about 80 s on 2 cores); ``scripts/test.sh`` and CI run everything.
+END_TO_END = (
+    "tests/reliability/",
+    "tests/test_docs_examples.py",
+    "tests/test_benchmark_scorers.py",
+    "tests/compression/test_pruning.py",
+    "tests/compression/test_quantize.py",
+    "tests/data/test_cache_manifest.py",
+    "tests/export/test_cli_export.py",
+    "tests/planning/test_plan_command.py",
+    "tests/training/test_denormals.py",
+    "tests/training/test_plan.py",
+    "tests/training/test_run.py",
+    "tests/training/test_settings.py",
+    "tests/test_architecture.py::test_training_with_the_torch_backend_never_loads_torchio",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
