@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 #: The most lines a module may have (one job, readable in one sitting).
 MAX_LINES = 400
-#: Cycles known and being removed (each names its issue); any other cycle fails, and so
+#: Cycles known and being removed (each with its reason); any other cycle fails, and so
 #: does a listed one that is gone (empty this list then).
 KNOWN_CYCLES: list[list[str]] = []
 

@@ -87,7 +87,7 @@ def test_published_4_0_0_layout_loads_key_for_key() -> None:
 
 
 def test_tensor_count_and_names_at_f_maps_8() -> None:
-    """The issue's numbers: 191 tensors / 587,643 values at f_maps 8, 4 levels, 6 classes."""
+    """hsf_train's own layout: 191 tensors / 587,643 values at f_maps 8, 4 levels, 6 classes."""
     net = HSFResidualUNet3D(f_maps=8, num_levels=4, out_channels=6)
     state = net.state_dict()
     assert len(state) == 191 and sum(v.numel() for v in state.values()) == 587_643

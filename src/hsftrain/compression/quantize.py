@@ -28,7 +28,7 @@ import numpy as np
 
 from hsftrain.core.atomic import atomic_path
 from hsftrain.core.errors import ConfigError, ExportError
-from hsftrain.core.onnx_metadata import INPUT_NAME, OUTPUT_NAME, decode_metadata, write_metadata
+from hsftrain.core.onnx_metadata import INPUT_NAME, OUTPUT_NAME, proto_metadata, write_metadata
 from hsftrain.data.intensity import pad_to_multiple, z_normalize
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def quantize_int8(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[calibration.method]
-    fp32_meta = decode_metadata({p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props})
+    fp32_meta = proto_metadata(onnx.load(str(fp32_path)))
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         # Symbolic shape inference cannot resolve the padding arithmetic of the dynamic

@@ -55,6 +55,11 @@ def decode_metadata(props: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def proto_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
+    """Decoded metadata of an ONNX ``ModelProto`` (the reverse of :func:`write_metadata`)."""
+    return decode_metadata({p.key: p.value for p in proto.metadata_props})
+
+
 def write_metadata(proto: onnx.ModelProto, metadata: Mapping[str, Any]) -> None:
     """Replace the metadata of an ONNX ``ModelProto`` by ``metadata`` (encoded)."""
     del proto.metadata_props[:]

@@ -33,7 +33,8 @@ from hsftrain.data.labels import HSF_MODEL_CLASSES, SUBFIELDS, class_names
 log = logging.getLogger(__name__)
 
 DEFAULT_PROVIDERS: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
-#: ``hardware.engine``: auto (OpenVINO on a CPU when installed, else ONNX Runtime) or one of them
+#: ``hardware.engine``: auto (OpenVINO on a CPU for runs with test-time augmentation, when
+#: installed; else ONNX Runtime: :func:`hsftrain.inference.openvino_engine.auto_engine`) or one of them
 ENGINES: tuple[str, ...] = ("auto", "onnxruntime", "openvino")
 #: Spatial size of the test image a model is run on when loaded (dynamic axes).
 PROBE_SIZE = 16

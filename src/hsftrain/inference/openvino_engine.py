@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hsftrain.core.errors import UserError
-from hsftrain.core.onnx_metadata import decode_metadata
+from hsftrain.core.onnx_metadata import proto_metadata
 from hsftrain.inference.engines import Engine, OnnxEngine, Provider
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,7 @@ class OpenVinoEngine(Engine):
         self.inter_op_num_threads = int(inter_op_num_threads or 0)
         self.core = ov.Core()
         self.model = self.core.read_model(str(self.path))
-        proto = onnx.load(str(self.path), load_external_data=False)
-        self.metadata = decode_metadata({p.key: p.value for p in proto.metadata_props})
+        self.metadata = proto_metadata(onnx.load(str(self.path), load_external_data=False))
         self.config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": "f32",  # bf16 changes too many labels
             "PERFORMANCE_HINT": "LATENCY",
@@ -163,8 +162,9 @@ def open_engine(
 ) -> Engine:
     """The engine ``hardware.engine`` asks for, for one model.
 
-    ``auto``: OpenVINO when it is installed and the model runs on a CPU (no GPU provider
-    available first in ``providers``), else ONNX Runtime. ``openvino``: OpenVINO on the CPU.
+    ``auto`` (after :func:`auto_engine` kept it for a run of many views): OpenVINO when it is
+    installed and the model runs on a CPU (no GPU provider available first in ``providers``),
+    else ONNX Runtime. ``openvino``: OpenVINO on the CPU.
     Any failure of OpenVINO falls back to ONNX Runtime on the CPU with a warning.
 
     Raises:
