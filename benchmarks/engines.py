@@ -30,11 +30,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info, write_result  # noqa: E402
+from segment_cpu import export_random_model  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MSD = Path(os.environ.get("HSFTRAIN_MSD", DATA / "msd_hippocampus"))
 ASHS = DATA / "ashs_atlas_test"
-CLASSES = 8
 
 
 def padded(shape: tuple[int, ...], multiple: int = 8) -> tuple[int, ...]:
@@ -59,32 +59,16 @@ def crop_shapes(limit: int) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def export(folder: Path, name: str, f_maps: int, levels: int) -> Path:
-    import torch
-
-    from hsftrain.export.onnx import OnnxOptions, export_onnx
-    from hsftrain.models import build_model
-
-    torch.manual_seed(0)
-    hparams = dict(in_channels=1, out_channels=CLASSES, f_maps=f_maps, num_levels=levels)
-    net = build_model(name, hparams).eval()
-    path = folder / f"{name}_f{f_maps}_l{levels}.onnx"
-    meta = {"num_classes": CLASSES}
-    return export_onnx(
-        net,
-        path,
-        metadata=meta,
-        options=OnnxOptions(example_shape=(1, 1, 32, 48, 32), verify_shapes=None),
-    )
+    return export_random_model(folder / f"{name}_f{f_maps}_l{levels}.onnx", name, f_maps, levels)
 
 
 def models(folder: Path, quick: bool) -> list[tuple[str, Path]]:
+    """ResidualUNet3D f_maps 16 and 24 and hsf_train's ARUnet (f_maps 16), 4 levels."""
+    from hsftrain.models.hsf_arunet import NAME as HSF_NAME
+
     if quick:
         return [("ResidualUNet3D f4 L2", export(folder, "ResidualUNet3D", 4, 2))]
     out = [(f"ResidualUNet3D f{f} L4", export(folder, "ResidualUNet3D", f, 4)) for f in (16, 24)]
-    try:
-        from hsftrain.models.hsf_arunet import HSF_NAME
-    except ImportError:
-        return out
     out.append((f"{HSF_NAME} f16 L4", export(folder, HSF_NAME, 16, 4)))
     return out
 

@@ -50,30 +50,39 @@ RESULTS = ROOT / "benchmarks" / "results" / "segment_cpu" / machine_slug() / "se
 SETTINGS = ("single", "bagging_fast", "bagging_accurate", "msd", "msd_fast")
 
 
-def export_models(folder: Path, n: int, f_maps: int, levels: int) -> list[Path]:
-    """``n`` ResidualUNet3D models (8 classes, random weights) exported to ONNX."""
+def export_random_model(
+    path: Path, name: str, f_maps: int, levels: int, seed: int = 0, metadata: dict | None = None
+) -> Path:
+    """One network of ``hsftrain.models`` with random weights (seeded), 8 classes, exported to
+    ONNX at ``path``: timing does not depend on the weights."""
     import torch
 
     from hsftrain.data.labels import SUBFIELDS
     from hsftrain.export.onnx import OnnxOptions, export_onnx
     from hsftrain.models import build_model
 
-    paths = []
-    for seed in range(n):
-        torch.manual_seed(seed)
-        hparams = dict(in_channels=1, out_channels=len(SUBFIELDS), f_maps=f_maps, num_levels=levels)
-        net = build_model("ResidualUNet3D", hparams).eval()
-        meta = {"labels_names": list(SUBFIELDS), "num_classes": len(SUBFIELDS), "ca_mode": "1/2/3"}
-        path = folder / f"bench_{seed}.onnx"
-        paths.append(
-            export_onnx(
-                net,
-                path,
-                metadata=meta,
-                options=OnnxOptions(example_shape=(1, 1, 32, 48, 32), verify_shapes=None),
-            )
+    torch.manual_seed(seed)
+    hparams = dict(in_channels=1, out_channels=len(SUBFIELDS), f_maps=f_maps, num_levels=levels)
+    net = build_model(name, hparams).eval()
+    return export_onnx(
+        net,
+        path,
+        metadata=metadata or {"num_classes": len(SUBFIELDS)},
+        options=OnnxOptions(example_shape=(1, 1, 32, 48, 32), verify_shapes=None),
+    )
+
+
+def export_models(folder: Path, n: int, f_maps: int, levels: int) -> list[Path]:
+    """``n`` ResidualUNet3D models (8 HSF subfield classes, random weights) exported to ONNX."""
+    from hsftrain.data.labels import SUBFIELDS
+
+    meta = {"labels_names": list(SUBFIELDS), "num_classes": len(SUBFIELDS), "ca_mode": "1/2/3"}
+    return [
+        export_random_model(
+            folder / f"bench_{seed}.onnx", "ResidualUNet3D", f_maps, levels, seed, meta
         )
-    return paths
+        for seed in range(n)
+    ]
 
 
 def setting_overrides(name: str, models: list[Path], tta: int) -> list[str]:
