@@ -35,7 +35,7 @@ DESCRIPTION = "OpenVINO CPU"
 CPU = "CPUExecutionProvider"
 #: Views per model and crop from which ``hardware.engine=auto`` runs a model on OpenVINO.
 #: OpenVINO compiles each input shape once (about 0.3-0.5 s for an HSF-size network, on one
-#: core) and then runs it 1.4-2.3x faster than ONNX Runtime: with test-time augmentation
+#: core) and then runs it 1.1-2.7x faster than ONNX Runtime: with test-time augmentation
 #: (21 views) it won end to end (5 x 21 views: 13.7 against 19.5 s per crop), with one or
 #: two views per crop the compilations cost more than they saved on a folder of MSD crops
 #: (docs/decisions.md, CPU inference engine).
