@@ -16,7 +16,8 @@ checkout does not know is skipped with its error line as the note. The cohort fi
 subjects per hour on ``--cohort`` MSD crops with ``segmentation=msd`` and
 ``hardware.jobs=1`` and ``2``. ``--old-commit REV`` also measures REV's code (a ``git
 worktree``, its own ``PYTHONPATH``, the same .venv) on the same crops in the same run,
-alternating with the current code: the "old vs new crops per second" figure.
+alternating with the current code, for every setting (rows with ``"code": REV``) and for the
+cohort: the "old vs new crops per second" figure.
 
     .venv/bin/python benchmarks/segment_cpu.py                       # the full measurement
     .venv/bin/python benchmarks/segment_cpu.py --old-commit 792139c  # + old vs new
@@ -225,41 +226,46 @@ def main(argv: list[str] | None = None) -> int:
         models = export_models(work / "models", args.bag, args.f_maps, args.levels)
         data = crop_folder(work / "data", args.subjects)
         presets = ROOT / "src" / "hsftrain" / "conf" / "segmentation"
-        for name in settings:
-            if name.startswith("msd") and not (presets / f"{name}.yaml").is_file():
-                results.append({"setting": name, "skipped": f"no segmentation={name} preset"})
-                continue
-            for engine in engines:
-                overrides = [
-                    *setting_overrides(name, models, args.tta),
-                    f"hardware.engine={engine}",
-                ]
-                got = measure(trees, data, work / "out", overrides, args.repeats)["current"]
-                results.append({"setting": name, "engine": engine, **got})
-        if args.cohort:
-            crops = crop_folder(work / "cohort", args.cohort)
-            for jobs in (1, 2):
-                overrides = ["segmentation=msd", f"hardware.jobs={jobs}"]
-                got = measure(trees, crops, work / "out", overrides, args.repeats)["current"]
-                cohort.append({"jobs": jobs, **got})
-            if args.old_commit:
-                trees["old"] = old_tree(work, args.old_commit)
-                try:
+        if args.old_commit:  # each setting also on the old code, alternating
+            trees["old"] = old_tree(work, args.old_commit)
+        try:
+            for name in settings:
+                if name.startswith("msd") and not (presets / f"{name}.yaml").is_file():
+                    results.append({"setting": name, "skipped": f"no segmentation={name} preset"})
+                    continue
+                for engine in engines:
+                    overrides = [
+                        *setting_overrides(name, models, args.tta),
+                        f"hardware.engine={engine}",
+                    ]
+                    got = measure(trees, data, work / "out", overrides, args.repeats)
+                    for tree, summary in got.items():
+                        code = "current" if tree == "current" else args.old_commit
+                        results.append({"setting": name, "engine": engine, "code": code, **summary})
+            if args.cohort:
+                crops = crop_folder(work / "cohort", args.cohort)
+                for jobs in (1, 2):
+                    overrides = ["segmentation=msd", f"hardware.jobs={jobs}"]
+                    got1 = measure(
+                        {"current": trees["current"]}, crops, work / "out", overrides, args.repeats
+                    )
+                    cohort.append({"jobs": jobs, **got1["current"]})
+                if args.old_commit:
                     both = measure(trees, crops, work / "out", ["segmentation=msd"], args.repeats)
-                finally:
-                    drop_tree(trees["old"])
-                new, old = both["current"], both["old"]
-                speedup = None
-                if "crops_per_second" in new and "crops_per_second" in old:
-                    speedup = round(
-                        float(new["crops_per_second"]) / float(old["crops_per_second"]), 3
-                    )  # type: ignore[arg-type]
-                old_vs_new = {
-                    "old_commit": args.old_commit,
-                    "old": old,
-                    "new": new,
-                    "speedup": speedup,
-                }
+        finally:
+            if "old" in trees:
+                drop_tree(trees["old"])
+        if args.cohort and args.old_commit:
+            new, old = both["current"], both["old"]
+            speedup = None
+            if "crops_per_second" in new and "crops_per_second" in old:
+                speedup = round(float(new["crops_per_second"]) / float(old["crops_per_second"]), 3)  # type: ignore[arg-type]
+            old_vs_new = {
+                "old_commit": args.old_commit,
+                "old": old,
+                "new": new,
+                "speedup": speedup,
+            }
     report = {
         "benchmark": "segment_cpu",
         "commit": commit(),
@@ -310,7 +316,9 @@ def print_table(report: dict[str, object]) -> None:
             for k in ("old", "new")
         ]
     for r in rows:
-        cells = [str(r.get("setting", "")), str(r.get("engine", ""))]
+        code = r.get("code", "current")
+        setting = str(r.get("setting", "")) + ("" if code == "current" else f" ({code})")
+        cells = [setting, str(r.get("engine", ""))]
         if "skipped" in r:
             table.add_row(*cells, "", "", "", "", f"skipped: {r['skipped']}")
             continue

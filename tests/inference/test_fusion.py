@@ -98,3 +98,13 @@ def test_keep_largest_component() -> None:
     one[2:4, 2:4, 2:4] = 3
     np.testing.assert_array_equal(keep_largest_component(one), one)
     np.testing.assert_array_equal(keep_largest_component(np.zeros_like(seg)), 0)
+
+
+def test_first_argmax_is_numpys_argmax_ties_included() -> None:
+    from hsftrain.inference.fusion import first_argmax
+
+    rng = np.random.default_rng(2)
+    probs = rng.integers(0, 3, size=(6, 9, 7, 5)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(first_argmax(probs), probs.argmax(axis=0))
+    probs = rng.random((8, 10, 12, 4)).astype(np.float32)
+    np.testing.assert_array_equal(first_argmax(probs), probs.argmax(axis=0))

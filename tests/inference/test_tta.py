@@ -115,3 +115,62 @@ def test_unknown_flip_axis_is_rejected() -> None:
         sample_augmentation(
             {"flip": {"p": 1.0, "axes": ["XY"]}}, (8, 8, 8), (1, 1, 1), np.random.default_rng(0)
         )
+
+
+def test_pull_operator_interpolates_as_scipy_with_edges_replicated() -> None:
+    from scipy import ndimage
+
+    from hsftrain.inference.tta import pull_operator
+
+    rng = np.random.default_rng(3)
+    for shape in [(7, 9, 5), (1, 6, 4)]:  # a one-voxel axis too
+        image = rng.normal(size=shape).astype(np.float32)
+        # points inside, on the edges and outside the grid on every side
+        coords = rng.uniform(-2, 1, size=(3, 500)) * 1.5 + np.array(shape)[:, None] * rng.uniform(
+            0, 1.2, size=(3, 500)
+        )
+        expected = ndimage.map_coordinates(image, coords, order=1, mode="nearest")
+        got = pull_operator(coords, shape) @ image.ravel()
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def _scipy_invert(aug: Augmentation, probs: np.ndarray) -> np.ndarray:
+    """The inversion as one scipy resampling per class (the reference)."""
+    from scipy import ndimage
+
+    out = probs
+    if aug.displacement is not None:
+        inverse = invert_displacement(aug.displacement)
+        grid = np.indices(probs.shape[1:], dtype=np.float32)
+        out = np.stack(
+            [ndimage.map_coordinates(c, grid + inverse, order=1, mode="nearest") for c in out]
+        )
+    if aug.matrix is not None:
+        m = np.linalg.inv(aug.matrix)
+        out = np.stack(
+            [
+                ndimage.affine_transform(c, m[:3, :3], offset=m[:3, 3], order=1, mode="nearest")
+                for c in out
+            ]
+        )
+    if aug.flip_axes:
+        out = np.flip(out, tuple(a + 1 for a in aug.flip_axes))
+    return out
+
+
+def test_inverting_several_models_at_once_equals_each_class_resampled_alone() -> None:
+    shape = (12, 16, 10)
+    rng = np.random.default_rng(5)
+    matrix = affine_matrix(
+        shape, (1.0, 1.0, 1.2), (0.95, 1.05, 1.0), (8.0, -5.0, 3.0), (1.0, -2.0, 0.5)
+    )
+    field = elastic_displacement(shape, (1.0, 1.0, 1.2), rng, 5, 2.0)
+    aug = Augmentation((0,), matrix, field)
+    probs = rng.dirichlet(np.ones(4), size=(3, *shape)).transpose(0, 4, 1, 2, 3).astype(np.float32)
+    together = aug.invert(probs)  # (models, classes, X, Y, Z) in one call
+    assert together.shape == probs.shape and together.dtype == np.float32
+    for model in range(3):
+        alone = aug.invert(probs[model])
+        np.testing.assert_allclose(together[model], alone, atol=1e-6)
+        np.testing.assert_allclose(alone, _scipy_invert(aug, probs[model]), atol=1e-5)
+    np.testing.assert_allclose(together.sum(axis=1), 1.0, atol=1e-5)  # still probabilities

@@ -41,6 +41,23 @@ def normalized_entropy(dist: np.ndarray, axis: int = 0) -> np.ndarray:
     return (terms.sum(axis=axis) / np.log(n)).astype(np.float32)
 
 
+def first_argmax(probs: np.ndarray) -> np.ndarray:
+    """``probs.argmax(axis=0)`` (the first class on ties) of ``(C, ...)`` scores, one pass per
+    class (faster than numpy's arg-max across a leading axis of a few classes).
+
+    Example:
+        >>> first_argmax(np.array([[0.2, 0.5], [0.7, 0.5], [0.1, 0.0]])).tolist()
+        [1, 0]
+    """
+    best = probs[0].copy()
+    label = np.zeros(best.shape, dtype=np.intp)
+    for c in range(1, len(probs)):
+        higher = probs[c] > best
+        label[higher] = c
+        np.maximum(best, probs[c], out=best)
+    return label
+
+
 class Fusion:
     """Accumulates class probabilities ``(C, X, Y, Z)`` one prediction at a time.
 
@@ -64,10 +81,9 @@ class Fusion:
             self._prob_sum = np.zeros(probs.shape, dtype=np.float64)
         elif probs.shape != self._votes.shape:
             raise FusionError(f"prediction shape {probs.shape} != {self._votes.shape}")
-        label_map = probs.argmax(axis=0)
-        np.put_along_axis(
-            self._votes, label_map[None], np.take_along_axis(self._votes, label_map[None], 0) + 1, 0
-        )
+        label_map = first_argmax(probs)
+        votes = self._votes.reshape(len(probs), -1)
+        votes[label_map.ravel(), np.arange(votes.shape[1])] += 1  # one vote per voxel
         self._prob_sum += probs
         self.count += 1
 

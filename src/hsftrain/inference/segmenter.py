@@ -161,15 +161,16 @@ class Segmenter:
             inputs = {}
             for key, value in values.items():  # pads the last three (spatial) axes
                 inputs[key], crop = pad_to_multiple(views, 8, value)
+            outputs = []  # per model: (views, C, X, Y, Z) on the padded grid
             for engine in self.engines:
-                probs = engine.predict(inputs[engine.pads_with_minimum])
-                for augmentation, p in zip(chunk, probs, strict=True):
-                    back = augmentation.invert(unpad(p, crop))
-                    if self.merges:
-                        back = merge_probs(back, self.model_names, self.ca_mode)
-                    yield back
+                outputs.append(engine.predict(inputs[engine.pads_with_minimum]))
                 if advance:
                     advance(len(chunk))
+            for view, augmentation in enumerate(chunk):
+                # every model's classes of a view mapped back in one resampling
+                backs = augmentation.invert(np.stack([unpad(o[view], crop) for o in outputs]))
+                for back in backs:
+                    yield merge_probs(back, self.model_names, self.ca_mode) if self.merges else back
 
     def finish(self, label_map: np.ndarray) -> np.ndarray:
         """Post-processing of a fused label map (largest component when configured)."""

@@ -16,6 +16,11 @@ are then mapped back onto the original grid with :meth:`Augmentation.invert`:
   the inverse field is approximated by fixed-point iteration ``v(x) = -u(x + v(x))``
   (accurate to a small fraction of a voxel for the smooth fields used here).
 
+The inversions are linear in the probabilities, so each view computes its trilinear
+weights once (:func:`pull_operator`, a sparse matrix) and applies them to every class of
+every model of an ensemble in one product (:meth:`Augmentation.invert` takes any leading
+axes), instead of one resampling per class and model.
+
 A draw with no transform at all is drawn again (up to 20 times), so that every augmented
 prediction differs from the plain one; all randomness comes from the ``rng`` passed in.
 """
@@ -28,7 +33,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
 
 from hsftrain.data.augmentation_spec import AugmentationSpec, flip_dims
 
@@ -72,17 +77,77 @@ class Augmentation:
             out = _warp(out, self.displacement)
         return np.ascontiguousarray(out, dtype=np.float32)
 
+    def _inverse_operators(self, shape: tuple[int, ...]) -> list[sparse.csr_array]:
+        """The pulls that undo the elastic, then the affine part, on a ``shape`` grid
+        (computed once per view and grid)."""
+        cache: dict[tuple[int, ...], list[sparse.csr_array]] = self.__dict__.setdefault(
+            "_operators", {}
+        )
+        if shape not in cache:
+            grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
+            operators = []
+            if self.displacement is not None:
+                coords = grid + self._inverse_displacement.reshape(3, -1)
+                operators.append(pull_operator(coords, shape))
+            if self.matrix is not None:
+                inverse = np.linalg.inv(self.matrix)
+                coords = inverse[:3, :3] @ grid.astype(np.float64) + inverse[:3, 3:]
+                operators.append(pull_operator(coords, shape))
+            cache[shape] = operators
+        return cache[shape]
+
     def invert(self, probs: np.ndarray) -> np.ndarray:
-        """Map ``(C, X, Y, Z)`` probabilities predicted on the augmented image back."""
+        """Map ``(..., X, Y, Z)`` probabilities predicted on the augmented image back
+        (leading axes: classes, or models x classes, all resampled at once)."""
+        shape = tuple(probs.shape[-3:])
         out = probs
-        if self.displacement is not None:
-            out = np.stack([_warp(channel, self._inverse_displacement) for channel in out])
-        if self.matrix is not None:
-            inverse = np.linalg.inv(self.matrix)
-            out = np.stack([_affine(channel, inverse) for channel in out])
+        operators = self._inverse_operators(shape)
+        if operators:
+            flat = np.ascontiguousarray(probs, dtype=np.float32).reshape(-1, int(np.prod(shape)))
+            columns = flat.T  # (voxels, arrays): one sparse product resamples every array
+            for operator in operators:
+                columns = operator @ columns
+            out = np.asarray(columns).T.reshape(probs.shape)
         if self.flip_axes:
-            out = np.flip(out, tuple(a + 1 for a in self.flip_axes))
+            out = np.flip(out, tuple(a - 3 for a in self.flip_axes))
         return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def pull_operator(coords: np.ndarray, shape: Sequence[int]) -> sparse.csr_array:
+    """Trilinear pull resampling as a sparse ``(points, voxels)`` matrix: row ``i`` holds the
+    eight weights that interpolate a ``shape`` array at ``coords[:, i]`` (voxel
+    coordinates, ``(3, points)``); coordinates outside the grid take the edge value, as
+    ``scipy.ndimage.map_coordinates(..., order=1, mode="nearest")``.
+
+    Example:
+        >>> op = pull_operator(np.array([[0.5], [0.0], [0.0]]), (2, 1, 1))
+        >>> (op @ np.array([0.0, 1.0], dtype=np.float32)).tolist()
+        [0.5]
+    """
+    corners: list[tuple[np.ndarray, np.ndarray]] = []  # per axis: (low, high) index
+    weights: list[tuple[np.ndarray, np.ndarray]] = []
+    for axis, n in enumerate(shape):
+        c = np.clip(coords[axis].astype(np.float64), 0, n - 1)
+        low = np.minimum(np.floor(c).astype(np.int64), max(n - 2, 0))
+        frac = c - low if n > 1 else np.zeros_like(c)
+        corners.append((low, np.minimum(low + 1, n - 1)))
+        weights.append((1 - frac, frac))
+    columns, values = [], []
+    for a in (0, 1):
+        for b in (0, 1):
+            for c in (0, 1):
+                flat = (corners[0][a] * shape[1] + corners[1][b]) * shape[2] + corners[2][c]
+                columns.append(flat)
+                values.append(weights[0][a] * weights[1][b] * weights[2][c])
+    points = coords.shape[1]
+    return sparse.csr_array(
+        (
+            np.stack(values, 1).ravel().astype(np.float32),
+            np.stack(columns, 1).ravel(),
+            np.arange(0, 8 * points + 1, 8),
+        ),
+        shape=(points, int(np.prod(shape))),
+    )
 
 
 def _affine(image: np.ndarray, matrix: np.ndarray) -> np.ndarray:
