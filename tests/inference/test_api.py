@@ -61,6 +61,9 @@ class VoxelwiseEngine:
         self.pads_with_minimum = pads_with_minimum
         self.inputs: list[np.ndarray] = []
 
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        pass  # nothing compiled per shape
+
     def predict(self, images: np.ndarray) -> np.ndarray:
         self.inputs.append(images)
         x = images[:, 0]

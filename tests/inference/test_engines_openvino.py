@@ -218,3 +218,53 @@ def test_a_bad_model_is_refused_on_openvino_too(tmp_path: Path) -> None:
     path = logits_model(tmp_path / "m.onnx", 1)  # one class: no segmentation
     with pytest.raises(ModelError, match="at least 2"):
         open_engine("openvino", path, CPU)
+
+
+class _CountingCore(_Core):
+    """A real Core that records each compiled input shape and the thread that compiled it."""
+
+    calls: list[tuple[tuple[int, ...], str]] = []
+
+    def __init__(self) -> None:
+        super().__init__(compiles=10**6)
+
+    def compile_model(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        import threading
+
+        shape = tuple(d.get_length() for d in model.inputs[0].get_partial_shape())
+        self.calls.append((shape, threading.current_thread().name))
+        return super().compile_model(model, *args, **kwargs)
+
+
+def test_an_ensemble_compiles_a_new_crop_shape_once_per_model_side_by_side(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hsftrain.inference.segmenter import Segmenter, SegmenterOptions
+
+    monkeypatch.setattr(openvino, "Core", _CountingCore)
+    _CountingCore.calls = []
+    engines = [OpenVinoEngine(tiny_model) for _ in range(3)]
+    probe = list(_CountingCore.calls)  # each model's contract check on its test image
+    options = SegmenterOptions({"flip": {"p": 1.0, "axes": ["LR"]}}, num_aug=2)
+    image = np.random.default_rng(0).standard_normal((20, 27, 18)).astype(np.float32)
+    for _ in range(2):  # a second crop of the same shape compiles nothing
+        Segmenter(engines, options).segment_crop(image, (1.0, 1.0, 1.0), np.random.default_rng(1))
+    crop = _CountingCore.calls[len(probe) :]
+    assert [shape for shape, _ in crop] == [(1, 1, 24, 32, 24)] * 3  # once per model
+    assert all(thread != "MainThread" for _, thread in crop)  # in a pool, side by side
+    assert all(e.fallback is None for e in engines)
+
+
+def test_a_shape_openvino_fails_to_compile_in_advance_runs_on_onnxruntime(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(openvino, "Core", lambda: _Core(compiles=1))  # the test image only
+    model = open_engine("openvino", tiny_model, CPU)
+    with caplog.at_level(logging.INFO, logger="hsftrain"):
+        model.prepare((1, 1, 24, 32, 24))
+    (warning,) = _warnings(caplog)
+    assert "fails on an input of shape (1, 1, 24, 32, 24)" in warning
+    images = np.random.default_rng(0).standard_normal((1, 1, 24, 32, 24)).astype(np.float32)
+    np.testing.assert_allclose(
+        model.predict(images), OnnxEngine(tiny_model, CPU).predict(images), atol=1e-6
+    )

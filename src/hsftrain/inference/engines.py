@@ -167,6 +167,10 @@ class Engine:
         """The model's raw output for a float32 batch ``(B, 1, X, Y, Z)``."""
         raise NotImplementedError
 
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        """Get ready for batches of ``shape`` (an engine that compiles per shape compiles
+        it now; may run in a thread beside other engines' ``prepare``). Nothing by default."""
+
     def _check(self) -> None:
         """Check the model (contract, class names); called at the end of ``__init__``."""
         self.output_classes = self.check_contract()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -161,6 +163,7 @@ class Segmenter:
             inputs = {}
             for key, value in values.items():  # pads the last three (spatial) axes
                 inputs[key], crop = pad_to_multiple(views, 8, value)
+            prepare_engines(self.engines, {k: v.shape for k, v in inputs.items()})
             outputs = []  # per model: (views, C, X, Y, Z) on the padded grid
             for engine in self.engines:
                 outputs.append(engine.predict(inputs[engine.pads_with_minimum]))
@@ -190,6 +193,18 @@ class Segmenter:
         uncertainty = fusion.uncertainty() if fusion.count > 1 else None
         probabilities = fusion.mean_probs() if self.probabilities else None
         return CropResult(self.finish(fusion.label_map()), uncertainty, fusion.count, probabilities)
+
+
+def prepare_engines(engines: Sequence[Engine], shapes: Mapping[bool, tuple[int, ...]]) -> None:
+    """Every engine ready for its input shape (``shapes`` by ``pads_with_minimum``), several
+    at a time: OpenVINO compiles a new shape on about one core, so an ensemble meeting a new
+    crop shape compiles its models side by side (once per shape; later calls return at once)."""
+    if len(engines) == 1:
+        engines[0].prepare(shapes[engines[0].pads_with_minimum])
+        return
+    workers = min(len(engines), max(2, os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda e: e.prepare(shapes[e.pads_with_minimum]), engines))
 
 
 class ProgressHook:
