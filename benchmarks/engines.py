@@ -10,6 +10,7 @@ versions, date, commit). ``--quick``: a tiny model, one shape, two forwards (a s
     python benchmarks/engines.py            # minutes: run it on a quiet machine
     python benchmarks/engines.py --quick
     python benchmarks/engines.py --gpu --tag gpu  # hardware=gpu (benchmarks/gpu_session.sh)
+    python benchmarks/engines.py --onnx a.onnx b.int8.onnx --tag ab  # these models instead
 """
 
 from __future__ import annotations
@@ -62,10 +63,13 @@ def export(folder: Path, name: str, f_maps: int, levels: int) -> Path:
     return export_random_model(folder / f"{name}_f{f_maps}_l{levels}.onnx", name, f_maps, levels)
 
 
-def models(folder: Path, quick: bool) -> list[tuple[str, Path]]:
-    """ResidualUNet3D f_maps 16 and 24 and hsf_train's ARUnet (f_maps 16), 4 levels."""
+def models(folder: Path, quick: bool, onnx: list[Path] | None = None) -> list[tuple[str, Path]]:
+    """ResidualUNet3D f_maps 16 and 24 and hsf_train's ARUnet (f_maps 16), 4 levels; or the
+    ``onnx`` files given (a trained model, its int8 export)."""
     from hsftrain.models.hsf_arunet import NAME as HSF_NAME
 
+    if onnx:
+        return [(path.name, path) for path in onnx]
     if quick:
         return [("ResidualUNet3D f4 L2", export(folder, "ResidualUNet3D", 4, 2))]
     out = [(f"ResidualUNet3D f{f} L4", export(folder, "ResidualUNet3D", f, 4)) for f in (16, 24)]
@@ -157,6 +161,7 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, default=2, help="shapes per data set")
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--json", type=Path, help="write the result here instead")
+    parser.add_argument("--onnx", type=Path, nargs="+", help="time these ONNX models instead")
     args = parser.parse_args()
     forwards = 2 if args.quick else max(5, args.forwards)
     shapes = crop_shapes(1 if args.quick else args.shapes)[: 1 if args.quick else None]
@@ -164,7 +169,7 @@ def main() -> None:
     rows = []
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
-        for model_name, path in models(Path(tmp), args.quick):
+        for model_name, path in models(Path(tmp), args.quick, args.onnx):
             for source, shape in shapes:
                 batch4 = rng.standard_normal((4, 1, *shape)).astype(np.float32)
                 reference = ort_runner(path, "all", 2)(batch4[:1]).argmax(1)
