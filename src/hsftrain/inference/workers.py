@@ -26,7 +26,8 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -64,6 +65,7 @@ def _leave_signals_to_parent() -> None:
     a parent killed with SIGKILL leaves no worker waiting for subjects forever)."""
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # started with them held: signals_held
     with contextlib.suppress(Exception):
         import ctypes
 
@@ -72,6 +74,25 @@ def _leave_signals_to_parent() -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and parent.pid != os.getppid():
         os._exit(1)  # the parent ended before the line above
+
+
+#: The signals a worker leaves to its parent.
+HELD = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM held (blocked, not lost) in this thread while it starts worker
+    processes: a process started meanwhile inherits the block, so a Ctrl+C during its
+    start-up (imports, before :func:`_leave_signals_to_parent`) cannot kill it and break
+    the pool (which would lose the reports of subjects other workers were finishing). This
+    process still gets such a signal: through another of its threads at once, or when the
+    block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 #: The state of a worker process: its settings and segmenters (set by :func:`_start`).
@@ -168,7 +189,7 @@ def run_parallel(
     )
     reports: list[SubjectReport] = []
     todo = iter(jobs)
-    running: dict[Future[SubjectReport], Job] = {}
+    running: dict[Future[SubjectReport], tuple[Job, float]] = {}  # job, when handed out
     try:
         while True:
             while stop.signum is None and len(running) < workers:
@@ -176,16 +197,17 @@ def run_parallel(
                 if job is None:
                     break
                 try:
-                    future = pool.submit(_run, job)
+                    with signals_held():  # submit starts a worker process when one is due
+                        future = pool.submit(_run, job)
                 except BrokenProcessPool as err:  # a worker died: failed as those it ran
                     future = Future()
                     future.set_exception(err)
-                running[future] = job
+                running[future] = (job, time.time())
             if not running:
                 break
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                report = _report(future, running.pop(future), stop)
+                report = _report(future, *running.pop(future), stop)
                 if report is not None:
                     reports.append(report)
                     if on_done:
@@ -197,13 +219,22 @@ def run_parallel(
     return reports
 
 
-def _report(future: Future[SubjectReport], job: Job, stop: StopRequest) -> SubjectReport | None:
+def _report(
+    future: Future[SubjectReport], job: Job, started: float, stop: StopRequest
+) -> SubjectReport | None:
     """The report of a finished task; None for a subject abandoned by a stop (its worker
-    ended by the signal before finishing it: a rerun segments it)."""
+    ended by the signal before finishing it: a rerun segments it).
+
+    A pool broken by another worker's death loses the reports of every subject in progress,
+    even one whose worker finished writing it: a subject whose native segmentation (written
+    last) was written since it was handed out (``started``, a time) is reported done, its
+    volumes read back from its own table."""
     try:
         return future.result()
     except BrokenProcessPool as err:
         log.debug("%s: %s", job.mri, err)
+        if _written_since(job.outputs.done, started):
+            return SubjectReport(job.subject, job.mri, "done", outputs=job.outputs)
         if stop.signum is not None:
             return None
         report = SubjectReport(
@@ -216,6 +247,14 @@ def _report(future: Future[SubjectReport], job: Job, stop: StopRequest) -> Subje
         )
         log.error("%s", report.error)
         return report
+
+
+def _written_since(path: Path, started: float) -> bool:
+    """``path`` exists and was written at or after ``started`` (not left by an earlier run)."""
+    try:
+        return path.stat().st_mtime >= started - 1.0  # file systems round their times
+    except OSError:
+        return False
 
 
 def _kill_workers(pool: ProcessPoolExecutor) -> None:
