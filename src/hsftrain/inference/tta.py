@@ -78,23 +78,19 @@ class Augmentation:
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def _inverse_operators(self, shape: tuple[int, ...]) -> list[sparse.csr_array]:
-        """The pulls that undo the elastic, then the affine part, on a ``shape`` grid
-        (computed once per view and grid)."""
-        cache: dict[tuple[int, ...], list[sparse.csr_array]] = self.__dict__.setdefault(
-            "_operators", {}
-        )
-        if shape not in cache:
-            grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
-            operators = []
-            if self.displacement is not None:
-                coords = grid + self._inverse_displacement.reshape(3, -1)
-                operators.append(pull_operator(coords, shape))
-            if self.matrix is not None:
-                inverse = np.linalg.inv(self.matrix)
-                coords = inverse[:3, :3] @ grid.astype(np.float64) + inverse[:3, 3:]
-                operators.append(pull_operator(coords, shape))
-            cache[shape] = operators
-        return cache[shape]
+        """The pulls that undo the elastic, then the affine part, on a ``shape`` grid (not
+        kept: each is about 100 bytes per voxel, and a view is mapped back once, all models
+        at a time)."""
+        grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
+        operators = []
+        if self.displacement is not None:
+            coords = grid + self._inverse_displacement.reshape(3, -1)
+            operators.append(pull_operator(coords, shape))
+        if self.matrix is not None:
+            inverse = np.linalg.inv(self.matrix)
+            coords = inverse[:3, :3] @ grid.astype(np.float64) + inverse[:3, 3:]
+            operators.append(pull_operator(coords, shape))
+        return operators
 
     def invert(self, probs: np.ndarray) -> np.ndarray:
         """Map ``(..., X, Y, Z)`` probabilities predicted on the augmented image back
