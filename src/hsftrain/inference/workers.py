@@ -65,7 +65,8 @@ def _leave_signals_to_parent() -> None:
     a parent killed with SIGKILL leaves no worker waiting for subjects forever)."""
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # started with them held: signals_held
+    if hasattr(signal, "pthread_sigmask"):  # started with them held: signals_held
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)
     with contextlib.suppress(Exception):
         import ctypes
 
@@ -88,6 +89,9 @@ def signals_held() -> Iterator[None]:
     the pool (which would lose the reports of subjects other workers were finishing). This
     process still gets such a signal: through another of its threads at once, or when the
     block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - Windows: no signal masks
+        yield
+        return
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
     try:
         yield
