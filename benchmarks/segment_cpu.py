@@ -17,7 +17,9 @@ subjects per hour on ``--cohort`` MSD crops with ``segmentation=msd`` and
 ``hardware.jobs=1`` and ``2``. ``--old-commit REV`` also measures REV's code (a ``git
 worktree``, its own ``PYTHONPATH``, the same .venv) on the same crops in the same run,
 alternating with the current code, for every setting (rows with ``"code": REV``) and for the
-cohort: the "old vs new crops per second" figure.
+cohort: the "old vs new crops per second" figure; the last repeat's outputs of both are
+compared (``agreement_with_old``: the lowest voxel agreement of a label map, the largest
+relative difference of a volume).
 
     .venv/bin/python benchmarks/segment_cpu.py                       # the full measurement
     .venv/bin/python benchmarks/segment_cpu.py --old-commit 792139c  # + old vs new
@@ -159,6 +161,49 @@ def measure(
     }
 
 
+def compare_outputs(new: Path, old: Path) -> dict[str, object]:
+    """How far two runs' outputs are apart: the lowest voxel agreement of a label map (same
+    file names under both folders) and the largest relative difference of a volume of
+    ``volumes.csv`` (rows matched by subject, side and label)."""
+    import csv
+
+    import nibabel as nib
+    import numpy as np
+
+    agreement = []
+    for seg in sorted(new.rglob("*_seg.nii.gz")):
+        other = old / seg.relative_to(new)
+        if other.is_file():
+            a, b = (np.asarray(nib.load(p).dataobj) for p in (seg, other))
+            agreement.append(float((a == b).mean()) if a.shape == b.shape else 0.0)
+
+    def volumes(folder: Path) -> dict[tuple[str, str, str], float]:
+        with (folder / "volumes.csv").open() as f:
+            return {
+                (r["subject"], r["side"], r["label"]): float(r["volume_mm3"])
+                for r in csv.DictReader(f)
+                if r.get("volume_mm3")
+            }
+
+    a, b = volumes(new), volumes(old)
+    shared = sorted(set(a) & set(b))
+    differences = [abs(a[k] - b[k]) / max(abs(b[k]), 1.0) for k in shared]
+    return {
+        "label_maps": len(agreement),
+        "min_voxel_agreement": round(min(agreement), 6) if agreement else None,
+        "volumes": len(shared),
+        "max_volume_difference_pct": round(100 * max(differences), 4) if differences else None,
+    }
+
+
+def agreement_with_old(out: Path, got: dict[str, dict[str, object]]) -> dict[str, object]:
+    """``{"agreement_with_old": ...}`` when both trees ran (their last repeat's outputs are
+    left in ``out/current`` and ``out/old``), else nothing."""
+    if "old" not in got or any("skipped" in g for g in got.values()):
+        return {}
+    return {"agreement_with_old": compare_outputs(out / "current", out / "old")}
+
+
 def crop_folder(folder: Path, n: int) -> Path:
     """A private copy of the first ``n`` MSD crops (outputs never land in the shared folder)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -239,9 +284,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"hardware.engine={engine}",
                     ]
                     got = measure(trees, data, work / "out", overrides, args.repeats)
+                    same = agreement_with_old(work / "out", got)
                     for tree, summary in got.items():
                         code = "current" if tree == "current" else args.old_commit
-                        results.append({"setting": name, "engine": engine, "code": code, **summary})
+                        row = {"setting": name, "engine": engine, "code": code, **summary}
+                        results.append({**row, **same} if tree == "current" else row)
             if args.cohort:
                 crops = crop_folder(work / "cohort", args.cohort)
                 for jobs in (1, 2):
@@ -252,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                     cohort.append({"jobs": jobs, **got1["current"]})
                 if args.old_commit:
                     both = measure(trees, crops, work / "out", ["segmentation=msd"], args.repeats)
+                    cohort_same = agreement_with_old(work / "out", both)
         finally:
             if "old" in trees:
                 drop_tree(trees["old"])
@@ -265,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                 "old": old,
                 "new": new,
                 "speedup": speedup,
+                **cohort_same,
             }
     report = {
         "benchmark": "segment_cpu",
@@ -328,12 +377,24 @@ def print_table(report: dict[str, object]) -> None:
             f"{r['crops_per_second']:.2f}",
             "" if r["wall_s_sd"] is None else f"{r['wall_s_sd']:.2f}",
             f"{r['cpu_s_median']:.1f}",
-            "",
+            same_note(r.get("agreement_with_old")),
         )
     console = Console(width=max(Console().width, 140))
     console.print(table)
     if isinstance(old_vs_new, dict) and old_vs_new["speedup"]:
         console.print(f"new / old crops per second: {old_vs_new['speedup']:.2f}x")
+        if old_vs_new.get("agreement_with_old"):
+            console.print(f"outputs {same_note(old_vs_new['agreement_with_old'])}")
+
+
+def same_note(same: object) -> str:
+    """The agreement of the new outputs with the old code's, in a few words."""
+    if not isinstance(same, dict) or same.get("min_voxel_agreement") is None:
+        return ""
+    text = f"vs old: voxels >= {100 * float(same['min_voxel_agreement']):.3f}% same"
+    if same.get("max_volume_difference_pct") is not None:
+        text += f", volumes within {float(same['max_volume_difference_pct']):.3f}%"
+    return text
 
 
 if __name__ == "__main__":
