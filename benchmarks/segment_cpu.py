@@ -165,10 +165,10 @@ def compare_outputs(new: Path, old: Path) -> dict[str, object]:
     """How far two runs' outputs are apart: the lowest voxel agreement of a label map (same
     file names under both folders) and the largest relative difference of a volume of
     ``volumes.csv`` (rows matched by subject, side and label)."""
-    import csv
-
     import nibabel as nib
     import numpy as np
+
+    from hsftrain.inference.writer import read_volumes
 
     agreement = []
     for seg in sorted(new.rglob("*_seg.nii.gz")):
@@ -177,13 +177,13 @@ def compare_outputs(new: Path, old: Path) -> dict[str, object]:
             a, b = (np.asarray(nib.load(p).dataobj) for p in (seg, other))
             agreement.append(float((a == b).mean()) if a.shape == b.shape else 0.0)
 
-    def volumes(folder: Path) -> dict[tuple[str, str, str], float]:
-        with (folder / "volumes.csv").open() as f:
-            return {
-                (r["subject"], r["side"], r["label"]): float(r["volume_mm3"])
-                for r in csv.DictReader(f)
-                if r.get("volume_mm3")
-            }
+    def volumes(folder: Path) -> dict[tuple[object, object, object], float]:
+        rows = read_volumes(folder / "volumes.csv")
+        return {
+            (r["subject"], r["side"], r["label"]): float(str(r["volume_mm3"]))
+            for r in rows
+            if r.get("volume_mm3")
+        }
 
     a, b = volumes(new), volumes(old)
     shared = sorted(set(a) & set(b))

@@ -122,7 +122,7 @@ class OpenVinoEngine(Engine):
             try:
                 self._request(tuple(shape))
             except Exception as err:  # an op or a shape OpenVINO cannot run
-                self._fall_back(f"fails on an input of shape {tuple(shape)}: {_reason(err)}")
+                self._fails_on(tuple(shape), err)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if self.fallback is None:
@@ -131,9 +131,12 @@ class OpenVinoEngine(Engine):
                 request.infer({0: batch})
                 return np.array(request.get_output_tensor(0).data, dtype=np.float32)
             except Exception as err:  # an op or a shape OpenVINO cannot run
-                self._fall_back(f"fails on an input of shape {tuple(batch.shape)}: {_reason(err)}")
+                self._fails_on(tuple(batch.shape), err)
         assert self.fallback is not None
         return self.fallback.run(batch)
+
+    def _fails_on(self, shape: tuple[int, ...], err: Exception) -> None:
+        self._fall_back(f"fails on an input of shape {shape}: {_reason(err)}")
 
     def _fall_back(self, reason: str) -> None:
         """Run this model on ONNX Runtime from now on (one warning naming it and why)."""

@@ -157,13 +157,17 @@ class Segmenter:
         augmentations = sample_augmentations(
             self.augmentation, self.num_aug, normalized.shape, zooms, rng
         )
+        prepared: dict[bool, tuple[int, ...]] = {}
         for start in range(0, len(augmentations), self.batch_size):
             chunk = augmentations[start : start + self.batch_size]
             views = np.stack([a.apply(normalized) for a in chunk])[:, None]
             inputs = {}
             for key, value in values.items():  # pads the last three (spatial) axes
                 inputs[key], crop = pad_to_multiple(views, 8, value)
-            prepare_engines(self.engines, {k: v.shape for k, v in inputs.items()})
+            shapes = {k: v.shape for k, v in inputs.items()}
+            if shapes != prepared:  # the first chunk, or a shorter last one
+                prepare_engines(self.engines, shapes)
+                prepared = shapes
             outputs = []  # per model: (views, C, X, Y, Z) on the padded grid
             for engine in self.engines:
                 outputs.append(engine.predict(inputs[engine.pads_with_minimum]))

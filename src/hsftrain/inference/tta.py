@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -62,12 +61,6 @@ class Augmentation:
         parts += ["elastic"] if self.displacement is not None else []
         return "+".join(parts) or "none"
 
-    @cached_property
-    def _inverse_displacement(self) -> np.ndarray:
-        """Computed once per view, then shared by every model of an ensemble."""
-        assert self.displacement is not None
-        return invert_displacement(self.displacement)
-
     def apply(self, image: np.ndarray) -> np.ndarray:
         """Augment a ``(X, Y, Z)`` image: flip, then affine, then elastic."""
         out = np.flip(image, self.flip_axes) if self.flip_axes else image
@@ -84,7 +77,7 @@ class Augmentation:
         grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
         operators = []
         if self.displacement is not None:
-            coords = grid + self._inverse_displacement.reshape(3, -1)
+            coords = grid + invert_displacement(self.displacement).reshape(3, -1)
             operators.append(pull_operator(coords, shape))
         if self.matrix is not None:
             inverse = np.linalg.inv(self.matrix)
