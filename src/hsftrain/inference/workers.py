@@ -175,7 +175,7 @@ def run_parallel(
     workers = max(1, min(settings.jobs, len(jobs)))
     threads = threads_per_worker(settings, workers)
     log.info(
-        "%d worker process(es), %d ONNX Runtime thread(s) each%s",
+        "%d worker process(es), %d inference thread(s) each%s",
         workers,
         threads,
         f", GPUs {settings.devices}" if settings.devices else "",
